@@ -1,0 +1,132 @@
+//! `sparsec info MODEL [--json]`: opset, op histogram, parameter totals and one row per prunable
+//! linear layer with its PyTorch module name, weight shape and sparsity.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::ir::{infer, modules, Model};
+
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    /// A model.onnx, or a folder holding one.
+    model: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+pub struct ModelInfo {
+    pub path: String,
+    pub ir_version: i64,
+    pub opsets: BTreeMap<String, i64>,
+    pub producer: String,
+    pub inputs: Vec<(String, String)>,
+    pub outputs: Vec<(String, String)>,
+    pub nodes: usize,
+    pub op_histogram: BTreeMap<String, usize>,
+    pub parameters: usize,
+    pub parameter_bytes: usize,
+    pub layers: Vec<LayerInfo>,
+}
+
+#[derive(Serialize)]
+pub struct LayerInfo {
+    pub module: String,
+    pub op: String,
+    /// PyTorch layout `[out, in]`.
+    pub weight_shape: Vec<i64>,
+    pub initializer: String,
+    pub has_bias: bool,
+    pub sparsity: f64,
+}
+
+/// Gathers the summary `sparsec info` prints.
+pub fn model_info(model: &Model, path: &str) -> ModelInfo {
+    let g = &model.graph;
+    let mut op_histogram = BTreeMap::new();
+    for (_, n) in g.nodes() {
+        let key = if n.domain.is_empty() { n.op_type.clone() } else { format!("{}::{}", n.domain, n.op_type) };
+        *op_histogram.entry(key).or_insert(0) += 1;
+    }
+    let float_params = g.initializers().values().filter(|t| t.dtype.is_float());
+    let parameters = float_params.clone().map(|t| t.numel()).sum();
+    let parameter_bytes = g.initializers().values().map(|t| t.byte_len()).sum();
+    let layers = modules::linear_layers(g)
+        .into_iter()
+        .map(|l| {
+            let t = g.initializer(l.weight).expect("layer weight is an initializer");
+            let mut shape = t.dims.clone();
+            if l.transposed {
+                shape.reverse();
+            }
+            LayerInfo {
+                module: l.module.clone(),
+                op: g.node(l.node).op_type.clone(),
+                weight_shape: shape,
+                initializer: g.value(l.weight).name.clone(),
+                has_bias: l.bias.is_some(),
+                sparsity: t.sparsity(),
+            }
+        })
+        .collect();
+    let describe = |v: &crate::ir::ValueId| (g.value(*v).name.clone(), g.value(*v).facts.to_string());
+    ModelInfo {
+        path: path.to_string(),
+        ir_version: model.ir_version,
+        opsets: model
+            .opset_imports
+            .iter()
+            .map(|(d, v)| (if d.is_empty() { "ai.onnx".into() } else { d.clone() }, *v))
+            .collect(),
+        producer: format!(
+            "{} {}",
+            model.producer_name.clone().unwrap_or_default(),
+            model.producer_version.clone().unwrap_or_default()
+        )
+        .trim()
+        .to_string(),
+        inputs: g.runtime_inputs().map(|v| describe(&v)).collect(),
+        outputs: g.outputs().iter().map(describe).collect(),
+        nodes: g.node_count(),
+        op_histogram,
+        parameters,
+        parameter_bytes,
+        layers,
+    }
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let path = super::resolve_model_path(&args.model);
+    let mut model = crate::onnx::load(&path)?;
+    infer::infer_facts(&mut model).with_context(|| format!("'{}'", path.display()))?;
+    let info = model_info(&model, &path.display().to_string());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("model      {}", info.path);
+    println!("producer   {} (ir_version {})", info.producer, info.ir_version);
+    println!("opsets     {}", info.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect::<Vec<_>>().join(", "));
+    for (n, f) in &info.inputs {
+        println!("input      {n}: {f}");
+    }
+    for (n, f) in &info.outputs {
+        println!("output     {n}: {f}");
+    }
+    println!("parameters {} ({:.1} MB)", info.parameters, info.parameter_bytes as f64 / 1e6);
+    println!("nodes      {}", info.nodes);
+    println!("ops        {}", info.op_histogram.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(" "));
+    println!();
+    println!("{} prunable layers", info.layers.len());
+    let w = info.layers.iter().map(|l| l.module.len()).max().unwrap_or(6).max(6);
+    println!("{:<w$}  {:<7} {:<13} {:>8}", "module", "op", "weight", "sparsity");
+    for l in &info.layers {
+        let shape = format!("{:?}", l.weight_shape);
+        println!("{:<w$}  {:<7} {:<13} {:>7.2}%", l.module, l.op, shape, l.sparsity * 100.0);
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! sparsec: an ONNX-native sparsification compiler for transformer question-answering models.
+//!
+//! The crate is a pipeline of stages over one graph IR:
+//! [`onnx`] decodes and encodes `ModelProto` → [`ir`] holds the graph, its facts and the one patch
+//! API → `passes` and `autodiff` rewrite it → [`runtime`] runs it on ONNX Runtime or tract →
+//! `qa`, `train` and [`cli`] are the applications on top.
+
+pub mod cli;
+pub mod ir;
+pub mod onnx;
+pub mod runtime;

@@ -1,0 +1,113 @@
+//! Execution engines behind one [`Backend`] trait: ONNX Runtime (through `ort`, loaded dynamically
+//! from a pip-installed `onnxruntime` or `ORT_DYLIB_PATH`) and tract (pure Rust, nothing to install).
+//! The only module that imports `ort` or `tract`.
+
+mod ort_engine;
+mod tract_engine;
+
+use std::path::Path;
+
+use anyhow::Result;
+use ndarray::ArrayD;
+
+pub use ort_engine::{find_onnxruntime, OrtBackend};
+pub use tract_engine::TractBackend;
+
+/// A host tensor passed to or returned from an engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostTensor {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+    I32(ArrayD<i32>),
+    I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
+    Bool(ArrayD<bool>),
+}
+
+impl HostTensor {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            HostTensor::F32(a) => a.shape(),
+            HostTensor::I64(a) => a.shape(),
+            HostTensor::I32(a) => a.shape(),
+            HostTensor::I8(a) => a.shape(),
+            HostTensor::U8(a) => a.shape(),
+            HostTensor::Bool(a) => a.shape(),
+        }
+    }
+
+    pub fn as_f32(&self) -> Result<&ArrayD<f32>> {
+        match self {
+            HostTensor::F32(a) => Ok(a),
+            other => anyhow::bail!("expected an f32 tensor, got {}", other.dtype_name()),
+        }
+    }
+
+    pub fn into_f32(self) -> Result<ArrayD<f32>> {
+        match self {
+            HostTensor::F32(a) => Ok(a),
+            other => anyhow::bail!("expected an f32 tensor, got {}", other.dtype_name()),
+        }
+    }
+
+    pub fn dtype_name(&self) -> &'static str {
+        match self {
+            HostTensor::F32(_) => "f32",
+            HostTensor::I64(_) => "i64",
+            HostTensor::I32(_) => "i32",
+            HostTensor::I8(_) => "i8",
+            HostTensor::U8(_) => "u8",
+            HostTensor::Bool(_) => "bool",
+        }
+    }
+}
+
+/// Which engine runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Ort,
+    Tract,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Ort => "ort",
+            EngineKind::Tract => "tract",
+        })
+    }
+}
+
+/// Engine settings.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Intra-op threads; `None` lets the engine choose.
+    pub threads: Option<usize>,
+}
+
+/// A loaded model that can be run repeatedly.
+pub trait Backend: Send {
+    fn engine(&self) -> EngineKind;
+    /// Names of the inputs a caller must feed, in model order.
+    fn input_names(&self) -> &[String];
+    fn output_names(&self) -> &[String];
+    /// Runs the model on named inputs; returns every output, in model order.
+    fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>>;
+}
+
+/// Loads a model file on the chosen engine.
+pub fn load_file(path: &Path, engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
+    Ok(match engine {
+        EngineKind::Ort => Box::new(OrtBackend::from_file(path, opts)?),
+        EngineKind::Tract => Box::new(TractBackend::from_file(path, opts)?),
+    })
+}
+
+/// Loads a serialized model (all tensors inline) on the chosen engine.
+pub fn load_bytes(bytes: &[u8], engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
+    Ok(match engine {
+        EngineKind::Ort => Box::new(OrtBackend::from_bytes(bytes, opts)?),
+        EngineKind::Tract => Box::new(TractBackend::from_bytes(bytes, opts)?),
+    })
+}

@@ -1,0 +1,90 @@
+//! Shared helpers for the integration tests: fixture paths and reference tensors.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use sparsec::runtime::HostTensor;
+
+pub const FIXTURE_MODELS: &[&str] = &["bert", "distilbert", "roberta"];
+pub const EXPORTERS: &[&str] = &["legacy", "dynamo"];
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture_dir(model: &str) -> PathBuf {
+    root().join("fixtures").join(model)
+}
+
+/// Every committed fixture export: (model, exporter, path).
+pub fn fixture_exports() -> Vec<(String, String, PathBuf)> {
+    let mut out = Vec::new();
+    for m in FIXTURE_MODELS {
+        for e in EXPORTERS {
+            let p = fixture_dir(m).join(format!("model.{e}.onnx"));
+            if p.exists() {
+                out.push((m.to_string(), e.to_string(), p));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no fixtures found under fixtures/: run fixtures/generate.py");
+    out
+}
+
+/// `../shared/models/minilm-l6-squad`, or `None` with a message saying the test is skipped.
+pub fn shared_minilm() -> Option<PathBuf> {
+    let p = root().join("../shared/models/minilm-l6-squad");
+    if p.join("model.onnx").exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: ../shared/models/minilm-l6-squad is absent; this check needs the shared MiniLM model");
+        None
+    }
+}
+
+pub fn shared_data(name: &str) -> Option<PathBuf> {
+    let p = root().join("../shared/data").join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: ../shared/data/{name} is absent; this check needs the shared SQuAD data");
+        None
+    }
+}
+
+/// Reads every tensor of a safetensors file.
+pub fn read_safetensors(path: &Path) -> Vec<(String, HostTensor)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let shape: Vec<usize> = view.shape().to_vec();
+        let data = view.data();
+        let t = match view.dtype() {
+            safetensors::Dtype::F32 => HostTensor::F32(
+                ArrayD::from_shape_vec(
+                    shape,
+                    data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                )
+                .unwrap(),
+            ),
+            safetensors::Dtype::I64 => HostTensor::I64(
+                ArrayD::from_shape_vec(
+                    shape,
+                    data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                )
+                .unwrap(),
+            ),
+            other => panic!("unexpected dtype {other:?} for {name}"),
+        };
+        out.push((name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shape mismatch");
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
