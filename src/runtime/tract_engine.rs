@@ -1,6 +1,7 @@
-//! tract: the embedded pure-Rust engine. Models keep their symbolic batch/sequence dims and are
-//! optimised once at load.
+//! tract: the embedded pure-Rust engine. A model is specialised to the concrete input shapes of
+//! each call (so shape arithmetic folds away) and the optimised plan is cached per shape set.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,20 +14,33 @@ type Plan = Arc<TypedRunnableModel>;
 
 /// A model compiled by tract.
 pub struct TractBackend {
-    plan: Plan,
+    model: TypedModel,
+    plans: HashMap<Vec<Vec<usize>>, Plan>,
     inputs: Vec<String>,
     outputs: Vec<String>,
 }
 
 impl TractBackend {
     pub fn from_file(path: &Path, opts: &EngineOptions) -> Result<TractBackend> {
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| anyhow!("tract cannot load '{}': {e:#}", path.display()))?;
-        Self::compile(model, opts)
+        let mut model = crate::onnx::load(path)?;
+        if legalize(&mut model)? == 0 {
+            let model = tract_onnx::onnx()
+                .model_for_path(path)
+                .map_err(|e| anyhow!("tract cannot load '{}': {e:#}", path.display()))?;
+            return Self::compile(model, opts);
+        }
+        Self::from_bytes(&crate::onnx::encode_model(&model), opts)
     }
 
     pub fn from_bytes(bytes: &[u8], opts: &EngineOptions) -> Result<TractBackend> {
+        let mut ir = crate::onnx::decode_model(bytes, Path::new("<memory>"))?;
+        let legalized;
+        let bytes = if legalize(&mut ir)? > 0 {
+            legalized = crate::onnx::encode_model(&ir);
+            &legalized[..]
+        } else {
+            bytes
+        };
         let model = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| anyhow!("tract cannot load the model: {e:#}"))?;
@@ -40,13 +54,77 @@ impl TractBackend {
             .iter()
             .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
             .collect();
-        let plan = model
+        let model = model.into_typed().map_err(|e| anyhow!("tract cannot type the model: {e:#}"))?;
+        Ok(TractBackend { model, plans: HashMap::new(), inputs, outputs })
+    }
+
+    /// The plan for these input shapes, built on first use.
+    fn plan(&mut self, feed: &TVec<TValue>) -> Result<Plan> {
+        let key: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+        if let Some(p) = self.plans.get(&key) {
+            return Ok(p.clone());
+        }
+        let mut subs: HashMap<Symbol, TDim> = HashMap::new();
+        for (i, t) in feed.iter().enumerate() {
+            let fact = self.model.input_fact(i)?;
+            for (dim, &n) in fact.shape.iter().zip(t.shape()) {
+                if let TDim::Sym(s) = dim {
+                    subs.insert(s.clone(), TDim::Val(n as i64));
+                }
+            }
+        }
+        let plan = self
+            .model
+            .set_symbols(&subs)
+            .map_err(|e| anyhow!("tract cannot specialise the model to input shapes {key:?}: {e:#}"))?
             .into_optimized()
-            .map_err(|e| anyhow!("tract cannot optimise the model: {e:#}"))?
+            .map_err(|e| anyhow!("tract cannot optimise the model for input shapes {key:?}: {e:#}"))?
             .into_runnable()
             .map_err(|e| anyhow!("tract cannot plan the model: {e:#}"))?;
-        Ok(TractBackend { plan, inputs, outputs })
+        self.plans.insert(key, plan.clone());
+        Ok(plan)
     }
+}
+
+/// Rewrites what tract cannot run into equivalent ONNX it can: `CumSum` over int64 (tract
+/// evaluates it as a symbolic dim and fails) becomes int32 `CumSum` between two `Cast`s.
+/// Returns the number of rewrites.
+fn legalize(model: &mut crate::ir::Model) -> Result<usize> {
+    use crate::ir::{Attribute, DType, Facts, NodeSpec};
+    crate::ir::infer::infer_facts(model)?;
+    let g = &model.graph;
+    let targets: Vec<_> = g
+        .nodes()
+        .filter(|(_, n)| {
+            n.op_type == "CumSum" && n.input(0).is_some_and(|x| g.value(x).facts.dtype == Some(DType::I64))
+        })
+        .map(|(id, _)| id)
+        .collect();
+    let n = targets.len();
+    model.graph.edit(|p| -> Result<()> {
+        for id in targets {
+            let node = p.graph().node(id);
+            let (x, axis, y) =
+                (node.input(0).unwrap(), node.input(1).context("CumSum without axis")?, node.output(0).unwrap());
+            let facts = p.graph().value(x).facts.type_only();
+            let i32_facts = Facts { dtype: Some(DType::I32), ..facts.clone() };
+            let narrow = p.op(
+                NodeSpec::new("Cast", format!("{}/to_i32", node.name), &[x]).attr(Attribute::int("to", 6)),
+                "cumsum_i32_in",
+                i32_facts.clone(),
+            );
+            let mut spec = NodeSpec::new("CumSum", node.name.clone(), &[narrow, axis]);
+            spec.attrs = node.attrs.clone();
+            let summed = p.op(spec, "cumsum_i32_out", i32_facts);
+            p.remove_node(id);
+            p.add_node_with_outputs(
+                NodeSpec::new("Cast", format!("{}/to_i64", node.name), &[summed]).attr(Attribute::int("to", 7)),
+                vec![Some(y)],
+            );
+        }
+        Ok(())
+    })?;
+    Ok(n)
 }
 
 fn to_tensor(t: &HostTensor) -> tract_onnx::prelude::Tensor {
@@ -92,7 +170,8 @@ impl Backend for TractBackend {
                 .with_context(|| format!("input '{name}' was not given"))?;
             feed.push(to_tensor(t).into_tvalue());
         }
-        let out = self.plan.run(feed).map_err(|e| anyhow!("tract run failed: {e:#}"))?;
+        let plan = self.plan(&feed)?;
+        let out = plan.run(feed).map_err(|e| anyhow!("tract run failed: {e:#}"))?;
         self.outputs.iter().zip(out.iter()).map(|(n, t)| Ok((n.clone(), from_tensor(t)?))).collect()
     }
 }
