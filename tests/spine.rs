@@ -148,22 +148,40 @@ fn module_names_resolve_for_both_exporters() {
     }
 }
 
+/// Every node output of `m` gets a dtype and a shape whose dims are all numbers or symbols.
+fn assert_fully_inferred(label: &str, m: &mut sparsec::ir::Model) {
+    infer::infer_facts(m).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let g = &m.graph;
+    for (_, node) in g.nodes() {
+        for v in node.outputs.iter().flatten() {
+            let f = &g.value(*v).facts;
+            let complete = f.dtype.is_some()
+                && f.shape.as_ref().is_some_and(|s| s.iter().all(|d| !matches!(d, sparsec::ir::Dim::Unknown)));
+            assert!(complete, "{label}: {} ({}) has facts {f}", g.value(*v).name, node.op_type);
+        }
+    }
+}
+
 #[test]
 fn shape_inference_covers_every_fixture() {
     for (model, exporter, path) in fixture_exports() {
         let mut m = onnx::load(&path).unwrap();
-        infer::infer_facts(&mut m).unwrap_or_else(|e| panic!("{model}.{exporter}: {e}"));
-        for &o in m.graph.outputs() {
-            let f = &m.graph.value(o).facts;
-            assert_eq!(f.rank(), Some(2), "{model}.{exporter}: output {} facts {f}", m.graph.value(o).name);
-        }
-        for (_, node) in m.graph.nodes() {
-            if node.op_type == "MatMul" {
-                let out = node.output(0).unwrap();
-                assert!(m.graph.value(out).facts.rank().is_some(), "{model}.{exporter}: no rank for {}", node.name);
-            }
+        assert_fully_inferred(&format!("{model}.{exporter}"), &mut m);
+        let g = &m.graph;
+        for &o in g.outputs() {
+            assert_eq!(g.value(o).facts.to_string(), "f32[batch,sequence]", "{model}.{exporter}");
         }
     }
+}
+
+#[test]
+fn shape_inference_covers_minilm_with_symbolic_attention_shapes() {
+    let Some(dir) = shared_minilm() else { return };
+    let mut m = onnx::load(dir.join("model.onnx")).unwrap();
+    assert_fully_inferred("minilm", &mut m);
+    let g = &m.graph;
+    let softmax = g.nodes().find(|(_, n)| n.op_type == "Softmax").map(|(_, n)| n.output(0).unwrap()).unwrap();
+    assert_eq!(g.value(softmax).facts.to_string(), "f32[batch,12,sequence,sequence]");
 }
 
 #[test]

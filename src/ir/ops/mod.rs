@@ -140,6 +140,8 @@ pub(crate) fn broadcast(shapes: &[&Vec<Dim>]) -> Result<Vec<Dim>, String> {
                 (Dim::Known(_), _) => d.clone(),
                 (_, Dim::Known(_)) => e.clone(),
                 (Dim::Sym(a), Dim::Sym(b)) if a == b => d.clone(),
+                (Dim::Sym(_), Dim::Unknown) => d.clone(),
+                (Dim::Unknown, Dim::Sym(_)) => e.clone(),
                 _ => Dim::Unknown,
             };
         }

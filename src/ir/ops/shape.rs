@@ -252,6 +252,11 @@ fn slice(cx: &InferCtx) -> Result<Vec<Facts>, String> {
     let Some(s) = &x.shape else {
         return Ok(vec![facts(x.dtype, None)]);
     };
+    if let (Some(st), None, Some(sym_ends), true, true) = (&starts, &ends, cx.sym(2), axes_known, steps_known) {
+        if let Some(out) = prefix_slice(s, st, &sym_ends, axes.as_deref(), steps.as_deref())? {
+            return Ok(vec![facts(x.dtype, Some(out))]);
+        }
+    }
     let (Some(starts), Some(ends), true, true) = (starts, ends, axes_known, steps_known) else {
         let mut out = s.clone();
         match cx.ints(3).or_else(|| cx.attr_ints("axes")) {
@@ -301,6 +306,33 @@ fn slice(cx: &InferCtx) -> Result<Vec<Facts>, String> {
     let mut f = facts(x.dtype, Some(out));
     f.sym_value = sym_out.filter(|_| s.len() == 1);
     Ok(vec![f])
+}
+
+/// `x[0:n]` along axes where `n` is symbolic (e.g. position ids sliced to the sequence length):
+/// the symbol is taken as the extent, assuming it does not exceed the axis.
+fn prefix_slice(
+    s: &[Dim],
+    starts: &[i64],
+    ends: &[Dim],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> Result<Option<Vec<Dim>>, String> {
+    let mut out = s.to_vec();
+    for (i, end) in ends.iter().enumerate() {
+        let a = norm_axis(axes.map_or(i as i64, |a| a[i]), s.len())?;
+        if starts.get(i) != Some(&0) || steps.is_some_and(|st| st.get(i) != Some(&1)) {
+            return Ok(None);
+        }
+        out[a] = match end {
+            Dim::Sym(_) => end.clone(),
+            Dim::Known(e) => match &s[a] {
+                Dim::Known(n) => Dim::Known((*e).clamp(0, *n)),
+                _ => return Ok(None),
+            },
+            Dim::Unknown => return Ok(None),
+        };
+    }
+    Ok(Some(out))
 }
 
 /// Clamped `[begin, end)` of a slice on an axis of extent `n`, as ONNX defines it.
