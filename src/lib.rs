@@ -9,3 +9,4 @@ pub mod cli;
 pub mod ir;
 pub mod onnx;
 pub mod runtime;
+pub mod train;

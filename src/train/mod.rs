@@ -1,0 +1,5 @@
+//! Training: the optimiser, magnitude-pruning masks and checkpoints that `sparsec train` drives
+//! over the forward+backward graph built by `autodiff` and run by `runtime`.
+
+pub mod masks;
+pub mod optim;
