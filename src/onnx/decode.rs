@@ -23,9 +23,11 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model, OnnxError> {
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let graph = decode_graph(gp, base, path)?;
-    let mut extra = proto::ModelProto::default();
-    extra.training_info = mp.training_info.clone();
-    extra.configuration = mp.configuration.clone();
+    let extra = proto::ModelProto {
+        training_info: mp.training_info.clone(),
+        configuration: mp.configuration.clone(),
+        ..Default::default()
+    };
     Ok(Model {
         ir_version,
         opset_imports: mp

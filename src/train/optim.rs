@@ -98,8 +98,8 @@ mod tests {
         let mut b = vec![0.5f32];
         let lr = 0.01f32;
         let mut expect_a: Vec<f64> = a.iter().map(|&x| x as f64).collect();
-        let mut m = vec![0f64; 2];
-        let mut v = vec![0f64; 2];
+        let mut m = [0f64; 2];
+        let mut v = [0f64; 2];
         for t in 1..=2 {
             let ga = a.clone();
             let gb = b.clone();

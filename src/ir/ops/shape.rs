@@ -494,10 +494,8 @@ fn constant(cx: &InferCtx) -> Result<Vec<Facts>, String> {
     if let Some(v) = cx.node.attr_ints("value_ints") {
         return Ok(vec![Facts::of_tensor(&crate::ir::Tensor::from_i64(vec![v.len() as i64], v))]);
     }
-    if let Some(v) = cx.node.attr("value_floats") {
-        if let crate::ir::AttrValue::Floats(v) = v {
-            return Ok(vec![Facts::of_tensor(&crate::ir::Tensor::from_f32(vec![v.len() as i64], v))]);
-        }
+    if let Some(crate::ir::AttrValue::Floats(v)) = cx.node.attr("value_floats") {
+        return Ok(vec![Facts::of_tensor(&crate::ir::Tensor::from_f32(vec![v.len() as i64], v))]);
     }
     Err("Constant without a supported value attribute".into())
 }
