@@ -1,5 +1,6 @@
 //! Training: the optimiser, magnitude-pruning masks and checkpoints that `sparsec train` drives
 //! over the forward+backward graph built by `autodiff` and run by `runtime`.
 
+pub mod checkpoint;
 pub mod masks;
 pub mod optim;
