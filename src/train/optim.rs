@@ -55,10 +55,10 @@ impl AdamW {
         self.step += 1;
         let c = self.config.clone();
         let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
-        let step_size = lr / bc1;
-        let bc2_sqrt = bc2.sqrt();
+        let bc1 = 1.0 - (c.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (c.beta2 as f64).powi(t);
+        let step_size = (lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
         params.par_iter_mut().zip(grads.par_iter()).zip(self.states.par_iter_mut()).for_each(|((p, g), s)| {
             let decay = if s.decay { 1.0 - lr * c.weight_decay } else { 1.0 };
             for i in 0..p.len() {
