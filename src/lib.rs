@@ -8,4 +8,6 @@
 pub mod cli;
 pub mod ir;
 pub mod onnx;
+pub mod passes;
+pub mod recipe;
 pub mod runtime;
