@@ -65,7 +65,10 @@ fn example_obert_recipe_parses_with_every_field() {
         ]
     );
     let groups: Vec<&str> = r.modifiers.iter().map(|m| m.group.as_str()).collect();
-    assert_eq!(groups, ["modifiers", "training_modifiers", "training_modifiers", "training_modifiers", "distillation_modifiers"]);
+    assert_eq!(
+        groups,
+        ["modifiers", "training_modifiers", "training_modifiers", "training_modifiers", "distillation_modifiers"]
+    );
     let Modifier::Pruning(p) = &r.modifiers[3].modifier else { panic!() };
     assert_eq!(r.modifiers[3].line, 21);
     assert_eq!(p.params.len(), 6);

@@ -165,7 +165,8 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                     t.final_sparsity = Some(*fin);
                     t.mask_input = Some(format!("{param}.mask"));
                     pairs.insert((init.to_bits(), fin.to_bits()));
-                    masks.insert(param.clone(), MaskTarget { param: param.clone(), initializer: t.initializer.clone() });
+                    masks
+                        .insert(param.clone(), MaskTarget { param: param.clone(), initializer: t.initializer.clone() });
                     pm.targets.push(t);
                 }
                 let shared = (pairs.len() == 1).then(|| {
@@ -195,7 +196,8 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                     t.init_sparsity = Some(s);
                     t.final_sparsity = Some(s);
                     t.mask_input = Some(format!("{param}.mask"));
-                    masks.insert(param.clone(), MaskTarget { param: param.clone(), initializer: t.initializer.clone() });
+                    masks
+                        .insert(param.clone(), MaskTarget { param: param.clone(), initializer: t.initializer.clone() });
                     pm.targets.push(t);
                 }
             }
@@ -203,16 +205,17 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                 let excluded = |ty: &str| q.exclude_module_types.iter().any(|x| x == ty);
                 let in_scope = |module: &str| {
                     let under = |prefixes: &Option<Vec<String>>| {
-                        prefixes.as_ref().is_some_and(|ps| {
-                            ps.iter().any(|p| module == p || module.starts_with(&format!("{p}.")))
-                        })
+                        prefixes
+                            .as_ref()
+                            .is_some_and(|ps| ps.iter().any(|p| module == p || module.starts_with(&format!("{p}."))))
                     };
                     (q.submodules.is_none() || under(&q.submodules)) && !under(&q.ignore)
                 };
                 if !excluded("Linear") {
                     for l in layers.iter().filter(|l| in_scope(&l.module)) {
                         if !fq_targets.iter().any(|t| t.module == l.module) {
-                            fq_targets.push(FakeQuantTarget { node: g.node(l.node).name.clone(), module: l.module.clone() });
+                            fq_targets
+                                .push(FakeQuantTarget { node: g.node(l.node).name.clone(), module: l.module.clone() });
                         }
                         pm.targets.push(target(&l.weight_name()));
                     }
@@ -259,7 +262,11 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                 let names: Vec<String> = if t.params_strict {
                     resolve_each(&index, recipe, e, &t.params)?.into_iter().map(|(n, _)| n).collect()
                 } else {
-                    t.params.iter().filter_map(|p| index.resolve(std::slice::from_ref(p), &recipe.at(e, "params")).ok()).flatten().collect()
+                    t.params
+                        .iter()
+                        .filter_map(|p| index.resolve(std::slice::from_ref(p), &recipe.at(e, "params")).ok())
+                        .flatten()
+                        .collect()
                 };
                 for n in &names {
                     pm.targets.push(target(n));
@@ -267,7 +274,8 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                 if !t.trainable && t.start_epoch <= 0.0 && t.end_epoch == -1.0 {
                     frozen.extend(names);
                 } else if !t.trainable {
-                    pm.status = "frozen only within its epochs: the trainer applies it; parameters stay graph inputs".into();
+                    pm.status =
+                        "frozen only within its epochs: the trainer applies it; parameters stay graph inputs".into();
                 }
             }
             Modifier::Distillation(d) => {
@@ -300,7 +308,8 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
     let trainable: Vec<String> =
         index.params.iter().filter(|(n, _)| !frozen.contains(*n)).map(|(_, &v)| g.value(v).name.clone()).collect();
     if !masks.is_empty() {
-        let pass = passes::by_name("InsertMasks", serde_json::json!({ "targets": masks.values().collect::<Vec<_>>() }))?;
+        let pass =
+            passes::by_name("InsertMasks", serde_json::json!({ "targets": masks.values().collect::<Vec<_>>() }))?;
         reports.push(pass.run(model)?);
     }
     if let Some((acts, sym, per_channel)) = quant_cfg {
@@ -313,7 +322,8 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
         });
         reports.push(passes::by_name("InsertFakeQuant", cfg)?.run(model)?);
     }
-    reports.push(passes::by_name("ExposeTrainableParams", serde_json::json!({ "initializers": trainable }))?.run(model)?);
+    reports
+        .push(passes::by_name("ExposeTrainableParams", serde_json::json!({ "initializers": trainable }))?.run(model)?);
     infer::infer_facts(model).context("the rewritten graph failed validation")?;
 
     let g = &model.graph;
@@ -437,7 +447,8 @@ fn write_outputs(out: &Path, model: &Model, plan: &Plan, recipe: &Path, model_pa
     onnx::save(model, tmp.path().join("model.onnx"), &SaveOptions::default())?;
     std::fs::write(tmp.path().join("plan.json"), serde_json::to_string_pretty(plan)? + "\n")
         .context("cannot write plan.json")?;
-    std::fs::copy(recipe, tmp.path().join("recipe.yaml")).with_context(|| format!("cannot copy '{}'", recipe.display()))?;
+    std::fs::copy(recipe, tmp.path().join("recipe.yaml"))
+        .with_context(|| format!("cannot copy '{}'", recipe.display()))?;
     if let Some(dir) = model_path.parent() {
         let tok = dir.join("tokenizer.json");
         if tok.exists() {
@@ -484,11 +495,7 @@ fn print_table(plan: &Plan) {
                 .collect();
             format!("mask updates (epoch:sparsity) {}", ups.join(" "))
         } else if let Some(q) = &m.quantization {
-            format!(
-                "QAT from epoch {}, observers frozen at {}",
-                q["qat_starts_epoch"],
-                q["observers_frozen_epoch"]
-            )
+            format!("QAT from epoch {}, observers frozen at {}", q["qat_starts_epoch"], q["observers_frozen_epoch"])
         } else {
             String::new()
         };
@@ -504,4 +511,3 @@ fn print_table(plan: &Plan) {
     }
     println!("loss/gradients: {}", plan.autodiff);
 }
-

@@ -75,17 +75,11 @@ struct Consts {
 }
 
 /// Emits the weight pattern on `b` (shape `dims` as the consumer sees it); returns `B'`.
-fn fake_quant_weight(
-    p: &mut Patch,
-    c: &Consts,
-    b: ValueId,
-    dims: &[Dim],
-    axis: Option<usize>,
-    tag: &str,
-) -> ValueId {
+fn fake_quant_weight(p: &mut Patch, c: &Consts, b: ValueId, dims: &[Dim], axis: Option<usize>, tag: &str) -> ValueId {
     let f32_like = Facts::new(DType::F32, dims.to_vec());
     let i8_like = Facts::new(DType::I8, dims.to_vec());
-    let abs = p.op(NodeSpec::new("Abs", format!("sparsec.fq/{tag}/abs"), &[b]), &format!("{tag}.fq_abs"), f32_like.clone());
+    let abs =
+        p.op(NodeSpec::new("Abs", format!("sparsec.fq/{tag}/abs"), &[b]), &format!("{tag}.fq_abs"), f32_like.clone());
     let (reduce, scale_shape) = match axis {
         Some(a) => {
             let other = 1 - a;
@@ -103,8 +97,13 @@ fn fake_quant_weight(
     };
     let sf = Facts::new(DType::F32, scale_shape.clone());
     let absmax = p.op(reduce, &format!("{tag}.fq_absmax"), sf.clone());
-    let raw = p.op(NodeSpec::new("Div", format!("sparsec.fq/{tag}/div"), &[absmax, c.div]), &format!("{tag}.fq_raw_scale"), sf.clone());
-    let scale = p.op(NodeSpec::new("Max", format!("sparsec.fq/{tag}/scale"), &[raw, c.eps]), &format!("{tag}.fq_scale"), sf);
+    let raw = p.op(
+        NodeSpec::new("Div", format!("sparsec.fq/{tag}/div"), &[absmax, c.div]),
+        &format!("{tag}.fq_raw_scale"),
+        sf.clone(),
+    );
+    let scale =
+        p.op(NodeSpec::new("Max", format!("sparsec.fq/{tag}/scale"), &[raw, c.eps]), &format!("{tag}.fq_scale"), sf);
     let n = scale_shape.first().and_then(Dim::known).unwrap_or(1) as usize;
     let zp = match axis {
         Some(_) => p.add_initializer(&format!("{tag}.fq_zero_point"), Tensor::from_i8(vec![n as i64], &vec![0; n])),
@@ -114,7 +113,11 @@ fn fake_quant_weight(
         Some(a) => spec.attr(Attribute::int("axis", a as i64)),
         None => spec,
     };
-    let q = p.op(with_axis(NodeSpec::new("QuantizeLinear", format!("sparsec.fq/{tag}/quantize"), &[b, scale, zp])), &format!("{tag}.fq_q"), i8_like);
+    let q = p.op(
+        with_axis(NodeSpec::new("QuantizeLinear", format!("sparsec.fq/{tag}/quantize"), &[b, scale, zp])),
+        &format!("{tag}.fq_q"),
+        i8_like,
+    );
     let dq = p.op(
         with_axis(NodeSpec::new("DequantizeLinear", format!("sparsec.fq/{tag}/dequantize"), &[q, scale, zp])),
         &format!("{tag}.fq_dq"),
@@ -163,9 +166,10 @@ impl Pass for InsertFakeQuant {
                         other => return Err(err(format!("is a {other}, expected MatMul or Gemm"))),
                     };
                     let b = node.input(1).ok_or_else(|| err("has no weight input".into()))?;
-                    let dims = g.value(b).facts.shape.clone().filter(|s| s.len() == 2).ok_or_else(|| {
-                        err(format!("weight '{}' must have a known rank-2 shape", g.value(b).name))
-                    })?;
+                    let dims =
+                        g.value(b).facts.shape.clone().filter(|s| s.len() == 2).ok_or_else(|| {
+                            err(format!("weight '{}' must have a known rank-2 shape", g.value(b).name))
+                        })?;
                     let tag = format!("{}.weight", t.module);
                     let bq = fake_quant_weight(p, &c, b, &dims, self.weight_per_channel.then_some(axis), &tag);
                     p.set_node_input(nid, 1, Some(bq));
@@ -188,7 +192,11 @@ impl Pass for InsertFakeQuant {
                                 Facts { dtype: Some(zdt), ..af.type_only() },
                             );
                             let dq = p.op(
-                                NodeSpec::new("DequantizeLinear", format!("sparsec.fq/{base}/dequantize"), &[q, scale, zp]),
+                                NodeSpec::new(
+                                    "DequantizeLinear",
+                                    format!("sparsec.fq/{base}/dequantize"),
+                                    &[q, scale, zp],
+                                ),
                                 &format!("{base}.dq"),
                                 af.type_only(),
                             );

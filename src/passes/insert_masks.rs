@@ -37,37 +37,40 @@ impl Pass for InsertMasks {
     fn run(&self, model: &mut Model) -> Result<PassReport, PassError> {
         let pass = self.name();
         let mut report = PassReport { pass: pass.into(), ..PassReport::default() };
-        model.graph.edit(|p: &mut Patch| {
-            let g = p.graph();
-            for t in &self.targets {
-                let err = |message: String| PassError::Target { pass, target: t.param.clone(), message };
-                let w = g
-                    .value_by_name(&t.initializer)
-                    .ok_or_else(|| err(format!("no value named '{}'", t.initializer)))?;
-                let tensor = g.initializer(w).ok_or_else(|| err(format!("'{}' is not an initializer", t.initializer)))?;
-                if tensor.dtype != DType::F32 {
-                    return Err(err(format!("weight has dtype {}, expected f32", tensor.dtype)));
+        model
+            .graph
+            .edit(|p: &mut Patch| {
+                let g = p.graph();
+                for t in &self.targets {
+                    let err = |message: String| PassError::Target { pass, target: t.param.clone(), message };
+                    let w = g
+                        .value_by_name(&t.initializer)
+                        .ok_or_else(|| err(format!("no value named '{}'", t.initializer)))?;
+                    let tensor =
+                        g.initializer(w).ok_or_else(|| err(format!("'{}' is not an initializer", t.initializer)))?;
+                    if tensor.dtype != DType::F32 {
+                        return Err(err(format!("weight has dtype {}, expected f32", tensor.dtype)));
+                    }
+                    let facts = Facts::new(DType::F32, tensor.dims.iter().map(|&d| Dim::Known(d)).collect());
+                    let name = format!("{}.mask", t.param);
+                    if g.value_by_name(&name).is_some() {
+                        return Err(err(format!("a value named '{name}' already exists (masks inserted twice?)")));
+                    }
+                    let mask = p.add_input(&name, facts.clone());
+                    let (node, outs) = p.add_node(
+                        NodeSpec::new("Mul", format!("sparsec.mask/{}", t.param), &[w, mask]),
+                        &[(&format!("{}.masked", t.param), facts)],
+                    );
+                    p.replace_uses_except(w, outs[0], &[node]);
+                    report.new_inputs.push(name);
+                    report.rewritten += 1;
                 }
-                let facts = Facts::new(DType::F32, tensor.dims.iter().map(|&d| Dim::Known(d)).collect());
-                let name = format!("{}.mask", t.param);
-                if g.value_by_name(&name).is_some() {
-                    return Err(err(format!("a value named '{name}' already exists (masks inserted twice?)")));
-                }
-                let mask = p.add_input(&name, facts.clone());
-                let (node, outs) = p.add_node(
-                    NodeSpec::new("Mul", format!("sparsec.mask/{}", t.param), &[w, mask]),
-                    &[(&format!("{}.masked", t.param), facts)],
-                );
-                p.replace_uses_except(w, outs[0], &[node]);
-                report.new_inputs.push(name);
-                report.rewritten += 1;
-            }
-            Ok(())
-        })
-        .map_err(|e: PassError| match e {
-            PassError::Ir { source, .. } => PassError::Ir { pass, source },
-            other => other,
-        })?;
+                Ok(())
+            })
+            .map_err(|e: PassError| match e {
+                PassError::Ir { source, .. } => PassError::Ir { pass, source },
+                other => other,
+            })?;
         Ok(report)
     }
 }

@@ -241,12 +241,10 @@ fn binary(op: &str, a: Num, b: Num) -> Result<Num, EvalError> {
             let r = x % y;
             Int(if r != 0 && ((r < 0) != (y < 0)) { r + y } else { r })
         }
-        ("**", Int(x), Int(y)) if y >= 0 => Int(
-            u32::try_from(y)
-                .ok()
-                .and_then(|e| x.checked_pow(e))
-                .ok_or_else(|| EvalError::Invalid("overflow in `**`".into()))?,
-        ),
+        ("**", Int(x), Int(y)) if y >= 0 => Int(u32::try_from(y)
+            .ok()
+            .and_then(|e| x.checked_pow(e))
+            .ok_or_else(|| EvalError::Invalid("overflow in `**`".into()))?),
         (op, a, b) => {
             let (x, y) = (a.as_f64(), b.as_f64());
             Float(match op {

@@ -44,7 +44,10 @@ impl<'a> FieldReader<'a> {
             Value::Mapping(m) => {
                 for (k, v) in m {
                     let Some(k) = k.as_str() else {
-                        return Err(RecipeError::Invalid { at: loc, message: format!("field name {k:?} is not a string") });
+                        return Err(RecipeError::Invalid {
+                            at: loc,
+                            message: format!("field name {k:?} is not a string"),
+                        });
                     };
                     map.insert(k.to_string(), v.clone());
                 }
@@ -56,8 +59,7 @@ impl<'a> FieldReader<'a> {
                 })
             }
         }
-        let field_lines =
-            map.keys().map(|k| (k.clone(), src.field_line(tag_line, k).unwrap_or(tag_line))).collect();
+        let field_lines = map.keys().map(|k| (k.clone(), src.field_line(tag_line, k).unwrap_or(tag_line))).collect();
         Ok(FieldReader {
             modifier: modifier.to_string(),
             map,
@@ -128,7 +130,9 @@ impl<'a> FieldReader<'a> {
     pub fn f64_opt(&mut self, field: &'static str) -> Result<Option<f64>, RecipeError> {
         match self.value(field)? {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => as_f64(&v).map(Some).ok_or_else(|| self.invalid(field, format!("expected a number, got {}", show(&v)))),
+            Some(v) => {
+                as_f64(&v).map(Some).ok_or_else(|| self.invalid(field, format!("expected a number, got {}", show(&v))))
+            }
         }
     }
 
@@ -250,7 +254,9 @@ pub(crate) fn strings(v: &Value) -> Option<Vec<String>> {
 pub(crate) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("'{s}'"),
-        other => serde_yaml::to_string(other).map(|s| s.trim().replace('\n', " ")).unwrap_or_else(|_| kind(other).into()),
+        other => {
+            serde_yaml::to_string(other).map(|s| s.trim().replace('\n', " ")).unwrap_or_else(|_| kind(other).into())
+        }
     }
 }
 

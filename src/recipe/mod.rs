@@ -22,10 +22,10 @@ use serde::Serialize;
 use serde_yaml::{Mapping, Value};
 
 pub use error::{Location, RecipeError};
-pub use fields::Scope;
-pub use modifiers::*;
 use eval::Num;
 use fields::FieldReader;
+pub use fields::Scope;
+pub use modifiers::*;
 use source::Source;
 
 /// One modifier with where it came from.
@@ -71,7 +71,8 @@ pub struct Recipe {
 impl Recipe {
     /// Reads and parses a recipe file; `overrides` replace variables (SparseML's `recipe_args`).
     pub fn load(path: &Path, overrides: &serde_json::Map<String, serde_json::Value>) -> Result<Recipe, RecipeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })?;
         Recipe::parse(&text, path, overrides)
     }
 
@@ -90,7 +91,12 @@ impl Recipe {
         let src = Source::new(path, yaml, offset);
         let root: Value = serde_yaml::from_str(yaml).map_err(|e| {
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-            RecipeError::Syntax { file: path.to_path_buf(), line: line + offset, column, message: strip_location(&e.to_string()) }
+            RecipeError::Syntax {
+                file: path.to_path_buf(),
+                line: line + offset,
+                column,
+                message: strip_location(&e.to_string()),
+            }
         })?;
         let Value::Mapping(mut root) = root else {
             return Err(RecipeError::NotAMapping(path.to_path_buf()));
@@ -102,8 +108,11 @@ impl Recipe {
             Value::String(s) => s.clone(),
             other => fields::show(other),
         });
-        let globals: Mapping =
-            root.iter().filter(|(k, v)| !is_stage(v) && !is_modifier_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let globals: Mapping = root
+            .iter()
+            .filter(|(k, v)| !is_stage(v) && !is_modifier_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let global_scope = evaluate_variables(&globals, &Scope::default(), &src, None)?;
         let mut variables: std::collections::BTreeMap<String, f64> =
             global_scope.numbers.iter().map(|(k, v)| (k.clone(), v.as_f64())).collect();
@@ -114,11 +123,8 @@ impl Recipe {
             let key = k.as_str().unwrap_or_default().to_string();
             if is_stage(v) {
                 let stage = v.as_mapping().expect("stage is a mapping");
-                let locals: Mapping = stage
-                    .iter()
-                    .filter(|(k, _)| !is_modifier_key(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                let locals: Mapping =
+                    stage.iter().filter(|(k, _)| !is_modifier_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
                 let scope = evaluate_variables(&locals, &global_scope, &src, Some(&key))?;
                 for (sk, sv) in stage {
                     if is_modifier_key(sk) {
@@ -295,7 +301,10 @@ fn parse_group(
             let line = src.key_line(stage, group).unwrap_or(0);
             return Err(RecipeError::Invalid {
                 at: src.at(line, Some(group.to_string())),
-                message: format!("each entry must be a tagged modifier like `- !GMPruningModifier`, got {}", fields::show(item)),
+                message: format!(
+                    "each entry must be a tagged modifier like `- !GMPruningModifier`, got {}",
+                    fields::show(item)
+                ),
             });
         };
         let name = t.tag.to_string().trim_start_matches('!').to_string();

@@ -153,9 +153,15 @@ pub enum InterFunc {
 pub enum MaskType {
     Unstructured,
     /// Blocks of `rows × cols` pruned together (`block4` is `[1, 4]`: four consecutive inputs).
-    Block { rows: i64, cols: i64 },
+    Block {
+        rows: i64,
+        cols: i64,
+    },
     /// In every group of `m` consecutive weights, `n` are KEPT (SparseML's `NMPruningMaskCreator`).
-    NM { n: i64, m: i64 },
+    NM {
+        n: i64,
+        m: i64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -321,7 +327,9 @@ pub(crate) fn parse_modifier(tag: &str, r: &mut FieldReader) -> Result<Modifier,
                 Some("cosine") => LrFunc::Cosine,
                 Some("cyclic_linear") => LrFunc::CyclicLinear,
                 Some(other) => {
-                    return Err(r.invalid("lr_func", format!("lr_func '{other}' must be one of linear, cosine, cyclic_linear")))
+                    return Err(
+                        r.invalid("lr_func", format!("lr_func '{other}' must be one of linear, cosine, cyclic_linear"))
+                    )
                 }
                 None => return Err(r.missing("lr_func")),
             };
@@ -373,7 +381,10 @@ pub(crate) fn parse_modifier(tag: &str, r: &mut FieldReader) -> Result<Modifier,
                 constant_logging,
             })
         }
-        "GMPruningModifier" | "MagnitudePruningModifier" | "GlobalMagnitudePruningModifier" | "OBSPruningModifier"
+        "GMPruningModifier"
+        | "MagnitudePruningModifier"
+        | "GlobalMagnitudePruningModifier"
+        | "OBSPruningModifier"
         | "MovementPruningModifier" => Modifier::Pruning(parse_pruning(tag, r)?),
         "ConstantPruningModifier" => {
             let params = r.strings_opt("params")?.ok_or_else(|| r.missing("params"))?;
@@ -416,7 +427,13 @@ pub(crate) fn parse_modifier(tag: &str, r: &mut FieldReader) -> Result<Modifier,
             let start_epoch = r.f64_or("start_epoch", -1.0)?;
             let end_epoch = r.f64_or("end_epoch", -1.0)?;
             schedule(r, start_epoch, end_epoch, EndRule::GreaterEqualOrNever)?;
-            Modifier::TrainableParams(TrainableParamsModifier { params, trainable, params_strict, start_epoch, end_epoch })
+            Modifier::TrainableParams(TrainableParamsModifier {
+                params,
+                trainable,
+                params_strict,
+                start_epoch,
+                end_epoch,
+            })
         }
         "SetWeightDecayModifier" => {
             let weight_decay = r.f64_req("weight_decay")?;
@@ -472,7 +489,8 @@ fn parse_pruning(tag: &str, r: &mut FieldReader) -> Result<PruningModifier, Reci
             for (k, v) in m {
                 let s = as_f64(&k).ok_or_else(|| r.invalid("final_sparsity", "mapping keys must be sparsities"))?;
                 let s = sparsity(r, "final_sparsity", s)?;
-                let ps = strings(&v).ok_or_else(|| r.invalid("final_sparsity", "mapping values must be lists of params"))?;
+                let ps =
+                    strings(&v).ok_or_else(|| r.invalid("final_sparsity", "mapping values must be lists of params"))?;
                 for p in ps {
                     params.push(p);
                     finals.push(s);
@@ -496,7 +514,10 @@ fn parse_pruning(tag: &str, r: &mut FieldReader) -> Result<PruningModifier, Reci
     schedule(r, start_epoch, end_epoch, EndRule::GreaterEqual)?;
     let update_frequency = r.f64_req("update_frequency")?;
     if update_frequency != -1.0 && update_frequency <= 0.0 {
-        return Err(r.invalid("update_frequency", format!("update_frequency {update_frequency} must be > 0 (or -1 for every step)")));
+        return Err(r.invalid(
+            "update_frequency",
+            format!("update_frequency {update_frequency} must be > 0 (or -1 for every step)"),
+        ));
     }
     let leave_enabled = r.bool_or("leave_enabled", true)?;
     let inter_func = match r.string_opt("inter_func")?.as_deref() {
@@ -504,7 +525,9 @@ fn parse_pruning(tag: &str, r: &mut FieldReader) -> Result<PruningModifier, Reci
         Some("linear") => InterFunc::Linear,
         Some("inverse_cubic") => InterFunc::InverseCubic,
         Some(other) => {
-            return Err(r.invalid("inter_func", format!("inter_func '{other}' must be one of linear, cubic, inverse_cubic")))
+            return Err(
+                r.invalid("inter_func", format!("inter_func '{other}' must be one of linear, cubic, inverse_cubic"))
+            )
         }
     };
     let mask_type = parse_mask_type(r)?;
@@ -573,7 +596,9 @@ fn parse_mask_type(r: &mut FieldReader) -> Result<MaskType, RecipeError> {
     let bad = |r: &FieldReader, what: String| {
         r.invalid(
             "mask_type",
-            format!("{what}; expected unstructured, block4, [rows, cols], or \"N:M\" with N (weights kept per group) <= M"),
+            format!(
+                "{what}; expected unstructured, block4, [rows, cols], or \"N:M\" with N (weights kept per group) <= M"
+            ),
         )
     };
     Ok(match v {
@@ -588,7 +613,10 @@ fn parse_mask_type(r: &mut FieldReader) -> Result<MaskType, RecipeError> {
                 match nums.as_deref() {
                     Some([n, m]) if *m >= 1 && *n >= 1 && n <= m => MaskType::NM { n: *n, m: *m },
                     Some([n, m]) if n > m => {
-                        return Err(bad(r, format!("mask_type \"{s}\" keeps {n} of every {m} weights, more than the group holds")))
+                        return Err(bad(
+                            r,
+                            format!("mask_type \"{s}\" keeps {n} of every {m} weights, more than the group holds"),
+                        ))
                     }
                     _ => return Err(bad(r, format!("mask_type \"{s}\" is not N:M with positive integers"))),
                 }
@@ -666,7 +694,13 @@ fn parse_quantization(r: &mut FieldReader) -> Result<QuantizationModifier, Recip
     let strict = r.bool_or("strict", true)?;
     let legacy = LEGACY_ONLY.iter().any(|f| r.field_lines.contains_key(*f));
     if legacy && (scheme.is_some() || scheme_overrides.is_some() || ignore.is_some()) {
-        let f = if scheme.is_some() { "scheme" } else if ignore.is_some() { "ignore" } else { "scheme_overrides" };
+        let f = if scheme.is_some() {
+            "scheme"
+        } else if ignore.is_some() {
+            "ignore"
+        } else {
+            "scheme_overrides"
+        };
         return Err(r.invalid(
             f,
             "cannot mix the legacy fields (submodules, quantize_embeddings, weight_bits, …) with scheme/ignore",
@@ -683,8 +717,19 @@ fn parse_quantization(r: &mut FieldReader) -> Result<QuantizationModifier, Recip
         if let Some(a) = a {
             if a.num_bits != 8 {
                 return Err(r.invalid(
-                    if legacy || scheme.is_none() { if what == "weights" { "weight_bits" } else { "activation_bits" } } else { "scheme" },
-                    format!("{what}: sparsec's fake quantization and int8 export support 8 bits only, got {}", a.num_bits),
+                    if legacy || scheme.is_none() {
+                        if what == "weights" {
+                            "weight_bits"
+                        } else {
+                            "activation_bits"
+                        }
+                    } else {
+                        "scheme"
+                    },
+                    format!(
+                        "{what}: sparsec's fake quantization and int8 export support 8 bits only, got {}",
+                        a.num_bits
+                    ),
                 ));
             }
             if a.strategy != "tensor" && a.strategy != "channel" {

@@ -12,7 +12,15 @@ use super::Recipe;
 /// (`t`), `cubic` (`1 - (1 - t)^3`) or `inverse_cubic` (`1 - (1 - t)^(1/3)`); outside the range
 /// (within `f64::EPSILON` of the ends) it returns the end values.
 pub fn interpolate(x: f64, x0: f64, x1: f64, y0: f64, y1: f64, f: InterFunc) -> f64 {
-    let t = if x1 == x0 { if x >= x1 { 1.0 } else { 0.0 } } else { (x - x0) / (x1 - x0) };
+    let t = if x1 == x0 {
+        if x >= x1 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        (x - x0) / (x1 - x0)
+    };
     let y = match f {
         InterFunc::Linear => t,
         InterFunc::Cubic => 1.0 - (1.0 - t).powi(3),
@@ -74,13 +82,21 @@ impl PruningModifier {
     /// `total_steps` steps, replaying SparseML's step-wise rules: start when
     /// `epoch >= start_epoch`; then whenever `epoch >= last_update + update_frequency`
     /// (every step for -1); and at the first step with `epoch >= end_epoch`. `epoch = step / steps_per_epoch`.
-    pub fn mask_updates(&self, steps_per_epoch: u64, total_steps: u64, init: f64, final_sparsity: f64) -> Vec<MaskUpdate> {
+    pub fn mask_updates(
+        &self,
+        steps_per_epoch: u64,
+        total_steps: u64,
+        init: f64,
+        final_sparsity: f64,
+    ) -> Vec<MaskUpdate> {
         let mut out = Vec::new();
         let (mut started, mut ended) = (false, false);
         let mut last = -1.0f64;
         for step in 0..total_steps {
             let epoch = step as f64 / steps_per_epoch as f64;
-            let start_pending = !started && !ended && (epoch >= self.start_epoch && self.start_epoch >= 0.0 || self.start_epoch == -1.0);
+            let start_pending = !started
+                && !ended
+                && (epoch >= self.start_epoch && self.start_epoch >= 0.0 || self.start_epoch == -1.0);
             let end_pending = !ended && started && epoch >= self.end_epoch && self.end_epoch >= 0.0;
             let periodic = started
                 && epoch > self.start_epoch
