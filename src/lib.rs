@@ -8,5 +8,7 @@
 pub mod cli;
 pub mod ir;
 pub mod onnx;
+pub mod passes;
+pub mod recipe;
 pub mod runtime;
 pub mod train;

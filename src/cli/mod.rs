@@ -1,6 +1,7 @@
 //! Command-line front end: clap-derived arguments, one file per subcommand, errors mapped to exit
 //! codes with the whole context chain on one line.
 
+pub mod compile;
 mod info;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Summarise a model: opset, ops, parameters and its prunable linear layers.
     Info(info::InfoArgs),
+    /// Rewrite a model per a SparseML recipe into a training graph and a plan.
+    Compile(compile::CompileArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -29,6 +32,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Compile(args) => compile::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

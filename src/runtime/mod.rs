@@ -84,6 +84,9 @@ impl std::fmt::Display for EngineKind {
 pub struct EngineOptions {
     /// Intra-op threads; `None` lets the engine choose.
     pub threads: Option<usize>,
+    /// Only ORT's basic (semantics-preserving) graph rewrites, none of the fusions that change
+    /// float rounding; for tests comparing two graphs value for value.
+    pub basic_optimizations_only: bool,
 }
 
 /// A loaded model that can be run repeatedly.

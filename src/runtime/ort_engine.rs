@@ -104,7 +104,11 @@ impl OrtBackend {
     fn builder(opts: &EngineOptions) -> Result<ort::session::builder::SessionBuilder> {
         let env = environment()?;
         let mut b = Session::builder(env)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(if opts.basic_optimizations_only {
+                GraphOptimizationLevel::Level1
+            } else {
+                GraphOptimizationLevel::Level3
+            })
             .map_err(|e| anyhow!("{e}"))?;
         if let Some(t) = opts.threads {
             b = b.with_intra_threads(t).map_err(|e| anyhow!("{e}"))?;

@@ -1,0 +1,80 @@
+//! Graph rewrites that turn an inference graph into a sparsification training graph, one pass per
+//! file behind the [`Pass`] trait and a registry by name. Passes edit only through
+//! [`Graph::edit`](crate::ir::Graph::edit) and are configured with explicit targets (initializer
+//! and node names) that `sparsec compile` resolves from the recipe beforehand, so a pass never
+//! depends on what an earlier pass did to module-name recovery.
+//!
+//! Sits between `recipe/` (which decides the targets) and `autodiff/` (which differentiates the
+//! result).
+
+mod expose_trainable_params;
+mod insert_fake_quant;
+mod insert_masks;
+
+use serde::Serialize;
+
+pub use expose_trainable_params::ExposeTrainableParams;
+pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, QUANT_ENABLED_INPUT};
+pub use insert_masks::{InsertMasks, MaskTarget};
+
+use crate::ir::{IrError, Model};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("unknown pass '{name}'; known passes: {known}")]
+    UnknownPass { name: String, known: String },
+    #[error("pass {pass}: bad configuration: {message}")]
+    Config { pass: &'static str, message: String },
+    #[error("pass {pass}: target '{target}': {message}")]
+    Target { pass: &'static str, target: String, message: String },
+    #[error("pass {pass}: {source}")]
+    Ir { pass: &'static str, source: IrError },
+}
+
+/// What a pass did: the graph inputs and outputs it added and how many sites it rewrote.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PassReport {
+    pub pass: String,
+    pub rewritten: usize,
+    pub new_inputs: Vec<String>,
+    pub new_outputs: Vec<String>,
+}
+
+/// One graph rewrite.
+pub trait Pass {
+    fn name(&self) -> &'static str;
+    fn run(&self, model: &mut Model) -> Result<PassReport, PassError>;
+}
+
+type Constructor = fn(serde_json::Value) -> Result<Box<dyn Pass>, PassError>;
+
+fn build<P: Pass + serde::de::DeserializeOwned + 'static>(
+    name: &'static str,
+) -> impl Fn(serde_json::Value) -> Result<Box<dyn Pass>, PassError> {
+    move |cfg| {
+        serde_json::from_value::<P>(cfg)
+            .map(|p| Box::new(p) as Box<dyn Pass>)
+            .map_err(|e| PassError::Config { pass: name, message: e.to_string() })
+    }
+}
+
+/// Every pass by name, with a constructor from its JSON configuration.
+pub fn registry() -> Vec<(&'static str, Constructor)> {
+    vec![
+        ("InsertMasks", |c| build::<InsertMasks>("InsertMasks")(c)),
+        ("InsertFakeQuant", |c| build::<InsertFakeQuant>("InsertFakeQuant")(c)),
+        ("ExposeTrainableParams", |c| build::<ExposeTrainableParams>("ExposeTrainableParams")(c)),
+    ]
+}
+
+/// Builds the pass `name` from its configuration.
+pub fn by_name(name: &str, config: serde_json::Value) -> Result<Box<dyn Pass>, PassError> {
+    let reg = registry();
+    match reg.iter().find(|(n, _)| *n == name) {
+        Some((_, make)) => make(config),
+        None => Err(PassError::UnknownPass {
+            name: name.to_string(),
+            known: reg.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
