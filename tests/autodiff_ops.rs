@@ -122,7 +122,17 @@ fn to_host(t: &Tensor) -> HostTensor {
 }
 
 fn run(backend: &mut dyn runtime::Backend, names: &[String], params: &[Tensor]) -> Vec<(String, HostTensor)> {
-    let feed: Vec<(&str, HostTensor)> = names.iter().zip(params).map(|(n, t)| (n.as_str(), to_host(t))).collect();
+    run_with(backend, names, params, &[])
+}
+
+fn run_with(
+    backend: &mut dyn runtime::Backend,
+    names: &[String],
+    params: &[Tensor],
+    extra: &[(&str, HostTensor)],
+) -> Vec<(String, HostTensor)> {
+    let mut feed: Vec<(&str, HostTensor)> = names.iter().zip(params).map(|(n, t)| (n.as_str(), to_host(t))).collect();
+    feed.extend(extra.iter().cloned());
     backend.run(&feed).unwrap()
 }
 
@@ -133,13 +143,24 @@ fn loss_of(out: &[(String, HostTensor)]) -> f64 {
 
 /// Checks every parameter's gradient against central differences; returns the worst error.
 fn check_grad(name: &str, params: Vec<Tensor>, opset: i64, build: impl FnOnce(&mut Patch, &[ValueId]) -> Vec<ValueId>) {
+    check_grad_with(name, params, &[], opset, build)
+}
+
+/// As [`check_grad`], feeding `extra` runtime inputs too.
+fn check_grad_with(
+    name: &str,
+    params: Vec<Tensor>,
+    extra: &[(&str, HostTensor)],
+    opset: i64,
+    build: impl FnOnce(&mut Patch, &[ValueId]) -> Vec<ValueId>,
+) {
     let (m, names) = model_with_loss(&params, opset, build);
     let (gm, grads) =
         autodiff::differentiate(&m, "loss", &names, &GradOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut backend =
         runtime::load_bytes(&onnx::encode_model(&gm), EngineKind::Ort, &EngineOptions { threads: Some(1) })
             .unwrap_or_else(|e| panic!("{name}: ORT rejects the gradient graph: {e:#}"));
-    let out = run(backend.as_mut(), &names, &params);
+    let out = run_with(backend.as_mut(), &names, &params, extra);
     let mut worst = 0.0f64;
     for (i, pname) in names.iter().enumerate() {
         let entry = grads.by_param(pname).unwrap();
@@ -159,8 +180,8 @@ fn check_grad(name: &str, params: Vec<Tensor>, opset: i64, build: impl FnOnce(&m
             let mut vm = base.clone();
             vm[j] -= EPS;
             minus[i] = Tensor::from_f32(params[i].dims.clone(), &vm);
-            let lp = loss_of(&run(backend.as_mut(), &names, &plus));
-            let lm = loss_of(&run(backend.as_mut(), &names, &minus));
+            let lp = loss_of(&run_with(backend.as_mut(), &names, &plus, extra));
+            let lm = loss_of(&run_with(backend.as_mut(), &names, &minus, extra));
             let fd = (lp - lm) / (2.0 * EPS as f64);
             let err = (ga as f64 - fd).abs();
             assert!(
@@ -326,6 +347,28 @@ fn shape_ops_match_finite_differences() {
         let (s, e, a) = (ints(p, &[1, -3]), ints(p, &[i64::MAX, -1]), ints(p, &[0, 2]));
         vec![node(p, "Slice", &[x[0], s, e, a], vec![])]
     });
+}
+
+#[test]
+fn broadcasting_between_shapes_known_only_at_run_time_is_undone_at_run_time() {
+    // y = Reshape(a, Shape(s)) has no static shape (s is a runtime input of unknown dims), so
+    // reducing d(y * c)/dy to y's shape finds the broadcast axes at run time (Shape, NonZero).
+    let s = HostTensor::F32(ArrayD::zeros(vec![2, 1, 3]));
+    check_grad_with(
+        "Mul with runtime-shaped operand",
+        vec![signed(&[2, 3], 1, 0.1, 1.0), signed(&[4, 1], 2, 0.1, 1.0)],
+        &[("s", s)],
+        17,
+        |p, x| {
+            let facts = sparsec::ir::Facts::new(DType::F32, vec![sparsec::ir::Dim::Unknown; 3]);
+            let src = p.add_input("s", facts);
+            let sh = node(p, "Shape", &[src], vec![]);
+            let y = node(p, "Reshape", &[x[0], sh], vec![]);
+            let z = node(p, "Mul", &[y, x[1]], vec![]);
+            let fixed = ints(p, &[2, 4, 3]);
+            vec![node(p, "Reshape", &[z, fixed], vec![])]
+        },
+    );
 }
 
 #[test]
