@@ -281,8 +281,50 @@ impl<'p, 'g> Gradient<'p, 'g> {
         self.unbroadcast_from(g, &os, x)
     }
 
+    /// As [`unbroadcast`](Self::unbroadcast) for one operand of an elementwise node whose other
+    /// operands are `others`: where every other operand lacks an axis or has extent 1 there, the
+    /// result's extent is this operand's, so no reduction is needed even when neither extent is
+    /// known statically.
+    pub fn unbroadcast_operand(
+        &mut self,
+        g: ValueId,
+        out: ValueId,
+        x: ValueId,
+        others: &[ValueId],
+    ) -> Result<ValueId, AutodiffError> {
+        let (Some(os), Some(xs)) = (self.shape(out), self.shape(x)) else {
+            return self.unbroadcast(g, out, x);
+        };
+        let mut same = vec![false; os.len()];
+        if os.len() == xs.len() {
+            let other_shapes: Vec<Option<Vec<Dim>>> = others.iter().map(|&o| self.shape(o)).collect();
+            for (i, same) in same.iter_mut().enumerate() {
+                *same = other_shapes.iter().all(|s| match s {
+                    Some(s) => {
+                        let off = xs.len().saturating_sub(s.len());
+                        i < off || s.get(i - off) == Some(&Dim::Known(1))
+                    }
+                    None => false,
+                });
+            }
+        }
+        self.unbroadcast_masked(g, &os, x, &same)
+    }
+
     /// As [`unbroadcast`](Self::unbroadcast), for a gradient whose static shape is `os`.
     pub fn unbroadcast_from(&mut self, g: ValueId, os: &[Dim], x: ValueId) -> Result<ValueId, AutodiffError> {
+        self.unbroadcast_masked(g, os, x, &[])
+    }
+
+    /// As [`unbroadcast_from`](Self::unbroadcast_from); axes `i` of the result with `same[i]`
+    /// are known to have `x`'s extent and are never reduced.
+    fn unbroadcast_masked(
+        &mut self,
+        g: ValueId,
+        os: &[Dim],
+        x: ValueId,
+        same: &[bool],
+    ) -> Result<ValueId, AutodiffError> {
         let Some(xs) = self.shape(x) else {
             return Err(AutodiffError::Unsupported {
                 reason: format!(
@@ -300,6 +342,9 @@ impl<'p, 'g> Gradient<'p, 'g> {
         let mut keep_axes = Vec::new();
         let mut dynamic = false;
         for (i, xd) in xs.iter().enumerate() {
+            if same.get(lead + i).copied().unwrap_or(false) {
+                continue;
+            }
             let od = &os[lead + i];
             match (xd, od) {
                 (_, Dim::Known(1)) => {}

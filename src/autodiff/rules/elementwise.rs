@@ -44,8 +44,9 @@ fn operand(
     }
     let x = n.sources[k].ok_or_else(|| n.error(format!("missing input {k}")))?;
     let y = n.output(0)?;
+    let others: Vec<ValueId> = n.node.inputs.iter().flatten().copied().filter(|&v| v != x).collect();
     let g = gx(b);
-    b.unbroadcast(g, y, x).map(Some)
+    b.unbroadcast_operand(g, y, x, &others).map(Some)
 }
 
 /// d(a+b) = g, g.

@@ -55,8 +55,13 @@ fn last_dim(b: &mut Gradient, x: ValueId, rank: usize) -> ValueId {
 
 /// Sums a batched product of rank `rp` down to operand `x` (rank `rx`): leading batch axes the
 /// operand lacks, and batch axes where it has extent 1. The product's batch axes are those of
-/// the node's output `y`; its two matrix axes are the operand's.
+/// the node's output `y`; its two matrix axes are the operand's. When the other operand is a
+/// matrix (no batch axes), the product already has the operand's shape.
 fn unbroadcast_batch(b: &mut Gradient, prod: ValueId, y: ValueId, x: ValueId) -> Result<ValueId, AutodiffError> {
+    let other = n_other(b, y, x);
+    if other.is_some_and(|r| r <= 2) && b.rank(x) == b.rank(y) {
+        return Ok(prod);
+    }
     let (Some(ys), Some(xs)) = (b.shape(y), b.shape(x)) else {
         return Err(AutodiffError::Unsupported { reason: "MatMul gradient: operand ranks not known".into() });
     };
@@ -64,6 +69,13 @@ fn unbroadcast_batch(b: &mut Gradient, prod: ValueId, y: ValueId, x: ValueId) ->
     let mut shape: Vec<Dim> = ys[..batch].to_vec();
     shape.extend(xs[xs.len().saturating_sub(2)..].iter().cloned());
     b.unbroadcast_from(prod, &shape, x)
+}
+
+/// The rank of the MatMul operand other than `x` (the node producing `y`).
+fn n_other(b: &Gradient, y: ValueId, x: ValueId) -> Option<usize> {
+    let (_, node) = b.graph().producer(y)?;
+    let other = node.inputs.iter().flatten().copied().find(|&v| v != x)?;
+    b.rank(other)
 }
 
 /// MatMul with a 1-D operand: promoted to a matrix (`[1,K]` or `[K,1]`) as numpy does, with the
