@@ -5,6 +5,7 @@
 //! API → `passes` and `autodiff` rewrite it → [`runtime`] runs it on ONNX Runtime or tract →
 //! `qa`, `train` and [`cli`] are the applications on top.
 
+pub mod autodiff;
 pub mod cli;
 pub mod ir;
 pub mod onnx;

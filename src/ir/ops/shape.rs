@@ -1,5 +1,6 @@
 //! Shape-moving ops: `Shape`, `Reshape`, `Transpose`, `(Un)Squeeze`, `Concat`, `Slice`, `Split`,
-//! `Expand`, `Flatten`, `Gather(ND|Elements)`, `ConstantOfShape`, `Range`, `Constant`, `Tile`.
+//! `Expand`, `Flatten`, `Gather(ND|Elements)`, `ConstantOfShape`, `Range`, `Constant`, `Tile`,
+//! `Pad`, `NonZero`.
 //! Rules here also carry symbolic contents through shape arithmetic.
 
 use super::{broadcast, def, facts, norm_axis, InferCtx, OpDef};
@@ -26,6 +27,8 @@ pub(super) fn register(defs: &mut Vec<OpDef>) {
     defs.push(def("", "Range", range));
     defs.push(def("", "Constant", constant));
     defs.push(def("", "Tile", tile));
+    defs.push(def("", "Pad", pad));
+    defs.push(def("", "NonZero", non_zero));
 }
 
 fn same0(cx: &InferCtx) -> Result<Vec<Facts>, String> {
@@ -508,6 +511,43 @@ fn tile(cx: &InferCtx) -> Result<Vec<Facts>, String> {
         _ => None,
     };
     Ok(vec![facts(x.dtype, shape)])
+}
+
+/// `Pad` (opset 11+: pads as input 1, optional axes as input 3 from opset 18).
+fn pad(cx: &InferCtx) -> Result<Vec<Facts>, String> {
+    let x = cx.input(0)?;
+    let Some(s) = &x.shape else {
+        return Ok(vec![facts(x.dtype, None)]);
+    };
+    let r = s.len();
+    let axes: Vec<usize> = match cx.opt_input(3) {
+        None => (0..r).collect(),
+        Some(_) => match cx.ints(3) {
+            Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
+            None => return Ok(vec![facts(x.dtype, Some(vec![Dim::Unknown; r]))]),
+        },
+    };
+    let Some(pads) = cx.ints(1) else {
+        return Ok(vec![facts(x.dtype, Some(vec![Dim::Unknown; r]))]);
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(format!("{} pads for {} axes", pads.len(), axes.len()));
+    }
+    let mut out = s.clone();
+    for (i, &a) in axes.iter().enumerate() {
+        let extra = pads[i] + pads[i + axes.len()];
+        out[a] = match &s[a] {
+            Dim::Known(d) => Dim::Known(d + extra),
+            d if extra == 0 => d.clone(),
+            _ => Dim::Unknown,
+        };
+    }
+    Ok(vec![facts(x.dtype, Some(out))])
+}
+
+fn non_zero(cx: &InferCtx) -> Result<Vec<Facts>, String> {
+    let rank = cx.rank(0).map(|r| Dim::Known(r as i64)).unwrap_or(Dim::Unknown);
+    Ok(vec![facts(Some(DType::I64), Some(vec![rank, Dim::Unknown]))])
 }
 
 impl Facts {

@@ -1,0 +1,400 @@
+//! [`Gradient`]: the op-emitting helper every gradient rule writes through. It wraps the one
+//! [`Patch`] of a backward build, memoises constants and `Shape`s, and knows the opset-dependent
+//! spellings of `ReduceMean`, `Squeeze`, … so rules stay opset-agnostic.
+
+use std::collections::HashMap;
+
+use crate::ir::{AttrValue, Attribute, DType, Dim, Facts, Graph, NodeSpec, Patch, Tensor, ValueId};
+
+use super::AutodiffError;
+
+/// Emits backward ops and constants into one patch.
+pub struct Gradient<'p, 'g> {
+    p: &'p mut Patch<'g>,
+    opset: i64,
+    /// Facts of the values this builder created (the pre-patch graph knows the rest).
+    facts: HashMap<ValueId, Facts>,
+    consts: HashMap<(DType, Vec<i64>, Vec<u8>), ValueId>,
+    shapes: HashMap<ValueId, ValueId>,
+    /// Name prefix of the nodes emitted for the forward node being differentiated.
+    scope: String,
+    counter: usize,
+}
+
+impl<'p, 'g> Gradient<'p, 'g> {
+    pub(crate) fn new(p: &'p mut Patch<'g>, opset: i64) -> Self {
+        Gradient {
+            p,
+            opset,
+            facts: HashMap::new(),
+            consts: HashMap::new(),
+            shapes: HashMap::new(),
+            scope: "grad".into(),
+            counter: 0,
+        }
+    }
+
+    /// The graph as it was before the backward pass.
+    pub fn graph(&self) -> &'g Graph {
+        self.p.graph()
+    }
+
+    pub fn opset(&self) -> i64 {
+        self.opset
+    }
+
+    /// The patch underneath, for edits the helpers do not cover.
+    pub fn patch(&mut self) -> &mut Patch<'g> {
+        self.p
+    }
+
+    pub(crate) fn set_scope(&mut self, scope: String) {
+        self.scope = scope;
+    }
+
+    /// What is known about `v`: forward values from the graph, backward values from this builder.
+    pub fn facts(&self, v: ValueId) -> Facts {
+        if let Some(f) = self.facts.get(&v) {
+            return f.clone();
+        }
+        if v.index() < self.p.graph().value_count() {
+            return self.p.graph().value(v).facts.clone();
+        }
+        Facts::default()
+    }
+
+    /// The contents of `v` when it is a constant, of the graph or made by this builder.
+    pub fn constant_of(&self, v: ValueId) -> Option<Tensor> {
+        if v.index() < self.p.graph().value_count() {
+            let g = self.p.graph();
+            return g.constant(v).or(g.value(v).facts.constant.as_ref()).cloned();
+        }
+        self.facts.get(&v).and_then(|f| f.constant.clone())
+    }
+
+    pub fn dtype(&self, v: ValueId) -> Option<DType> {
+        self.facts(v).dtype
+    }
+
+    pub fn shape(&self, v: ValueId) -> Option<Vec<Dim>> {
+        self.facts(v).shape
+    }
+
+    pub fn rank(&self, v: ValueId) -> Option<usize> {
+        self.facts(v).shape.map(|s| s.len())
+    }
+
+    /// The rank of `v`, or an error naming `what` when it is not known statically.
+    pub fn need_rank(&self, v: ValueId, what: &str) -> Result<usize, AutodiffError> {
+        self.rank(v).ok_or_else(|| AutodiffError::Unsupported {
+            reason: format!("{what}: the rank of '{}' is not known statically", self.p.graph().value(v).name),
+        })
+    }
+
+    /// The float dtype of `v` (f32 when unknown).
+    pub fn float_dtype(&self, v: ValueId) -> DType {
+        self.dtype(v).filter(|d| d.is_float()).unwrap_or(DType::F32)
+    }
+
+    /// Records facts for a value this builder created.
+    pub fn set_facts(&mut self, v: ValueId, facts: Facts) {
+        self.p.set_facts(v, facts.type_only());
+        self.facts.insert(v, facts);
+    }
+
+    /// One node, one output.
+    pub fn op(&mut self, op_type: &str, inputs: &[ValueId], attrs: Vec<Attribute>) -> ValueId {
+        self.op_opt(op_type, &inputs.iter().map(|&v| Some(v)).collect::<Vec<_>>(), attrs)
+    }
+
+    /// One node with optional (omitted) inputs, one output.
+    pub fn op_opt(&mut self, op_type: &str, inputs: &[Option<ValueId>], attrs: Vec<Attribute>) -> ValueId {
+        self.op_multi(op_type, inputs, attrs, 1).remove(0)
+    }
+
+    /// One node with `n_out` outputs.
+    pub fn op_multi(
+        &mut self,
+        op_type: &str,
+        inputs: &[Option<ValueId>],
+        attrs: Vec<Attribute>,
+        n_out: usize,
+    ) -> Vec<ValueId> {
+        self.counter += 1;
+        let name = format!("{}/{}_{}", self.scope, op_type, self.counter);
+        let spec = NodeSpec {
+            name: name.clone(),
+            op_type: op_type.into(),
+            inputs: inputs.to_vec(),
+            attrs,
+            ..NodeSpec::default()
+        };
+        let outs: Vec<(String, Facts)> = (0..n_out).map(|i| (format!("{name}_out{i}"), Facts::default())).collect();
+        let refs: Vec<(&str, Facts)> = outs.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
+        self.p.add_node(spec, &refs).1
+    }
+
+    /// A constant tensor (an initializer), shared between identical requests.
+    pub fn constant(&mut self, t: Tensor) -> ValueId {
+        let key = (t.dtype, t.dims.clone(), t.raw().to_vec());
+        if let Some(&v) = self.consts.get(&key) {
+            return v;
+        }
+        let v = self.p.add_initializer("grad_const", t.clone());
+        self.facts.insert(v, Facts::of_tensor(&t));
+        self.consts.insert(key, v);
+        v
+    }
+
+    /// A 0-d constant of a float dtype.
+    pub fn scalar(&mut self, x: f64, dtype: DType) -> ValueId {
+        let t = float_tensor(dtype, vec![], &[x]);
+        self.constant(t)
+    }
+
+    /// A 1-D i64 constant.
+    pub fn ints(&mut self, v: &[i64]) -> ValueId {
+        self.constant(Tensor::from_i64(vec![v.len() as i64], v))
+    }
+
+    /// `Shape(x)` as a 1-D i64 value: a constant when the shape is static, else a (shared) `Shape` node.
+    pub fn shape_of(&mut self, x: ValueId) -> ValueId {
+        if let Some(dims) = self.shape(x).and_then(|s| s.iter().map(Dim::known).collect::<Option<Vec<i64>>>()) {
+            return self.ints(&dims);
+        }
+        if let Some(&s) = self.shapes.get(&x) {
+            return s;
+        }
+        let s = self.op("Shape", &[x], vec![]);
+        self.shapes.insert(x, s);
+        s
+    }
+
+    /// Dimension `axis` (non-negative) of `x` as a 1-D i64 value of one element.
+    pub fn dim_of(&mut self, x: ValueId, axis: usize) -> ValueId {
+        if let Some(d) = self.shape(x).and_then(|s| s.get(axis).and_then(Dim::known)) {
+            return self.ints(&[d]);
+        }
+        let a = axis as i64;
+        self.op("Shape", &[x], vec![Attribute::int("start", a), Attribute::int("end", a + 1)])
+    }
+
+    pub fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.op("Add", &[a, b], vec![])
+    }
+    pub fn sub(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.op("Sub", &[a, b], vec![])
+    }
+    pub fn mul(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.op("Mul", &[a, b], vec![])
+    }
+    pub fn div(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.op("Div", &[a, b], vec![])
+    }
+    pub fn neg(&mut self, a: ValueId) -> ValueId {
+        self.op("Neg", &[a], vec![])
+    }
+    /// `a * c` for a float constant `c` of `a`'s dtype.
+    pub fn scale(&mut self, a: ValueId, c: f64, dtype: DType) -> ValueId {
+        let k = self.scalar(c, dtype);
+        self.mul(a, k)
+    }
+    pub fn cast(&mut self, a: ValueId, to: DType) -> ValueId {
+        self.op("Cast", &[a], vec![Attribute::int("to", to.onnx_code() as i64)])
+    }
+    pub fn matmul(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.op("MatMul", &[a, b], vec![])
+    }
+    pub fn transpose(&mut self, a: ValueId, perm: &[i64]) -> ValueId {
+        self.op("Transpose", &[a], vec![Attribute::ints("perm", perm.to_vec())])
+    }
+    /// Swaps the last two axes of a value of rank `rank` (>= 2).
+    pub fn transpose_last2(&mut self, a: ValueId, rank: usize) -> ValueId {
+        let mut perm: Vec<i64> = (0..rank as i64).collect();
+        perm.swap(rank - 2, rank - 1);
+        self.transpose(a, &perm)
+    }
+    pub fn reshape(&mut self, a: ValueId, shape: ValueId) -> ValueId {
+        self.op("Reshape", &[a, shape], vec![])
+    }
+    /// `a` reshaped to the runtime shape of `like`.
+    pub fn reshape_like(&mut self, a: ValueId, like: ValueId) -> ValueId {
+        let s = self.shape_of(like);
+        self.reshape(a, s)
+    }
+    pub fn unsqueeze(&mut self, a: ValueId, axes: &[i64]) -> ValueId {
+        let ax = self.ints(axes);
+        self.op("Unsqueeze", &[a, ax], vec![])
+    }
+    pub fn squeeze(&mut self, a: ValueId, axes: &[i64]) -> ValueId {
+        let ax = self.ints(axes);
+        self.op("Squeeze", &[a, ax], vec![])
+    }
+    /// `ReduceSum` over constant axes (axes as an input, opset >= 13).
+    pub fn reduce_sum(&mut self, a: ValueId, axes: &[i64], keepdims: bool) -> ValueId {
+        let ax = self.ints(axes);
+        self.op("ReduceSum", &[a, ax], vec![Attribute::int("keepdims", keepdims as i64)])
+    }
+    /// `ReduceMean` over constant axes: an attribute before opset 18, an input from 18.
+    pub fn reduce_mean(&mut self, a: ValueId, axes: &[i64], keepdims: bool) -> ValueId {
+        let keep = Attribute::int("keepdims", keepdims as i64);
+        if self.opset >= 18 {
+            let ax = self.ints(axes);
+            self.op("ReduceMean", &[a, ax], vec![keep])
+        } else {
+            self.op("ReduceMean", &[a], vec![Attribute::ints("axes", axes.to_vec()), keep])
+        }
+    }
+    /// `Where(cond, a, b)`.
+    pub fn where_(&mut self, cond: ValueId, a: ValueId, b: ValueId) -> ValueId {
+        self.op("Where", &[cond, a, b], vec![])
+    }
+    /// Zeros with the runtime shape of `like` and dtype `dtype`.
+    pub fn zeros_like(&mut self, like: ValueId, dtype: DType) -> ValueId {
+        let s = self.shape_of(like);
+        self.zeros_of_shape(s, dtype)
+    }
+    pub fn zeros_of_shape(&mut self, shape: ValueId, dtype: DType) -> ValueId {
+        let value = float_tensor(dtype, vec![1], &[0.0]);
+        self.op("ConstantOfShape", &[shape], vec![Attribute::new("value", AttrValue::Tensor(value))])
+    }
+
+    /// Sums gradient contributions: the value itself for one, a chain of `Add`s for more.
+    pub fn accumulate(&mut self, parts: &[ValueId]) -> Option<ValueId> {
+        let (&first, rest) = parts.split_first()?;
+        Some(rest.iter().fold(first, |acc, &p| self.add(acc, p)))
+    }
+
+    /// Undoes broadcasting: reduces `g`, shaped like `out`, to the shape of `x`. Leading axes
+    /// are summed away; axes where `x` has extent 1 and `out` may not are summed with keepdims.
+    /// Static facts decide the axes when they can; otherwise the extent-1 axes of `x` are found
+    /// at run time.
+    pub fn unbroadcast(&mut self, g: ValueId, out: ValueId, x: ValueId) -> Result<ValueId, AutodiffError> {
+        let Some(os) = self.shape(out) else {
+            return Err(AutodiffError::Unsupported {
+                reason: format!(
+                    "undoing broadcast from '{}': its rank is not known statically",
+                    self.p.graph().value(out).name
+                ),
+            });
+        };
+        self.unbroadcast_from(g, &os, x)
+    }
+
+    /// As [`unbroadcast`](Self::unbroadcast) for one operand of an elementwise node whose other
+    /// operands are `others`: where every other operand lacks an axis or has extent 1 there, the
+    /// result's extent is this operand's, so no reduction is needed even when neither extent is
+    /// known statically.
+    pub fn unbroadcast_operand(
+        &mut self,
+        g: ValueId,
+        out: ValueId,
+        x: ValueId,
+        others: &[ValueId],
+    ) -> Result<ValueId, AutodiffError> {
+        let (Some(os), Some(xs)) = (self.shape(out), self.shape(x)) else {
+            return self.unbroadcast(g, out, x);
+        };
+        let mut same = vec![false; os.len()];
+        if os.len() == xs.len() {
+            let other_shapes: Vec<Option<Vec<Dim>>> = others.iter().map(|&o| self.shape(o)).collect();
+            for (i, same) in same.iter_mut().enumerate() {
+                *same = other_shapes.iter().all(|s| match s {
+                    Some(s) => {
+                        let off = xs.len().saturating_sub(s.len());
+                        i < off || s.get(i - off) == Some(&Dim::Known(1))
+                    }
+                    None => false,
+                });
+            }
+        }
+        self.unbroadcast_masked(g, &os, x, &same)
+    }
+
+    /// As [`unbroadcast`](Self::unbroadcast), for a gradient whose static shape is `os`.
+    pub fn unbroadcast_from(&mut self, g: ValueId, os: &[Dim], x: ValueId) -> Result<ValueId, AutodiffError> {
+        self.unbroadcast_masked(g, os, x, &[])
+    }
+
+    /// As [`unbroadcast_from`](Self::unbroadcast_from); axes `i` of the result with `same[i]`
+    /// are known to have `x`'s extent and are never reduced.
+    fn unbroadcast_masked(
+        &mut self,
+        g: ValueId,
+        os: &[Dim],
+        x: ValueId,
+        same: &[bool],
+    ) -> Result<ValueId, AutodiffError> {
+        let Some(xs) = self.shape(x) else {
+            return Err(AutodiffError::Unsupported {
+                reason: format!(
+                    "undoing broadcast to '{}': its rank is not known statically",
+                    self.p.graph().value(x).name
+                ),
+            });
+        };
+        if os.len() < xs.len() {
+            return Err(AutodiffError::Unsupported {
+                reason: format!("operand '{}' has a higher rank than the result", self.p.graph().value(x).name),
+            });
+        }
+        let lead = os.len() - xs.len();
+        let mut keep_axes = Vec::new();
+        let mut dynamic = false;
+        for (i, xd) in xs.iter().enumerate() {
+            if same.get(lead + i).copied().unwrap_or(false) {
+                continue;
+            }
+            let od = &os[lead + i];
+            match (xd, od) {
+                (_, Dim::Known(1)) => {}
+                (Dim::Known(1), _) => keep_axes.push((lead + i) as i64),
+                (Dim::Known(_), _) => {}
+                (Dim::Sym(a), Dim::Sym(b)) if a == b => {}
+                _ => dynamic = true,
+            }
+        }
+        let mut g = g;
+        if !keep_axes.is_empty() {
+            g = self.reduce_sum(g, &keep_axes, true);
+        }
+        if dynamic {
+            let xshape = self.shape_of(x);
+            let one = self.ints(&[1]);
+            let is_one = self.op("Equal", &[xshape, one], vec![]);
+            let nz = self.op("NonZero", &[is_one], vec![]);
+            let flat = self.ints(&[-1]);
+            let mut axes = self.reshape(nz, flat);
+            if lead > 0 {
+                let l = self.ints(&[lead as i64]);
+                axes = self.add(axes, l);
+            }
+            g = self.op(
+                "ReduceSum",
+                &[g, axes],
+                vec![Attribute::int("keepdims", 1), Attribute::int("noop_with_empty_axes", 1)],
+            );
+        }
+        if lead > 0 {
+            let lead_axes: Vec<i64> = (0..lead as i64).collect();
+            g = self.reduce_sum(g, &lead_axes, false);
+        }
+        Ok(g)
+    }
+}
+
+/// A float tensor of `dtype` from f64 values.
+pub fn float_tensor(dtype: DType, dims: Vec<i64>, values: &[f64]) -> Tensor {
+    match dtype {
+        DType::F64 => Tensor::from_f64(dims, values),
+        DType::F16 => {
+            let bytes: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f64(v).to_le_bytes()).collect();
+            Tensor::from_raw(DType::F16, dims, bytes).expect("sized")
+        }
+        DType::BF16 => {
+            let bytes: Vec<u8> = values.iter().flat_map(|&v| half::bf16::from_f64(v).to_le_bytes()).collect();
+            Tensor::from_raw(DType::BF16, dims, bytes).expect("sized")
+        }
+        _ => Tensor::from_f32(dims, &values.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+    }
+}

@@ -1,0 +1,78 @@
+//! Gradient of `LayerNormalization` (opset 17), written with standard ops. The forward node's
+//! optional `Mean` and `InvStdDev` outputs are switched on and reused, so nothing is recomputed
+//! but the normalised input.
+
+use super::{rule, GradRule, NodeGrad, Sources};
+use crate::autodiff::{AutodiffError, Gradient};
+use crate::ir::{Attrs, Facts, NodeSpec, ValueId};
+
+type R = Result<Vec<Option<ValueId>>, AutodiffError>;
+
+pub(super) fn register(rules: &mut Vec<GradRule>) {
+    rules.push(rule("LayerNormalization", Sources::Slots(&[0, 1, 2]), layer_norm));
+}
+
+/// The node's `(Mean, InvStdDev)` outputs, adding them to the node when it does not write them.
+fn saved_stats(b: &mut Gradient, n: &NodeGrad) -> Result<(ValueId, ValueId), AutodiffError> {
+    if let (Some(m), Some(s)) = (n.node.output(1), n.node.output(2)) {
+        return Ok((m, s));
+    }
+    let y = n.output(0)?;
+    let p = b.patch();
+    let mean = match n.node.output(1) {
+        Some(m) => m,
+        None => p.new_value(&format!("{}_mean", n.node.name), Facts::default()),
+    };
+    let inv = match n.node.output(2) {
+        Some(s) => s,
+        None => p.new_value(&format!("{}_inv_std_dev", n.node.name), Facts::default()),
+    };
+    let spec = NodeSpec {
+        name: n.node.name.clone(),
+        op_type: n.node.op_type.clone(),
+        domain: n.node.domain.clone(),
+        inputs: n.node.inputs.clone(),
+        attrs: n.node.attrs.clone(),
+        metadata: n.node.metadata.clone(),
+    };
+    p.remove_node(n.id);
+    p.add_node_with_outputs(spec, vec![Some(y), Some(mean), Some(inv)]);
+    Ok((mean, inv))
+}
+
+/// y = xhat * scale + bias with xhat = (x - mean) * inv over axes [axis, rank):
+/// d scale = sum(g * xhat), d bias = sum(g) (over the broadcast axes), and with
+/// h = g * scale, dx = inv * (h - mean(h) - xhat * mean(h * xhat)).
+fn layer_norm(b: &mut Gradient, n: &NodeGrad) -> R {
+    let (g, x, y) = (n.g()?, n.input(0)?, n.output(0)?);
+    let rank = b.need_rank(x, "LayerNormalization gradient")?;
+    let axis = n.node.attr_int("axis").unwrap_or(-1);
+    let axis = if axis < 0 { axis + rank as i64 } else { axis };
+    if !(0..rank as i64).contains(&axis) {
+        return Err(n.error(format!("axis {axis} out of range for rank {rank}")));
+    }
+    let norm_axes: Vec<i64> = (axis..rank as i64).collect();
+    let (mean, inv) = saved_stats(b, n)?;
+    let centered = b.sub(x, mean);
+    let xhat = b.mul(centered, inv);
+    let g_scale = if n.wants(1) {
+        let gx = b.mul(g, xhat);
+        Some(b.unbroadcast(gx, y, n.input(1)?)?)
+    } else {
+        None
+    };
+    let g_bias = if n.wants(2) { Some(b.unbroadcast(g, y, n.input(2)?)?) } else { None };
+    let g_x = if n.wants(0) {
+        let h = b.mul(g, n.input(1)?);
+        let m1 = b.reduce_mean(h, &norm_axes, true);
+        let hx = b.mul(h, xhat);
+        let m2 = b.reduce_mean(hx, &norm_axes, true);
+        let t = b.mul(xhat, m2);
+        let d1 = b.sub(h, m1);
+        let d = b.sub(d1, t);
+        Some(b.mul(inv, d))
+    } else {
+        None
+    };
+    Ok(vec![g_x, g_scale, g_bias])
+}
