@@ -157,9 +157,12 @@ fn check_grad_with(
     let (m, names) = model_with_loss(&params, opset, build);
     let (gm, grads) =
         autodiff::differentiate(&m, "loss", &names, &GradOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let mut backend =
-        runtime::load_bytes(&onnx::encode_model(&gm), EngineKind::Ort, &EngineOptions { threads: Some(1) })
-            .unwrap_or_else(|e| panic!("{name}: ORT rejects the gradient graph: {e:#}"));
+    let mut backend = runtime::load_bytes(
+        &onnx::encode_model(&gm),
+        EngineKind::Ort,
+        &EngineOptions { threads: Some(1), ..Default::default() },
+    )
+    .unwrap_or_else(|e| panic!("{name}: ORT rejects the gradient graph: {e:#}"));
     let out = run_with(backend.as_mut(), &names, &params, extra);
     let mut worst = 0.0f64;
     for (i, pname) in names.iter().enumerate() {
@@ -502,9 +505,12 @@ fn loss_case(spec: autodiff::LossSpec, label: &str) {
     let mut ts = autodiff::TrainingGraphSpec::new(spec);
     ts.params = Some(names.clone());
     let tg = autodiff::build_training_graph(&m, &ts).unwrap();
-    let mut backend =
-        runtime::load_bytes(&onnx::encode_model(&tg.model), EngineKind::Ort, &EngineOptions { threads: Some(1) })
-            .unwrap();
+    let mut backend = runtime::load_bytes(
+        &onnx::encode_model(&tg.model),
+        EngineKind::Ort,
+        &EngineOptions { threads: Some(1), ..Default::default() },
+    )
+    .unwrap();
     // Row 0 targets inside; row 1's end target is past the sequence (clamped to 5 = ignored).
     let sp = HostTensor::I64(ArrayD::from_shape_vec(vec![2], vec![1, 3]).unwrap());
     let ep = HostTensor::I64(ArrayD::from_shape_vec(vec![2], vec![4, 17]).unwrap());
