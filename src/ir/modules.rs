@@ -81,6 +81,42 @@ fn module_from_initializer(name: &str) -> Option<String> {
     name.strip_suffix(".weight").map(str::to_string)
 }
 
+/// The initializer behind a MatMul/Gemm weight operand, looking through what sparsec's own passes
+/// put in between (a pruning mask `Mul(W, mask)` with `mask` a plain graph input, fake quantisation
+/// `DequantizeLinear(QuantizeLinear(W))` or `Where(flag, fq(W), W)`) and through one `Transpose`.
+fn trace_weight(g: &Graph, mut v: ValueId) -> Option<(ValueId, Option<NodeId>)> {
+    let mut transpose = None;
+    let plain_input = |x: ValueId| g.inputs().contains(&x) && !g.is_initializer(x);
+    for _ in 0..8 {
+        if g.is_initializer(v) {
+            return Some((v, transpose));
+        }
+        let (id, n) = g.producer(v)?;
+        v = match n.op_type.as_str() {
+            "Transpose" if transpose.is_none() => {
+                transpose = Some(id);
+                n.input(0)?
+            }
+            "Mul" => match (n.input(0)?, n.input(1)?) {
+                (w, m) if plain_input(m) => w,
+                (m, w) if plain_input(m) => w,
+                _ => return None,
+            },
+            "Where" => n.input(2)?,
+            "DequantizeLinear" => {
+                let (_, q) = g.producer(n.input(0)?)?;
+                if q.op_type != "QuantizeLinear" {
+                    return None;
+                }
+                q.input(0)?
+            }
+            "Identity" => n.input(0)?,
+            _ => return None,
+        };
+    }
+    None
+}
+
 /// Every MatMul/Gemm whose weight is an initializer (directly or through one `Transpose`), with
 /// its module path. Activation×activation MatMuls (attention scores) are not layers.
 pub fn linear_layers(g: &Graph) -> Vec<LinearLayer> {
@@ -92,16 +128,7 @@ pub fn linear_layers(g: &Graph) -> Vec<LinearLayer> {
             continue;
         }
         let Some(w_in) = node.input(1) else { continue };
-        let (weight, via_transpose) = if g.is_initializer(w_in) {
-            (w_in, None)
-        } else {
-            match g.producer(w_in) {
-                Some((tid, t)) if t.op_type == "Transpose" && t.input(0).is_some_and(|x| g.is_initializer(x)) => {
-                    (t.input(0).unwrap(), Some(tid))
-                }
-                _ => continue,
-            }
-        };
+        let Some((weight, via_transpose)) = trace_weight(g, w_in) else { continue };
         if g.initializer(weight).map(|t| t.dims.len()) != Some(2) {
             continue;
         }

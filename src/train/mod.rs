@@ -4,3 +4,4 @@
 pub mod checkpoint;
 pub mod masks;
 pub mod optim;
+pub mod step;
