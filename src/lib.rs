@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod ir;
 pub mod onnx;
+pub mod qa;
 pub mod runtime;

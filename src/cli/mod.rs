@@ -1,7 +1,10 @@
 //! Command-line front end: clap-derived arguments, one file per subcommand, errors mapped to exit
 //! codes with the whole context chain on one line.
 
+mod bench;
+mod eval;
 mod info;
+mod qa;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,6 +25,12 @@ struct Cli {
 enum Command {
     /// Summarise a model: opset, ops, parameters and its prunable linear layers.
     Info(info::InfoArgs),
+    /// Answer questions about a context like the Hugging Face question-answering pipeline.
+    Qa(qa::QaArgs),
+    /// Score a QA model on a SQuAD file with the official v1.1/v2.0 metric.
+    Eval(eval::EvalArgs),
+    /// Latency percentiles and throughput of a model (optionally against a second one).
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -29,6 +38,9 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Qa(args) => qa::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
