@@ -58,7 +58,8 @@ fn version_2_splits_answerable_and_unanswerable_questions() {
     let f = dir.path().join("v2.json");
     std::fs::write(&f, squad.to_string()).unwrap();
     let model = common::fixture_dir("bert").join("model.legacy.onnx");
-    let r = sparsec(&["eval", "--model", model.to_str().unwrap(), "--data", f.to_str().unwrap(), "--version-2", "--json"]);
+    let r =
+        sparsec(&["eval", "--model", model.to_str().unwrap(), "--data", f.to_str().unwrap(), "--version-2", "--json"]);
     let v2 = &r["v2"];
     assert_eq!(v2["total"], 3);
     assert_eq!(v2["HasAns_total"], 2);

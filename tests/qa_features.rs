@@ -32,7 +32,10 @@ fn train_windows_point_at_the_answer_or_at_cls() {
                 let (s, e) = (tw.start_position, tw.end_position);
                 assert!(first <= s && s <= e && e < stop, "{model} window {i}: {s}..{e} outside {first}..{stop}");
                 assert!(w.offsets[s].0 <= start && w.offsets[e].1 >= end, "{model} window {i}: does not cover");
-                assert!(s == first || w.offsets[s + 1].0 > start, "{model} window {i}: start not the last token <= start");
+                assert!(
+                    s == first || w.offsets[s + 1].0 > start,
+                    "{model} window {i}: start not the last token <= start"
+                );
                 assert!(e + 1 == stop || e == s || w.offsets[e - 1].1 < end, "{model} window {i}: end not tight");
             } else {
                 outside += 1;
