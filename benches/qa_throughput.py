@@ -97,8 +97,10 @@ def bench_torch(model, batch, seq, seconds, warmup):
 def bench_sparsec(exe, engine, batch, seq, seconds, warmup, threads):
     cmd = [exe, "bench", "--model", MODEL_DIR, "--engine", engine, "--batch-size", str(batch), "--seq-len", str(seq),
            "--seconds", str(seconds), "--warmup", str(warmup), "--threads", str(threads), "--json"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["results"][0]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout)["results"][0]
 
 
 def main():
@@ -128,9 +130,13 @@ def main():
         print(f"{'engine':<16}{'items/s':>10}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'vs PyTorch':>12}")
         for name, r in res.items():
             label = name if name == "pytorch" else f"sparsec {name}"
+            if "error" in r:
+                print(f"{label:<16}  failed: {r['error']}")
+                continue
             print(f"{label:<16}{r['items_per_second']:>10.2f}{r['p50_ms']:>10.1f}{r['p90_ms']:>10.1f}{r['p99_ms']:>10.1f}"
                   f"{r['items_per_second'] / base:>11.2f}x")
-        print(f"ort / tract: {res['ort']['items_per_second'] / res['tract']['items_per_second']:.2f}x")
+        if "error" not in res["ort"] and "error" not in res["tract"]:
+            print(f"ort / tract: {res['ort']['items_per_second'] / res['tract']['items_per_second']:.2f}x")
     json.dump([{"batch": b, "engine": n, **r} for b, n, r in rows], sys.stderr)
     sys.stderr.write("\n")
 

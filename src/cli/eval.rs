@@ -121,6 +121,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             na_probs.push(na);
         }
         bar.inc(chunk.len() as u64);
+        tracing::info!(
+            questions = bar.position(),
+            windows,
+            windows_per_second = windows as f64 / started.elapsed().as_secs_f64(),
+            "eval progress"
+        );
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
