@@ -62,15 +62,18 @@ struct Report {
     speed_ratio: Option<f64>,
 }
 
-/// Synthetic inputs for every declared input: token ids cycling through `[1000, 2000)` (inside
-/// every BERT/RoBERTa vocabulary), attention 1, token types 0 then 1.
-fn inputs(backend: &dyn Backend, batch: usize, seq: usize) -> Result<Vec<(String, HostTensor)>> {
+/// Synthetic inputs for every declared input: token ids cycling through `[1000, 2000)` (or the
+/// upper half of a smaller vocabulary, read from the `tokenizer.json` beside the model), attention
+/// 1, token types 0 then 1.
+fn inputs(backend: &dyn Backend, vocab: usize, batch: usize, seq: usize) -> Result<Vec<(String, HostTensor)>> {
+    let lo = (vocab / 2).min(1000);
+    let span = (vocab - lo).clamp(1, 1000);
     backend
         .input_names()
         .iter()
         .map(|name| {
             let a = match name.as_str() {
-                "input_ids" => Array2::from_shape_fn((batch, seq), |(b, i)| 1000 + ((b * 31 + i * 7919) % 1000) as i64),
+                "input_ids" => Array2::from_shape_fn((batch, seq), |(b, i)| (lo + (b * 31 + i * 7919) % span) as i64),
                 "attention_mask" => Array2::from_elem((batch, seq), 1i64),
                 "token_type_ids" => Array2::from_shape_fn((batch, seq), |(_, i)| (i >= seq / 2) as i64),
                 other => bail!("cannot synthesise model input '{other}'"),
@@ -90,7 +93,8 @@ struct Subject {
 impl Subject {
     fn load(path: &Path, engine: EngineKind, args: &BenchArgs) -> Result<Subject> {
         let backend = runtime::load_file(path, engine, &EngineOptions { threads: args.threads })?;
-        let feed = inputs(backend.as_ref(), args.batch_size, args.seq_len)?;
+        let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
+        let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;
         Ok(Subject { path: path.to_path_buf(), backend, feed, times: Vec::new() })
     }
 
