@@ -10,6 +10,7 @@ pub mod cli;
 pub mod ir;
 pub mod onnx;
 pub mod passes;
+pub mod qa;
 pub mod recipe;
 pub mod runtime;
 pub mod train;

@@ -1,8 +1,11 @@
 //! Command-line front end: clap-derived arguments, one file per subcommand, errors mapped to exit
 //! codes with the whole context chain on one line.
 
+mod bench;
 pub mod compile;
+mod eval;
 mod info;
+mod qa;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +28,12 @@ enum Command {
     Info(info::InfoArgs),
     /// Rewrite a model per a SparseML recipe into a training graph and a plan.
     Compile(compile::CompileArgs),
+    /// Answer questions about a context like the Hugging Face question-answering pipeline.
+    Qa(qa::QaArgs),
+    /// Score a QA model on a SQuAD file with the official v1.1/v2.0 metric.
+    Eval(eval::EvalArgs),
+    /// Latency percentiles and throughput of a model (optionally against a second one).
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -33,6 +42,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(args),
         Command::Compile(args) => compile::run(args),
+        Command::Qa(args) => qa::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

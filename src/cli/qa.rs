@@ -1,0 +1,191 @@
+//! `sparsec qa`: answers a question about a context (or a file of them) like the Hugging Face
+//! question-answering pipeline.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::qa::{squad, Answer, DecodeOptions, Decoder, QaPipeline, QaRequest, WindowOptions};
+use crate::runtime::{EngineKind, EngineOptions};
+
+#[derive(clap::Args)]
+pub struct QaArgs {
+    /// A model.onnx with tokenizer.json beside it, or a folder holding both.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, required_unless_present = "file", requires = "context")]
+    question: Option<String>,
+    #[arg(long, requires = "question")]
+    context: Option<String>,
+    /// Many questions: JSONL lines `{"id"?, "question", "context"}` or SQuAD JSON (.gz too);
+    /// answers are printed as JSONL.
+    #[arg(long, conflicts_with_all = ["question", "context"])]
+    file: Option<PathBuf>,
+    /// Number of answers to return.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    #[arg(long, value_enum, default_value_t = EngineKind::Ort)]
+    engine: EngineKind,
+    /// Tokens that consecutive windows share [default: min(max-seq-len / 2, 128)].
+    #[arg(long)]
+    doc_stride: Option<usize>,
+    /// Longest answer in tokens (the HF pipeline's default is 15).
+    #[arg(long, default_value_t = 15)]
+    max_answer_length: usize,
+    #[arg(long, default_value_t = 384)]
+    max_seq_len: usize,
+    /// Questions longer than this many tokens are cut to it.
+    #[arg(long, default_value_t = 64)]
+    max_question_len: usize,
+    /// Also consider the empty answer (SQuAD v2 models).
+    #[arg(long)]
+    handle_impossible_answer: bool,
+    /// Post-processing: the HF pipeline's, or run_qa.py's n-best logit sums.
+    #[arg(long, value_enum, default_value_t = Decoder::Pipeline)]
+    decoder: Decoder,
+    /// Windows per model run.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Intra-op threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct FileAnswer<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<&'a Answer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answers: Option<&'a [Answer]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub fn run(args: QaArgs) -> Result<()> {
+    if args.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    if args.max_answer_length == 0 {
+        bail!("--max-answer-length must be at least 1");
+    }
+    let model = super::resolve_model_path(&args.model);
+    let mut wopts = WindowOptions::new(args.max_seq_len);
+    wopts.max_question_len = args.max_question_len;
+    if let Some(s) = args.doc_stride {
+        wopts.doc_stride = s;
+    }
+    let dopts = DecodeOptions {
+        top_k: args.top_k,
+        max_answer_len: args.max_answer_length,
+        handle_impossible_answer: args.handle_impossible_answer,
+        ..DecodeOptions::default()
+    };
+    let requests: Vec<(String, QaRequest)> = match &args.file {
+        Some(f) => read_requests(f)?,
+        None => vec![(
+            String::new(),
+            QaRequest {
+                question: args.question.clone().expect("clap requires --question"),
+                context: args.context.clone().expect("clap requires --context"),
+            },
+        )],
+    };
+    let mut pipeline =
+        QaPipeline::load(&model, args.engine, &EngineOptions { threads: args.threads, ..Default::default() })?;
+    let windower = pipeline.tokenizer.windower(wopts)?;
+    let reqs: Vec<QaRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
+    let results = pipeline.answer(&windower, &reqs, args.batch_size, args.decoder, &dopts, |_| {})?;
+
+    if args.file.is_none() {
+        let answers = results.into_iter().next().expect("one result")?.answers;
+        return print_single(&answers, args.top_k, args.json);
+    }
+    let mut failed = 0;
+    for ((id, _), res) in requests.iter().zip(results) {
+        let line = match &res {
+            Ok(a) if args.top_k == 1 => {
+                FileAnswer { id, answer: Some(a.answers.first().unwrap_or(&NO_ANSWER)), answers: None, error: None }
+            }
+            Ok(a) => FileAnswer { id, answer: None, answers: Some(&a.answers), error: None },
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: question '{id}': {e:#}");
+                FileAnswer { id, answer: None, answers: None, error: Some(format!("{e:#}")) }
+            }
+        };
+        println!("{}", serde_json::to_string(&line)?);
+    }
+    if failed > 0 {
+        bail!("{failed} of {} questions failed", requests.len());
+    }
+    Ok(())
+}
+
+static NO_ANSWER: Answer = Answer { answer: String::new(), score: 0.0, start: 0, end: 0 };
+
+fn print_single(answers: &[Answer], top_k: usize, json: bool) -> Result<()> {
+    if json {
+        let v = if top_k == 1 {
+            serde_json::to_string_pretty(answers.first().unwrap_or(&NO_ANSWER))?
+        } else {
+            serde_json::to_string_pretty(answers)?
+        };
+        println!("{v}");
+        return Ok(());
+    }
+    if answers.is_empty() {
+        println!("(no answer: the context has no candidate span)");
+    }
+    for a in answers {
+        println!(
+            "{:.6}\t{}..{}\t{}",
+            a.score,
+            a.start,
+            a.end,
+            if a.answer.is_empty() { "(no answer)" } else { &a.answer }
+        );
+    }
+    Ok(())
+}
+
+/// Questions of a `--file`: SQuAD JSON (an object with `data`) or JSONL.
+fn read_requests(path: &std::path::Path) -> Result<Vec<(String, QaRequest)>> {
+    let text = squad::read_text(path)?;
+    let origin = path.display().to_string();
+    if text.trim_start().starts_with('{') && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.get("data").is_some())
+    {
+        return Ok(squad::parse(&text, &origin)?
+            .into_iter()
+            .map(|e| (e.id, QaRequest { question: e.question, context: e.context }))
+            .collect());
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("'{origin}' line {}", i + 1);
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let field = |k: &str| -> Result<String> {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .with_context(|| format!("{}: missing string field '{k}'", at()))
+        };
+        let id = match v.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => (i + 1).to_string(),
+        };
+        out.push((id, QaRequest { question: field("question")?, context: field("context")? }));
+    }
+    if out.is_empty() {
+        bail!("'{origin}' holds no questions");
+    }
+    Ok(out)
+}

@@ -1,0 +1,201 @@
+//! Windows → logits through a runtime [`Backend`]: batches windows across questions, pads each
+//! batch to its longest window, feeds only the inputs the model declares, and hands each
+//! question's logits to [`postprocess`](super::postprocess).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ndarray::{Array2, Axis};
+use rayon::prelude::*;
+
+use super::features::{Window, WindowOptions, Windower};
+use super::postprocess::{decode, Answer, DecodeOptions, Decoder, WindowLogits};
+use super::tokenize::QaTokenizer;
+use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor};
+
+/// One question about one context.
+#[derive(Clone, Debug)]
+pub struct QaRequest {
+    pub question: String,
+    pub context: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    InputIds,
+    AttentionMask,
+    TokenTypeIds,
+}
+
+/// A QA model (on an engine) with its tokenizer.
+pub struct QaPipeline {
+    backend: Box<dyn Backend>,
+    pub tokenizer: QaTokenizer,
+    feeds: Vec<(String, Feed)>,
+    start_output: usize,
+    end_output: usize,
+}
+
+/// A question's windows and the answers decoded from them.
+pub struct Answered {
+    pub answers: Vec<Answer>,
+    pub windows: usize,
+}
+
+impl QaPipeline {
+    /// Loads `model` on `engine` and the `tokenizer.json` beside it.
+    pub fn load(model: &Path, engine: EngineKind, opts: &EngineOptions) -> Result<QaPipeline> {
+        let tokenizer = QaTokenizer::for_model(model)?;
+        if !model.exists() {
+            bail!("model '{}' not found", model.display());
+        }
+        let backend = runtime::load_file(model, engine, opts)?;
+        Self::new(backend, tokenizer).with_context(|| format!("model '{}'", model.display()))
+    }
+
+    /// Wraps a loaded model; fails unless it takes `input_ids` (and optionally `attention_mask`
+    /// and `token_type_ids`) and returns start and end logits.
+    pub fn new(backend: Box<dyn Backend>, tokenizer: QaTokenizer) -> Result<QaPipeline> {
+        let mut feeds = Vec::new();
+        for name in backend.input_names() {
+            let feed = match name.as_str() {
+                "input_ids" => Feed::InputIds,
+                "attention_mask" => Feed::AttentionMask,
+                "token_type_ids" => Feed::TokenTypeIds,
+                other => bail!(
+                    "unsupported model input '{other}': a QA model takes input_ids, attention_mask and optionally \
+                     token_type_ids"
+                ),
+            };
+            feeds.push((name.clone(), feed));
+        }
+        if !feeds.iter().any(|(_, f)| *f == Feed::InputIds) {
+            bail!("the model has no 'input_ids' input");
+        }
+        let outs = backend.output_names();
+        let find =
+            |want: &str, fallback: usize| outs.iter().position(|o| o == want).or((outs.len() >= 2).then_some(fallback));
+        let (Some(start_output), Some(end_output)) = (find("start_logits", 0), find("end_logits", 1)) else {
+            bail!("the model must have start_logits and end_logits outputs, it has {outs:?}");
+        };
+        Ok(QaPipeline { backend, tokenizer, feeds, start_output, end_output })
+    }
+
+    pub fn engine(&self) -> EngineKind {
+        self.backend.engine()
+    }
+
+    /// Names of the inputs the model declares.
+    pub fn input_names(&self) -> Vec<&str> {
+        self.feeds.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Builds the padded input tensors of a batch of windows.
+    pub fn batch_inputs(&self, windows: &[&Window]) -> Vec<(String, HostTensor)> {
+        let len = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        let fill = |f: Feed| {
+            let pad = if f == Feed::InputIds { self.tokenizer.pad_id } else { 0 };
+            let mut a = Array2::from_elem((windows.len(), len), pad);
+            for (mut row, w) in a.axis_iter_mut(Axis(0)).zip(windows) {
+                let src = match f {
+                    Feed::InputIds => &w.input_ids,
+                    Feed::AttentionMask => &w.attention_mask,
+                    Feed::TokenTypeIds => &w.type_ids,
+                };
+                for (d, s) in row.iter_mut().zip(src) {
+                    *d = *s;
+                }
+            }
+            HostTensor::I64(a.into_dyn())
+        };
+        self.feeds.iter().map(|(n, f)| (n.clone(), fill(*f))).collect()
+    }
+
+    /// Runs one padded batch; returns each window's (start, end) logits cut to its length.
+    pub fn run_batch(&mut self, windows: &[&Window]) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inputs = self.batch_inputs(windows);
+        let feed: Vec<(&str, HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let mut out = self.backend.run(&feed)?;
+        let end = std::mem::replace(&mut out[self.end_output].1, HostTensor::Bool(ndarray::ArrayD::default(vec![0])));
+        let start = out.swap_remove(self.start_output).1.into_f32().context("start logits")?;
+        let end = end.into_f32().context("end logits")?;
+        let expect = [windows.len(), windows.iter().map(|w| w.len()).max().unwrap_or(0)];
+        if start.shape() != expect || end.shape() != expect {
+            bail!("the model returned logits of shape {:?}/{:?}, expected {:?}", start.shape(), end.shape(), expect);
+        }
+        Ok(windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let s = start.index_axis(Axis(0), i).iter().take(w.len()).copied().collect();
+                let e = end.index_axis(Axis(0), i).iter().take(w.len()).copied().collect();
+                (s, e)
+            })
+            .collect())
+    }
+
+    /// Answers many questions: windows of all of them are sorted by length and run in batches of
+    /// `batch_size`, then each question is decoded. One result per request, errors kept per
+    /// request (an empty question fails alone).
+    pub fn answer(
+        &mut self,
+        windower: &Windower,
+        requests: &[QaRequest],
+        batch_size: usize,
+        decoder: Decoder,
+        opts: &DecodeOptions,
+        mut on_batch: impl FnMut(usize),
+    ) -> Result<Vec<Result<Answered>>> {
+        let windows: Vec<Result<Vec<Window>>> =
+            requests.par_iter().map(|r| windower.windows(&r.question, &r.context)).collect();
+        let mut order: Vec<(usize, usize)> = Vec::new();
+        for (q, ws) in windows.iter().enumerate() {
+            if let Ok(ws) = ws {
+                order.extend((0..ws.len()).map(|i| (q, i)));
+            }
+        }
+        let lens = |&(q, i): &(usize, usize)| windows[q].as_ref().map(|w| w[i].len()).unwrap_or(0);
+        order.sort_by_key(|k| std::cmp::Reverse(lens(k)));
+        let mut logits: Vec<Vec<Option<(Vec<f32>, Vec<f32>)>>> =
+            windows.iter().map(|w| w.as_ref().map(|w| vec![None; w.len()]).unwrap_or_default()).collect();
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&Window> =
+                chunk.iter().map(|&(q, i)| &windows[q].as_ref().expect("only ok requests are batched")[i]).collect();
+            let out = self.run_batch(&batch)?;
+            for (&(q, i), l) in chunk.iter().zip(out) {
+                logits[q][i] = Some(l);
+            }
+            on_batch(chunk.len());
+        }
+        Ok(windows
+            .into_iter()
+            .zip(logits)
+            .zip(requests)
+            .map(|((ws, ls), r)| {
+                let ws = ws?;
+                let ls: Vec<(Vec<f32>, Vec<f32>)> = ls.into_iter().map(|l| l.expect("every window ran")).collect();
+                let views: Vec<WindowLogits> = ls.iter().map(|(s, e)| WindowLogits { start: s, end: e }).collect();
+                Ok(Answered { answers: decode(decoder, &ws, &views, &r.context, opts), windows: ws.len() })
+            })
+            .collect())
+    }
+
+    /// Answers one question.
+    pub fn answer_one(
+        &mut self,
+        question: &str,
+        context: &str,
+        window_opts: WindowOptions,
+        decoder: Decoder,
+        opts: &DecodeOptions,
+        batch_size: usize,
+    ) -> Result<Vec<Answer>> {
+        let windower = self.tokenizer.windower(window_opts)?;
+        let req = [QaRequest { question: question.to_string(), context: context.to_string() }];
+        let mut out = self.answer(&windower, &req, batch_size, decoder, opts, |_| {})?;
+        Ok(out.pop().expect("one result per request")?.answers)
+    }
+}

@@ -1,0 +1,31 @@
+//! `sparsec bench --compare`: both models measured, percentiles ordered, the ratio is the
+//! quotient of their throughputs. (Speed itself is measured in BENCHMARKS.md, not asserted.)
+
+mod common;
+
+use serde_json::Value;
+
+#[test]
+fn bench_compare_reports_both_models_and_their_ratio() {
+    let dir = common::fixture_dir("bert");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        .args(["bench", "--model"])
+        .arg(dir.join("model.legacy.onnx"))
+        .arg("--compare")
+        .arg(dir.join("model.dynamo.onnx"))
+        .args(["--seconds", "0.3", "--warmup", "0.1", "--seq-len", "64", "--batch-size", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for x in results {
+        assert!(x["iterations"].as_u64().unwrap() >= 1);
+        let (p50, p90, p99) =
+            (x["p50_ms"].as_f64().unwrap(), x["p90_ms"].as_f64().unwrap(), x["p99_ms"].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p90 && p90 <= p99, "{x}");
+    }
+    let ratio = results[0]["items_per_second"].as_f64().unwrap() / results[1]["items_per_second"].as_f64().unwrap();
+    assert!((r["speed_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9);
+}
