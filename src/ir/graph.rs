@@ -160,6 +160,13 @@ impl Graph {
         self.values[id.index()].facts = facts;
     }
 
+    /// Replaces a value's facts and marks them as not declared by the file (not written to `value_info`).
+    pub fn forget_declared(&mut self, id: ValueId, facts: Facts) {
+        let v = &mut self.values[id.index()];
+        v.facts = facts;
+        v.declared = false;
+    }
+
     pub(crate) fn push_value(&mut self, name: String, facts: Facts, declared: bool) -> ValueId {
         let id = ValueId(self.values.len() as u32);
         self.by_name.insert(name.clone(), id);

@@ -14,7 +14,7 @@ type Plan = Arc<TypedRunnableModel>;
 
 /// A model compiled by tract.
 pub struct TractBackend {
-    model: TypedModel,
+    model: InferenceModel,
     plans: HashMap<Vec<Vec<usize>>, Plan>,
     inputs: Vec<String>,
     outputs: Vec<String>,
@@ -22,28 +22,21 @@ pub struct TractBackend {
 
 impl TractBackend {
     pub fn from_file(path: &Path, opts: &EngineOptions) -> Result<TractBackend> {
-        let mut model = crate::onnx::load(path)?;
-        if legalize(&mut model)? == 0 {
-            let model = tract_onnx::onnx()
-                .model_for_path(path)
-                .map_err(|e| anyhow!("tract cannot load '{}': {e:#}", path.display()))?;
-            return Self::compile(model, opts);
-        }
-        Self::from_bytes(&crate::onnx::encode_model(&model), opts)
+        let model = crate::onnx::load(path)?;
+        Self::from_ir(model, opts).with_context(|| format!("tract cannot load '{}'", path.display()))
     }
 
     pub fn from_bytes(bytes: &[u8], opts: &EngineOptions) -> Result<TractBackend> {
-        let mut ir = crate::onnx::decode_model(bytes, Path::new("<memory>"))?;
-        let legalized;
-        let bytes = if legalize(&mut ir)? > 0 {
-            legalized = crate::onnx::encode_model(&ir);
-            &legalized[..]
-        } else {
-            bytes
-        };
+        Self::from_ir(crate::onnx::decode_model(bytes, Path::new("<memory>"))?, opts)
+    }
+
+    fn from_ir(mut ir: crate::ir::Model, opts: &EngineOptions) -> Result<TractBackend> {
+        legalize(&mut ir)?;
+        forget_declared_shapes(&mut ir);
+        let bytes = crate::onnx::encode_model(&ir);
         let model = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
-            .map_err(|e| anyhow!("tract cannot load the model: {e:#}"))?;
+            .map_err(|e| anyhow!("tract cannot read the model: {e:#}"))?;
         Self::compile(model, opts)
     }
 
@@ -54,7 +47,6 @@ impl TractBackend {
             .iter()
             .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
             .collect();
-        let model = model.into_typed().map_err(|e| anyhow!("tract cannot type the model: {e:#}"))?;
         Ok(TractBackend { model, plans: HashMap::new(), inputs, outputs })
     }
 
@@ -64,25 +56,32 @@ impl TractBackend {
         if let Some(p) = self.plans.get(&key) {
             return Ok(p.clone());
         }
-        let mut subs: HashMap<Symbol, TDim> = HashMap::new();
+        let mut model = self.model.clone();
         for (i, t) in feed.iter().enumerate() {
-            let fact = self.model.input_fact(i)?;
-            for (dim, &n) in fact.shape.iter().zip(t.shape()) {
-                if let TDim::Sym(s) = dim {
-                    subs.insert(s.clone(), TDim::Val(n as i64));
-                }
-            }
+            model.set_input_fact(i, InferenceFact::dt_shape(t.datum_type(), t.shape()))?;
         }
-        let plan = self
-            .model
-            .set_symbols(&subs)
-            .map_err(|e| anyhow!("tract cannot specialise the model to input shapes {key:?}: {e:#}"))?
+        let plan = model
             .into_optimized()
             .map_err(|e| anyhow!("tract cannot optimise the model for input shapes {key:?}: {e:#}"))?
             .into_runnable()
             .map_err(|e| anyhow!("tract cannot plan the model: {e:#}"))?;
         self.plans.insert(key, plan.clone());
         Ok(plan)
+    }
+}
+
+/// Drops the shapes the file declares for intermediate values and outputs (exporters write them
+/// with symbolic dims), so tract infers everything from the concrete input shapes of each call.
+fn forget_declared_shapes(model: &mut crate::ir::Model) {
+    let g = &mut model.graph;
+    let outputs: Vec<_> = g.outputs().to_vec();
+    let ids: Vec<_> = g.nodes().flat_map(|(_, n)| n.outputs.iter().flatten().copied().collect::<Vec<_>>()).collect();
+    for v in ids {
+        let mut f = g.value(v).facts.type_only();
+        if outputs.contains(&v) {
+            f.shape = None;
+        }
+        g.forget_declared(v, f);
     }
 }
 
