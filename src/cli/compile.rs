@@ -3,8 +3,9 @@
 //! quantization, trainable-parameter inputs) and writes `OUT/model.onnx`, `OUT/plan.json`,
 //! `OUT/recipe.yaml` (and `tokenizer.json` when it sits beside the model), all or nothing.
 //!
-//! The loss and gradient graph are not built here yet: the autodiff stage will extend the graph
-//! written by [`compile`] (see [`AUTODIFF_HOOK`]).
+//! It also writes `OUT/train.onnx`: the same graph with the training loss (span, or distillation
+//! when the recipe has a `DistillationModifier`) and one `grad.<initializer>` output per
+//! parameter, built by [`crate::autodiff`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,8 @@ use crate::recipe::resolve::ParamIndex;
 use crate::recipe::schedule::Schedule;
 use crate::recipe::{InitSparsity, MaskType, Modifier, ModifierEntry, PruningAlgorithm, Recipe};
 
-/// What the plan says about the training graph's loss and gradients until autodiff lands.
-pub const AUTODIFF_HOOK: &str =
-    "not built yet: the autodiff stage appends the loss (with distillation) and the gradient graph to this model";
+/// What the plan says about the training graph's loss and gradients before `train.onnx` is built.
+pub const AUTODIFF_HOOK: &str = "built by `sparsec compile` into train.onnx";
 
 #[derive(clap::Args)]
 pub struct CompileArgs {
@@ -288,7 +288,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                         });
                     }
                 }
-                pm.status = format!("planned: the trainer adds the distillation loss ({AUTODIFF_HOOK})");
+                pm.status = "distillation loss in train.onnx; the trainer feeds the teacher's logits".into();
             }
             Modifier::LayerPruning(_) => {
                 pm.status = "parsed and scheduled; removing layers is not implemented yet".into();
@@ -416,12 +416,23 @@ pub fn run(args: CompileArgs) -> Result<()> {
     let recipe = Recipe::load(&args.recipe, &overrides)?;
     let mut model = onnx::load(&model_path)?;
     infer::infer_facts(&mut model).with_context(|| format!("'{}'", model_path.display()))?;
-    let plan = compile(&mut model, &model_path, &recipe)?;
+    let mut plan = compile(&mut model, &model_path, &recipe)?;
+    let training = training_graph(&model, &model_path, &recipe)?;
+    plan.autodiff = format!(
+        "train.onnx: {} loss, {} gradients, {} nodes (forward {})",
+        match training.loss_outputs.len() {
+            1 => "span",
+            _ => "span + distillation",
+        },
+        training.grads.entries.iter().filter(|e| e.connected).count(),
+        training.model.graph.node_count(),
+        model.graph.node_count()
+    );
     let mut meta = model.metadata_props.clone();
     meta.retain(|(k, _)| k != "sparsec.recipe");
     model.metadata_props = meta;
     model.set_metadata("sparsec.recipe", recipe.path.display().to_string());
-    write_outputs(&args.output, &model, &plan, &args.recipe, &model_path)?;
+    write_outputs(&args.output, &model, &training.model, &plan, &args.recipe, &model_path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else if args.explain {
@@ -433,8 +444,42 @@ pub fn run(args: CompileArgs) -> Result<()> {
     Ok(())
 }
 
+/// The loss and gradient graph of the compiled model: span loss, or distillation mixed by the
+/// recipe's `hardness` at its `temperature`; embedding padding rows (from `config.json` beside the
+/// model, when present) get no gradient, as in PyTorch.
+fn training_graph(model: &Model, model_path: &Path, recipe: &Recipe) -> Result<crate::autodiff::TrainingGraph> {
+    use crate::autodiff::{build_training_graph, loss::hf_padding_rows, LossSpec, TrainingGraphSpec};
+    let loss = recipe
+        .modifiers
+        .iter()
+        .find_map(|e| match &e.modifier {
+            Modifier::Distillation(d) => {
+                Some(LossSpec::Distill { temperature: d.temperature as f32, hardness: d.hardness as f32 })
+            }
+            _ => None,
+        })
+        .unwrap_or(LossSpec::Span);
+    let mut spec = TrainingGraphSpec::new(loss);
+    let config = model_path.parent().map(|d| d.join("config.json")).filter(|p| p.exists());
+    if let Some(config) = config {
+        let text = std::fs::read(&config).with_context(|| format!("cannot read '{}'", config.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&text).with_context(|| format!("'{}' is not valid JSON", config.display()))?;
+        let names = modules::parameter_names(&model.graph);
+        spec.zero_grad_rows = hf_padding_rows(&json, names.keys().map(String::as_str));
+    }
+    build_training_graph(model, &spec).context("cannot build the loss and gradient graph")
+}
+
 /// Writes everything into a temporary sibling folder, then swaps it in for `out`.
-fn write_outputs(out: &Path, model: &Model, plan: &Plan, recipe: &Path, model_path: &Path) -> Result<()> {
+fn write_outputs(
+    out: &Path,
+    model: &Model,
+    train: &Model,
+    plan: &Plan,
+    recipe: &Path,
+    model_path: &Path,
+) -> Result<()> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -445,6 +490,7 @@ fn write_outputs(out: &Path, model: &Model, plan: &Plan, recipe: &Path, model_pa
         .tempdir_in(&parent)
         .with_context(|| format!("cannot create a temporary folder in '{}'", parent.display()))?;
     onnx::save(model, tmp.path().join("model.onnx"), &SaveOptions::default())?;
+    onnx::save(train, tmp.path().join("train.onnx"), &SaveOptions::default())?;
     std::fs::write(tmp.path().join("plan.json"), serde_json::to_string_pretty(plan)? + "\n")
         .context("cannot write plan.json")?;
     std::fs::copy(recipe, tmp.path().join("recipe.yaml"))

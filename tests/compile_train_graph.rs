@@ -1,0 +1,83 @@
+//! `sparsec compile` writes `train.onnx`: the compiled graph with the recipe's loss and one
+//! gradient per parameter, and ONNX Runtime runs it.
+
+mod common;
+
+use ndarray::{ArrayD, IxDyn};
+use sparsec::ir::{DType, Dim};
+use sparsec::runtime::{self, EngineKind, HostTensor};
+
+#[test]
+fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("compiled");
+    let model = common::fixture_dir("bert").join("model.legacy.onnx");
+    let recipe = common::root().join("recipes/gmp80-unstructured-qat-distill.yaml");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        .args(["compile", model.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+
+    let mut train = sparsec::onnx::load(dir.join("train.onnx")).unwrap();
+    sparsec::ir::infer::infer_facts(&mut train).unwrap();
+    let g = &train.graph;
+    let (batch, seq) = (2usize, 16usize);
+    let mut feed: Vec<(String, HostTensor)> = Vec::new();
+    for v in g.runtime_inputs() {
+        let value = g.value(v);
+        let shape: Vec<usize> = value
+            .facts
+            .shape
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|d| match d {
+                Dim::Known(n) => *n as usize,
+                Dim::Sym(s) if s.contains("batch") => batch,
+                _ => seq,
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let name = value.name.as_str();
+        let t = match value.facts.dtype.unwrap() {
+            DType::I64 => {
+                let data: Vec<i64> = match name {
+                    "input_ids" => (0..n as i64).map(|i| 5 + (i * 37) % 900).collect(),
+                    "attention_mask" => vec![1; n],
+                    "start_positions" => vec![3, 7],
+                    "end_positions" => vec![5, 9],
+                    _ => vec![0; n],
+                };
+                HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
+            }
+            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![true; n]).unwrap()),
+            DType::U8 => HostTensor::U8(ArrayD::from_shape_vec(IxDyn(&shape), vec![128; n]).unwrap()),
+            DType::F32 => {
+                let data: Vec<f32> = if name.ends_with(".mask") {
+                    vec![1.0; n]
+                } else if name.contains("scale") {
+                    vec![0.05; n]
+                } else {
+                    (0..n).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect()
+                };
+                HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
+            }
+            other => panic!("unexpected input dtype {other} for {name}"),
+        };
+        feed.push((name.to_string(), t));
+    }
+    assert!(feed.iter().any(|(n, _)| n == "teacher_start_logits"), "distillation inputs expected");
+    let mut backend = runtime::load_file(&dir.join("train.onnx"), EngineKind::Ort, &Default::default()).unwrap();
+    let refs: Vec<(&str, HostTensor)> = feed.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let outputs = backend.run(&refs).unwrap();
+    let loss = outputs.iter().find(|(n, _)| n == "loss").unwrap().1.as_f32().unwrap().iter().copied().next().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
+    let grads: Vec<_> = outputs.iter().filter(|(n, _)| n.starts_with("grad.")).collect();
+    assert_eq!(grads.len(), 39, "one gradient per parameter of the tiny BERT");
+    for (n, t) in grads {
+        assert!(t.as_f32().unwrap().iter().all(|x| x.is_finite()), "{n} has non-finite values");
+    }
+    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
+    assert!(plan["autodiff"].as_str().unwrap().starts_with("train.onnx: span + distillation loss, 39 gradients"));
+}
