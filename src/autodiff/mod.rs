@@ -230,6 +230,7 @@ pub fn differentiate(
         }
         Ok(())
     })?;
+    drop_unread_constants(&mut m.graph, &model.graph)?;
     let g = &m.graph;
     let entries = entries
         .into_iter()
@@ -241,6 +242,30 @@ pub fn differentiate(
         })
         .collect();
     Ok((m, GradMap { loss: loss.to_string(), entries }))
+}
+
+/// Removes initializers the backward pass created but no node reads (constants cached by the
+/// builder and then left unused), so engines do not warn about them.
+fn drop_unread_constants(g: &mut crate::ir::Graph, original: &crate::ir::Graph) -> Result<(), AutodiffError> {
+    let consumers = g.consumers();
+    let unread: Vec<ValueId> = g
+        .initializers()
+        .keys()
+        .copied()
+        .filter(|v| {
+            let name = &g.value(*v).name;
+            original.value_by_name(name).is_none()
+                && !consumers.contains_key(v)
+                && !g.inputs().contains(v)
+                && !g.outputs().contains(v)
+        })
+        .collect();
+    g.edit(|p| -> Result<(), AutodiffError> {
+        for v in unread {
+            p.remove_initializer(v);
+        }
+        Ok(())
+    })
 }
 
 /// Multiplies the gradient of `param` by a constant mask that is zero on the given rows (axis 0).
