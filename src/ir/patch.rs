@@ -12,6 +12,7 @@ enum Op {
     RemoveNode(NodeId),
     ReplaceUses { old: ValueId, new: ValueId, except: Vec<NodeId> },
     SetNodeInput { node: NodeId, slot: usize, value: Option<ValueId> },
+    SetNodeOutput { node: NodeId, slot: usize, value: ValueId },
     SetAttr { node: NodeId, attr: Attribute },
     SetInitializer { value: ValueId, tensor: Tensor },
     RemoveInitializer(ValueId),
@@ -151,6 +152,12 @@ impl<'g> Patch<'g> {
         self.ops.push(Op::SetNodeInput { node, slot, value });
     }
 
+    /// Makes `node` write `value` (a new, producer-less value) in output `slot`, e.g. to switch on
+    /// an optional output.
+    pub fn set_node_output(&mut self, node: NodeId, slot: usize, value: ValueId) {
+        self.ops.push(Op::SetNodeOutput { node, slot, value });
+    }
+
     pub fn set_attr(&mut self, node: NodeId, attr: Attribute) {
         self.ops.push(Op::SetAttr { node, attr });
     }
@@ -268,6 +275,15 @@ impl Graph {
                         n.inputs.resize(slot + 1, None);
                     }
                     n.inputs[slot] = value;
+                }
+                Op::SetNodeOutput { node, slot, value } => {
+                    let n = self.nodes[node.index()]
+                        .as_mut()
+                        .ok_or_else(|| IrError::Patch(format!("node {node} is removed")))?;
+                    if n.outputs.len() <= slot {
+                        n.outputs.resize(slot + 1, None);
+                    }
+                    n.outputs[slot] = Some(value);
                 }
                 Op::SetAttr { node, attr } => {
                     let n = self.nodes[node.index()]

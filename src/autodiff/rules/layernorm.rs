@@ -4,7 +4,7 @@
 
 use super::{rule, GradRule, NodeGrad, Sources};
 use crate::autodiff::{AutodiffError, Gradient};
-use crate::ir::{Attrs, Facts, NodeSpec, ValueId};
+use crate::ir::{Attrs, Facts, ValueId};
 
 type R = Result<Vec<Option<ValueId>>, AutodiffError>;
 
@@ -17,26 +17,23 @@ fn saved_stats(b: &mut Gradient, n: &NodeGrad) -> Result<(ValueId, ValueId), Aut
     if let (Some(m), Some(s)) = (n.node.output(1), n.node.output(2)) {
         return Ok((m, s));
     }
-    let y = n.output(0)?;
     let p = b.patch();
     let mean = match n.node.output(1) {
         Some(m) => m,
-        None => p.new_value(&format!("{}_mean", n.node.name), Facts::default()),
+        None => {
+            let m = p.new_value(&format!("{}_mean", n.node.name), Facts::default());
+            p.set_node_output(n.id, 1, m);
+            m
+        }
     };
     let inv = match n.node.output(2) {
         Some(s) => s,
-        None => p.new_value(&format!("{}_inv_std_dev", n.node.name), Facts::default()),
+        None => {
+            let s = p.new_value(&format!("{}_inv_std_dev", n.node.name), Facts::default());
+            p.set_node_output(n.id, 2, s);
+            s
+        }
     };
-    let spec = NodeSpec {
-        name: n.node.name.clone(),
-        op_type: n.node.op_type.clone(),
-        domain: n.node.domain.clone(),
-        inputs: n.node.inputs.clone(),
-        attrs: n.node.attrs.clone(),
-        metadata: n.node.metadata.clone(),
-    };
-    p.remove_node(n.id);
-    p.add_node_with_outputs(spec, vec![Some(y), Some(mean), Some(inv)]);
     Ok((mean, inv))
 }
 

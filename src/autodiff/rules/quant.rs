@@ -109,19 +109,9 @@ fn dropout(b: &mut Gradient, n: &NodeGrad) -> R {
     let mask = match n.node.output(1) {
         Some(m) => m,
         None => {
-            let y = n.output(0)?;
             let p = b.patch();
             let m = p.new_value(&format!("{}_mask", n.node.name), crate::ir::Facts::default());
-            let spec = crate::ir::NodeSpec {
-                name: n.node.name.clone(),
-                op_type: n.node.op_type.clone(),
-                domain: n.node.domain.clone(),
-                inputs: n.node.inputs.clone(),
-                attrs: n.node.attrs.clone(),
-                metadata: n.node.metadata.clone(),
-            };
-            p.remove_node(n.id);
-            p.add_node_with_outputs(spec, vec![Some(y), Some(m)]);
+            p.set_node_output(n.id, 1, m);
             m
         }
     };
