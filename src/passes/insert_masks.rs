@@ -67,10 +67,7 @@ impl Pass for InsertMasks {
                 }
                 Ok(())
             })
-            .map_err(|e: PassError| match e {
-                PassError::Ir { source, .. } => PassError::Ir { pass, source },
-                other => other,
-            })?;
+            .map_err(|e: PassError| e.in_pass(pass))?;
         Ok(report)
     }
 }

@@ -31,6 +31,16 @@ pub enum PassError {
     Ir { pass: &'static str, source: IrError },
 }
 
+impl PassError {
+    /// Attributes an IR error raised while applying a pass's patch to that pass.
+    pub(crate) fn in_pass(self, pass: &'static str) -> PassError {
+        match self {
+            PassError::Ir { source, .. } => PassError::Ir { pass, source },
+            other => other,
+        }
+    }
+}
+
 /// What a pass did: the graph inputs and outputs it added and how many sites it rewrote.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PassReport {
