@@ -19,7 +19,7 @@ pub use builder::{float_tensor, Gradient};
 pub use loss::{build_training_graph, LossSpec, TrainingGraph, TrainingGraphSpec};
 pub use rules::{differentiable_ops, NodeGrad};
 
-use crate::ir::{infer, modules, DType, Facts, IrError, Model, NodeId, NodeSpec, ValueId};
+use crate::ir::{infer, modules, DType, IrError, Model, NodeId, NodeSpec, ValueId};
 
 /// Errors of building a gradient graph. Each names the node, value or parameter at fault.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum AutodiffError {
     #[error("loss '{0}' does not depend on any of the parameters")]
     LossIndependent(String),
     #[error("loss '{name}' must be a floating-point scalar, it is {facts}")]
-    BadLoss { name: String, facts: Facts },
+    BadLoss { name: String, facts: String },
     #[error("the model's default-domain opset is {0}; the gradient builder needs opset 17 or newer")]
     Opset(i64),
     #[error(transparent)]
@@ -116,7 +116,7 @@ pub fn differentiate(
     let loss_v = g.value_by_name(loss).ok_or_else(|| AutodiffError::UnknownValue(loss.to_string()))?;
     let loss_facts = g.value(loss_v).facts.clone();
     if !loss_facts.dtype.is_some_and(DType::is_float) || loss_facts.shape.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(AutodiffError::BadLoss { name: loss.to_string(), facts: loss_facts });
+        return Err(AutodiffError::BadLoss { name: loss.to_string(), facts: loss_facts.to_string() });
     }
     let mut param_ids = Vec::with_capacity(params.len());
     for name in params {

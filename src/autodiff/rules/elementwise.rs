@@ -96,7 +96,7 @@ fn pow(b: &mut Gradient, n: &NodeGrad) -> R {
     let dt = b.float_dtype(a);
     let p_const = b.graph().constant(p).and_then(|t| t.as_f32s()).filter(|v| v.len() == 1).map(|v| v[0]);
     let ga = operand(b, n, 0, |b| match p_const {
-        Some(c) if c == 2.0 => {
+        Some(2.0) => {
             let ga = b.mul(g, a);
             b.scale(ga, 2.0, dt)
         }
