@@ -1,7 +1,8 @@
 //! `sparsec compile MODEL --recipe R [--recipe-args JSON] -o OUT [--explain] [--json]`: reads a
 //! SparseML recipe, resolves its targets on the model, runs the graph passes (masks, fake
 //! quantization, trainable-parameter inputs) and writes `OUT/model.onnx`, `OUT/plan.json`,
-//! `OUT/recipe.yaml` (and `tokenizer.json` when it sits beside the model), all or nothing.
+//! `OUT/recipe.yaml`, `OUT/recipe_args.json` (and the tokenizer and config files that sit beside
+//! the model), all or nothing.
 //!
 //! It also writes `OUT/train.onnx`: the same graph with the training loss (span, or distillation
 //! when the recipe has a `DistillationModifier`) and one `grad.<initializer>` output per
@@ -19,6 +20,9 @@ use crate::passes::{self, FakeQuantTarget, MaskTarget, PassReport, QUANT_ENABLED
 use crate::recipe::resolve::ParamIndex;
 use crate::recipe::schedule::Schedule;
 use crate::recipe::{InitSparsity, MaskType, Modifier, ModifierEntry, PruningAlgorithm, Recipe};
+
+/// The recipe variables `--recipe-args` overrode at compile time, beside recipe.yaml.
+pub const RECIPE_ARGS_FILE: &str = "recipe_args.json";
 
 /// What the plan says about the training graph's loss and gradients before `train.onnx` is built.
 pub const AUTODIFF_HOOK: &str = "built by `sparsec compile` into train.onnx";
@@ -334,7 +338,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
         .filter(|n| !inputs_before.contains(n) && !g.value_by_name(n).is_some_and(|v| g.is_initializer(v)))
         .collect();
     Ok(Plan {
-        model: model_path.display().to_string(),
+        model: std::fs::canonicalize(model_path).unwrap_or_else(|_| model_path.to_path_buf()).display().to_string(),
         recipe: recipe.path.display().to_string(),
         recipe_version: recipe.version.clone(),
         variables: recipe.variables.clone(),
@@ -432,7 +436,7 @@ pub fn run(args: CompileArgs) -> Result<()> {
     meta.retain(|(k, _)| k != "sparsec.recipe");
     model.metadata_props = meta;
     model.set_metadata("sparsec.recipe", recipe.path.display().to_string());
-    write_outputs(&args.output, &model, &training.model, &plan, &args.recipe, &model_path)?;
+    write_outputs(&args.output, &model, &training.model, &plan, &args.recipe, &overrides, &model_path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else if args.explain {
@@ -478,6 +482,7 @@ fn write_outputs(
     train: &Model,
     plan: &Plan,
     recipe: &Path,
+    recipe_args: &serde_json::Map<String, serde_json::Value>,
     model_path: &Path,
 ) -> Result<()> {
     let parent = match out.parent() {
@@ -495,10 +500,14 @@ fn write_outputs(
         .context("cannot write plan.json")?;
     std::fs::copy(recipe, tmp.path().join("recipe.yaml"))
         .with_context(|| format!("cannot copy '{}'", recipe.display()))?;
+    std::fs::write(tmp.path().join(RECIPE_ARGS_FILE), serde_json::to_string_pretty(recipe_args)? + "\n")
+        .context("cannot write recipe_args.json")?;
     if let Some(dir) = model_path.parent() {
-        let tok = dir.join("tokenizer.json");
-        if tok.exists() {
-            std::fs::copy(&tok, tmp.path().join("tokenizer.json")).context("cannot copy tokenizer.json")?;
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json", "vocab.txt"] {
+            let src = dir.join(f);
+            if src.exists() {
+                std::fs::copy(&src, tmp.path().join(f)).with_context(|| format!("cannot copy {f}"))?;
+            }
         }
     }
     let staged = tmp.keep();

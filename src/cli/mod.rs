@@ -4,8 +4,10 @@
 mod bench;
 pub mod compile;
 mod eval;
+mod export;
 mod info;
 mod qa;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,6 +34,10 @@ enum Command {
     Qa(qa::QaArgs),
     /// Score a QA model on a SQuAD file with the official v1.1/v2.0 metric.
     Eval(eval::EvalArgs),
+    /// Train a compiled model per its recipe: pruning, QAT, distillation; or prune one-shot.
+    Train(train::TrainArgs),
+    /// Lower a trained model to a sparse int8 inference ONNX and a deployment folder.
+    Export(export::ExportArgs),
     /// Latency percentiles and throughput of a model (optionally against a second one).
     Bench(bench::BenchArgs),
 }
@@ -44,6 +50,8 @@ pub fn main() -> ExitCode {
         Command::Compile(args) => compile::run(args),
         Command::Qa(args) => qa::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

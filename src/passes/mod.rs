@@ -7,15 +7,23 @@
 //! Sits between `recipe/` (which decides the targets) and `autodiff/` (which differentiates the
 //! result).
 
+mod bind_inputs;
 mod expose_trainable_params;
+mod fold_masks;
 mod insert_fake_quant;
 mod insert_masks;
+mod lower_fake_quant;
+mod remove_dead;
 
 use serde::Serialize;
 
+pub use bind_inputs::BindInputs;
 pub use expose_trainable_params::ExposeTrainableParams;
-pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, QUANT_ENABLED_INPUT};
+pub use fold_masks::FoldMasks;
+pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, MIN_SCALE, QUANT_ENABLED_INPUT};
 pub use insert_masks::{InsertMasks, MaskTarget};
+pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
+pub use remove_dead::RemoveDead;
 
 use crate::ir::{IrError, Model};
 
@@ -74,6 +82,9 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("InsertMasks", |c| build::<InsertMasks>("InsertMasks")(c)),
         ("InsertFakeQuant", |c| build::<InsertFakeQuant>("InsertFakeQuant")(c)),
         ("ExposeTrainableParams", |c| build::<ExposeTrainableParams>("ExposeTrainableParams")(c)),
+        ("FoldMasks", |c| build::<FoldMasks>("FoldMasks")(c)),
+        ("LowerFakeQuant", |c| build::<LowerFakeQuant>("LowerFakeQuant")(c)),
+        ("RemoveDead", |c| build::<RemoveDead>("RemoveDead")(c)),
     ]
 }
 

@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use tokenizers::{PostProcessor, Tokenizer};
 
 /// A model's tokenizer, ready to build QA windows.
+#[derive(Clone)]
 pub struct QaTokenizer {
     pub(crate) inner: Tokenizer,
     /// Id fed at padded positions (the tokenizer's `[PAD]`/`<pad>` token, else 0); masked out by

@@ -114,3 +114,38 @@ pub fn load_bytes(bytes: &[u8], engine: EngineKind, opts: &EngineOptions) -> Res
         EngineKind::Tract => Box::new(TractBackend::from_bytes(bytes, opts)?),
     })
 }
+
+/// A backend with some inputs bound to fixed values (weights, masks, quantization parameters of
+/// a training graph evaluated in inference mode): callers see and feed only the other inputs.
+pub struct WithInputs {
+    inner: Box<dyn Backend>,
+    bound: Vec<(String, HostTensor)>,
+    free: Vec<String>,
+}
+
+impl WithInputs {
+    pub fn new(inner: Box<dyn Backend>, bound: Vec<(String, HostTensor)>) -> WithInputs {
+        let free = inner.input_names().iter().filter(|n| !bound.iter().any(|(b, _)| b == *n)).cloned().collect();
+        WithInputs { inner, bound, free }
+    }
+}
+
+impl Backend for WithInputs {
+    fn engine(&self) -> EngineKind {
+        self.inner.engine()
+    }
+
+    fn input_names(&self) -> &[String] {
+        &self.free
+    }
+
+    fn output_names(&self) -> &[String] {
+        self.inner.output_names()
+    }
+
+    fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
+        let mut feed: Vec<(&str, HostTensor)> = inputs.to_vec();
+        feed.extend(self.bound.iter().map(|(n, t)| (n.as_str(), t.clone())));
+        self.inner.run(&feed)
+    }
+}

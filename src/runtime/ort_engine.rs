@@ -109,6 +109,8 @@ impl OrtBackend {
             } else {
                 GraphOptimizationLevel::Level3
             })
+            .map_err(|e| anyhow!("{e}"))?
+            .with_log_level(ort::logging::LogLevel::Error)
             .map_err(|e| anyhow!("{e}"))?;
         if let Some(t) = opts.threads {
             b = b.with_intra_threads(t).map_err(|e| anyhow!("{e}"))?;

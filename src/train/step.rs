@@ -42,6 +42,8 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
     pub lr: f32,
+    /// The scalar outputs named in [`Stepper::watch`], in that order.
+    pub watched: Vec<f32>,
 }
 
 /// Runs steps of a [`TrainingGraph`] on an engine and owns the parameters and optimiser state.
@@ -50,6 +52,8 @@ pub struct Stepper {
     pub params: Vec<Param>,
     pub fixed: Vec<FixedInput>,
     pub optimizer: AdamW,
+    /// Scalar outputs read at every step besides the loss (loss parts, observer min/max).
+    pub watch: Vec<String>,
     loss_output: String,
 }
 
@@ -95,6 +99,7 @@ impl Stepper {
             optimizer: AdamW::new(adamw, &sizes, &decay),
             params,
             fixed: Vec::new(),
+            watch: Vec::new(),
             loss_output: tg.grads.loss.clone(),
         })
     }
@@ -115,8 +120,9 @@ impl Stepper {
         }
     }
 
-    /// Forward and backward on `batch`; returns the loss and the gradients in parameter order.
-    pub fn loss_and_grads(&mut self, batch: &[(&str, HostTensor)]) -> Result<(f32, Vec<Vec<f32>>)> {
+    /// Forward and backward on `batch`; returns the loss, the gradients in parameter order and the
+    /// watched scalars.
+    pub fn loss_and_grads(&mut self, batch: &[(&str, HostTensor)]) -> Result<(f32, Vec<Vec<f32>>, Vec<f32>)> {
         let mut feed: Vec<(&str, HostTensor)> = batch.to_vec();
         for p in &self.params {
             feed.push((p.input.as_str(), HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone())?)));
@@ -142,12 +148,17 @@ impl Stepper {
             }
             grads.push(g.iter().copied().collect());
         }
-        Ok((loss, grads))
+        let mut watched = Vec::with_capacity(self.watch.len());
+        for name in &self.watch {
+            let v = take(name)?;
+            watched.push(*v.iter().next().with_context(|| format!("output '{name}' is empty"))?);
+        }
+        Ok((loss, grads, watched))
     }
 
     /// One training step at learning rate `lr`, clipping the global gradient norm to `max_grad_norm`.
     pub fn step(&mut self, batch: &[(&str, HostTensor)], lr: f32, max_grad_norm: Option<f32>) -> Result<StepStats> {
-        let (loss, mut grads) = self.loss_and_grads(batch)?;
+        let (loss, mut grads, watched) = self.loss_and_grads(batch)?;
         let mut grad_refs: Vec<&mut [f32]> = grads.iter_mut().map(Vec::as_mut_slice).collect();
         let grad_norm = match max_grad_norm {
             Some(m) => clip_grad_norm(&mut grad_refs, m),
@@ -156,7 +167,7 @@ impl Stepper {
         let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
         let mut params: Vec<&mut [f32]> = self.params.iter_mut().map(|p| p.data.as_mut_slice()).collect();
         self.optimizer.step(lr, &mut params, &grads);
-        Ok(StepStats { loss, grad_norm, lr })
+        Ok(StepStats { loss, grad_norm, lr, watched })
     }
 }
 

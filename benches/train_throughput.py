@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Training throughput and peak memory: `sparsec train` vs PyTorch on MiniLM-L6 (seq 384), one command.
+
+Both sides run the same work per step: batch B of full-length 384-token windows (sparsec pads SQuAD
+training windows to 384 with --pad-to-max-length; PyTorch uses random ids with every position real),
+QA span loss, backward, clip_grad_norm 1.0, AdamW, no dropout on either side (the exported ONNX graph
+has none). sparsec runs the dense-finetune recipe (no masks,
+no distillation); PyTorch is benches/train_pytorch.py (its own process, dropout as configured). The
+first --warmup steps of each are not timed. Peak RSS: /usr/bin/time -v for sparsec, VmHWM for PyTorch.
+
+    python3 benches/train_throughput.py --sparsec target/release/sparsec [--batch 16] [--steps 4] [--warmup 1]
+"""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+def run_sparsec(args, tmp):
+    model = SHARED / "models/minilm-l6-squad/model.onnx"
+    compiled = tmp / "c"
+    subprocess.run([args.sparsec, "compile", str(model), "--recipe", str(ROOT / "recipes/dense-finetune.yaml"),
+                    "-o", str(compiled)], check=True, capture_output=True)
+    out = tmp / "t"
+    steps = args.warmup + args.steps
+    cmd = ["/usr/bin/time", "-v", args.sparsec, "train", "--model", str(compiled),
+           "--train-file", str(SHARED / "data/squad-v1.1-train.json.gz"), "--output-dir", str(out),
+           "--max-train-samples", str(args.batch * steps * 2), "--max-steps", str(steps),
+           "--per-device-train-batch-size", str(args.batch), "--pad-to-max-length", "--distill-teacher", "disable",
+           "--threads", str(args.threads), "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"sparsec train failed:\n{p.stderr[-3000:]}")
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    timed = log[args.warmup:]
+    secs = sum(r["step_seconds"] for r in timed)
+    return {"system": "sparsec (ORT)", "batch": args.batch, "timed_steps": len(timed),
+            "samples_per_second": args.batch * len(timed) / secs, "step_seconds": secs / len(timed),
+            "peak_rss_mib": rss_kib / 1024}
+
+
+def run_torch(args):
+    p = subprocess.run([sys.executable, str(ROOT / "benches/train_pytorch.py"), "--batch-sizes", str(args.batch),
+                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                        "--dropout", "off"],
+                       capture_output=True, text=True, check=True)
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sparsec", default=str(ROOT / "target/release/sparsec"))
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        s = run_sparsec(args, Path(t))
+    t = run_torch(args)
+    print(json.dumps({"sparsec": s, "pytorch": t}, indent=1))
+    ts = t.get("samples_per_second")
+    if ts:
+        print(f"sparsec {s['samples_per_second']:.2f} samples/s vs PyTorch {ts:.2f} "
+              f"({s['samples_per_second'] / ts:.2f}x); peak RSS {s['peak_rss_mib']:.0f} MiB vs "
+              f"{t.get('peak_rss_mib', float('nan')):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+//! `sparsec train --model COMPILED --train-file SQUAD --output-dir DIR [...]`: trains a compiled
+//! model per its recipe (see [`crate::train::session`]); `--one-shot N` prunes and calibrates
+//! without training. Argument names follow SparseML's / Hugging Face's `run_qa.py`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::train::session::{self, Progress, StepLog, Teacher, TrainConfig};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A folder written by `sparsec compile` (model.onnx, plan.json, recipe.yaml, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// SQuAD-format training data (JSON, plain or gzip).
+    #[arg(long)]
+    train_file: PathBuf,
+    /// SQuAD-format evaluation data, scored (EM/F1) at the end of every epoch.
+    #[arg(long)]
+    eval_file: Option<PathBuf>,
+    /// Output folder: checkpoints/, train_log.jsonl, and at the end the trained model.onnx.
+    #[arg(long)]
+    output_dir: PathBuf,
+    /// Must equal the recipe's epochs when given; change those with --recipe-args.
+    #[arg(long)]
+    num_train_epochs: Option<f64>,
+    #[arg(long, default_value_t = 16)]
+    per_device_train_batch_size: usize,
+    #[arg(long, default_value_t = 32)]
+    per_device_eval_batch_size: usize,
+    /// Peak learning rate when the recipe has no learning-rate modifier (linear warmup and decay).
+    #[arg(long, default_value_t = 5e-5)]
+    learning_rate: f32,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Gradient clipping by global norm (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    #[arg(long, default_value_t = 384)]
+    max_seq_length: usize,
+    #[arg(long, default_value_t = 128)]
+    doc_stride: usize,
+    /// Pad every batch to --max-seq-length (HF's default) instead of to its longest window.
+    #[arg(long)]
+    pad_to_max_length: bool,
+    /// Teacher ONNX for the recipe's distillation, or `disable`; default: the model compile started from.
+    #[arg(long)]
+    distill_teacher: Option<String>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    max_train_samples: Option<usize>,
+    #[arg(long)]
+    max_eval_samples: Option<usize>,
+    /// JSON object overriding recipe variables, e.g. '{"num_epochs": 2}'.
+    #[arg(long)]
+    recipe_args: Option<String>,
+    /// Continue from the newest checkpoint in --output-dir.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after N optimizer steps (the recipe's schedule is not compressed).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Also checkpoint every N steps.
+    #[arg(long)]
+    save_steps: Option<u64>,
+    #[arg(long, default_value_t = 2)]
+    save_total_limit: usize,
+    /// No training: apply the recipe's final sparsity by magnitude and calibrate quantization on N
+    /// training windows (SparseML's one-shot).
+    #[arg(long, value_name = "N")]
+    one_shot: Option<usize>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64, first: u64) {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+        bar.set_position(first);
+        self.bar = Some(bar);
+    }
+
+    fn step(&mut self, log: &StepLog) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+            b.set_message(format!(
+                "loss {:.4} lr {:.2e} sparsity {:.1}%{} {:.2} samples/s",
+                log.loss,
+                log.lr,
+                log.sparsity * 100.0,
+                if log.qat { " qat" } else { "" },
+                log.samples_per_second
+            ));
+        }
+    }
+
+    fn message(&mut self, text: &str) {
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let recipe_args = match &args.recipe_args {
+        None => serde_json::Map::new(),
+        Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(_) => bail!("--recipe-args must be a JSON object like '{{\"num_epochs\": 2}}'"),
+            Err(e) => bail!("--recipe-args is not valid JSON: {e}"),
+        },
+    };
+    let teacher = match args.distill_teacher.as_deref() {
+        None => Teacher::Original,
+        Some("disable") | Some("disabled") => Teacher::Disabled,
+        Some(p) => Teacher::Path(super::resolve_model_path(std::path::Path::new(p))),
+    };
+    let cfg = TrainConfig {
+        compiled: args.model,
+        train_file: args.train_file,
+        eval_file: args.eval_file,
+        output_dir: args.output_dir,
+        batch_size: args.per_device_train_batch_size,
+        eval_batch_size: args.per_device_eval_batch_size,
+        learning_rate: args.learning_rate,
+        warmup_steps: args.warmup_steps,
+        weight_decay: args.weight_decay,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        max_seq_length: args.max_seq_length,
+        doc_stride: args.doc_stride,
+        pad_to_max_length: args.pad_to_max_length,
+        teacher,
+        seed: args.seed,
+        threads: args.threads,
+        max_train_samples: args.max_train_samples,
+        max_eval_samples: args.max_eval_samples,
+        recipe_args,
+        resume: args.resume,
+        save_steps: args.save_steps,
+        save_total_limit: args.save_total_limit,
+        one_shot: args.one_shot,
+        num_train_epochs: args.num_train_epochs,
+        max_steps: args.max_steps,
+    };
+    let mut bar = Bar { bar: None };
+    let summary = session::train(&cfg, &mut bar)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    if summary.one_shot {
+        println!(
+            "one-shot: sparsity {:.2}% over {} masked weights{}; wrote {}",
+            summary.overall_sparsity * 100.0,
+            summary.sparsity.len(),
+            if summary.quantized { format!(", calibrated on {} windows", summary.samples_seen) } else { String::new() },
+            summary.output_dir
+        );
+    } else {
+        println!(
+            "trained {} steps ({} epochs, {} windows from {} questions) in {:.1} s ({:.2} samples/s); final loss {:.4}; \
+             sparsity {:.2}%{}{}",
+            summary.steps,
+            summary.epochs,
+            summary.train_windows,
+            summary.train_examples,
+            summary.seconds,
+            summary.samples_per_second,
+            summary.final_loss.unwrap_or(f32::NAN),
+            summary.overall_sparsity * 100.0,
+            if summary.quantized { ", int8 QAT" } else { "" },
+            if summary.distillation { ", distilled" } else { "" },
+        );
+    }
+    for e in &summary.evals {
+        println!("epoch {:.2}: exact_match {:.2} f1 {:.2} ({} questions)", e.epoch, e.exact_match, e.f1, e.questions);
+    }
+    println!("wrote {}/model.onnx", summary.output_dir);
+    Ok(())
+}

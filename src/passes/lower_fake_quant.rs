@@ -1,0 +1,147 @@
+//! `LowerFakeQuant`: bound fake quantization lowered to ONNX QDQ form.
+
+use super::{Pass, PassError, PassReport, MIN_SCALE};
+use crate::ir::{Attribute, Attrs, Model, NodeSpec, Patch, Tensor};
+
+/// Lowers each `InsertFakeQuant` site whose switch is a bound constant, for `sparsec export`.
+///
+/// - Matches: each `Where` node named `sparsec.fq/<tag>/select` whose condition is a bound bool
+///   initializer; its inputs are `(flag, DQ(Q(x)), x)`.
+/// - Emits, when the switch is off: consumers read `x`; the whole site becomes dead. When on, for
+///   a weight site (`x` a bound f32 initializer, the `sparsec.fq/<tag>/quantize` node with or
+///   without `axis`): the int8 weight `<tag>.int8 = saturate(round_half_even(x / s))` with
+///   `s = max(max|x| / 127.5, eps)` per channel (or per tensor), exactly the values the site's
+///   QuantizeLinear computed, as an initializer with its scale `<tag>.scale` and zero point, and
+///   one `DequantizeLinear` node `sparsec.qdq/<tag>` that consumers read instead of the `Where`.
+///   For an activation site (scale and zero point bound constants): consumers read the site's own
+///   `DequantizeLinear(QuantizeLinear(x))` output. Leftover nodes are left for dead-code removal.
+/// - Assumes: with the switch on, the graph's outputs are unchanged bit for bit (the dequantized
+///   int8 weights equal the fake-quantized ones); ONNX Runtime then fuses QDQ pairs into integer
+///   kernels (which changes float rounding, as any int8 lowering does).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LowerFakeQuant {}
+
+/// Per-channel (or per-tensor when `axis` is `None`) symmetric int8 quantization of a 2-D weight.
+pub fn quantize_weight(w: &[f32], dims: &[i64], axis: Option<usize>) -> (Vec<i8>, Vec<f32>) {
+    let (rows, cols) = (dims[0] as usize, dims.get(1).copied().unwrap_or(1) as usize);
+    let channels = match axis {
+        Some(0) => rows,
+        Some(_) => cols,
+        None => 1,
+    };
+    let channel = |i: usize| match axis {
+        Some(0) => i / cols,
+        Some(_) => i % cols,
+        None => 0,
+    };
+    let mut absmax = vec![0f32; channels];
+    for (i, &x) in w.iter().enumerate() {
+        let c = channel(i);
+        absmax[c] = absmax[c].max(x.abs());
+    }
+    let scales: Vec<f32> = absmax.iter().map(|&m| (m / 127.5).max(MIN_SCALE)).collect();
+    let q = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x / scales[channel(i)]).round_ties_even().clamp(-128.0, 127.0) as i8)
+        .collect();
+    (q, scales)
+}
+
+impl Pass for LowerFakeQuant {
+    fn name(&self) -> &'static str {
+        "LowerFakeQuant"
+    }
+
+    fn run(&self, model: &mut Model) -> Result<PassReport, PassError> {
+        let pass = self.name();
+        let mut report = PassReport { pass: pass.into(), ..PassReport::default() };
+        model
+            .graph
+            .edit(|p: &mut Patch| {
+                let g = p.graph();
+                for (id, n) in g.nodes() {
+                    let Some(tag) = n.name.strip_prefix("sparsec.fq/").and_then(|s| s.strip_suffix("/select")) else {
+                        continue;
+                    };
+                    let err = |message: String| PassError::Target { pass, target: n.name.clone(), message };
+                    let (Some(flag), Some(dq), Some(x), Some(out)) = (n.input(0), n.input(1), n.input(2), n.output(0))
+                    else {
+                        return Err(err("expects Where(flag, fake-quantized, original)".into()));
+                    };
+                    let bound = |v| g.initializer(v).filter(|_| !g.inputs().contains(&v));
+                    let on = bound(flag).and_then(|t| t.raw().first().copied()).ok_or_else(|| {
+                        err(format!("the switch '{}' is not bound: export a trained folder", g.value(flag).name))
+                    })? != 0;
+                    report.rewritten += 1;
+                    if !on {
+                        p.replace_uses(out, x);
+                        p.remove_node(id);
+                        continue;
+                    }
+                    let Some(wt) = bound(x) else {
+                        let (_, dqn) = g.producer(dq).ok_or_else(|| err("no DequantizeLinear".into()))?;
+                        for s in dqn.inputs.iter().skip(1).flatten() {
+                            if bound(*s).is_none() {
+                                return Err(err(format!("'{}' is not bound", g.value(*s).name)));
+                            }
+                        }
+                        p.replace_uses(out, dq);
+                        p.remove_node(id);
+                        continue;
+                    };
+                    let (_, qn) = g
+                        .nodes()
+                        .find(|(_, q)| q.name == format!("sparsec.fq/{tag}/quantize"))
+                        .ok_or_else(|| err("its QuantizeLinear node is missing".into()))?;
+                    let axis = qn.attr_int("axis").map(|a| a as usize);
+                    let w = wt.as_f32s().ok_or_else(|| err("the weight is not f32".into()))?;
+                    if wt.dims.len() != 2 && axis.is_some() {
+                        return Err(err(format!("per-channel weight of shape {:?} is not 2-D", wt.dims)));
+                    }
+                    let (q, scales) = quantize_weight(&w, &wt.dims, axis);
+                    let qv = p.add_initializer(&format!("{tag}.int8"), Tensor::from_i8(wt.dims.clone(), &q));
+                    let (sv, zv) = match axis {
+                        Some(_) => (
+                            p.add_initializer(
+                                &format!("{tag}.scale"),
+                                Tensor::from_f32(vec![scales.len() as i64], &scales),
+                            ),
+                            p.add_initializer(
+                                &format!("{tag}.zero_point"),
+                                Tensor::from_i8(vec![scales.len() as i64], &vec![0; scales.len()]),
+                            ),
+                        ),
+                        None => (
+                            p.add_initializer(&format!("{tag}.scale"), Tensor::from_f32(vec![], &scales)),
+                            p.add_initializer(&format!("{tag}.zero_point"), Tensor::from_i8(vec![], &[0])),
+                        ),
+                    };
+                    let mut spec = NodeSpec::new("DequantizeLinear", format!("sparsec.qdq/{tag}"), &[qv, sv, zv]);
+                    if let Some(a) = axis {
+                        spec = spec.attr(Attribute::int("axis", a as i64));
+                    }
+                    let deq = p.op(spec, &format!("{tag}.dequantized"), g.value(x).facts.clone());
+                    p.replace_uses(out, deq);
+                    p.remove_node(id);
+                }
+                Ok(())
+            })
+            .map_err(|e: PassError| e.in_pass(pass))?;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_channel_int8_matches_the_fake_quant_formula() {
+        // [in=2, out=3] MatMul layout, channels along axis 1.
+        let w = [1.0f32, -0.5, 0.0, -2.55, 0.25, 0.0];
+        let (q, s) = quantize_weight(&w, &[2, 3], Some(1));
+        assert_eq!(s, vec![2.55 / 127.5, 0.5 / 127.5, MIN_SCALE]);
+        assert_eq!(q, vec![50, -128, 0, -128, 64, 0]);
+    }
+}

@@ -1,0 +1,1099 @@
+//! A training run over a `sparsec compile` output: the recipe's schedule (learning rate, gradual
+//! magnitude pruning, constant pruning, QAT with observers, distillation from a teacher run on
+//! ONNX Runtime) applied step by step to the forward+backward graph, with atomic checkpoints,
+//! exact resume, per-epoch evaluation, and a final trained folder whose `model.onnx` has the
+//! trained weights, masks and quantization parameters bound in.
+//!
+//! Sits on top of `autodiff` (the training graph), `runtime` (ORT) and `qa` (features, metric);
+//! `cli/train.rs` is its front end.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, NamedTensor};
+use super::data::{epoch_order, train_windows, BatchLayout};
+use super::masks::{global_masks, mask_sparsity, MaskStructure, WeightView};
+use super::observers::{MinMaxObserver, AVERAGING_CONSTANT};
+use super::optim::AdamWConfig;
+use super::step::{linear_warmup_decay, Stepper};
+use crate::autodiff::{build_training_graph, loss::hf_padding_rows, LossSpec, TrainingGraphSpec};
+use crate::ir::{infer, modules, Model, Tensor};
+use crate::passes::{BindInputs, Pass, QUANT_ENABLED_INPUT};
+use crate::qa::features::TrainWindow;
+use crate::qa::metric::{evaluate_v1, Scored, V1Result};
+use crate::qa::{squad, DecodeOptions, Decoder, QaPipeline, QaRequest, QaTokenizer, WindowOptions};
+use crate::recipe::schedule::Schedule;
+use crate::recipe::{MaskType, Modifier, Recipe};
+use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor, WithInputs};
+
+/// Where the teacher logits for distillation come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Teacher {
+    /// The model `sparsec compile` started from (recorded in plan.json).
+    Original,
+    /// No distillation: the span loss alone, even if the recipe has a DistillationModifier.
+    Disabled,
+    Path(PathBuf),
+}
+
+/// Everything a run needs besides the compiled folder.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub compiled: PathBuf,
+    pub train_file: PathBuf,
+    pub eval_file: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// Peak learning rate when the recipe sets none (linear warmup/decay as the HF Trainer).
+    pub learning_rate: f32,
+    pub warmup_steps: usize,
+    pub weight_decay: f32,
+    pub max_grad_norm: Option<f32>,
+    pub max_seq_length: usize,
+    pub doc_stride: usize,
+    pub pad_to_max_length: bool,
+    pub teacher: Teacher,
+    pub seed: u64,
+    pub threads: Option<usize>,
+    pub max_train_samples: Option<usize>,
+    pub max_eval_samples: Option<usize>,
+    pub recipe_args: serde_json::Map<String, serde_json::Value>,
+    pub resume: bool,
+    /// Checkpoint every N steps as well as at each epoch end.
+    pub save_steps: Option<u64>,
+    /// Newest checkpoints kept.
+    pub save_total_limit: usize,
+    /// Instead of training, apply the final sparsity and calibrate on this many training windows.
+    pub one_shot: Option<usize>,
+    /// When given, must equal the recipe's epochs.
+    pub num_train_epochs: Option<f64>,
+    /// Stop after this many steps (the schedule still spans the recipe's epochs).
+    pub max_steps: Option<u64>,
+}
+
+/// One step of the JSON log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub epoch: f64,
+    pub loss: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_span: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_distill: Option<f32>,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// Zeros in the masks over all masked weights.
+    pub sparsity: f64,
+    pub qat: bool,
+    pub samples_per_second: f64,
+    /// Wall time of this step (batch preparation, teacher, forward, backward, update).
+    #[serde(default)]
+    pub step_seconds: f64,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub output_dir: String,
+    pub train_examples: usize,
+    pub train_windows: usize,
+    pub steps: u64,
+    pub steps_per_epoch: u64,
+    pub epochs: f64,
+    pub samples_seen: u64,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    pub final_loss: Option<f32>,
+    /// Zeros per masked parameter and over all of them.
+    pub sparsity: BTreeMap<String, f64>,
+    pub overall_sparsity: f64,
+    pub quantized: bool,
+    pub distillation: bool,
+    pub one_shot: bool,
+    pub evals: Vec<EvalRecord>,
+    pub resumed_from_step: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub epoch: f64,
+    pub step: u64,
+    pub questions: usize,
+    pub exact_match: f64,
+    pub f1: f64,
+}
+
+/// The part of plan.json the trainer reads.
+#[derive(Deserialize)]
+struct PlanFile {
+    model: String,
+    modifiers: Vec<PlanModifierFile>,
+    graph_inputs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PlanModifierFile {
+    index: usize,
+    targets: Vec<PlanTargetFile>,
+}
+
+#[derive(Deserialize)]
+struct PlanTargetFile {
+    param: String,
+    initializer: String,
+    shape: Vec<i64>,
+    transposed: bool,
+    mask_input: Option<String>,
+    init_sparsity: Option<f64>,
+    final_sparsity: Option<f64>,
+}
+
+/// One mask fed to the graph.
+#[derive(Clone, Debug)]
+struct MaskSlot {
+    /// Recipe modifier index (pruning or constant pruning).
+    modifier: usize,
+    param: String,
+    initializer: String,
+    input: String,
+    shape: Vec<usize>,
+    input_axis: usize,
+    init: f64,
+    fin: f64,
+    data: Vec<f32>,
+}
+
+/// One activation fake-quant site.
+#[derive(Clone, Debug)]
+struct QuantSite {
+    base: String,
+    observer: MinMaxObserver,
+    /// The latest batch range, used to start the observer when QAT begins.
+    last: Option<(f32, f32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    step: u64,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    adam_step: u64,
+    samples_seen: u64,
+    qat_started: bool,
+    fingerprint: serde_json::Value,
+    evals: Vec<EvalRecord>,
+}
+
+/// The compiled folder: eval graph, plan, recipe.
+struct Compiled {
+    dir: PathBuf,
+    model: Model,
+    plan: PlanFile,
+    recipe: Recipe,
+}
+
+impl Compiled {
+    fn load(dir: &Path, recipe_args: &serde_json::Map<String, serde_json::Value>) -> Result<Compiled> {
+        let need = |f: &str| -> Result<PathBuf> {
+            let p = dir.join(f);
+            if !p.exists() {
+                bail!("'{}' has no {f}: pass a folder written by `sparsec compile`", dir.display());
+            }
+            Ok(p)
+        };
+        let plan_path = need("plan.json")?;
+        let plan: PlanFile = serde_json::from_slice(
+            &std::fs::read(&plan_path).with_context(|| format!("cannot read '{}'", plan_path.display()))?,
+        )
+        .with_context(|| format!("'{}' is not a sparsec plan", plan_path.display()))?;
+        let mut args = serde_json::Map::new();
+        let compiled_args = dir.join("recipe_args.json");
+        if compiled_args.exists() {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&compiled_args)?)
+                .with_context(|| format!("'{}' is not valid JSON", compiled_args.display()))?;
+            if let serde_json::Value::Object(m) = v {
+                args.extend(m);
+            }
+        }
+        args.extend(recipe_args.clone());
+        let recipe = Recipe::load(&need("recipe.yaml")?, &args)?;
+        let model_path = need("model.onnx")?;
+        let mut model = crate::onnx::load(&model_path)?;
+        infer::infer_facts(&mut model).with_context(|| format!("'{}'", model_path.display()))?;
+        need("tokenizer.json")?;
+        Ok(Compiled { dir: dir.to_path_buf(), model, plan, recipe })
+    }
+}
+
+fn structure(m: &MaskType) -> MaskStructure {
+    match *m {
+        MaskType::Unstructured => MaskStructure::Unstructured,
+        MaskType::Block { rows, cols } => MaskStructure::Block { size: (rows * cols).max(1) as usize },
+        MaskType::NM { n, m } => MaskStructure::NOfM { n: n as usize, m: m as usize },
+    }
+}
+
+fn f32_tensor(shape: &[usize], data: Vec<f32>) -> HostTensor {
+    HostTensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape matches data"))
+}
+
+fn scalar_f32(v: f32) -> HostTensor {
+    HostTensor::F32(ArrayD::from_elem(IxDyn(&[]), v))
+}
+
+/// Trainer state that the schedule mutates.
+struct Run<'a> {
+    compiled: &'a Compiled,
+    masks: Vec<MaskSlot>,
+    sites: Vec<QuantSite>,
+    symmetric_acts: bool,
+    qat_started: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(compiled: &'a Compiled) -> Result<Run<'a>> {
+        let mut masks = Vec::new();
+        for m in &compiled.plan.modifiers {
+            let entry = compiled.recipe.modifiers.get(m.index).context("plan.json does not match recipe.yaml")?;
+            if !matches!(entry.modifier, Modifier::Pruning(_) | Modifier::ConstantPruning(_)) {
+                continue;
+            }
+            for t in &m.targets {
+                let Some(input) = &t.mask_input else { continue };
+                if t.shape.len() != 2 {
+                    bail!("mask target '{}' has shape {:?}; only 2-D weights are pruned", t.param, t.shape);
+                }
+                let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+                masks.push(MaskSlot {
+                    modifier: m.index,
+                    param: t.param.clone(),
+                    initializer: t.initializer.clone(),
+                    input: input.clone(),
+                    input_axis: if t.transposed { 0 } else { 1 },
+                    init: t.init_sparsity.unwrap_or(0.0),
+                    fin: t.final_sparsity.unwrap_or(0.0),
+                    data: vec![1.0; shape.iter().product()],
+                    shape,
+                });
+            }
+        }
+        let sites = compiled
+            .plan
+            .graph_inputs
+            .iter()
+            .filter_map(|n| n.strip_suffix(".scale").filter(|b| b.ends_with(".input_quant")))
+            .map(|b| QuantSite { base: b.to_string(), observer: MinMaxObserver::default(), last: None })
+            .collect();
+        let symmetric_acts = compiled.recipe.modifiers.iter().any(|e| match &e.modifier {
+            Modifier::Quantization(q) => q.input_activations.as_ref().is_some_and(|a| a.symmetric),
+            _ => false,
+        });
+        Ok(Run { compiled, masks, sites, symmetric_acts, qat_started: false })
+    }
+
+    fn has_quant(&self) -> bool {
+        self.compiled.model.graph.value_by_name(QUANT_ENABLED_INPUT).is_some()
+    }
+
+    /// Masks, quantization parameters and the QAT switch, as graph inputs.
+    fn bound_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
+        let mut out: Vec<(String, HostTensor)> =
+            self.masks.iter().map(|m| (m.input.clone(), f32_tensor(&m.shape, m.data.clone()))).collect();
+        for s in &self.sites {
+            let (scale, zp) = s.observer.qparams(self.symmetric_acts);
+            out.push((format!("{}.scale", s.base), scalar_f32(scale)));
+            let zp = if self.symmetric_acts {
+                HostTensor::I8(ArrayD::from_elem(IxDyn(&[]), zp as i8))
+            } else {
+                HostTensor::U8(ArrayD::from_elem(IxDyn(&[]), zp as u8))
+            };
+            out.push((format!("{}.zero_point", s.base), zp));
+        }
+        if self.has_quant() {
+            out.push((QUANT_ENABLED_INPUT.into(), HostTensor::Bool(ArrayD::from_elem(IxDyn(&[]), quant_on))));
+        }
+        out
+    }
+
+    /// Recomputes the masks of modifier `modifier` at `sparsity(slot)` from the current weights.
+    fn update_masks(
+        &mut self,
+        modifier: usize,
+        weights: &dyn Fn(&str) -> Vec<f32>,
+        sparsity: &dyn Fn(&MaskSlot) -> f64,
+    ) {
+        let recipe = &self.compiled.recipe;
+        let idx: Vec<usize> = (0..self.masks.len()).filter(|&i| self.masks[i].modifier == modifier).collect();
+        let data: Vec<Vec<f32>> = idx.iter().map(|&i| weights(&self.masks[i].initializer)).collect();
+        match &recipe.modifiers[modifier].modifier {
+            Modifier::ConstantPruning(_) => {
+                for (k, &i) in idx.iter().enumerate() {
+                    self.masks[i].data = data[k].iter().map(|&w| if w == 0.0 { 0.0 } else { 1.0 }).collect();
+                }
+            }
+            Modifier::Pruning(p) => {
+                let st = structure(&p.mask_type);
+                let view = |k: usize| {
+                    let m = &self.masks[idx[k]];
+                    WeightView { data: &data[k], rows: m.shape[0], cols: m.shape[1], input_axis: m.input_axis }
+                };
+                let targets: Vec<f64> = idx.iter().map(|&i| sparsity(&self.masks[i])).collect();
+                let new: Vec<Vec<f32>> = if p.global_sparsity {
+                    let s = idx.first().map(|&i| sparsity(&self.masks[i])).unwrap_or(0.0);
+                    let views: Vec<WeightView> = (0..idx.len()).map(view).collect();
+                    global_masks(&views, s, st)
+                } else {
+                    use rayon::prelude::*;
+                    (0..idx.len())
+                        .into_par_iter()
+                        .map(|k| global_masks(&[view(k)], targets[k], st).pop().unwrap())
+                        .collect()
+                };
+                for (k, m) in new.into_iter().enumerate() {
+                    self.masks[idx[k]].data = m;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sparsity(&self) -> (BTreeMap<String, f64>, f64) {
+        let per = self.masks.iter().map(|m| (m.param.clone(), mask_sparsity(&m.data))).collect();
+        let zeros: usize = self.masks.iter().map(|m| m.data.iter().filter(|&&x| x == 0.0).count()).sum();
+        let total: usize = self.masks.iter().map(|m| m.data.len()).sum();
+        (per, if total == 0 { 0.0 } else { zeros as f64 / total as f64 })
+    }
+}
+
+/// Mask updates of a run: step → (modifier, epoch at the update) in recipe order.
+fn mask_schedule(recipe: &Recipe, spe: u64, total: u64) -> BTreeMap<u64, Vec<(usize, f64, bool)>> {
+    let mut out: BTreeMap<u64, Vec<(usize, f64, bool)>> = BTreeMap::new();
+    for (i, e) in recipe.modifiers.iter().enumerate() {
+        match &e.modifier {
+            Modifier::Pruning(p) => {
+                for u in p.mask_updates(spe, total, 0.0, 1.0) {
+                    out.entry(u.step).or_default().push((i, u.epoch, false));
+                }
+                if !p.leave_enabled && p.end_epoch >= 0.0 {
+                    let end = (p.end_epoch * spe as f64).ceil() as u64 + 1;
+                    if end < total {
+                        out.entry(end).or_default().push((i, p.end_epoch, true));
+                    }
+                }
+            }
+            Modifier::ConstantPruning(c) => {
+                let start = (c.start_epoch.max(0.0) * spe as f64).ceil() as u64;
+                out.entry(start.min(total.saturating_sub(1))).or_default().push((i, c.start_epoch, false));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Runs the training graph's inference half (the compiled model) with bound inputs.
+fn eval_backend(compiled: &Compiled, bound: Vec<(String, HostTensor)>, threads: Option<usize>) -> Result<WithInputs> {
+    let bytes = crate::onnx::encode_model(&compiled.model);
+    let backend = runtime::load_bytes(&bytes, EngineKind::Ort, &EngineOptions { threads, ..Default::default() })
+        .context("cannot load the compiled model for evaluation")?;
+    Ok(WithInputs::new(backend, bound))
+}
+
+/// SQuAD v1.1 EM/F1 of `backend` on `examples`.
+fn evaluate(
+    backend: Box<dyn Backend>,
+    tokenizer: QaTokenizer,
+    cfg: &TrainConfig,
+    examples: &[squad::Example],
+) -> Result<V1Result> {
+    let mut pipeline = QaPipeline::new(backend, tokenizer)?;
+    let windower = pipeline.tokenizer.windower(WindowOptions {
+        max_seq_len: cfg.max_seq_length,
+        doc_stride: cfg.doc_stride,
+        max_question_len: 64,
+    })?;
+    let opts = DecodeOptions {
+        top_k: 1,
+        max_answer_len: 30,
+        handle_impossible_answer: false,
+        align_to_words: true,
+        n_best: 20,
+        null_score_diff_threshold: 0.0,
+    };
+    let reqs: Vec<QaRequest> =
+        examples.iter().map(|e| QaRequest { question: e.question.clone(), context: e.context.clone() }).collect();
+    let results = pipeline.answer(&windower, &reqs, cfg.eval_batch_size, Decoder::Squad, &opts, |_| {})?;
+    let mut preds = Vec::with_capacity(examples.len());
+    for (e, r) in examples.iter().zip(results) {
+        let r = r.with_context(|| format!("eval question '{}'", e.id))?;
+        preds.push(r.answers.first().map(|a| a.answer.clone()).unwrap_or_default());
+    }
+    let refs: Vec<Vec<String>> = examples.iter().map(|e| e.answers.iter().map(|a| a.text.clone()).collect()).collect();
+    let scored: Vec<Scored> = examples
+        .iter()
+        .zip(&refs)
+        .zip(&preds)
+        .map(|((e, r), p)| Scored { id: &e.id, references: r, prediction: Some(p) })
+        .collect();
+    Ok(evaluate_v1(&scored))
+}
+
+/// Callbacks for progress display.
+pub trait Progress {
+    fn start(&mut self, total_steps: u64, first_step: u64);
+    fn step(&mut self, log: &StepLog);
+    fn message(&mut self, text: &str);
+    fn finish(&mut self);
+}
+
+/// Runs (or resumes) training per `cfg`; returns the summary. The trained folder is complete
+/// only when this returns `Ok`.
+pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSummary> {
+    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
+        bail!("batch sizes must be at least 1");
+    }
+    let compiled = Compiled::load(&cfg.compiled, &cfg.recipe_args)?;
+    let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
+    let windower = tokenizer.windower(WindowOptions {
+        max_seq_len: cfg.max_seq_length,
+        doc_stride: cfg.doc_stride,
+        max_question_len: 64,
+    })?;
+    let mut examples = squad::load(&cfg.train_file)?;
+    if let Some(n) = cfg.max_train_samples {
+        examples.truncate(n);
+    }
+    if examples.is_empty() {
+        bail!("'{}' has no training questions", cfg.train_file.display());
+    }
+    let started = Instant::now();
+    let windows = train_windows(&examples, &windower)?;
+    tracing::info!(
+        examples = examples.len(),
+        windows = windows.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "training features"
+    );
+    let eval_examples = match &cfg.eval_file {
+        Some(p) => {
+            let mut ex = squad::load(p)?;
+            if let Some(n) = cfg.max_eval_samples {
+                ex.truncate(n);
+            }
+            Some(ex)
+        }
+        None => None,
+    };
+    let g = &compiled.model.graph;
+    let inputs: Vec<String> = g.runtime_inputs().map(|v| g.value(v).name.clone()).collect();
+    let layout = BatchLayout {
+        pad_id: tokenizer.pad_id,
+        token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
+        attention_mask: inputs.iter().any(|n| n == "attention_mask"),
+        pad_to: cfg.pad_to_max_length.then_some(cfg.max_seq_length),
+    };
+    let mut run = Run::new(&compiled)?;
+    std::fs::create_dir_all(&cfg.output_dir)
+        .with_context(|| format!("cannot create '{}'", cfg.output_dir.display()))?;
+
+    if let Some(n) = cfg.one_shot {
+        return one_shot(
+            cfg,
+            &compiled,
+            &mut run,
+            &windows,
+            &layout,
+            n,
+            eval_examples.as_deref(),
+            &tokenizer,
+            examples.len(),
+            progress,
+        );
+    }
+
+    let schedule = Schedule::new(&compiled.recipe);
+    let epochs = schedule.total_epochs();
+    if epochs <= 0.0 {
+        bail!("the recipe sets no epochs (add an EpochRangeModifier or pass --recipe-args)");
+    }
+    if let Some(n) = cfg.num_train_epochs {
+        if (n - epochs).abs() > 1e-9 {
+            bail!(
+                "--num-train-epochs {n} differs from the recipe's {epochs} epochs: the recipe sets the schedule; \
+                 change it with --recipe-args (e.g. '{{\"num_epochs\": {n}}}')"
+            );
+        }
+    }
+    let spe = windows.len().div_ceil(cfg.batch_size) as u64;
+    let schedule_steps = (epochs * spe as f64).ceil() as u64;
+    let total_steps = cfg.max_steps.map_or(schedule_steps, |m| m.min(schedule_steps));
+    let distill = compiled.recipe.modifiers.iter().find_map(|e| match &e.modifier {
+        Modifier::Distillation(d) => Some(d.clone()),
+        _ => None,
+    });
+    let distill = distill.filter(|_| cfg.teacher != Teacher::Disabled);
+    let loss = match &distill {
+        Some(d) => LossSpec::Distill { temperature: d.temperature as f32, hardness: d.hardness as f32 },
+        None => LossSpec::Span,
+    };
+    let mut spec = TrainingGraphSpec::new(loss);
+    let config_json = compiled.dir.join("config.json");
+    if config_json.exists() {
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_json)?)
+            .with_context(|| format!("'{}' is not valid JSON", config_json.display()))?;
+        let names = modules::parameter_names(&compiled.model.graph);
+        spec.zero_grad_rows = hf_padding_rows(&json, names.keys().map(String::as_str));
+    }
+    let tg = build_training_graph(&compiled.model, &spec).context("cannot build the training graph")?;
+    let weight_decay = compiled
+        .recipe
+        .modifiers
+        .iter()
+        .find_map(|e| match &e.modifier {
+            Modifier::SetWeightDecay(w) => Some(w.weight_decay as f32),
+            _ => None,
+        })
+        .unwrap_or(cfg.weight_decay);
+    let opts = EngineOptions { threads: cfg.threads, ..Default::default() };
+    let mut stepper =
+        Stepper::new(&tg, EngineKind::Ort, &opts, AdamWConfig { weight_decay, ..AdamWConfig::default() })?;
+    let loss_parts: Vec<String> = tg.loss_outputs.iter().skip(1).cloned().collect();
+    stepper.watch = loss_parts.clone();
+    for s in &run.sites {
+        stepper.watch.push(format!("{}.min", s.base));
+        stepper.watch.push(format!("{}.max", s.base));
+    }
+    let mut teacher = match (&distill, &cfg.teacher) {
+        (None, _) => None,
+        (Some(_), Teacher::Path(p)) => Some(load_teacher(p, &opts)?),
+        (Some(_), _) => {
+            let original = PathBuf::from(&compiled.plan.model);
+            if !original.exists() {
+                bail!(
+                    "the recipe distills from a teacher, and the model compile started from ('{}') is gone: pass \
+                     --distill-teacher PATH or --distill-teacher disable",
+                    original.display()
+                );
+            }
+            Some(load_teacher(&original, &opts)?)
+        }
+    };
+    let fingerprint = serde_json::json!({
+        "compiled": std::fs::canonicalize(&cfg.compiled).unwrap_or(cfg.compiled.clone()),
+        "train_file": cfg.train_file,
+        "windows": windows.len(),
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "max_seq_length": cfg.max_seq_length,
+        "doc_stride": cfg.doc_stride,
+        "distillation": distill.is_some(),
+        "total_steps": total_steps,
+    });
+
+    let ckpt_dir = cfg.output_dir.join("checkpoints");
+    let log_path = cfg.output_dir.join("train_log.jsonl");
+    let mut first_step = 0u64;
+    let mut samples_seen = 0u64;
+    let mut evals: Vec<EvalRecord> = Vec::new();
+    let mut resumed_from = None;
+    if cfg.resume {
+        if let Some(path) = latest_checkpoint(&ckpt_dir)? {
+            let (tensors, state): (BTreeMap<String, NamedTensor>, CheckpointState) = checkpoint::load(&path)?;
+            if state.fingerprint != fingerprint {
+                bail!(
+                    "checkpoint '{}' was made with different settings ({}); now {}",
+                    path.display(),
+                    state.fingerprint,
+                    fingerprint
+                );
+            }
+            restore(&mut stepper, &mut run, &tensors).with_context(|| format!("checkpoint '{}'", path.display()))?;
+            stepper.optimizer.step = state.adam_step;
+            run.qat_started = state.qat_started;
+            first_step = state.step;
+            samples_seen = state.samples_seen;
+            evals = state.evals;
+            resumed_from = Some(first_step);
+            truncate_log(&log_path, first_step)?;
+            progress.message(&format!("resumed from '{}' at step {first_step}", path.display()));
+        } else {
+            progress.message("no checkpoint to resume from: starting from scratch");
+        }
+    }
+    if first_step == 0 {
+        std::fs::write(&log_path, b"").with_context(|| format!("cannot write '{}'", log_path.display()))?;
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot write '{}'", log_path.display()))?;
+    let updates = mask_schedule(&compiled.recipe, spe, schedule_steps);
+    let abort_at: Option<u64> = std::env::var("SPARSEC_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok());
+
+    progress.start(total_steps, first_step);
+    let run_started = Instant::now();
+    let mut last_loss = None;
+    let mut order = Vec::new();
+    let mut order_epoch = u64::MAX;
+    let mut since = (Instant::now(), 0u64);
+    for step in first_step..total_steps {
+        let epoch_idx = step / spe;
+        let within = (step % spe) as usize;
+        let epoch_f = step as f64 / spe as f64;
+        let step_started = Instant::now();
+        if order_epoch != epoch_idx {
+            order = epoch_order(windows.len(), cfg.seed, epoch_idx);
+            order_epoch = epoch_idx;
+        }
+        if let Some(ups) = updates.get(&step) {
+            for &(modifier, at, disable) in ups {
+                if disable {
+                    for m in run.masks.iter_mut().filter(|m| m.modifier == modifier) {
+                        m.data.iter_mut().for_each(|x| *x = 1.0);
+                    }
+                    continue;
+                }
+                let recipe = &compiled.recipe;
+                let params = &stepper.params;
+                let weights = |init: &str| -> Vec<f32> {
+                    params.iter().find(|p| p.input == init).map(|p| p.data.clone()).unwrap_or_default()
+                };
+                let sparsity = |m: &MaskSlot| match &recipe.modifiers[m.modifier].modifier {
+                    Modifier::Pruning(p) => p.sparsity_at_update(at, m.init, m.fin),
+                    _ => 0.0,
+                };
+                run.update_masks(modifier, &weights, &sparsity);
+            }
+            apply_masks(&mut stepper, &run);
+            tracing::info!(step, sparsity = run.sparsity().1, "masks updated");
+        }
+        let qstate = schedule.quantization(epoch_f);
+        let quant_on = qstate.is_some_and(|q| q.enabled);
+        if quant_on && !run.qat_started {
+            for s in run.sites.iter_mut() {
+                if let Some((lo, hi)) = s.last {
+                    s.observer.observe(lo, hi, AVERAGING_CONSTANT);
+                }
+            }
+            run.qat_started = true;
+        }
+        let lr = schedule.learning_rate(epoch_f, spe).map(|x| x as f32).unwrap_or_else(|| {
+            linear_warmup_decay(cfg.learning_rate, step as usize, cfg.warmup_steps, schedule_steps as usize)
+        });
+        for (name, value) in run.bound_inputs(quant_on) {
+            stepper.set_fixed(&name, value);
+        }
+        let start = within * cfg.batch_size;
+        let rows: Vec<&TrainWindow> =
+            order[start..(start + cfg.batch_size).min(order.len())].iter().map(|&i| &windows[i]).collect();
+        let mut batch = layout.training_inputs(&rows);
+        if let Some(t) = teacher.as_mut() {
+            let model_inputs: Vec<(&str, HostTensor)> = layout.model_inputs(&rows);
+            let (s, e) = t.logits(&model_inputs)?;
+            batch.push(("teacher_start_logits", s));
+            batch.push(("teacher_end_logits", e));
+        }
+        let stats = stepper.step(&batch, lr, cfg.max_grad_norm).with_context(|| format!("training step {step}"))?;
+        apply_masks(&mut stepper, &run);
+        let observed = &stats.watched[loss_parts.len()..];
+        for (k, s) in run.sites.iter_mut().enumerate() {
+            let (lo, hi) = (observed[2 * k], observed[2 * k + 1]);
+            s.last = Some((lo, hi));
+            if quant_on && !qstate.is_some_and(|q| q.observers_frozen) {
+                s.observer.observe(lo, hi, AVERAGING_CONSTANT);
+            }
+        }
+        samples_seen += rows.len() as u64;
+        since.1 += rows.len() as u64;
+        let part = |name: &str| loss_parts.iter().position(|p| p == name).map(|i| stats.watched[i]);
+        let entry = StepLog {
+            step,
+            epoch: epoch_f,
+            loss: stats.loss,
+            loss_span: part("loss_span"),
+            loss_distill: part("loss_distill"),
+            lr,
+            grad_norm: stats.grad_norm,
+            sparsity: run.sparsity().1,
+            qat: quant_on,
+            samples_per_second: since.1 as f64 / since.0.elapsed().as_secs_f64(),
+            step_seconds: step_started.elapsed().as_secs_f64(),
+        };
+        if since.0.elapsed().as_secs_f64() > 30.0 {
+            since = (Instant::now(), 0);
+        }
+        writeln!(log, "{}", serde_json::to_string(&entry)?).context("cannot append to train_log.jsonl")?;
+        last_loss = Some(stats.loss);
+        progress.step(&entry);
+        let done = step + 1;
+        let epoch_end = done % spe == 0 || done == total_steps;
+        if epoch_end {
+            if let Some(ex) = &eval_examples {
+                progress.message(&format!("evaluating {} questions", ex.len()));
+                let bound = eval_bindings(&stepper, &run, quant_on);
+                let backend = eval_backend(&compiled, bound, cfg.threads)?;
+                let r = evaluate(Box::new(backend), tokenizer.clone(), cfg, ex)?;
+                let rec = EvalRecord {
+                    epoch: done as f64 / spe as f64,
+                    step: done,
+                    questions: ex.len(),
+                    exact_match: r.exact_match,
+                    f1: r.f1,
+                };
+                progress
+                    .message(&format!("epoch {:.2}: exact_match {:.2} f1 {:.2}", rec.epoch, rec.exact_match, rec.f1));
+                tracing::info!(epoch = rec.epoch, em = rec.exact_match, f1 = rec.f1, "evaluation");
+                evals.push(rec);
+            }
+        }
+        if epoch_end || cfg.save_steps.is_some_and(|n| n > 0 && done % n == 0) {
+            let state = CheckpointState {
+                step: done,
+                steps_per_epoch: spe,
+                total_steps,
+                adam_step: stepper.optimizer.step,
+                samples_seen,
+                qat_started: run.qat_started,
+                fingerprint: fingerprint.clone(),
+                evals: evals.clone(),
+            };
+            checkpoint::save(&ckpt_dir, &format!("step-{done:09}"), &snapshot(&stepper, &run), &state)?;
+            prune_checkpoints(&ckpt_dir, cfg.save_total_limit)?;
+        }
+        if abort_at == Some(done) {
+            log.flush().ok();
+            std::process::abort();
+        }
+    }
+    progress.finish();
+    let seconds = run_started.elapsed().as_secs_f64();
+    let quant_final = schedule.quantization(epochs).is_some_and(|q| q.enabled) || run.qat_started && run.has_quant();
+    let bound = eval_bindings(&stepper, &run, quant_final && run.has_quant());
+    write_trained(cfg, &compiled, bound)?;
+    let (per, overall) = run.sparsity();
+    let steps_run = total_steps - first_step;
+    let summary = TrainSummary {
+        output_dir: cfg.output_dir.display().to_string(),
+        train_examples: examples.len(),
+        train_windows: windows.len(),
+        steps: total_steps,
+        steps_per_epoch: spe,
+        epochs,
+        samples_seen,
+        seconds,
+        samples_per_second: (steps_run as f64 * cfg.batch_size as f64).min(samples_seen as f64) / seconds.max(1e-9),
+        final_loss: last_loss,
+        sparsity: per,
+        overall_sparsity: overall,
+        quantized: quant_final && run.has_quant(),
+        distillation: distill.is_some(),
+        one_shot: false,
+        evals,
+        resumed_from_step: resumed_from,
+    };
+    write_json_atomic(&cfg.output_dir.join("train_summary.json"), &summary)?;
+    Ok(summary)
+}
+
+/// The teacher model on ORT.
+struct TeacherModel {
+    backend: Box<dyn Backend>,
+}
+
+fn load_teacher(path: &Path, opts: &EngineOptions) -> Result<TeacherModel> {
+    let backend =
+        runtime::load_file(path, EngineKind::Ort, opts).with_context(|| format!("teacher '{}'", path.display()))?;
+    let outs = backend.output_names();
+    if !outs.iter().any(|o| o == "start_logits") || !outs.iter().any(|o| o == "end_logits") {
+        bail!("teacher '{}' has no start_logits/end_logits outputs (it has {outs:?})", path.display());
+    }
+    Ok(TeacherModel { backend })
+}
+
+impl TeacherModel {
+    fn logits(&mut self, inputs: &[(&str, HostTensor)]) -> Result<(HostTensor, HostTensor)> {
+        let names = self.backend.input_names().to_vec();
+        let feed: Vec<(&str, HostTensor)> =
+            inputs.iter().filter(|(n, _)| names.iter().any(|m| m == n)).cloned().collect();
+        let mut out = self.backend.run(&feed).context("teacher run")?;
+        let mut take = |n: &str| -> Result<HostTensor> {
+            let i = out.iter().position(|(o, _)| o == n).with_context(|| format!("teacher has no '{n}'"))?;
+            Ok(out.swap_remove(i).1)
+        };
+        Ok((take("start_logits")?, take("end_logits")?))
+    }
+}
+
+/// `W ← W ⊙ M` for every masked parameter (SparseML re-applies masks after each optimizer step).
+fn apply_masks(stepper: &mut Stepper, run: &Run) {
+    for m in &run.masks {
+        if let Some(p) = stepper.params.iter_mut().find(|p| p.input == m.initializer) {
+            p.data.iter_mut().zip(&m.data).for_each(|(w, k)| *w *= k);
+        }
+    }
+}
+
+/// Parameters, masks, quantization parameters and switch for the eval graph.
+fn eval_bindings(stepper: &Stepper, run: &Run, quant_on: bool) -> Vec<(String, HostTensor)> {
+    let mut out: Vec<(String, HostTensor)> =
+        stepper.params.iter().map(|p| (p.input.clone(), f32_tensor(&p.shape, p.data.clone()))).collect();
+    out.extend(run.bound_inputs(quant_on));
+    out
+}
+
+fn snapshot(stepper: &Stepper, run: &Run) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    for (p, s) in stepper.params.iter().zip(&stepper.optimizer.states) {
+        out.push(NamedTensor { name: format!("param/{}", p.input), shape: p.shape.clone(), data: p.data.clone() });
+        out.push(NamedTensor { name: format!("adam.m/{}", p.input), shape: p.shape.clone(), data: s.exp_avg.clone() });
+        out.push(NamedTensor {
+            name: format!("adam.v/{}", p.input),
+            shape: p.shape.clone(),
+            data: s.exp_avg_sq.clone(),
+        });
+    }
+    for m in &run.masks {
+        out.push(NamedTensor { name: format!("mask/{}", m.input), shape: m.shape.clone(), data: m.data.clone() });
+    }
+    for s in &run.sites {
+        let (lo, hi) = s.last.unwrap_or((0.0, 0.0));
+        let o = &s.observer;
+        out.push(NamedTensor {
+            name: format!("observer/{}", s.base),
+            shape: vec![6],
+            data: vec![o.min, o.max, o.initialized as u8 as f32, lo, hi, s.last.is_some() as u8 as f32],
+        });
+    }
+    out
+}
+
+fn restore(stepper: &mut Stepper, run: &mut Run, t: &BTreeMap<String, NamedTensor>) -> Result<()> {
+    let get = |name: String| t.get(&name).with_context(|| format!("has no tensor '{name}'"));
+    for (p, s) in stepper.params.iter_mut().zip(stepper.optimizer.states.iter_mut()) {
+        p.data = get(format!("param/{}", p.input))?.data.clone();
+        s.exp_avg = get(format!("adam.m/{}", p.input))?.data.clone();
+        s.exp_avg_sq = get(format!("adam.v/{}", p.input))?.data.clone();
+    }
+    for m in run.masks.iter_mut() {
+        m.data = get(format!("mask/{}", m.input))?.data.clone();
+    }
+    for s in run.sites.iter_mut() {
+        let d = &get(format!("observer/{}", s.base))?.data;
+        s.observer = MinMaxObserver { min: d[0], max: d[1], initialized: d[2] != 0.0 };
+        s.last = (d[5] != 0.0).then_some((d[3], d[4]));
+    }
+    Ok(())
+}
+
+fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut best: Option<PathBuf> = None;
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list '{}'", dir.display()))? {
+        let p = e?.path();
+        let is_ckpt = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"));
+        if is_ckpt && best.as_ref().is_none_or(|b| p.file_name() > b.file_name()) {
+            best = Some(p);
+        }
+    }
+    Ok(best)
+}
+
+fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+        .collect();
+    all.sort();
+    let n = all.len().saturating_sub(keep.max(1));
+    for p in &all[..n] {
+        std::fs::remove_dir_all(p).with_context(|| format!("cannot remove old checkpoint '{}'", p.display()))?;
+    }
+    Ok(())
+}
+
+fn truncate_log(path: &Path, before: u64) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<StepLog>(l).is_ok_and(|s| s.step < before))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write '{}'", path.display()))?;
+    tmp.write_all(&serde_json::to_vec_pretty(value)?)?;
+    tmp.persist(path).with_context(|| format!("cannot write '{}'", path.display()))?;
+    Ok(())
+}
+
+/// Writes `model.onnx` (trained weights, masks, quantization parameters and switch bound as
+/// initializers), and copies tokenizer, config, recipe and plan, into the output folder.
+fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(String, HostTensor)>) -> Result<()> {
+    let mut model = compiled.model.clone();
+    let mut values = Vec::new();
+    for (name, t) in bound {
+        values.push((name, host_to_tensor(&t)?));
+    }
+    BindInputs { values }.run(&mut model).context("cannot bind the trained values")?;
+    model.set_metadata("sparsec.trained", "true");
+    let dir = &cfg.output_dir;
+    let tmp = dir.join(".model.onnx.tmp");
+    crate::onnx::save(&model, &tmp, &crate::onnx::SaveOptions::default())?;
+    std::fs::rename(&tmp, dir.join("model.onnx")).context("cannot write model.onnx")?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "recipe.yaml",
+        "plan.json",
+    ] {
+        let src = compiled.dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, dir.join(f)).with_context(|| format!("cannot copy '{}'", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn host_to_tensor(t: &HostTensor) -> Result<Tensor> {
+    let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    Ok(match t {
+        HostTensor::F32(a) => Tensor::from_f32(dims(a.shape()), &a.iter().copied().collect::<Vec<_>>()),
+        HostTensor::U8(a) => Tensor::from_u8(dims(a.shape()), &a.iter().copied().collect::<Vec<_>>()),
+        HostTensor::I8(a) => Tensor::from_i8(dims(a.shape()), &a.iter().copied().collect::<Vec<_>>()),
+        HostTensor::Bool(a) => Tensor::from_bool(dims(a.shape()), &a.iter().copied().collect::<Vec<_>>()),
+        HostTensor::I64(a) => Tensor::from_i64(dims(a.shape()), &a.iter().copied().collect::<Vec<_>>()),
+        HostTensor::I32(_) => bail!("int32 tensors are not bound"),
+    })
+}
+
+/// SparseML's one-shot: final-sparsity magnitude masks on the compiled weights and, with
+/// quantization, MinMax calibration of the activation observers on `n` training windows.
+#[allow(clippy::too_many_arguments)]
+fn one_shot(
+    cfg: &TrainConfig,
+    compiled: &Compiled,
+    run: &mut Run,
+    windows: &[TrainWindow],
+    layout: &BatchLayout,
+    n: usize,
+    eval_examples: Option<&[squad::Example]>,
+    tokenizer: &QaTokenizer,
+    examples: usize,
+    progress: &mut dyn Progress,
+) -> Result<TrainSummary> {
+    let started = Instant::now();
+    let g = &compiled.model.graph;
+    let mut params: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for &v in g.inputs() {
+        let Some(t) = g.initializer(v).filter(|t| t.dtype == crate::ir::DType::F32) else { continue };
+        let data = t.as_f32s().context("float initializer")?;
+        params.push((g.value(v).name.clone(), t.dims.iter().map(|&d| d as usize).collect(), data));
+    }
+    let modifiers: Vec<usize> = {
+        let mut m: Vec<usize> = run.masks.iter().map(|m| m.modifier).collect();
+        m.dedup();
+        m
+    };
+    for modifier in modifiers {
+        let weights =
+            |init: &str| -> Vec<f32> { params.iter().find(|p| p.0 == init).map(|p| p.2.clone()).unwrap_or_default() };
+        run.update_masks(modifier, &weights, &|m: &MaskSlot| m.fin);
+    }
+    for m in &run.masks {
+        if let Some(p) = params.iter_mut().find(|p| p.0 == m.initializer) {
+            p.2.iter_mut().zip(&m.data).for_each(|(w, k)| *w *= k);
+        }
+    }
+    let quant = run.has_quant();
+    if quant && !run.sites.is_empty() {
+        let mut bound: Vec<(String, HostTensor)> =
+            params.iter().map(|(n, s, d)| (n.clone(), f32_tensor(s, d.clone()))).collect();
+        bound.extend(run.bound_inputs(false));
+        let mut backend = eval_backend(compiled, bound, cfg.threads)?;
+        let order = epoch_order(windows.len(), cfg.seed, 0);
+        let take = n.min(windows.len()).max(1);
+        progress.start(take.div_ceil(cfg.batch_size) as u64, 0);
+        let names: Vec<String> = backend.output_names().to_vec();
+        for (b, chunk) in order[..take].chunks(cfg.batch_size).enumerate() {
+            let rows: Vec<&TrainWindow> = chunk.iter().map(|&i| &windows[i]).collect();
+            let out = backend.run(&layout.model_inputs(&rows))?;
+            for s in run.sites.iter_mut() {
+                let get = |suffix: &str| -> Result<f32> {
+                    let want = format!("{}.{suffix}", s.base);
+                    let i = names.iter().position(|n| *n == want).with_context(|| format!("no output '{want}'"))?;
+                    Ok(*out[i].1.as_f32()?.iter().next().context("empty observer output")?)
+                };
+                let (lo, hi) = (get("min")?, get("max")?);
+                let o = &mut s.observer;
+                if o.initialized {
+                    o.min = o.min.min(lo);
+                    o.max = o.max.max(hi);
+                } else {
+                    o.observe(lo, hi, 1.0);
+                }
+            }
+            progress.step(&StepLog {
+                step: b as u64,
+                epoch: 0.0,
+                loss: 0.0,
+                loss_span: None,
+                loss_distill: None,
+                lr: 0.0,
+                grad_norm: 0.0,
+                sparsity: run.sparsity().1,
+                qat: false,
+                samples_per_second: 0.0,
+                step_seconds: 0.0,
+            });
+        }
+        progress.finish();
+    }
+    let mut bound: Vec<(String, HostTensor)> =
+        params.iter().map(|(n, s, d)| (n.clone(), f32_tensor(s, d.clone()))).collect();
+    bound.extend(run.bound_inputs(quant));
+    let mut evals = Vec::new();
+    if let Some(ex) = eval_examples {
+        let backend = eval_backend(compiled, bound.clone(), cfg.threads)?;
+        let r = evaluate(Box::new(backend), tokenizer.clone(), cfg, ex)?;
+        evals.push(EvalRecord { epoch: 0.0, step: 0, questions: ex.len(), exact_match: r.exact_match, f1: r.f1 });
+    }
+    write_trained(cfg, compiled, bound)?;
+    let (per, overall) = run.sparsity();
+    let summary = TrainSummary {
+        output_dir: cfg.output_dir.display().to_string(),
+        train_examples: examples,
+        train_windows: windows.len(),
+        steps: 0,
+        steps_per_epoch: 0,
+        epochs: 0.0,
+        samples_seen: if quant { n.min(windows.len()) as u64 } else { 0 },
+        seconds: started.elapsed().as_secs_f64(),
+        samples_per_second: 0.0,
+        final_loss: None,
+        sparsity: per,
+        overall_sparsity: overall,
+        quantized: quant,
+        distillation: false,
+        one_shot: true,
+        evals,
+        resumed_from_step: None,
+    };
+    write_json_atomic(&cfg.output_dir.join("train_summary.json"), &summary)?;
+    Ok(summary)
+}

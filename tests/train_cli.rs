@@ -1,0 +1,264 @@
+//! `sparsec train` end to end on a fixture: the recipe's schedule shows in the step log, the
+//! trained model is sparse and answers questions, a run killed mid-epoch and resumed ends with
+//! exactly the weights of an uninterrupted run, one-shot pruning, and clear errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+use sparsec::ir::DType;
+
+fn sparsec(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sparsec"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run sparsec")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "sparsec failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Compiles the bert fixture with the 80% GMP + QAT + distillation recipe shortened to 6 epochs
+/// (dense epoch 0-1, pruning 1-2, QAT from 4, observers frozen at 5.5).
+fn compile(dir: &Path) -> PathBuf {
+    let out = dir.join("compiled");
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let recipe = root().join("recipes/gmp80-unstructured-qat-distill.yaml");
+    ok(&sparsec(
+        &["compile", s(&model), "--recipe", s(&recipe), "--recipe-args", r#"{"num_epochs": 6}"#, "-o", s(&out)],
+        &[],
+    ));
+    out
+}
+
+fn train_args<'a>(compiled: &'a Path, out: &'a Path, data: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        s(compiled),
+        "--train-file",
+        s(data),
+        "--output-dir",
+        s(out),
+        "--max-seq-length",
+        "64",
+        "--doc-stride",
+        "32",
+        "--per-device-train-batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--json",
+    ]
+}
+
+fn tiny_squad() -> PathBuf {
+    root().join("fixtures/squad-tiny.json")
+}
+
+fn log(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every initializer of a model, by name, as raw bytes.
+fn initializers(path: &Path) -> Vec<(String, DType, Vec<u8>)> {
+    let m = sparsec::onnx::load(path).unwrap();
+    let g = &m.graph;
+    let mut v: Vec<(String, DType, Vec<u8>)> =
+        g.initializers().iter().map(|(&id, t)| (g.value(id).name.clone(), t.dtype, t.raw().to_vec())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn recipe_schedule_drives_pruning_qat_and_distillation() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let out = dir.path().join("run");
+    let data = tiny_squad();
+    let mut args = train_args(&compiled, &out, &data);
+    args.extend(["--eval-file", s(&data)]);
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&args, &[]))).unwrap();
+    assert_eq!(summary["train_windows"], 84, "the fixture's 20 questions give 84 windows at 64/32");
+    assert_eq!(summary["steps_per_epoch"], 11);
+    assert_eq!(summary["steps"], 66);
+    assert_eq!(summary["distillation"], true);
+    assert_eq!(summary["quantized"], true);
+    assert_eq!(summary["evals"].as_array().unwrap().len(), 6, "one evaluation per epoch");
+    let overall = summary["overall_sparsity"].as_f64().unwrap();
+    assert!((overall - 0.8).abs() < 0.005, "sparsity {overall}");
+
+    let steps = log(&out);
+    assert_eq!(steps.len(), 66);
+    for st in &steps {
+        let epoch = st["epoch"].as_f64().unwrap();
+        let sp = st["sparsity"].as_f64().unwrap();
+        assert!(st["loss"].as_f64().unwrap().is_finite());
+        assert!(st["loss_distill"].is_number() && st["loss_span"].is_number(), "distillation and span parts logged");
+        // SparseML's step-wise schedule with 11 steps per epoch and updates every 0.5 epoch:
+        // at step 11 (epoch 1.0, sparsity init = 0), step 17 (epoch 17/11, cubic) and step 22 (end, 80%).
+        let want = if epoch < 17.0 / 11.0 {
+            0.0
+        } else if epoch < 2.0 {
+            0.8 * (1.0 - (1.0 - (17.0 / 11.0 - 1.0f64)).powi(3))
+        } else {
+            0.8
+        };
+        assert!((sp - want).abs() < 0.005, "sparsity at epoch {epoch}: {sp}, recipe schedule says {want}");
+        assert_eq!(st["qat"].as_bool().unwrap(), epoch >= 4.0, "QAT from epoch 4 (epoch {epoch})");
+        let lr = st["lr"].as_f64().unwrap();
+        let want =
+            if epoch < 2.0 { 1e-4 + epoch / 2.0 * (1e-5 - 1e-4) } else { 5e-5 + (epoch - 2.0) / 4.0 * (5e-6 - 5e-5) };
+        assert!((lr - want).abs() < 1e-9, "recipe learning rate at epoch {epoch}: {lr} vs {want}");
+    }
+
+    // The trained model carries the masked weights: every pruned layer is 80% zeros.
+    let m = sparsec::onnx::load(out.join("model.onnx")).unwrap();
+    let g = &m.graph;
+    let inputs: Vec<String> = g.runtime_inputs().map(|v| g.value(v).name.clone()).collect();
+    assert_eq!(inputs, vec!["input_ids", "attention_mask", "token_type_ids"], "only token inputs remain");
+    let plan: Value = serde_json::from_slice(&std::fs::read(out.join("plan.json")).unwrap()).unwrap();
+    let mut pruned = 0;
+    for m in plan["modifiers"].as_array().unwrap() {
+        for t in m["targets"].as_array().unwrap() {
+            if t["mask_input"].is_null() {
+                continue;
+            }
+            let w = g.initializer(g.value_by_name(t["initializer"].as_str().unwrap()).unwrap()).unwrap();
+            let mask = g.initializer(g.value_by_name(t["mask_input"].as_str().unwrap()).unwrap()).unwrap();
+            let (w, mask) = (w.as_f32s().unwrap(), mask.as_f32s().unwrap());
+            let zeros = w.iter().filter(|&&x| x == 0.0).count() as f64 / w.len() as f64;
+            assert!((zeros - 0.8).abs() < 0.01, "{}: {zeros}", t["param"]);
+            assert!(w.iter().zip(&mask).all(|(w, m)| *m != 0.0 || *w == 0.0), "pruned weights are zero");
+            pruned += 1;
+        }
+    }
+    assert_eq!(pruned, 12, "2 layers x 6 linears");
+
+    let qa = ok(&sparsec(
+        &[
+            "qa",
+            "--model",
+            s(&out),
+            "--question",
+            "Who?",
+            "--context",
+            "Ada Lovelace wrote the first program.",
+            "--json",
+        ],
+        &[],
+    ));
+    let answers: Value = serde_json::from_str(&qa).unwrap();
+    assert!(answers.to_string().contains("answer"), "the trained folder answers questions: {qa}");
+}
+
+#[test]
+fn killed_mid_epoch_and_resumed_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let data = tiny_squad();
+    let full = dir.path().join("full");
+    ok(&sparsec(&train_args(&compiled, &full, &data), &[]));
+
+    // Killed (abort, no cleanup) after step 50: mid-epoch 4 of 6, after QAT started; the newest
+    // checkpoint is the end of epoch 4 (step 44).
+    let part = dir.path().join("part");
+    let killed = sparsec(&train_args(&compiled, &part, &data), &[("SPARSEC_ABORT_AFTER_STEP", "50")]);
+    assert!(!killed.status.success(), "the run must die at step 50");
+    assert!(!part.join("model.onnx").exists(), "a killed run leaves no trained model");
+    assert_eq!(log(&part).len(), 50);
+    let mut resume = train_args(&compiled, &part, &data);
+    resume.push("--resume");
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&resume, &[]))).unwrap();
+    assert_eq!(summary["resumed_from_step"], 44);
+
+    let a = initializers(&full.join("model.onnx"));
+    let b = initializers(&part.join("model.onnx"));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.0, y.0);
+        assert!(x.2 == y.2, "'{}' differs between the uninterrupted and the resumed run", x.0);
+    }
+    let (la, lb) = (log(&full), log(&part));
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+        assert_eq!(x["sparsity"], y["sparsity"]);
+    }
+}
+
+#[test]
+fn one_shot_prunes_to_the_final_sparsity_and_calibrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let data = tiny_squad();
+    let out = dir.path().join("oneshot");
+    let mut args = train_args(&compiled, &out, &data);
+    args.extend(["--one-shot", "32"]);
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&args, &[]))).unwrap();
+    assert_eq!(summary["one_shot"], true);
+    assert_eq!(summary["samples_seen"], 32);
+    let overall = summary["overall_sparsity"].as_f64().unwrap();
+    assert!((overall - 0.8).abs() < 0.005, "{overall}");
+    let m = sparsec::onnx::load(out.join("model.onnx")).unwrap();
+    let g = &m.graph;
+    let flag = g.initializer(g.value_by_name("sparsec.quant_enabled").unwrap()).unwrap();
+    assert_eq!(flag.raw(), &[1u8], "fake quantization on");
+    let scales: Vec<f32> = g
+        .initializers()
+        .iter()
+        .filter(|(&v, _)| g.value(v).name.ends_with(".input_quant.scale"))
+        .map(|(_, t)| t.as_f32s().unwrap()[0])
+        .collect();
+    assert_eq!(scales.len(), 9, "one activation site per distinct linear input: 4 per layer and the QA head");
+    assert!(scales.iter().all(|&s| s > 0.0 && s != 1.0), "calibrated scales {scales:?}");
+}
+
+#[test]
+fn bad_inputs_fail_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let data = tiny_squad();
+    let out = dir.path().join("o");
+    let err = |args: &[&str]| {
+        let o = sparsec(args, &[]);
+        assert!(!o.status.success(), "{args:?} must fail");
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(e.starts_with("error: ") && !e.contains("panicked"), "{e}");
+        e
+    };
+    let e = err(&train_args(&fixture_dir("bert"), &out, &data));
+    assert!(e.contains("plan.json") && e.contains("sparsec compile"), "{e}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"data\": 3}").unwrap();
+    let e = err(&train_args(&compiled, &out, &bad));
+    assert!(e.contains("bad.json"), "{e}");
+    let mut a = train_args(&compiled, &out, &data);
+    a.extend(["--num-train-epochs", "3"]);
+    let e = err(&a);
+    assert!(e.contains("--recipe-args") && e.contains('6'), "{e}");
+    let mut a = train_args(&compiled, &out, &data);
+    a.extend(["--distill-teacher", s(&bad)]);
+    let e = err(&a);
+    assert!(e.contains("teacher") && e.contains("bad.json"), "{e}");
+}
