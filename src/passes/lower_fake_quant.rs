@@ -138,10 +138,19 @@ mod tests {
 
     #[test]
     fn per_channel_int8_matches_the_fake_quant_formula() {
-        // [in=2, out=3] MatMul layout, channels along axis 1.
+        // [in=2, out=3] MatMul layout, channels along axis 1. Each channel's extreme lands on the
+        // ±127.5 tie of torch's symmetric scale; f32 division decides the side, clamped to int8.
         let w = [1.0f32, -0.5, 0.0, -2.55, 0.25, 0.0];
         let (q, s) = quantize_weight(&w, &[2, 3], Some(1));
         assert_eq!(s, vec![2.55 / 127.5, 0.5 / 127.5, MIN_SCALE]);
-        assert_eq!(q, vec![50, -128, 0, -128, 64, 0]);
+        assert_eq!((q[0], q[2], q[4], q[5]), (50, 0, 64, 0));
+        assert!([-128, -127].contains(&q[1]) && [-128, -127].contains(&q[3]), "{q:?}");
+        for (i, &x) in w.iter().enumerate() {
+            let want = (x / s[i % 3]).round_ties_even().clamp(-128.0, 127.0) as i8;
+            assert_eq!(q[i], want, "element {i}");
+        }
+        let (qt, st) = quantize_weight(&w, &[2, 3], None);
+        assert_eq!(st, vec![2.55 / 127.5]);
+        assert_eq!(qt[4], (0.25f32 / st[0]).round_ties_even() as i8);
     }
 }
