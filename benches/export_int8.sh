@@ -28,11 +28,13 @@ for b in 1 16; do
   for m in "$DEP" "$PEER"; do
     echo "batch $b: $m vs dense fp32"
     "$SPARSEC" bench --model "$m" --compare "$DENSE" --batch-size "$b" --seq-len 384 --threads 2 \
-      --seconds "$SECS" --warmup 2 --json | python3 -c '
+      --seconds "$SECS" --warmup 2 --json > "$PEER/r.json"
+    python3 - "$PEER/r.json" <<'PY'
 import json, sys
-r = json.load(sys.stdin)
+r = json.load(open(sys.argv[1]))
 for x in r["results"]:
-    print(f"    {x[\"model\"]}: {x[\"items_per_second\"]:.2f} items/s, p50 {x[\"p50_ms\"]:.1f} ms")
-print(f"    ratio {r[\"speed_ratio\"]:.2f}x")'
+    print("    %s: %.2f items/s, p50 %.1f ms" % (x["model"], x["items_per_second"], x["p50_ms"]))
+print("    ratio %.2fx" % r["speed_ratio"])
+PY
   done
 done

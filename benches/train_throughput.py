@@ -68,7 +68,7 @@ def main():
         s = run_sparsec(args, Path(t))
     t = run_torch(args)
     print(json.dumps({"sparsec": s, "pytorch": t}, indent=1))
-    ts = t.get("samples_per_second")
+    ts = t.get("samples_per_s")
     if ts:
         print(f"sparsec {s['samples_per_second']:.2f} samples/s vs PyTorch {ts:.2f} "
               f"({s['samples_per_second'] / ts:.2f}x); peak RSS {s['peak_rss_mib']:.0f} MiB vs "
