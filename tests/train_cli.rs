@@ -262,3 +262,54 @@ fn bad_inputs_fail_with_clear_errors() {
     let e = err(&a);
     assert!(e.contains("teacher") && e.contains("bad.json"), "{e}");
 }
+
+#[test]
+fn sparse_transfer_keeps_every_zero_of_a_sparse_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_squad();
+    // A 50%-sparse model: GMP on the fixture, exported (masks folded into the weights).
+    let c = dir.path().join("c");
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let gmp = root().join("tests/data/recipes/gmp50-fp32.yaml");
+    ok(&sparsec(&["compile", s(&model), "--recipe", s(&gmp), "-o", s(&c)], &[]));
+    let t = dir.path().join("t");
+    ok(&sparsec(&train_args(&c, &t, &data), &[]));
+    let sparse = dir.path().join("sparse");
+    ok(&sparsec(&["export", "--model", s(&t), "-o", s(&sparse)], &[]));
+
+    // Sparse transfer: ConstantPruning + distillation from the dense fixture, one epoch.
+    let c2 = dir.path().join("c2");
+    let recipe = root().join("recipes/sparse-transfer-distill.yaml");
+    ok(&sparsec(
+        &["compile", s(&sparse), "--recipe", s(&recipe), "--recipe-args", r#"{"num_epochs": 1}"#, "-o", s(&c2)],
+        &[],
+    ));
+    let out = dir.path().join("st");
+    let mut args = train_args(&c2, &out, &data);
+    args.extend(["--distill-teacher", s(&model)]);
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&args, &[]))).unwrap();
+    let overall = summary["overall_sparsity"].as_f64().unwrap();
+    assert!((overall - 0.5).abs() < 0.005, "the masks hold the sparse model's zeros: {overall}");
+
+    let before = sparsec::onnx::load(sparse.join("model.onnx")).unwrap();
+    let after = sparsec::onnx::load(out.join("model.onnx")).unwrap();
+    let plan: Value = serde_json::from_slice(&std::fs::read(c2.join("plan.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for m in plan["modifiers"].as_array().unwrap() {
+        for tg in m["targets"].as_array().unwrap() {
+            let Some(init) = tg["initializer"].as_str() else { continue };
+            if tg["mask_input"].is_null() {
+                continue;
+            }
+            let w = |mdl: &sparsec::ir::Model| {
+                let g = &mdl.graph;
+                g.initializer(g.value_by_name(init).unwrap()).unwrap().as_f32s().unwrap()
+            };
+            let (w0, w1) = (w(&before), w(&after));
+            assert!(w0.iter().zip(&w1).all(|(a, b)| *a != 0.0 || *b == 0.0), "{init}: a zero came back");
+            assert!(w0.iter().zip(&w1).any(|(a, b)| a != b), "{init}: the kept weights were trained");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12);
+}
