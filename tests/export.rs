@@ -156,11 +156,10 @@ fn int8_export_equals_the_fake_quant_graph_and_runs_everywhere() {
     assert!(d_fused <= 0.05 * range.max(1.0) && d_tract <= 0.05 * range.max(1.0), "integer kernels stay close");
 
     // Python onnxruntime (CI installs it) and, where the onnx package is present, the ONNX checker.
-    let py = format!(
-        r#"
+    let py = r#"
 import sys, numpy as np, onnxruntime as ort
 s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-feeds = {{i.name: np.ones((1, 16), dtype=np.int64) for i in s.get_inputs()}}
+feeds = {i.name: np.ones((1, 16), dtype=np.int64) for i in s.get_inputs()}
 out = s.run(None, feeds)
 assert out[0].shape == (1, 16), out[0].shape
 try:
@@ -169,9 +168,8 @@ except ImportError:
     print("SKIPPED: onnx checker (python onnx package absent)"); sys.exit(0)
 onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)
 print("checker ok")
-"#
-    );
-    match Command::new("python3").args(["-c", &py, s(&exported)]).output() {
+"#;
+    match Command::new("python3").args(["-c", py, s(&exported)]).output() {
         Ok(o) if o.status.success() => println!("python: {}", String::from_utf8_lossy(&o.stdout).trim()),
         Ok(o) => {
             let e = String::from_utf8_lossy(&o.stderr);
