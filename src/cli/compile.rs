@@ -485,15 +485,7 @@ fn write_outputs(
     recipe_args: &serde_json::Map<String, serde_json::Value>,
     model_path: &Path,
 ) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create '{}'", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".sparsec-compile-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("cannot create a temporary folder in '{}'", parent.display()))?;
+    let tmp = super::staging_dir(out, ".sparsec-compile-")?;
     onnx::save(model, tmp.path().join("model.onnx"), &SaveOptions::default())?;
     onnx::save(train, tmp.path().join("train.onnx"), &SaveOptions::default())?;
     std::fs::write(tmp.path().join("plan.json"), serde_json::to_string_pretty(plan)? + "\n")
@@ -510,25 +502,7 @@ fn write_outputs(
             }
         }
     }
-    let staged = tmp.keep();
-    if out.exists() {
-        let old = parent.join(format!(
-            ".sparsec-old-{}-{}",
-            out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
-            std::process::id()
-        ));
-        std::fs::rename(out, &old).with_context(|| format!("cannot replace '{}'", out.display()))?;
-        if let Err(e) = std::fs::rename(&staged, out) {
-            let _ = std::fs::rename(&old, out);
-            let _ = std::fs::remove_dir_all(&staged);
-            return Err(e).with_context(|| format!("cannot write '{}'", out.display()));
-        }
-        std::fs::remove_dir_all(&old).ok();
-    } else if let Err(e) = std::fs::rename(&staged, out) {
-        let _ = std::fs::remove_dir_all(&staged);
-        return Err(e).with_context(|| format!("cannot write '{}'", out.display()));
-    }
-    Ok(())
+    super::swap_into_place(tmp, out)
 }
 
 fn print_table(plan: &Plan) {

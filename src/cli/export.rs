@@ -5,7 +5,7 @@
 //! bytes). With `--one-shot N --calibration-file F` it starts from a `sparsec compile` folder.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -202,8 +202,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
     model.set_metadata("sparsec.recipe", recipe_text);
     model.set_metadata("sparsec.exported_from", source.display().to_string());
 
-    let out_tmp = staging.path().join("deployment");
-    std::fs::create_dir_all(&out_tmp)?;
+    let deployment = super::staging_dir(&args.output, ".sparsec-export-")?;
+    let out_tmp = deployment.path().to_path_buf();
     let (layers, pruned_sparsity, overall, int8) = layer_reports(&model, &pruned);
     model.set_metadata(
         "sparsec.sparsity",
@@ -244,7 +244,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             .into(),
     };
     std::fs::write(out_tmp.join("sparsity.json"), serde_json::to_string_pretty(&report)? + "\n")?;
-    replace_dir(&out_tmp, &args.output)?;
+    super::swap_into_place(deployment, &args.output)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -258,35 +258,6 @@ pub fn run(args: ExportArgs) -> Result<()> {
             pruned_sparsity * 100.0,
             int8
         );
-    }
-    Ok(())
-}
-
-/// Moves `staged` to `out`, replacing an existing folder only once the new one is in place.
-fn replace_dir(staged: &Path, out: &Path) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create '{}'", parent.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".sparsec-export-").tempdir_in(&parent)?.keep();
-    let moved = tmp.join("d");
-    copy_dir(staged, &moved)?;
-    if out.exists() {
-        let old = tmp.join("old");
-        std::fs::rename(out, &old).with_context(|| format!("cannot replace '{}'", out.display()))?;
-    }
-    std::fs::rename(&moved, out).with_context(|| format!("cannot write '{}'", out.display()))?;
-    std::fs::remove_dir_all(&tmp).ok();
-    Ok(())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let dst = to.join(e.file_name());
-        std::fs::copy(e.path(), &dst).with_context(|| format!("cannot write '{}'", dst.display()))?;
     }
     Ok(())
 }

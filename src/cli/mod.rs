@@ -83,3 +83,43 @@ pub(crate) fn resolve_model_path(p: &Path) -> PathBuf {
         p.to_path_buf()
     }
 }
+
+/// A temporary folder beside `out` (same filesystem) to stage an output folder in.
+pub(crate) fn staging_dir(out: &Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create '{}'", parent.display()))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a temporary folder in '{}'", parent.display()))
+}
+
+/// Moves the complete folder `staged` (made by [`staging_dir`]) to `out`; an existing `out` is
+/// replaced only once the new one can take its place, and restored if that fails.
+pub(crate) fn swap_into_place(staged: tempfile::TempDir, out: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let staged = staged.keep();
+    let parent = staged.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    if out.exists() {
+        let old = parent.join(format!(
+            ".sparsec-old-{}-{}",
+            out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+            std::process::id()
+        ));
+        std::fs::rename(out, &old).with_context(|| format!("cannot replace '{}'", out.display()))?;
+        if let Err(e) = std::fs::rename(&staged, out) {
+            let _ = std::fs::rename(&old, out);
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(e).with_context(|| format!("cannot write '{}'", out.display()));
+        }
+        std::fs::remove_dir_all(&old).ok();
+    } else if let Err(e) = std::fs::rename(&staged, out) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e).with_context(|| format!("cannot write '{}'", out.display()));
+    }
+    Ok(())
+}

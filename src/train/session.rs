@@ -305,8 +305,18 @@ impl<'a> Run<'a> {
 
     /// Masks, quantization parameters and the QAT switch, as graph inputs.
     fn bound_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
-        let mut out: Vec<(String, HostTensor)> =
-            self.masks.iter().map(|m| (m.input.clone(), f32_tensor(&m.shape, m.data.clone()))).collect();
+        let mut out = self.mask_inputs();
+        out.extend(self.quant_inputs(quant_on));
+        out
+    }
+
+    fn mask_inputs(&self) -> Vec<(String, HostTensor)> {
+        self.masks.iter().map(|m| (m.input.clone(), f32_tensor(&m.shape, m.data.clone()))).collect()
+    }
+
+    /// Activation scales and zero points from the observers, and the QAT switch.
+    fn quant_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
+        let mut out = Vec::new();
         for s in &self.sites {
             let (scale, zp) = s.observer.qparams(self.symmetric_acts);
             out.push((format!("{}.scale", s.base), scalar_f32(scale)));
@@ -638,6 +648,10 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
     let updates = mask_schedule(&compiled.recipe, spe, schedule_steps);
     let abort_at: Option<u64> = std::env::var("SPARSEC_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok());
 
+    for (name, value) in run.mask_inputs() {
+        stepper.set_fixed(&name, value);
+    }
+    let mut sparsity_now = run.sparsity().1;
     progress.start(total_steps, first_step);
     let run_started = Instant::now();
     let mut last_loss = None;
@@ -673,7 +687,11 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
                 run.update_masks(modifier, &weights, &sparsity);
             }
             apply_masks(&mut stepper, &run);
-            tracing::info!(step, sparsity = run.sparsity().1, "masks updated");
+            for (name, value) in run.mask_inputs() {
+                stepper.set_fixed(&name, value);
+            }
+            sparsity_now = run.sparsity().1;
+            tracing::info!(step, sparsity = sparsity_now, "masks updated");
         }
         let qstate = schedule.quantization(epoch_f);
         let quant_on = qstate.is_some_and(|q| q.enabled);
@@ -688,7 +706,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
         let lr = schedule.learning_rate(epoch_f, spe).map(|x| x as f32).unwrap_or_else(|| {
             linear_warmup_decay(cfg.learning_rate, step as usize, cfg.warmup_steps, schedule_steps as usize)
         });
-        for (name, value) in run.bound_inputs(quant_on) {
+        for (name, value) in run.quant_inputs(quant_on) {
             stepper.set_fixed(&name, value);
         }
         let start = within * cfg.batch_size;
@@ -722,7 +740,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
             loss_distill: part("loss_distill"),
             lr,
             grad_norm: stats.grad_norm,
-            sparsity: run.sparsity().1,
+            sparsity: sparsity_now,
             qat: quant_on,
             samples_per_second: since.1 as f64 / since.0.elapsed().as_secs_f64(),
             step_seconds: step_started.elapsed().as_secs_f64(),
@@ -1029,6 +1047,7 @@ fn one_shot(
         let order = epoch_order(windows.len(), cfg.seed, 0);
         let take = n.min(windows.len()).max(1);
         progress.start(take.div_ceil(cfg.batch_size) as u64, 0);
+        let sparsity = run.sparsity().1;
         let names: Vec<String> = backend.output_names().to_vec();
         for (b, chunk) in order[..take].chunks(cfg.batch_size).enumerate() {
             let rows: Vec<&TrainWindow> = chunk.iter().map(|&i| &windows[i]).collect();
@@ -1056,7 +1075,7 @@ fn one_shot(
                 loss_distill: None,
                 lr: 0.0,
                 grad_norm: 0.0,
-                sparsity: run.sparsity().1,
+                sparsity,
                 qat: false,
                 samples_per_second: 0.0,
                 step_seconds: 0.0,
