@@ -212,3 +212,92 @@ fn exporting_an_untrained_compile_folder_needs_one_shot() {
     .unwrap();
     assert!((r["pruned_layers_sparsity"].as_f64().unwrap() - 0.5).abs() < 0.005, "{r}");
 }
+
+#[test]
+fn quantized_embeddings_are_row_wise_int8_tables_looked_up_then_scaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = trained(dir.path(), &root().join("tests/data/recipes/gmp50-fp32.yaml"), "{}");
+    let plain = dir.path().join("plain");
+    export(&t, &plain);
+    let qdir = dir.path().join("qemb");
+    let report: Value = serde_json::from_str(&ok(&sparsec(&[
+        "export",
+        "--model",
+        s(&t),
+        "-o",
+        s(&qdir),
+        "--quantize-embeddings",
+        "--json",
+    ])))
+    .unwrap();
+
+    // Reference: the plain export with every embedding table replaced by its per-row int8
+    // reconstruction q·s, s = max(max|row| / 127.5, f32::EPSILON), q = round-half-even(row / s).
+    let tables = [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight",
+    ];
+    let mut reference = sparsec::onnx::load(plain.join("model.onnx")).unwrap();
+    let qmodel = sparsec::onnx::load(qdir.join("model.onnx")).unwrap();
+    let qg = &qmodel.graph;
+    let (mut int8_total, mut rows_total) = (0, 0);
+    reference
+        .graph
+        .edit(|p| {
+            let g = p.graph();
+            for name in tables {
+                let v = g.value_by_name(name).unwrap_or_else(|| panic!("{name} in the plain export"));
+                let table = g.initializer(v).unwrap();
+                let (rows, cols) = (table.dims[0] as usize, table.dims[1] as usize);
+                let w = table.as_f32s().unwrap();
+                let mut q = vec![0i8; w.len()];
+                let mut deq = vec![0f32; w.len()];
+                for r in 0..rows {
+                    let row = &w[r * cols..(r + 1) * cols];
+                    let s = (row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.5).max(f32::EPSILON);
+                    for c in 0..cols {
+                        let x = (row[c] / s).round_ties_even().clamp(-128.0, 127.0);
+                        q[r * cols + c] = x as i8;
+                        deq[r * cols + c] = x * s;
+                    }
+                }
+                let qv = qg.value_by_name(&format!("{name}.int8")).unwrap_or_else(|| panic!("{name}.int8"));
+                let stored = qg.initializer(qv).unwrap();
+                assert_eq!(stored.dtype, DType::I8);
+                assert_eq!(stored.raw(), q.iter().map(|&x| x as u8).collect::<Vec<_>>().as_slice(), "{name}");
+                assert!(qg.value_by_name(name).and_then(|v| qg.initializer(v)).is_none(), "{name} is gone");
+                int8_total += w.len();
+                rows_total += rows;
+                p.set_initializer(v, sparsec::ir::Tensor::from_f32(table.dims.clone(), &deq));
+            }
+            Ok::<(), sparsec::ir::IrError>(())
+        })
+        .unwrap();
+    let ref_path = dir.path().join("reference.onnx");
+    sparsec::onnx::save(&reference, &ref_path, &Default::default()).unwrap();
+    let pass = report["passes"].as_array().unwrap().iter().find(|p| p["pass"] == "QuantizeEmbeddings").unwrap();
+    assert_eq!(pass["rewritten"], 3, "{pass}");
+    assert_eq!(report["int8_weights"].as_u64().unwrap() as usize, int8_total, "fp32 model: only the tables are int8");
+
+    let want = logits(&ref_path, EngineKind::Ort, false);
+    let d = max_diff(&want, &logits(&qdir.join("model.onnx"), EngineKind::Ort, false));
+    let d_tract = max_diff(&want, &logits(&qdir.join("model.onnx"), EngineKind::Tract, false));
+    println!("quantized embeddings vs the q·s reference: ORT {d:e}, tract {d_tract:e}");
+    assert!(d <= 1e-5 && d_tract <= 1e-4, "{d} {d_tract}");
+    let d_plain = max_diff(&want, &logits(&plain.join("model.onnx"), EngineKind::Ort, false));
+    println!("quantized embeddings vs fp32 tables: {d_plain:e}");
+    assert!(d_plain > 0.0, "the tables really changed");
+
+    let plain_bytes = std::fs::metadata(plain.join("model.onnx")).unwrap().len() as i64;
+    let q_bytes = report["model_bytes"].as_i64().unwrap();
+    let saved = plain_bytes - q_bytes;
+    let expected = 3 * int8_total as i64 - 4 * rows_total as i64;
+    println!(
+        "model bytes: {plain_bytes} → {q_bytes}; int8 tables with f32 row scales save {saved} (expected {expected})"
+    );
+    assert!(
+        (saved - expected).abs() < 4096,
+        "1 byte per entry plus one f32 scale per row instead of 4 bytes per entry"
+    );
+}

@@ -13,6 +13,7 @@ mod fold_masks;
 mod insert_fake_quant;
 mod insert_masks;
 mod lower_fake_quant;
+mod quantize_embeddings;
 mod remove_dead;
 
 use serde::Serialize;
@@ -23,6 +24,7 @@ pub use fold_masks::FoldMasks;
 pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, MIN_SCALE, QUANT_ENABLED_INPUT};
 pub use insert_masks::{InsertMasks, MaskTarget};
 pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
+pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 
 use crate::ir::{IrError, Model};
@@ -84,6 +86,7 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("ExposeTrainableParams", |c| build::<ExposeTrainableParams>("ExposeTrainableParams")(c)),
         ("FoldMasks", |c| build::<FoldMasks>("FoldMasks")(c)),
         ("LowerFakeQuant", |c| build::<LowerFakeQuant>("LowerFakeQuant")(c)),
+        ("QuantizeEmbeddings", |c| build::<QuantizeEmbeddings>("QuantizeEmbeddings")(c)),
         ("RemoveDead", |c| build::<RemoveDead>("RemoveDead")(c)),
     ]
 }
