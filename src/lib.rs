@@ -7,6 +7,7 @@
 
 pub mod autodiff;
 pub mod cli;
+pub mod files;
 pub mod ir;
 pub mod onnx;
 pub mod passes;

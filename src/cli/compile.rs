@@ -485,7 +485,7 @@ fn write_outputs(
     recipe_args: &serde_json::Map<String, serde_json::Value>,
     model_path: &Path,
 ) -> Result<()> {
-    let tmp = super::staging_dir(out, ".sparsec-compile-")?;
+    let tmp = crate::files::staging_dir(out, ".sparsec-compile-")?;
     onnx::save(model, tmp.path().join("model.onnx"), &SaveOptions::default())?;
     onnx::save(train, tmp.path().join("train.onnx"), &SaveOptions::default())?;
     std::fs::write(tmp.path().join("plan.json"), serde_json::to_string_pretty(plan)? + "\n")
@@ -502,7 +502,7 @@ fn write_outputs(
             }
         }
     }
-    super::swap_into_place(tmp, out)
+    crate::files::swap_into_place(tmp, out)
 }
 
 fn print_table(plan: &Plan) {

@@ -2,7 +2,6 @@
 //! v2.0) metric.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -146,7 +145,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(path) = &args.predictions {
         let map: BTreeMap<&str, &str> =
             examples.iter().zip(&predictions).map(|(e, p)| (e.id.as_str(), p.as_str())).collect();
-        write_atomic(path, &serde_json::to_vec_pretty(&map)?)?;
+        crate::files::write_atomic(path, &serde_json::to_vec_pretty(&map)?)?;
     }
     let report = EvalReport {
         model: model.display().to_string(),
@@ -184,14 +183,5 @@ pub fn run(args: EvalArgs) -> Result<()> {
             r.best_exact, r.best_exact_thresh, r.best_f1, r.best_f1_thresh
         );
     }
-    Ok(())
-}
-
-/// Writes a file through a temporary file in the same folder, so it is never half-written.
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write '{}'", path.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("cannot write '{}'", path.display()))?;
-    tmp.persist(path).with_context(|| format!("cannot write '{}'", path.display()))?;
     Ok(())
 }

@@ -209,7 +209,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     model.set_metadata("sparsec.recipe", recipe_text);
     model.set_metadata("sparsec.exported_from", source.display().to_string());
 
-    let deployment = super::staging_dir(&args.output, ".sparsec-export-")?;
+    let deployment = crate::files::staging_dir(&args.output, ".sparsec-export-")?;
     let out_tmp = deployment.path().to_path_buf();
     let (layers, pruned_sparsity, overall, int8) = layer_reports(&model, &pruned);
     model.set_metadata(
@@ -252,7 +252,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             .into(),
     };
     std::fs::write(out_tmp.join("sparsity.json"), serde_json::to_string_pretty(&report)? + "\n")?;
-    super::swap_into_place(deployment, &args.output)?;
+    crate::files::swap_into_place(deployment, &args.output)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -24,10 +24,8 @@ pub struct NamedTensor {
 /// new one is complete on disk.
 pub fn save(dir: &Path, name: &str, tensors: &[NamedTensor], state: &impl Serialize) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempdir_in(dir)
-        .with_context(|| format!("cannot create a temporary folder in '{}'", dir.display()))?;
+    let target = dir.join(name);
+    let tmp = crate::files::staging_dir(&target, &format!(".{name}."))?;
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|t| (t.name.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
@@ -39,17 +37,7 @@ pub fn save(dir: &Path, name: &str, tensors: &[NamedTensor], state: &impl Serial
     let blob = safetensors::serialize(views, None)?;
     write_synced(&tmp.path().join(TENSORS), &blob)?;
     write_synced(&tmp.path().join(STATE), &serde_json::to_vec_pretty(state)?)?;
-    let target = dir.join(name);
-    let tmp_path = tmp.keep();
-    if target.exists() {
-        let old = dir.join(format!(".{name}.old"));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(&target, &old).with_context(|| format!("cannot move aside '{}'", target.display()))?;
-        std::fs::rename(&tmp_path, &target).with_context(|| format!("cannot write '{}'", target.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp_path, &target).with_context(|| format!("cannot write '{}'", target.display()))?;
-    }
+    crate::files::swap_into_place(tmp, &target)?;
     Ok(target)
 }
 

@@ -817,7 +817,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
         evals,
         resumed_from_step: resumed_from,
     };
-    write_json_atomic(&cfg.output_dir.join("train_summary.json"), &summary)?;
+    crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
     Ok(summary)
 }
 
@@ -949,14 +949,6 @@ fn truncate_log(path: &Path, before: u64) -> Result<()> {
     std::fs::write(path, kept).with_context(|| format!("cannot write '{}'", path.display()))
 }
 
-fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write '{}'", path.display()))?;
-    tmp.write_all(&serde_json::to_vec_pretty(value)?)?;
-    tmp.persist(path).with_context(|| format!("cannot write '{}'", path.display()))?;
-    Ok(())
-}
-
 /// Writes `model.onnx` (trained weights, masks, quantization parameters and switch bound as
 /// initializers), and copies tokenizer, config, recipe and plan, into the output folder.
 fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(String, HostTensor)>) -> Result<()> {
@@ -968,9 +960,7 @@ fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(String, Hos
     BindInputs { values }.run(&mut model).context("cannot bind the trained values")?;
     model.set_metadata("sparsec.trained", "true");
     let dir = &cfg.output_dir;
-    let tmp = dir.join(".model.onnx.tmp");
-    crate::onnx::save(&model, &tmp, &crate::onnx::SaveOptions::default())?;
-    std::fs::rename(&tmp, dir.join("model.onnx")).context("cannot write model.onnx")?;
+    crate::onnx::save(&model, dir.join("model.onnx"), &crate::onnx::SaveOptions::default())?;
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -1113,6 +1103,6 @@ fn one_shot(
         evals,
         resumed_from_step: None,
     };
-    write_json_atomic(&cfg.output_dir.join("train_summary.json"), &summary)?;
+    crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
     Ok(summary)
 }
