@@ -1,7 +1,8 @@
 //! `sparsec export` on fixtures: the exported inference model computes what the trained graph
 //! computed in eval mode (masked fp32 within 1e-4; int8 QDQ equal to the fake-quant graph under
 //! ORT's rounding-preserving optimisations), carries int8 weights and the recipe in its metadata,
-//! runs in ORT (Rust and Python) and tract, passes the ONNX checker, and bad inputs fail clearly.
+//! runs in ORT (Rust and Python) and tract, passes the ONNX checker, and bad inputs fail clearly;
+//! likewise the `--format qoperator` and `--quantize-embeddings` variants.
 
 mod common;
 
@@ -90,6 +91,36 @@ fn export(trained: &Path, out: &Path) -> Value {
     serde_json::from_str(&ok(&sparsec(&["export", "--model", s(trained), "-o", s(out), "--json"]))).unwrap()
 }
 
+/// Python onnxruntime (CI installs it) runs the model and, where the onnx package is present, the
+/// ONNX checker accepts it.
+fn python_runs_and_checks(exported: &Path) {
+    let py = r#"
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+feeds = {i.name: np.ones((1, 16), dtype=np.int64) for i in s.get_inputs()}
+out = s.run(None, feeds)
+assert out[0].shape == (1, 16), out[0].shape
+try:
+    import onnx
+except ImportError:
+    print("SKIPPED: onnx checker (python onnx package absent)"); sys.exit(0)
+onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)
+print("checker ok")
+"#;
+    match Command::new("python3").args(["-c", py, s(exported)]).output() {
+        Ok(o) if o.status.success() => println!("python: {}", String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(o) => {
+            let e = String::from_utf8_lossy(&o.stderr);
+            if e.contains("No module named 'onnxruntime'") {
+                eprintln!("SKIPPED: python onnxruntime absent");
+            } else {
+                panic!("python onnxruntime/checker failed: {e}");
+            }
+        }
+        Err(_) => eprintln!("SKIPPED: no python3"),
+    }
+}
+
 #[test]
 fn masked_fp32_export_equals_the_trained_graph() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,32 +186,7 @@ fn int8_export_equals_the_fake_quant_graph_and_runs_everywhere() {
     let range = fq["start_logits"].iter().fold(0.0f32, |m, x| m.max(x.abs()));
     assert!(d_fused <= 0.05 * range.max(1.0) && d_tract <= 0.05 * range.max(1.0), "integer kernels stay close");
 
-    // Python onnxruntime (CI installs it) and, where the onnx package is present, the ONNX checker.
-    let py = r#"
-import sys, numpy as np, onnxruntime as ort
-s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-feeds = {i.name: np.ones((1, 16), dtype=np.int64) for i in s.get_inputs()}
-out = s.run(None, feeds)
-assert out[0].shape == (1, 16), out[0].shape
-try:
-    import onnx
-except ImportError:
-    print("SKIPPED: onnx checker (python onnx package absent)"); sys.exit(0)
-onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)
-print("checker ok")
-"#;
-    match Command::new("python3").args(["-c", py, s(&exported)]).output() {
-        Ok(o) if o.status.success() => println!("python: {}", String::from_utf8_lossy(&o.stdout).trim()),
-        Ok(o) => {
-            let e = String::from_utf8_lossy(&o.stderr);
-            if e.contains("No module named 'onnxruntime'") {
-                eprintln!("SKIPPED: python onnxruntime absent");
-            } else {
-                panic!("python onnxruntime/checker failed: {e}");
-            }
-        }
-        Err(_) => eprintln!("SKIPPED: no python3"),
-    }
+    python_runs_and_checks(&exported);
 }
 
 #[test]
@@ -300,4 +306,55 @@ fn quantized_embeddings_are_row_wise_int8_tables_looked_up_then_scaled() {
         (saved - expected).abs() < 4096,
         "1 byte per entry plus one f32 scale per row instead of 4 bytes per entry"
     );
+}
+
+#[test]
+fn qoperator_export_runs_integer_matmuls_that_match_the_fake_quant_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = trained(dir.path(), &root().join("recipes/gmp80-unstructured-qat-distill.yaml"), r#"{"num_epochs": 6}"#);
+    let dep = dir.path().join("qop");
+    let report: Value = serde_json::from_str(&ok(&sparsec(&[
+        "export",
+        "--model",
+        s(&t),
+        "-o",
+        s(&dep),
+        "--format",
+        "qoperator",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(report["format"], "qoperator");
+    let pass = report["passes"].as_array().unwrap().iter().find(|p| p["pass"] == "LowerQOperator").unwrap();
+    assert_eq!(pass["rewritten"], 13, "12 encoder linears + qa_outputs: {pass}");
+    let exported = dep.join("model.onnx");
+    let m = sparsec::onnx::load(&exported).unwrap();
+    let g = &m.graph;
+    let integer: Vec<_> = g.nodes().filter(|(_, n)| n.op_type == "MatMulInteger").collect();
+    assert_eq!(integer.len(), 13);
+    for (_, n) in &integer {
+        let w = g.initializer(n.input(1).unwrap()).expect("int8 weight initializer");
+        assert_eq!(w.dtype, DType::I8);
+        let a = g.producer(n.input(0).unwrap()).unwrap().1;
+        assert_eq!(a.op_type, "QuantizeLinear", "{}", n.name);
+    }
+    let weight_dq = g
+        .nodes()
+        .filter(|(_, n)| n.op_type == "DequantizeLinear")
+        .filter(|(_, n)| n.input(0).and_then(|v| g.initializer(v)).is_some())
+        .count();
+    assert_eq!(weight_dq, 0, "no weight is dequantized at run time");
+
+    let fq = logits(&t.join("model.onnx"), EngineKind::Ort, true);
+    let range = fq["start_logits"].iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1.0);
+    let d_ort = max_diff(&fq, &logits(&exported, EngineKind::Ort, false));
+    let d_tract = max_diff(&fq, &logits(&exported, EngineKind::Tract, false));
+    let d_qdq = {
+        let qdq = dir.path().join("qdq");
+        export(&t, &qdq);
+        max_diff(&logits(&qdq.join("model.onnx"), EngineKind::Ort, false), &logits(&exported, EngineKind::Ort, false))
+    };
+    println!("qoperator vs fake-quant graph: ORT {d_ort:e}, tract {d_tract:e} (logit range {range}); vs QDQ export on ORT {d_qdq:e}");
+    assert!(d_ort <= 0.01 * range && d_tract <= 0.01 * range, "exact integer sums: only float rounding differs");
+    python_runs_and_checks(&exported);
 }

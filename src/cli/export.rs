@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::ir::{infer, DType, Model};
 use crate::onnx::{self, SaveOptions};
-use crate::passes::{FoldMasks, LowerFakeQuant, Pass, PassReport, QuantizeEmbeddings, RemoveDead};
+use crate::passes::{FoldMasks, LowerFakeQuant, LowerQOperator, Pass, PassReport, QuantizeEmbeddings, RemoveDead};
 use crate::train::session::{self, Progress, StepLog, Teacher, TrainConfig};
 
 #[derive(clap::Args)]
@@ -34,8 +34,26 @@ pub struct ExportArgs {
     /// after the lookup: about 4x smaller tables, at an accuracy cost to measure with `sparsec eval`.
     #[arg(long)]
     quantize_embeddings: bool,
+    /// `qdq`: int8 weights and activations as Quantize/DequantizeLinear pairs around float
+    /// operators (runtimes fuse them); `qoperator`: int8 linear layers as `MatMulInteger` + rescale.
+    #[arg(long, value_enum, default_value_t = Format::Qdq)]
+    format: Format,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Qdq,
+    Qoperator,
+}
+
+/// What `lower` does beyond folding masks and lowering fake quantization to QDQ.
+#[derive(Clone, Copy, Debug)]
+pub struct LowerOptions {
+    pub quantize_embeddings: bool,
+    pub format: Format,
 }
 
 /// One weight of the exported model.
@@ -62,6 +80,7 @@ pub struct ExportReport {
     /// Zeros over every weight of the model.
     pub overall_sparsity: f64,
     pub int8_weights: usize,
+    pub format: Format,
     pub passes: Vec<PassReport>,
     pub layers: Vec<LayerReport>,
     pub storage: String,
@@ -78,9 +97,8 @@ impl Progress for Quiet {
     fn finish(&mut self) {}
 }
 
-/// Lowers a trained model (all training inputs bound) to the deployable graph; with
-/// `quantize_embeddings`, embedding tables are stored int8 per row.
-pub fn lower(model: &mut Model, quantize_embeddings: bool) -> Result<Vec<PassReport>> {
+/// Lowers a trained model (all training inputs bound) to the deployable graph.
+pub fn lower(model: &mut Model, opts: LowerOptions) -> Result<Vec<PassReport>> {
     let g = &model.graph;
     let unbound: Vec<String> = g
         .runtime_inputs()
@@ -94,7 +112,10 @@ pub fn lower(model: &mut Model, quantize_embeddings: bool) -> Result<Vec<PassRep
         );
     }
     let mut reports = vec![FoldMasks::default().run(model)?, LowerFakeQuant::default().run(model)?];
-    if quantize_embeddings {
+    if opts.format == Format::Qoperator {
+        reports.push(LowerQOperator::default().run(model)?);
+    }
+    if opts.quantize_embeddings {
         reports.push(QuantizeEmbeddings::default().run(model)?);
     }
     reports.push(
@@ -199,7 +220,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
         })
         .collect();
     pruned.extend(masked);
-    let passes = lower(&mut model, args.quantize_embeddings).with_context(|| format!("'{}'", model_path.display()))?;
+    let passes = lower(&mut model, LowerOptions { quantize_embeddings: args.quantize_embeddings, format: args.format })
+        .with_context(|| format!("'{}'", model_path.display()))?;
     let plan_model = std::fs::read(source.join("plan.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -214,7 +236,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let (layers, pruned_sparsity, overall, int8) = layer_reports(&model, &pruned);
     model.set_metadata(
         "sparsec.sparsity",
-        serde_json::json!({"pruned_layers": pruned_sparsity, "overall": overall, "int8_weights": int8}).to_string(),
+        serde_json::json!({
+            "pruned_layers": pruned_sparsity, "overall": overall, "int8_weights": int8, "format": args.format
+        })
+        .to_string(),
     );
     let out_model = out_tmp.join("model.onnx");
     onnx::save(&model, &out_model, &SaveOptions::default())?;
@@ -243,6 +268,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         pruned_layers_sparsity: pruned_sparsity,
         overall_sparsity: overall,
         int8_weights: int8,
+        format: args.format,
         passes,
         layers,
         storage: "dense initializers: int8 for quantized weights and, with --quantize-embeddings, embedding \

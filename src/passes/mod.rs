@@ -13,6 +13,7 @@ mod fold_masks;
 mod insert_fake_quant;
 mod insert_masks;
 mod lower_fake_quant;
+mod lower_qoperator;
 mod quantize_embeddings;
 mod remove_dead;
 
@@ -24,6 +25,7 @@ pub use fold_masks::FoldMasks;
 pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, MIN_SCALE, QUANT_ENABLED_INPUT};
 pub use insert_masks::{InsertMasks, MaskTarget};
 pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
+pub use lower_qoperator::LowerQOperator;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 
@@ -86,6 +88,7 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("ExposeTrainableParams", |c| build::<ExposeTrainableParams>("ExposeTrainableParams")(c)),
         ("FoldMasks", |c| build::<FoldMasks>("FoldMasks")(c)),
         ("LowerFakeQuant", |c| build::<LowerFakeQuant>("LowerFakeQuant")(c)),
+        ("LowerQOperator", |c| build::<LowerQOperator>("LowerQOperator")(c)),
         ("QuantizeEmbeddings", |c| build::<QuantizeEmbeddings>("QuantizeEmbeddings")(c)),
         ("RemoveDead", |c| build::<RemoveDead>("RemoveDead")(c)),
     ]
