@@ -1,27 +1,17 @@
 //! `sparsec compile` writes `train.onnx`: the compiled graph with the recipe's loss and one
-//! gradient per parameter, and ONNX Runtime runs it.
+//! gradient per parameter, and ONNX Runtime runs it. The trainer's variant without fake
+//! quantization (used while QAT is off) computes the same loss, gradients and observer outputs.
 
 mod common;
 
 use ndarray::{ArrayD, IxDyn};
-use sparsec::ir::{DType, Dim};
+use sparsec::autodiff::{build_training_graph, LossSpec, TrainingGraphSpec};
+use sparsec::ir::{DType, Dim, Graph};
 use sparsec::runtime::{self, EngineKind, HostTensor};
 
-#[test]
-fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("compiled");
-    let model = common::fixture_dir("bert").join("model.legacy.onnx");
-    let recipe = common::root().join("recipes/gmp80-unstructured-qat-distill.yaml");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
-        .args(["compile", model.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-
-    let mut train = sparsec::onnx::load(dir.join("train.onnx")).unwrap();
-    sparsec::ir::infer::infer_facts(&mut train).unwrap();
-    let g = &train.graph;
+/// Deterministic values for every runtime input of a compiled graph (batch 2 × 16 tokens), with
+/// the fake-quantization switch at `quant_on`.
+fn feed_for(g: &Graph, quant_on: bool) -> Vec<(String, HostTensor)> {
     let (batch, seq) = (2usize, 16usize);
     let mut feed: Vec<(String, HostTensor)> = Vec::new();
     for v in g.runtime_inputs() {
@@ -51,7 +41,7 @@ fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
                 };
                 HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
             }
-            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![true; n]).unwrap()),
+            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![quant_on; n]).unwrap()),
             DType::U8 => HostTensor::U8(ArrayD::from_shape_vec(IxDyn(&shape), vec![128; n]).unwrap()),
             DType::F32 => {
                 let data: Vec<f32> = if name.ends_with(".mask") {
@@ -67,6 +57,25 @@ fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
         };
         feed.push((name.to_string(), t));
     }
+    feed
+}
+
+#[test]
+fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("compiled");
+    let model = common::fixture_dir("bert").join("model.legacy.onnx");
+    let recipe = common::root().join("recipes/gmp80-unstructured-qat-distill.yaml");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        .args(["compile", model.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+
+    let mut train = sparsec::onnx::load(dir.join("train.onnx")).unwrap();
+    sparsec::ir::infer::infer_facts(&mut train).unwrap();
+    let g = &train.graph;
+    let feed = feed_for(g, true);
     assert!(feed.iter().any(|(n, _)| n == "teacher_start_logits"), "distillation inputs expected");
     let mut backend = runtime::load_file(&dir.join("train.onnx"), EngineKind::Ort, &Default::default()).unwrap();
     let refs: Vec<(&str, HostTensor)> = feed.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
@@ -80,4 +89,59 @@ fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
     }
     let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
     assert!(plan["autodiff"].as_str().unwrap().starts_with("train.onnx: span + distillation loss, 39 gradients"));
+}
+
+#[test]
+fn the_graph_without_fake_quant_computes_what_the_switched_off_graph_computes() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("compiled");
+    let model = common::fixture_dir("bert").join("model.legacy.onnx");
+    let recipe = common::root().join("recipes/gmp80-unstructured-qat-distill.yaml");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        .args(["compile", model.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let mut m = sparsec::onnx::load(dir.join("model.onnx")).unwrap();
+    sparsec::ir::infer::infer_facts(&mut m).unwrap();
+    let spec = TrainingGraphSpec::new(LossSpec::Span);
+    let qat = build_training_graph(&m, &spec).unwrap();
+    let float = build_training_graph(&sparsec::train::session::without_fake_quant(&m).unwrap(), &spec).unwrap();
+    let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
+    assert!(count(&qat.model.graph, "QuantizeLinear") > 0);
+    assert_eq!(count(&float.model.graph, "QuantizeLinear"), 0);
+    assert_eq!(count(&float.model.graph, "DequantizeLinear"), 0);
+    println!(
+        "training graph nodes: with fake quantization {}, without {}",
+        qat.model.graph.node_count(),
+        float.model.graph.node_count()
+    );
+
+    let feed = feed_for(&qat.model.graph, false);
+    let run = |tg: &sparsec::autodiff::TrainingGraph| {
+        let bytes = sparsec::onnx::encode_model(&tg.model);
+        let mut b = runtime::load_bytes(&bytes, EngineKind::Ort, &Default::default()).unwrap();
+        let takes = b.input_names().to_vec();
+        let refs: Vec<(&str, HostTensor)> =
+            feed.iter().filter(|(n, _)| takes.contains(n)).map(|(n, t)| (n.as_str(), t.clone())).collect();
+        b.run(&refs).unwrap()
+    };
+    let (a, b) = (run(&qat), run(&float));
+    let mut compared = 0;
+    let mut worst = 0f32;
+    for (name, x) in &a {
+        let Some((_, y)) = b.iter().find(|(n, _)| n == name) else {
+            panic!("output '{name}' is missing without fake quantization");
+        };
+        let (x, y) = (x.as_f32().unwrap(), y.as_f32().unwrap());
+        assert_eq!(x.shape(), y.shape(), "{name}");
+        for (p, q) in x.iter().zip(y.iter()) {
+            let d = (p - q).abs() / (1.0 + p.abs());
+            worst = worst.max(d);
+        }
+        compared += 1;
+    }
+    println!("{compared} outputs (loss, gradients, observer min/max) compared: worst relative difference {worst:e}");
+    assert!(compared > 40, "{compared}");
+    assert!(worst <= 1e-6, "{worst}");
 }

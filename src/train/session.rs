@@ -24,7 +24,7 @@ use super::optim::AdamWConfig;
 use super::step::{linear_warmup_decay, Stepper};
 use crate::autodiff::{build_training_graph, loss::hf_padding_rows, LossSpec, TrainingGraphSpec};
 use crate::ir::{infer, modules, Model, Tensor};
-use crate::passes::{BindInputs, Pass, QUANT_ENABLED_INPUT};
+use crate::passes::{BindInputs, LowerFakeQuant, Pass, RemoveDead, QUANT_ENABLED_INPUT};
 use crate::qa::features::TrainWindow;
 use crate::qa::metric::{evaluate_v1, Scored, V1Result};
 use crate::qa::{squad, DecodeOptions, Decoder, QaPipeline, QaRequest, QaTokenizer, WindowOptions};
@@ -563,6 +563,13 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
         spec.zero_grad_rows = hf_padding_rows(&json, names.keys().map(String::as_str));
     }
     let tg = build_training_graph(&compiled.model, &spec).context("cannot build the training graph")?;
+    let float_tg = match run.has_quant() {
+        true => Some(
+            build_training_graph(&without_fake_quant(&compiled.model)?, &spec)
+                .context("cannot build the training graph without fake quantization")?,
+        ),
+        false => None,
+    };
     let weight_decay = compiled
         .recipe
         .modifiers
@@ -573,8 +580,9 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
         })
         .unwrap_or(cfg.weight_decay);
     let opts = EngineOptions { threads: cfg.threads, ..Default::default() };
-    let mut stepper =
-        Stepper::new(&tg, EngineKind::Ort, &opts, AdamWConfig { weight_decay, ..AdamWConfig::default() })?;
+    let adamw = AdamWConfig { weight_decay, ..AdamWConfig::default() };
+    let mut stepper = Stepper::new(float_tg.as_ref().unwrap_or(&tg), EngineKind::Ort, &opts, adamw)?;
+    let mut on_qat_graph = float_tg.is_none();
     let loss_parts: Vec<String> = tg.loss_outputs.iter().skip(1).cloned().collect();
     stepper.watch = loss_parts.clone();
     for s in &run.sites {
@@ -702,6 +710,11 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
                 }
             }
             run.qat_started = true;
+        }
+        if let Some(ftg) = float_tg.as_ref().filter(|_| quant_on != on_qat_graph) {
+            stepper.switch_graph(if quant_on { &tg } else { ftg }, EngineKind::Ort, &opts)?;
+            on_qat_graph = quant_on;
+            tracing::info!(step, qat = quant_on, "switched the training graph");
         }
         let lr = schedule.learning_rate(epoch_f, spe).map(|x| x as f32).unwrap_or_else(|| {
             linear_warmup_decay(cfg.learning_rate, step as usize, cfg.warmup_steps, schedule_steps as usize)
@@ -947,6 +960,18 @@ fn truncate_log(path: &Path, before: u64) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(path, kept).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+/// The compiled graph with fake quantization off for good (`sparsec.quant_enabled` bound to
+/// false, the quantize-dequantize branches lowered away), trained on while QAT is off: the same
+/// values without computing the unused branches. The observers' min/max outputs stay.
+pub fn without_fake_quant(model: &Model) -> Result<Model> {
+    let mut m = model.clone();
+    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[false]))] }.run(&mut m)?;
+    LowerFakeQuant::default().run(&mut m)?;
+    RemoveDead::default().run(&mut m)?;
+    infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
+    Ok(m)
 }
 
 /// Writes `model.onnx` (trained weights, masks, quantization parameters and switch bound as

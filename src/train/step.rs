@@ -48,7 +48,7 @@ pub struct StepStats {
 
 /// Runs steps of a [`TrainingGraph`] on an engine and owns the parameters and optimiser state.
 pub struct Stepper {
-    backend: Box<dyn Backend>,
+    backend: Option<Box<dyn Backend>>,
     pub params: Vec<Param>,
     pub fixed: Vec<FixedInput>,
     pub optimizer: AdamW,
@@ -90,8 +90,7 @@ impl Stepper {
                 grad_output: e.output.clone(),
             });
         }
-        let bytes = crate::onnx::encode_model(&tg.model);
-        let backend = runtime::load_bytes(&bytes, engine, opts).context("cannot load the training graph")?;
+        let backend = Some(load(tg, engine, opts)?);
         let sizes: Vec<usize> = params.iter().map(|p| p.data.len()).collect();
         let decay: Vec<bool> = params.iter().map(|p| p.decay).collect();
         Ok(Stepper {
@@ -102,6 +101,21 @@ impl Stepper {
             watch: Vec::new(),
             loss_output: tg.grads.loss.clone(),
         })
+    }
+
+    /// Runs the next steps on `tg`, a variant of the graph with the same parameters and gradient
+    /// outputs (such as the graph without fake quantization while QAT is off); the current engine
+    /// session is freed before the new one is loaded.
+    pub fn switch_graph(&mut self, tg: &TrainingGraph, engine: EngineKind, opts: &EngineOptions) -> Result<()> {
+        let theirs: Vec<(&str, &str)> =
+            tg.grads.entries.iter().filter(|e| e.connected).map(|e| (e.param.as_str(), e.output.as_str())).collect();
+        let ours: Vec<(&str, &str)> = self.params.iter().map(|p| (p.input.as_str(), p.grad_output.as_str())).collect();
+        if theirs != ours || tg.grads.loss != self.loss_output {
+            bail!("the replacement training graph has different parameters, gradients or loss");
+        }
+        self.backend = None;
+        self.backend = Some(load(tg, engine, opts)?);
+        Ok(())
     }
 
     pub fn param(&self, torch_name: &str) -> Option<&Param> {
@@ -121,16 +135,18 @@ impl Stepper {
     }
 
     /// Forward and backward on `batch`; returns the loss, the gradients in parameter order and the
-    /// watched scalars.
+    /// watched scalars. Fixed inputs the current graph does not take are not fed.
     pub fn loss_and_grads(&mut self, batch: &[(&str, HostTensor)]) -> Result<(f32, Vec<Vec<f32>>, Vec<f32>)> {
+        let backend = self.backend.as_mut().context("no training graph is loaded")?;
         let mut feed: Vec<(&str, HostTensor)> = batch.to_vec();
         for p in &self.params {
             feed.push((p.input.as_str(), HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&p.shape), p.data.clone())?)));
         }
-        for f in &self.fixed {
+        let takes = backend.input_names();
+        for f in self.fixed.iter().filter(|f| takes.contains(&f.name)) {
             feed.push((f.name.as_str(), f.value.clone()));
         }
-        let mut outputs = self.backend.run(&feed)?;
+        let mut outputs = backend.run(&feed)?;
         let mut take = |name: &str| -> Result<ArrayD<f32>> {
             let i = outputs.iter().position(|(n, _)| n == name).with_context(|| format!("no output '{name}'"))?;
             outputs.swap_remove(i).1.into_f32()
@@ -169,6 +185,11 @@ impl Stepper {
         self.optimizer.step(lr, &mut params, &grads);
         Ok(StepStats { loss, grad_norm, lr, watched })
     }
+}
+
+fn load(tg: &TrainingGraph, engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
+    let bytes = crate::onnx::encode_model(&tg.model);
+    runtime::load_bytes(&bytes, engine, opts).context("cannot load the training graph")
 }
 
 /// HF `get_linear_schedule_with_warmup`: linear warmup from 0 over `warmup` steps, then linear
