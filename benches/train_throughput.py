@@ -4,11 +4,13 @@
 Both sides run the same work per step: batch B of full-length 384-token windows (sparsec pads SQuAD
 training windows to 384 with --pad-to-max-length; PyTorch uses random ids with every position real),
 QA span loss, backward, clip_grad_norm 1.0, AdamW, no dropout on either side (the exported ONNX graph
-has none). sparsec runs the dense-finetune recipe (no masks,
-no distillation); PyTorch is benches/train_pytorch.py (its own process, dropout as configured). The
-first --warmup steps of each are not timed. Peak RSS: /usr/bin/time -v for sparsec, VmHWM for PyTorch.
+has none). sparsec runs --recipe (default: the dense-finetune recipe: no masks), distillation
+disabled; PyTorch is benches/train_pytorch.py (its own process, dropout off). With --baseline, a
+second sparsec binary (e.g. an older build) runs the same thing in the same command. The first
+--warmup steps of each are not timed. Peak RSS: /usr/bin/time -v for sparsec, VmHWM for PyTorch.
 
-    python3 benches/train_throughput.py --sparsec target/release/sparsec [--batch 16] [--steps 4] [--warmup 1]
+    python3 benches/train_throughput.py --sparsec target/release/sparsec [--baseline OLD_SPARSEC]
+        [--recipe recipes/gmp80-qat-distill-one-epoch.yaml] [--batch 16] [--steps 4] [--warmup 1]
 """
 
 import argparse
@@ -23,14 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
-def run_sparsec(args, tmp):
+def run_sparsec(args, binary, tmp):
     model = SHARED / "models/minilm-l6-squad/model.onnx"
     compiled = tmp / "c"
-    subprocess.run([args.sparsec, "compile", str(model), "--recipe", str(ROOT / "recipes/dense-finetune.yaml"),
-                    "-o", str(compiled)], check=True, capture_output=True)
+    subprocess.run([binary, "compile", str(model), "--recipe", str(args.recipe), "-o", str(compiled)],
+                   check=True, capture_output=True)
     out = tmp / "t"
     steps = args.warmup + args.steps
-    cmd = ["/usr/bin/time", "-v", args.sparsec, "train", "--model", str(compiled),
+    cmd = ["/usr/bin/time", "-v", binary, "train", "--model", str(compiled),
            "--train-file", str(SHARED / "data/squad-v1.1-train.json.gz"), "--output-dir", str(out),
            "--max-train-samples", str(args.batch * steps * 2), "--max-steps", str(steps),
            "--per-device-train-batch-size", str(args.batch), "--pad-to-max-length", "--distill-teacher", "disable",
@@ -42,7 +44,8 @@ def run_sparsec(args, tmp):
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     timed = log[args.warmup:]
     secs = sum(r["step_seconds"] for r in timed)
-    return {"system": "sparsec (ORT)", "batch": args.batch, "timed_steps": len(timed),
+    return {"system": f"sparsec (ORT) {binary}", "recipe": str(args.recipe), "batch": args.batch,
+            "qat_steps": sum(1 for r in timed if r["qat"]), "timed_steps": len(timed),
             "samples_per_second": args.batch * len(timed) / secs, "step_seconds": secs / len(timed),
             "peak_rss_mib": rss_kib / 1024}
 
@@ -63,16 +66,27 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/dense-finetune.yaml"))
+    ap.add_argument("--baseline", help="another sparsec binary to run the same way")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as t:
-        s = run_sparsec(args, Path(t))
+    runs = {}
+    for key, binary in [("sparsec", args.sparsec), ("baseline", args.baseline)]:
+        if binary:
+            with tempfile.TemporaryDirectory() as t:
+                runs[key] = run_sparsec(args, binary, Path(t))
     t = run_torch(args)
-    print(json.dumps({"sparsec": s, "pytorch": t}, indent=1))
+    runs["pytorch"] = t
+    print(json.dumps(runs, indent=1))
     ts = t.get("samples_per_s")
-    if ts:
-        print(f"sparsec {s['samples_per_second']:.2f} samples/s vs PyTorch {ts:.2f} "
-              f"({s['samples_per_second'] / ts:.2f}x); peak RSS {s['peak_rss_mib']:.0f} MiB vs "
-              f"{t.get('peak_rss_mib', float('nan')):.0f} MiB")
+    for key in ("sparsec", "baseline"):
+        s = runs.get(key)
+        if s and ts:
+            print(f"{key}: {s['samples_per_second']:.2f} samples/s vs PyTorch {ts:.2f} "
+                  f"({s['samples_per_second'] / ts:.2f}x); peak RSS {s['peak_rss_mib']:.0f} MiB vs "
+                  f"{t.get('peak_rss_mib', float('nan')):.0f} MiB")
+    if "baseline" in runs:
+        b = runs["baseline"]["samples_per_second"]
+        print(f"sparsec vs baseline: {runs['sparsec']['samples_per_second'] / b:.2f}x")
 
 
 if __name__ == "__main__":

@@ -439,7 +439,7 @@ fn fake_quant_passes_the_gradient_straight_through_inside_the_range_only() {
     // The derivative of the STE is 1 inside the range and 0 outside, so dL/dx = R inside, 0 outside.
     let xs = [-20.0f32, -12.8, -3.33, 0.0, 5.55, 12.7, 12.71, 30.0];
     let x = Tensor::from_f32(vec![8], &xs);
-    let (m, names) = model_with_loss(&[x.clone()], 17, |p, x| {
+    let (m, names) = model_with_loss(std::slice::from_ref(&x), 17, |p, x| {
         let s = konst(p, Tensor::scalar_f32(0.1));
         let z = konst(p, Tensor::from_u8(vec![], &[128]));
         let q = node(p, "QuantizeLinear", &[x[0], s, z], vec![]);
@@ -461,7 +461,7 @@ fn fake_quant_passes_the_gradient_straight_through_inside_the_range_only() {
 #[test]
 fn training_mode_dropout_scales_the_kept_gradient_by_one_over_keep_probability() {
     let x = signed(&[4, 50], 1, 0.1, 1.0);
-    let (m, names) = model_with_loss(&[x.clone()], 17, |p, x| {
+    let (m, names) = model_with_loss(std::slice::from_ref(&x), 17, |p, x| {
         let ratio = konst(p, Tensor::scalar_f32(0.25));
         let train = konst(p, Tensor::from_bool(vec![], &[true]));
         vec![node(p, "Dropout", &[x[0], ratio, train], vec![])]

@@ -83,7 +83,7 @@ fn random_mask(n: usize, seed: u64) -> Vec<f32> {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            if s % 2 == 0 {
+            if s.is_multiple_of(2) {
                 1.0
             } else {
                 0.0

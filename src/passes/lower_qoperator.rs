@@ -28,7 +28,7 @@ struct Site {
     n: i64,
 }
 
-fn bound<'g>(g: &'g Graph, v: ValueId) -> Option<&'g Tensor> {
+fn bound(g: &Graph, v: ValueId) -> Option<&Tensor> {
     g.initializer(v).filter(|_| !g.inputs().contains(&v))
 }
 

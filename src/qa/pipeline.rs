@@ -27,6 +27,9 @@ enum Feed {
     TokenTypeIds,
 }
 
+/// Start and end logits of one window, owned.
+pub type StartEnd = (Vec<f32>, Vec<f32>);
+
 /// A QA model (on an engine) with its tokenizer.
 pub struct QaPipeline {
     backend: Box<dyn Backend>,
@@ -112,7 +115,7 @@ impl QaPipeline {
     }
 
     /// Runs one padded batch; returns each window's (start, end) logits cut to its length.
-    pub fn run_batch(&mut self, windows: &[&Window]) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    pub fn run_batch(&mut self, windows: &[&Window]) -> Result<Vec<StartEnd>> {
         if windows.is_empty() {
             return Ok(Vec::new());
         }
@@ -159,7 +162,7 @@ impl QaPipeline {
         }
         let lens = |&(q, i): &(usize, usize)| windows[q].as_ref().map(|w| w[i].len()).unwrap_or(0);
         order.sort_by_key(|k| std::cmp::Reverse(lens(k)));
-        let mut logits: Vec<Vec<Option<(Vec<f32>, Vec<f32>)>>> =
+        let mut logits: Vec<Vec<Option<StartEnd>>> =
             windows.iter().map(|w| w.as_ref().map(|w| vec![None; w.len()]).unwrap_or_default()).collect();
         for chunk in order.chunks(batch_size.max(1)) {
             let batch: Vec<&Window> =

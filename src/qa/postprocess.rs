@@ -121,12 +121,12 @@ fn masked_softmax(logits: &[f32], allowed: &[bool]) -> Vec<f64> {
 fn top_spans(ps: &[f64], pe: &[f64], max_answer_len: usize, k: usize) -> Vec<(f64, usize, usize)> {
     let n = ps.len();
     let mut cands = Vec::new();
-    for s in 0..n {
-        if ps[s] <= 0.0 {
+    for (s, &p_start) in ps.iter().enumerate() {
+        if p_start <= 0.0 {
             continue;
         }
-        for e in s..n.min(s + max_answer_len) {
-            let score = ps[s] * pe[e];
+        for (e, &p_end) in pe.iter().enumerate().take(n.min(s + max_answer_len)).skip(s) {
+            let score = p_start * p_end;
             if score > 0.0 {
                 cands.push((score, s, e));
             }

@@ -706,12 +706,13 @@ fn parse_quantization(r: &mut FieldReader) -> Result<QuantizationModifier, Recip
             "cannot mix the legacy fields (submodules, quantize_embeddings, weight_bits, …) with scheme/ignore",
         ));
     }
-    let (weights, input_activations) = if legacy || scheme.is_none() {
-        let weights = QuantizationArgs { num_bits: weight_bits, symmetric: true, strategy: "channel".into() };
-        let acts = QuantizationArgs { num_bits: activation_bits, symmetric: tensorrt, strategy: "tensor".into() };
-        (weights, quantize_linear_activations.then_some(acts))
-    } else {
-        parse_scheme(r, scheme.as_ref().unwrap())?
+    let (weights, input_activations) = match scheme.as_ref().filter(|_| !legacy) {
+        Some(scheme) => parse_scheme(r, scheme)?,
+        None => {
+            let weights = QuantizationArgs { num_bits: weight_bits, symmetric: true, strategy: "channel".into() };
+            let acts = QuantizationArgs { num_bits: activation_bits, symmetric: tensorrt, strategy: "tensor".into() };
+            (weights, quantize_linear_activations.then_some(acts))
+        }
     };
     for (what, a) in [("weights", Some(&weights)), ("input_activations", input_activations.as_ref())] {
         if let Some(a) = a {
