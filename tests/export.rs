@@ -358,3 +358,31 @@ fn qoperator_export_runs_integer_matmuls_that_match_the_fake_quant_graph() {
     assert!(d_ort <= 0.01 * range && d_tract <= 0.01 * range, "exact integer sums: only float rounding differs");
     python_runs_and_checks(&exported);
 }
+
+#[test]
+fn fake_quantized_embedding_tables_are_gathered_before_they_are_dequantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = trained(dir.path(), &root().join("recipes/quantization-only.yaml"), "{}");
+    let dep = dir.path().join("deployment");
+    export(&t, &dep);
+    let exported = dep.join("model.onnx");
+    let m = sparsec::onnx::load(&exported).unwrap();
+    let g = &m.graph;
+    let consumers = g.consumers();
+    for table in ["word_embeddings", "position_embeddings", "token_type_embeddings"] {
+        let name = format!("bert.embeddings.{table}.weight.int8");
+        let v = g.value_by_name(&name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(g.initializer(v).unwrap().dtype, DType::I8);
+        let readers = &consumers[&v];
+        assert!(!readers.is_empty());
+        for &(n, slot) in readers {
+            let node = g.node(n);
+            assert_eq!((node.op_type.as_str(), slot), ("Gather", 0), "{name} is looked up, not dequantized whole");
+            let next = &consumers[&node.output(0).unwrap()];
+            assert!(next.iter().all(|&(d, _)| g.node(d).op_type == "DequantizeLinear"), "then its rows dequantized");
+        }
+    }
+    let d = max_diff(&logits(&t.join("model.onnx"), EngineKind::Ort, true), &logits(&exported, EngineKind::Ort, true));
+    println!("int8 embeddings gathered then dequantized vs fake-quant graph: {d:e}");
+    assert!(d <= 1e-4, "{d}");
+}

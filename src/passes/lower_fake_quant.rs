@@ -1,7 +1,7 @@
 //! `LowerFakeQuant`: bound fake quantization lowered to ONNX QDQ form.
 
 use super::{Pass, PassError, PassReport, MIN_SCALE};
-use crate::ir::{Attribute, Attrs, Model, NodeSpec, Patch, Tensor};
+use crate::ir::{Attribute, Attrs, DType, Facts, Model, NodeSpec, Patch, Tensor};
 
 /// Lowers each `InsertFakeQuant` site whose switch is a bound constant, for `sparsec export`.
 ///
@@ -12,7 +12,10 @@ use crate::ir::{Attribute, Attrs, Model, NodeSpec, Patch, Tensor};
 ///   without `axis`): the int8 weight `<tag>.int8 = saturate(round_half_even(x / s))` with
 ///   `s = max(max|x| / 127.5, eps)` per channel (or per tensor), exactly the values the site's
 ///   QuantizeLinear computed, as an initializer with its scale `<tag>.scale` and zero point, and
-///   one `DequantizeLinear` node `sparsec.qdq/<tag>` that consumers read instead of the `Where`.
+///   one `DequantizeLinear` node `sparsec.qdq/<tag>` that consumers read instead of the `Where`;
+///   a per-tensor site read only by `Gather` on input 0 (an embedding table) is instead looked up
+///   first, `DequantizeLinear(Gather(<tag>.int8, ids))` per `Gather`, so that only the gathered
+///   rows are dequantized at run time.
 ///   For an activation site (scale and zero point bound constants): consumers read the site's own
 ///   `DequantizeLinear(QuantizeLinear(x))` output. Leftover nodes are left for dead-code removal.
 /// - Assumes: with the switch on, the graph's outputs are unchanged bit for bit (the dequantized
@@ -60,6 +63,7 @@ impl Pass for LowerFakeQuant {
             .graph
             .edit(|p: &mut Patch| {
                 let g = p.graph();
+                let consumers = g.consumers();
                 for (id, n) in g.nodes() {
                     let Some(tag) = n.name.strip_prefix("sparsec.fq/").and_then(|s| s.strip_suffix("/select")) else {
                         continue;
@@ -117,6 +121,38 @@ impl Pass for LowerFakeQuant {
                             p.add_initializer(&format!("{tag}.zero_point"), Tensor::from_i8(vec![], &[0])),
                         ),
                     };
+                    let readers = consumers.get(&out).map(Vec::as_slice).unwrap_or(&[]);
+                    let lookup = |&(r, slot): &(crate::ir::NodeId, usize)| {
+                        let rn = g.node(r);
+                        rn.op_type == "Gather" && slot == 0 && rn.attr_int("axis").unwrap_or(0) == 0
+                    };
+                    if axis.is_none() && !readers.is_empty() && readers.iter().all(lookup) {
+                        for &(r, _) in readers {
+                            let rn = g.node(r);
+                            let (Some(ids), Some(rows)) = (rn.input(1), rn.output(0)) else {
+                                return Err(err(format!("Gather '{}' has no indices or output", rn.name)));
+                            };
+                            let facts = g.value(rows).facts.type_only();
+                            let q_rows = p.op(
+                                NodeSpec::new("Gather", format!("sparsec.qdq/{tag}/{}/gather", rn.name), &[qv, ids]),
+                                &format!("{tag}.int8_rows"),
+                                Facts { dtype: Some(DType::I8), ..facts.clone() },
+                            );
+                            let deq = p.op(
+                                NodeSpec::new(
+                                    "DequantizeLinear",
+                                    format!("sparsec.qdq/{tag}/{}/dequantize", rn.name),
+                                    &[q_rows, sv, zv],
+                                ),
+                                &format!("{tag}.rows"),
+                                facts,
+                            );
+                            p.replace_uses(rows, deq);
+                            p.remove_node(r);
+                        }
+                        p.remove_node(id);
+                        continue;
+                    }
                     let mut spec = NodeSpec::new("DequantizeLinear", format!("sparsec.qdq/{tag}"), &[qv, sv, zv]);
                     if let Some(a) = axis {
                         spec = spec.attr(Attribute::int("axis", a as i64));
