@@ -60,10 +60,9 @@ fn feed_for(g: &Graph, quant_on: bool) -> Vec<(String, HostTensor)> {
     feed
 }
 
-#[test]
-fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("compiled");
+/// `sparsec compile` of the bert fixture with the GMP + QAT + distillation recipe into `parent/compiled`.
+fn compile_bert_qat(parent: &std::path::Path) -> std::path::PathBuf {
+    let dir = parent.join("compiled");
     let model = common::fixture_dir("bert").join("model.legacy.onnx");
     let recipe = common::root().join("recipes/gmp80-unstructured-qat-distill.yaml");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
@@ -71,6 +70,13 @@ fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    dir
+}
+
+#[test]
+fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = compile_bert_qat(out.path());
 
     let mut train = sparsec::onnx::load(dir.join("train.onnx")).unwrap();
     sparsec::ir::infer::infer_facts(&mut train).unwrap();
@@ -94,14 +100,7 @@ fn compiled_training_graph_runs_with_distillation_loss_and_all_gradients() {
 #[test]
 fn the_graph_without_fake_quant_computes_what_the_switched_off_graph_computes() {
     let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("compiled");
-    let model = common::fixture_dir("bert").join("model.legacy.onnx");
-    let recipe = common::root().join("recipes/gmp80-unstructured-qat-distill.yaml");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
-        .args(["compile", model.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let dir = compile_bert_qat(out.path());
     let mut m = sparsec::onnx::load(dir.join("model.onnx")).unwrap();
     sparsec::ir::infer::infer_facts(&mut m).unwrap();
     let spec = TrainingGraphSpec::new(LossSpec::Span);

@@ -1,6 +1,6 @@
 //! `FoldMasks`: pruning masks multiplied into the weights.
 
-use super::{Pass, PassError, PassReport};
+use super::{bound, Pass, PassError, PassReport};
 use crate::ir::{Model, Patch, Tensor};
 
 /// Folds each bound mask into its weight, the first lowering step of `sparsec export`.
@@ -37,8 +37,7 @@ impl Pass for FoldMasks {
                     let (Some(w), Some(m), Some(out)) = (n.input(0), n.input(1), n.output(0)) else {
                         return Err(err("expects Mul(W, mask) with one output".into()));
                     };
-                    let bound = |v| g.initializer(v).filter(|_| !g.inputs().contains(&v));
-                    let (Some(wt), Some(mt)) = (bound(w), bound(m)) else {
+                    let (Some(wt), Some(mt)) = (bound(g, w), bound(g, m)) else {
                         return Err(err(format!(
                             "'{}' or '{}' is not a bound constant: export a trained folder (or use --one-shot)",
                             g.value(w).name,

@@ -1,6 +1,6 @@
 //! `LowerFakeQuant`: bound fake quantization lowered to ONNX QDQ form.
 
-use super::{Pass, PassError, PassReport, MIN_SCALE};
+use super::{bound, is_row_lookup, Pass, PassError, PassReport, MIN_SCALE};
 use crate::ir::{Attribute, Attrs, DType, Facts, Model, NodeSpec, Patch, Tensor};
 
 /// Lowers each `InsertFakeQuant` site whose switch is a bound constant, for `sparsec export`.
@@ -73,8 +73,7 @@ impl Pass for LowerFakeQuant {
                     else {
                         return Err(err("expects Where(flag, fake-quantized, original)".into()));
                     };
-                    let bound = |v| g.initializer(v).filter(|_| !g.inputs().contains(&v));
-                    let on = bound(flag).and_then(|t| t.raw().first().copied()).ok_or_else(|| {
+                    let on = bound(g, flag).and_then(|t| t.raw().first().copied()).ok_or_else(|| {
                         err(format!("the switch '{}' is not bound: export a trained folder", g.value(flag).name))
                     })? != 0;
                     report.rewritten += 1;
@@ -83,10 +82,10 @@ impl Pass for LowerFakeQuant {
                         p.remove_node(id);
                         continue;
                     }
-                    let Some(wt) = bound(x) else {
+                    let Some(wt) = bound(g, x) else {
                         let (_, dqn) = g.producer(dq).ok_or_else(|| err("no DequantizeLinear".into()))?;
                         for s in dqn.inputs.iter().skip(1).flatten() {
-                            if bound(*s).is_none() {
+                            if bound(g, *s).is_none() {
                                 return Err(err(format!("'{}' is not bound", g.value(*s).name)));
                             }
                         }
@@ -122,11 +121,7 @@ impl Pass for LowerFakeQuant {
                         ),
                     };
                     let readers = consumers.get(&out).map(Vec::as_slice).unwrap_or(&[]);
-                    let lookup = |&(r, slot): &(crate::ir::NodeId, usize)| {
-                        let rn = g.node(r);
-                        rn.op_type == "Gather" && slot == 0 && rn.attr_int("axis").unwrap_or(0) == 0
-                    };
-                    if axis.is_none() && !readers.is_empty() && readers.iter().all(lookup) {
+                    if axis.is_none() && !readers.is_empty() && readers.iter().all(|&(r, s)| is_row_lookup(g, r, s)) {
                         for &(r, _) in readers {
                             let rn = g.node(r);
                             let (Some(ids), Some(rows)) = (rn.input(1), rn.output(0)) else {

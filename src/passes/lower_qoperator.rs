@@ -1,7 +1,7 @@
 //! `LowerQOperator`: QDQ linear layers rewritten to integer operators (`MatMulInteger`), the
 //! `--format qoperator` step of `sparsec export` for runtimes that do not fuse QDQ themselves.
 
-use super::{Pass, PassError, PassReport};
+use super::{bound, Pass, PassError, PassReport};
 use crate::ir::{Attribute, Attrs, DType, Facts, Graph, Model, NodeSpec, Patch, Tensor, ValueId};
 
 /// Rewrites each int8 QDQ `MatMul` into an integer product and one float rescale.
@@ -26,10 +26,6 @@ struct Site {
     w_q: ValueId,
     s_w: Vec<f32>,
     n: i64,
-}
-
-fn bound(g: &Graph, v: ValueId) -> Option<&Tensor> {
-    g.initializer(v).filter(|_| !g.inputs().contains(&v))
 }
 
 fn site(g: &Graph, a: ValueId, b: ValueId) -> Option<Site> {

@@ -29,7 +29,18 @@ pub use lower_qoperator::LowerQOperator;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 
-use crate::ir::{IrError, Model};
+use crate::ir::{Attrs, Graph, IrError, Model, NodeId, Tensor, ValueId};
+
+/// The value of `v` when it is a bound constant: an initializer that is not also a graph input.
+pub(crate) fn bound(g: &Graph, v: ValueId) -> Option<&Tensor> {
+    g.initializer(v).filter(|_| !g.inputs().contains(&v))
+}
+
+/// Whether input `slot` of `node` is the table of a row lookup: `Gather` on input 0, axis 0.
+pub(crate) fn is_row_lookup(g: &Graph, node: NodeId, slot: usize) -> bool {
+    let n = g.node(node);
+    n.op_type == "Gather" && slot == 0 && n.attr_int("axis").unwrap_or(0) == 0
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {

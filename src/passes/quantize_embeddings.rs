@@ -1,8 +1,8 @@
 //! `QuantizeEmbeddings`: weight-only int8 storage for embedding tables, an optional step of
 //! `sparsec export` that shrinks the file where the word-embedding table dominates it.
 
-use super::{quantize_weight, Pass, PassError, PassReport};
-use crate::ir::{Attribute, Attrs, DType, Dim, Facts, Model, NodeSpec, Patch, Tensor};
+use super::{bound, is_row_lookup, quantize_weight, Pass, PassError, PassReport};
+use crate::ir::{Attribute, DType, Dim, Facts, Model, NodeSpec, Patch, Tensor};
 
 /// Stores each embedding table as int8 with one scale per row, dequantized after the lookup.
 ///
@@ -35,19 +35,12 @@ impl Pass for QuantizeEmbeddings {
                 let g = p.graph();
                 let consumers = g.consumers();
                 for (&v, t) in g.initializers() {
-                    if t.dtype != DType::F32
-                        || t.dims.len() != 2
-                        || t.dims[0] < self.min_rows
-                        || g.inputs().contains(&v)
+                    if t.dtype != DType::F32 || t.dims.len() != 2 || t.dims[0] < self.min_rows || bound(g, v).is_none()
                     {
                         continue;
                     }
                     let readers = consumers.get(&v).map(Vec::as_slice).unwrap_or(&[]);
-                    let lookup = |&(n, slot): &(crate::ir::NodeId, usize)| {
-                        let node = g.node(n);
-                        node.op_type == "Gather" && slot == 0 && node.attr_int("axis").unwrap_or(0) == 0
-                    };
-                    if readers.is_empty() || !readers.iter().all(lookup) {
+                    if readers.is_empty() || !readers.iter().all(|&(n, slot)| is_row_lookup(g, n, slot)) {
                         continue;
                     }
                     let name = g.value(v).name.clone();
