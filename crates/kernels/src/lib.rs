@@ -1,0 +1,16 @@
+//! sparsec's CPU kernels: the unsafe-contained layer under `sparsec-ops` (ONNX Runtime custom
+//! operators) and sparsec's own runtime. No ONNX Runtime, tract or ONNX types here: plain slices in,
+//! plain slices out.
+//!
+//! Every kernel has one safe entry point that checks shapes and runs the ISA chosen once at
+//! creation ([`Isa`]); `unsafe` and `std::arch` live only in the per-ISA kernel files. Every ISA
+//! path is tested against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
+
+pub mod attention;
+pub mod isa;
+pub mod linear_f32;
+pub mod linear_i8;
+pub mod par;
+
+pub use isa::Isa;
+pub use par::{Parallel, Serial};
