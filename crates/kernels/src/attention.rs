@@ -1,1 +1,330 @@
-//! (being written)
+//! Fused multi-head scaled-dot-product attention for sparsec's attention custom operator:
+//! `softmax(scale · Q·Kᵀ + mask_bias) · V` per (batch, head) in one pass, without materialising the
+//! `[B, H, S, S]` score tensor.
+//!
+//! Semantics are those of the exported graph as ONNX Runtime evaluates it (`MatMul`, `Mul`/`Div`,
+//! `Add` of the additive key mask, `Softmax(axis=-1)` with max subtraction, `MatMul`), in f32:
+//! a row whose every key carries `f32::MIN` absorbs the scores and comes out as the uniform
+//! average of V, as the graph does. A bias of -inf behaves like `f32::MIN` (the graph would give
+//! NaN).
+//!
+//! Work is split into (batch, head, query-row group) tasks run through [`Parallel`]; each task
+//! packs its head's K and V once into its own scratch, then for every tile of [`TILE`] query rows
+//! computes the scores, a vectorised softmax (polynomial `exp`, see `simd.rs`) and P·V. Kernels:
+//! `f32.rs` (every ISA, written once over the vector trait of `simd.rs`) and `bf16.rs` (AVX-512
+//! BF16 `vdpbf16ps`).
+
+mod bf16;
+mod f32;
+mod simd;
+
+use crate::{Isa, Parallel};
+use std::fmt;
+use std::ops::Range;
+
+/// Query rows per tile: the score tile is `TILE × S` f32 (72 KiB at S = 384).
+pub(crate) const TILE: usize = 48;
+
+/// The shape of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionDims {
+    /// Floating-point operations of the two matrix products (2 per multiply-add), the usual
+    /// attention FLOP count: `4 · B · H · S² · D`.
+    pub fn flops(&self) -> f64 {
+        4.0 * self.batch as f64 * self.heads as f64 * (self.seq as f64).powi(2) * self.head_dim as f64
+    }
+}
+
+/// The precision of the two products; softmax, scale, bias and accumulation are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionPrecision {
+    F32,
+    /// Q·K and P·V with bf16 inputs (rounded to nearest even) and f32 accumulation
+    /// (`vdpbf16ps`); needs [`Isa::Avx512Vnni`] on a CPU with AVX-512 BF16 ([`bf16_supported`]).
+    Bf16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttnError {
+    /// The requested ISA does not run on this CPU.
+    UnsupportedIsa(Isa),
+    /// Bf16 was requested with an ISA or CPU that has no AVX-512 BF16.
+    Bf16Unavailable { isa: Isa },
+    /// Zero heads or head dimension.
+    BadDims { heads: usize, head_dim: usize },
+    /// A forward argument does not fit the shape; the message names it.
+    BadInput(String),
+}
+
+impl fmt::Display for AttnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttnError::UnsupportedIsa(isa) => write!(f, "attention: this CPU does not support {isa}"),
+            AttnError::Bf16Unavailable { isa } => write!(
+                f,
+                "attention: bf16 precision needs the avx512vnni ISA on a CPU with avx512bf16 (asked for {isa}; \
+                 avx512bf16 {})",
+                if bf16_supported() { "present" } else { "absent" }
+            ),
+            AttnError::BadDims { heads, head_dim } => {
+                write!(f, "attention: heads ({heads}) and head_dim ({head_dim}) must both be at least 1")
+            }
+            AttnError::BadInput(m) => write!(f, "attention: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for AttnError {}
+
+/// Whether this CPU runs the [`AttentionPrecision::Bf16`] kernel (AVX-512 F/BW with BF16).
+pub fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx512Vnni.supported() && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// What one call computes, with the slices checked against the shape; the kernels index through
+/// these pointers without further checks.
+pub(crate) struct Problem {
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub row_stride: usize,
+    pub q: *const f32,
+    pub k: *const f32,
+    pub v: *const f32,
+    pub mask: Option<*const f32>,
+    pub scale: f32,
+    /// `[B, S, H·D]`; each task writes only its own (batch, head, rows) cells.
+    pub out: *mut f32,
+}
+
+// SAFETY: the inputs are read-only for the whole call and the tasks write disjoint cells of `out`.
+unsafe impl Sync for Problem {}
+
+/// Query rows `rows` of head `h` in batch item `b`.
+pub(crate) struct Task {
+    pub b: usize,
+    pub h: usize,
+    pub rows: Range<usize>,
+}
+
+type TaskFn = unsafe fn(&Problem, &Task);
+
+/// A fused attention kernel for a fixed head count and head dimension; stateless per call.
+#[derive(Clone, Copy, Debug)]
+pub struct Attention {
+    heads: usize,
+    head_dim: usize,
+    precision: AttentionPrecision,
+    isa: Isa,
+    emulated: bool,
+    task: TaskFn,
+}
+
+impl Attention {
+    /// A kernel for `heads` heads of `head_dim` values on `isa` (which must run on this CPU); Bf16
+    /// needs `isa == Isa::Avx512Vnni` and [`bf16_supported`], else [`AttnError::Bf16Unavailable`].
+    pub fn new(heads: usize, head_dim: usize, precision: AttentionPrecision, isa: Isa) -> Result<Attention, AttnError> {
+        if heads == 0 || head_dim == 0 {
+            return Err(AttnError::BadDims { heads, head_dim });
+        }
+        if !isa.supported() {
+            return Err(AttnError::UnsupportedIsa(isa));
+        }
+        let task = match (precision, isa) {
+            (AttentionPrecision::Bf16, Isa::Avx512Vnni) if bf16_supported() => kernels::BF16_AVX512,
+            (AttentionPrecision::Bf16, _) => return Err(AttnError::Bf16Unavailable { isa }),
+            (AttentionPrecision::F32, Isa::Avx512Vnni) => kernels::F32_AVX512,
+            (AttentionPrecision::F32, Isa::Avx2) => kernels::F32_AVX2,
+            (AttentionPrecision::F32, Isa::Scalar) => kernels::F32_SCALAR,
+        };
+        Ok(Attention { heads, head_dim, precision, isa, emulated: false, task })
+    }
+
+    /// The bf16 kernel's exact data flow with `vdpbf16ps` modelled in portable code, on any CPU.
+    /// Slow; for testing the bf16 layout and its error where the instruction is absent.
+    #[doc(hidden)]
+    pub fn bf16_emulated(heads: usize, head_dim: usize) -> Result<Attention, AttnError> {
+        if heads == 0 || head_dim == 0 {
+            return Err(AttnError::BadDims { heads, head_dim });
+        }
+        Ok(Attention {
+            heads,
+            head_dim,
+            precision: AttentionPrecision::Bf16,
+            isa: Isa::Scalar,
+            emulated: true,
+            task: kernels::BF16_EMULATED,
+        })
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    pub fn precision(&self) -> AttentionPrecision {
+        self.precision
+    }
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// Whether this is the portable bf16 model ([`Attention::bf16_emulated`]).
+    pub fn is_emulated(&self) -> bool {
+        self.emulated
+    }
+
+    /// `out[b, s, h·D + d] = Σ_j softmax_j(scale · <q[b,s,h,:], k[b,j,h,:]> + mask_bias[b,j]) · v[b,j,h,d]`.
+    ///
+    /// `q`, `k`, `v` hold `batch · seq` token rows `row_stride` apart, head `h`'s `D` values at
+    /// `h·D` in a row; each slice starts at its own first element, so a fused `[B, S, 3·H·D]` QKV
+    /// is passed as `&qkv[0..]`, `&qkv[H·D..]`, `&qkv[2·H·D..]` with `row_stride = 3·H·D`, and
+    /// separate tensors with `row_stride = H·D`. `mask_bias` is `[B, S]` (one additive bias per
+    /// key), `out` is `[B, S, H·D]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        batch: usize,
+        seq: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        row_stride: usize,
+        mask_bias: Option<&[f32]>,
+        scale: f32,
+        out: &mut [f32],
+        par: &dyn Parallel,
+    ) -> Result<(), AttnError> {
+        let (h, d) = (self.heads, self.head_dim);
+        let hd = h * d;
+        let tokens = batch.checked_mul(seq).ok_or_else(|| bad(format!("batch {batch} × seq {seq} overflows")))?;
+        let out_len = tokens.checked_mul(hd).ok_or_else(|| bad(format!("output of {tokens} × {hd} overflows")))?;
+        if row_stride < hd {
+            return Err(bad(format!("row_stride {row_stride} is less than heads × head_dim = {h} × {d} = {hd}")));
+        }
+        if out.len() != out_len {
+            return Err(bad(format!("out has {} values, [batch {batch}, seq {seq}, {hd}] needs {out_len}", out.len())));
+        }
+        if !scale.is_finite() {
+            return Err(bad(format!("scale {scale} is not finite")));
+        }
+        if let Some(m) = mask_bias {
+            if m.len() != tokens {
+                return Err(bad(format!(
+                    "mask_bias has {} values, [batch {batch}, seq {seq}] needs {tokens}",
+                    m.len()
+                )));
+            }
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let need = (tokens - 1)
+            .checked_mul(row_stride)
+            .and_then(|x| x.checked_add(hd))
+            .ok_or_else(|| bad(format!("{tokens} rows of stride {row_stride} overflow")))?;
+        for (name, x) in [("q", q), ("k", k), ("v", v)] {
+            if x.len() < need {
+                return Err(bad(format!(
+                    "{name} has {} values, {tokens} token rows of stride {row_stride} with {hd} used need {need}",
+                    x.len()
+                )));
+            }
+        }
+
+        let problem = Problem {
+            seq,
+            heads: h,
+            head_dim: d,
+            row_stride,
+            q: q.as_ptr(),
+            k: k.as_ptr(),
+            v: v.as_ptr(),
+            mask: mask_bias.map(|m| m.as_ptr()),
+            scale,
+            out: out.as_mut_ptr(),
+        };
+        let tiles = seq.div_ceil(TILE);
+        let pairs = batch * h;
+        let groups = (4 * par.threads().max(1)).div_ceil(pairs).clamp(1, tiles);
+        let task = self.task;
+        par.run(pairs * groups, &|i| {
+            let (pair, g) = (i / groups, i % groups);
+            let rows = (g * tiles / groups * TILE).min(seq)..((g + 1) * tiles / groups * TILE).min(seq);
+            let t = Task { b: pair / h, h: pair % h, rows };
+            // SAFETY: `new` chose `task` for an ISA this CPU supports; `problem`'s slices were checked
+            // above to hold every row the tasks index, and tasks write disjoint cells of `out`.
+            unsafe { task(&problem, &t) }
+        });
+        Ok(())
+    }
+}
+
+fn bad(m: String) -> AttnError {
+    AttnError::BadInput(m)
+}
+
+/// The per-ISA task entry points: each enables its target features and instantiates the generic
+/// task with that ISA's register blocking.
+mod kernels {
+    use super::simd::Lanes;
+    use super::{bf16, f32, Problem, Task, TaskFn};
+
+    pub(super) const F32_SCALAR: TaskFn = f32_scalar;
+    pub(super) const BF16_EMULATED: TaskFn = bf16_emulated;
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const F32_AVX2: TaskFn = x86::f32_avx2;
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const F32_AVX512: TaskFn = x86::f32_avx512;
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const BF16_AVX512: TaskFn = x86::bf16_avx512;
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) const F32_AVX2: TaskFn = f32_scalar;
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) const F32_AVX512: TaskFn = f32_scalar;
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) const BF16_AVX512: TaskFn = bf16_emulated;
+
+    unsafe fn f32_scalar(p: &Problem, t: &Task) {
+        f32::task::<Lanes<8>, 2, 2, 2, 2>(p, t)
+    }
+
+    unsafe fn bf16_emulated(p: &Problem, t: &Task) {
+        bf16::task::<bf16::Emulated, 1, 1, 1, 1>(p, t)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use super::super::simd::{Avx2, Avx512};
+        use super::{bf16, f32, Problem, Task};
+
+        #[target_feature(enable = "avx2,fma")]
+        pub(crate) unsafe fn f32_avx2(p: &Problem, t: &Task) {
+            f32::task::<Avx2, 6, 2, 6, 2>(p, t)
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(crate) unsafe fn f32_avx512(p: &Problem, t: &Task) {
+            f32::task::<Avx512, 6, 4, 8, 2>(p, t)
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        pub(crate) unsafe fn bf16_avx512(p: &Problem, t: &Task) {
+            bf16::task::<bf16::Avx512Bf16, 6, 4, 8, 2>(p, t)
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The f32 attention task, written once over [`F32x`] and instantiated per ISA: pack one head's
+//! K (transposed, keys contiguous) and V (rows padded), then per tile of query rows compute the
+//! scores, the softmax and P·V. The score epilogue, the softmax and the output store are shared
+//! with the bf16 task.
+
+use super::simd::{exp, F32x};
+use super::{Problem, Task, TILE};
+
+/// One task: `QR` query rows × `QC` key vectors per Q·Kᵀ register block, `PR` rows × `PC`
+/// d-vectors per P·V block.
+#[inline(always)]
+pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: usize, const PC: usize>(
+    p: &Problem,
+    t: &Task,
+) {
+    let (s, d, w) = (p.seq, p.head_dim, V::W);
+    let sp = s.next_multiple_of(QC * w);
+    let dp = d.next_multiple_of(PC * w);
+    let base = t.b * s * p.row_stride + t.h * d;
+
+    let mut kt = vec![0f32; d * sp];
+    let mut vp = vec![0f32; s * dp];
+    for j in 0..s {
+        let kr = p.k.add(base + j * p.row_stride);
+        for e in 0..d {
+            kt[e * sp + j] = *kr.add(e);
+        }
+        std::ptr::copy_nonoverlapping(p.v.add(base + j * p.row_stride), vp.as_mut_ptr().add(j * dp), d);
+    }
+    let bias = padded_bias(p, t.b, sp);
+    let mut sc = vec![0f32; TILE * sp];
+    let mut inv = [0f32; TILE];
+
+    for i0 in t.rows.clone().step_by(TILE) {
+        let n = TILE.min(t.rows.end - i0);
+        let q_row = |i: usize| p.q.add(base + i * p.row_stride);
+        let mut r = 0;
+        while r + QR <= n {
+            qk_block::<V, QR, QC>(p, |x| q_row(i0 + r + x), &kt, sp, &bias, sc.as_mut_ptr().add(r * sp));
+            r += QR;
+        }
+        while r < n {
+            qk_block::<V, 1, QC>(p, |_| q_row(i0 + r), &kt, sp, &bias, sc.as_mut_ptr().add(r * sp));
+            r += 1;
+        }
+        for (r, inv) in inv.iter_mut().enumerate().take(n) {
+            *inv = 1.0 / softmax_row::<V>(sc.as_mut_ptr().add(r * sp), s, sp);
+        }
+        let mut r = 0;
+        while r + PR <= n {
+            pv_block::<V, PR, PC>(p, t, i0 + r, sc.as_ptr().add(r * sp), sp, &vp, dp, &inv[r..]);
+            r += PR;
+        }
+        while r < n {
+            pv_block::<V, 1, PC>(p, t, i0 + r, sc.as_ptr().add(r * sp), sp, &vp, dp, &inv[r..]);
+            r += 1;
+        }
+    }
+}
+
+/// Batch `b`'s key biases padded to `sp` (zeros; the padded keys' scores are overwritten with -inf).
+pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, sp: usize) -> Vec<f32> {
+    let mut bias = vec![0f32; sp];
+    if let Some(m) = p.mask {
+        std::ptr::copy_nonoverlapping(m.add(b * p.seq), bias.as_mut_ptr(), p.seq);
+    }
+    bias
+}
+
+/// Scores of `R` query rows against all `sp` (padded) keys: `max(scale·q·k + bias, f32::MIN)`,
+/// written row-major with row stride `sp`. `kt` is Kᵀ, `[head_dim][sp]`.
+#[inline(always)]
+unsafe fn qk_block<V: F32x, const R: usize, const C: usize>(
+    p: &Problem,
+    q_row: impl Fn(usize) -> *const f32,
+    kt: &[f32],
+    sp: usize,
+    bias: &[f32],
+    dst: *mut f32,
+) {
+    let w = V::W;
+    let qs: [*const f32; R] = std::array::from_fn(q_row);
+    for j0 in (0..sp).step_by(C * w) {
+        let mut acc = [[V::splat(0.0); C]; R];
+        for e in 0..p.head_dim {
+            let kr = kt.as_ptr().add(e * sp + j0);
+            let mut kv = [V::splat(0.0); C];
+            for (c, kv) in kv.iter_mut().enumerate() {
+                *kv = V::load(kr.add(c * w));
+            }
+            for (acc, q) in acc.iter_mut().zip(qs) {
+                let qb = V::splat(*q.add(e));
+                for (a, kv) in acc.iter_mut().zip(kv) {
+                    *a = qb.mul_add(kv, *a);
+                }
+            }
+        }
+        store_scores::<V, R, C>(p.scale, &acc, bias.as_ptr().add(j0), dst.add(j0), sp);
+    }
+}
+
+/// `max(acc·scale + bias, f32::MIN)` for an `R × C` block of score vectors; the clamp makes -inf
+/// biases behave like `f32::MIN` (a fully masked row stays finite).
+#[inline(always)]
+pub(crate) unsafe fn store_scores<V: F32x, const R: usize, const C: usize>(
+    scale: f32,
+    acc: &[[V; C]; R],
+    bias: *const f32,
+    dst: *mut f32,
+    sp: usize,
+) {
+    let (scale, lo) = (V::splat(scale), V::splat(f32::MIN));
+    for (r, acc) in acc.iter().enumerate() {
+        for (c, a) in acc.iter().enumerate() {
+            let x = a.mul(scale).add(V::load(bias.add(c * V::W))).max(lo);
+            x.store(dst.add(r * sp + c * V::W));
+        }
+    }
+}
+
+/// In place over one row of `sp` scores of which the first `s` are real: `e^(x - max)`, 0 for the
+/// padding; returns the row sum (≥ 1: the max itself contributes e^0).
+#[inline(always)]
+pub(crate) unsafe fn softmax_row<V: F32x>(row: *mut f32, s: usize, sp: usize) -> f32 {
+    for j in s..sp {
+        *row.add(j) = f32::NEG_INFINITY;
+    }
+    let mut m = V::splat(f32::NEG_INFINITY);
+    for j in (0..sp).step_by(V::W) {
+        m = m.max(V::load(row.add(j)));
+    }
+    let m = V::splat(m.hmax());
+    let mut sum = V::splat(0.0);
+    for j in (0..sp).step_by(V::W) {
+        let e = exp(V::load(row.add(j)).sub(m));
+        e.store(row.add(j));
+        sum = sum.add(e);
+    }
+    sum.hsum()
+}
+
+/// `out[row] = inv · Σ_j p[row][j] · v[j]` for `R` rows, `C` vectors of d at a time.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn pv_block<V: F32x, const R: usize, const C: usize>(
+    p: &Problem,
+    t: &Task,
+    i: usize,
+    pr: *const f32,
+    sp: usize,
+    vp: &[f32],
+    dp: usize,
+    inv: &[f32],
+) {
+    let w = V::W;
+    for d0 in (0..dp).step_by(C * w) {
+        let mut acc = [[V::splat(0.0); C]; R];
+        for j in 0..p.seq {
+            let vr = vp.as_ptr().add(j * dp + d0);
+            let mut vv = [V::splat(0.0); C];
+            for (c, vv) in vv.iter_mut().enumerate() {
+                *vv = V::load(vr.add(c * w));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pb = V::splat(*pr.add(r * sp + j));
+                for (a, vv) in acc.iter_mut().zip(vv) {
+                    *a = pb.mul_add(vv, *a);
+                }
+            }
+        }
+        store_out::<V, R, C>(p, t, i, d0, &acc, inv);
+    }
+}
+
+/// Writes `acc · inv[r]` to `out[b, i + r, h, d0 ..]`, dropping the lanes past `head_dim`.
+#[inline(always)]
+pub(crate) unsafe fn store_out<V: F32x, const R: usize, const C: usize>(
+    p: &Problem,
+    t: &Task,
+    i: usize,
+    d0: usize,
+    acc: &[[V; C]; R],
+    inv: &[f32],
+) {
+    let (d, w) = (p.head_dim, V::W);
+    let hd = p.heads * d;
+    for (r, acc) in acc.iter().enumerate() {
+        let dst = p.out.add((t.b * p.seq + i + r) * hd + t.h * d);
+        let iv = V::splat(inv[r]);
+        for (c, a) in acc.iter().enumerate() {
+            let x = a.mul(iv);
+            let dd = d0 + c * w;
+            if dd + w <= d {
+                x.store(dst.add(dd));
+            } else if dd < d {
+                let mut tmp = [0f32; 16];
+                x.store(tmp.as_mut_ptr());
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst.add(dd), d - dd);
+            }
+        }
+    }
+}
