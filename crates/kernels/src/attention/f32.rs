@@ -5,6 +5,11 @@
 
 use super::simd::{exp, F32x};
 use super::{Problem, Task, TILE};
+use std::ops::Range;
+
+/// Keys per pass of a tile's Q·Kᵀ: all row blocks of the tile reuse this slice of Kᵀ
+/// (8 KiB at head_dim 32) from L1.
+const KEY_BLOCK: usize = 64;
 
 /// One task: `QR` query rows × `QC` key vectors per Q·Kᵀ register block, `PR` rows × `PC`
 /// d-vectors per P·V block.
@@ -18,13 +23,9 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
     let dp = d.next_multiple_of(PC * w);
     let base = t.b * s * p.row_stride + t.h * d;
 
-    let mut kt = vec![0f32; d * sp];
+    let kt = transposed_k(p, base, sp);
     let mut vp = vec![0f32; s * dp];
     for j in 0..s {
-        let kr = p.k.add(base + j * p.row_stride);
-        for e in 0..d {
-            kt[e * sp + j] = *kr.add(e);
-        }
         std::ptr::copy_nonoverlapping(p.v.add(base + j * p.row_stride), vp.as_mut_ptr().add(j * dp), d);
     }
     let bias = padded_bias(p, t.b, sp);
@@ -34,14 +35,19 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
     for i0 in t.rows.clone().step_by(TILE) {
         let n = TILE.min(t.rows.end - i0);
         let q_row = |i: usize| p.q.add(base + i * p.row_stride);
-        let mut r = 0;
-        while r + QR <= n {
-            qk_block::<V, QR, QC>(p, |x| q_row(i0 + r + x), &kt, sp, &bias, sc.as_mut_ptr().add(r * sp));
-            r += QR;
-        }
-        while r < n {
-            qk_block::<V, 1, QC>(p, |_| q_row(i0 + r), &kt, sp, &bias, sc.as_mut_ptr().add(r * sp));
-            r += 1;
+        for j0 in (0..sp).step_by(KEY_BLOCK.next_multiple_of(QC * w)) {
+            let keys = j0..sp.min(j0 + KEY_BLOCK.next_multiple_of(QC * w));
+            let mut r = 0;
+            while r + QR <= n {
+                let dst = sc.as_mut_ptr().add(r * sp);
+                qk_block::<V, QR, QC>(p, |x| q_row(i0 + r + x), &kt, sp, keys.clone(), &bias, dst);
+                r += QR;
+            }
+            while r < n {
+                let dst = sc.as_mut_ptr().add(r * sp);
+                qk_block::<V, 1, QC>(p, |_| q_row(i0 + r), &kt, sp, keys.clone(), &bias, dst);
+                r += 1;
+            }
         }
         for (r, inv) in inv.iter_mut().enumerate().take(n) {
             *inv = 1.0 / softmax_row::<V>(sc.as_mut_ptr().add(r * sp), s, sp);
@@ -58,6 +64,23 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
     }
 }
 
+/// Kᵀ of the head at `base`, `[head_dim][sp]` with zero padding, built 8 keys at a time so that
+/// both the 8 source rows and the destination lines stay in L1.
+unsafe fn transposed_k(p: &Problem, base: usize, sp: usize) -> Vec<f32> {
+    let mut kt = vec![0f32; p.head_dim * sp];
+    for j0 in (0..p.seq).step_by(8) {
+        let rows = (p.seq - j0).min(8);
+        let src = p.k.add(base + j0 * p.row_stride);
+        for e in 0..p.head_dim {
+            let dst = kt.as_mut_ptr().add(e * sp + j0);
+            for r in 0..rows {
+                *dst.add(r) = *src.add(r * p.row_stride + e);
+            }
+        }
+    }
+    kt
+}
+
 /// Batch `b`'s key biases padded to `sp` (zeros; the padded keys' scores are overwritten with -inf).
 pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, sp: usize) -> Vec<f32> {
     let mut bias = vec![0f32; sp];
@@ -67,7 +90,7 @@ pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, sp: usize) -> Vec<f32> {
     bias
 }
 
-/// Scores of `R` query rows against all `sp` (padded) keys: `max(scale·q·k + bias, f32::MIN)`,
+/// Scores of `R` query rows against the (padded) keys `keys`: `max(scale·q·k + bias, f32::MIN)`,
 /// written row-major with row stride `sp`. `kt` is Kᵀ, `[head_dim][sp]`.
 #[inline(always)]
 unsafe fn qk_block<V: F32x, const R: usize, const C: usize>(
@@ -75,12 +98,13 @@ unsafe fn qk_block<V: F32x, const R: usize, const C: usize>(
     q_row: impl Fn(usize) -> *const f32,
     kt: &[f32],
     sp: usize,
+    keys: Range<usize>,
     bias: &[f32],
     dst: *mut f32,
 ) {
     let w = V::W;
     let qs: [*const f32; R] = std::array::from_fn(q_row);
-    for j0 in (0..sp).step_by(C * w) {
+    for j0 in keys.step_by(C * w) {
         let mut acc = [[V::splat(0.0); C]; R];
         for e in 0..p.head_dim {
             let kr = kt.as_ptr().add(e * sp + j0);

@@ -18,11 +18,8 @@ pub(crate) trait F32x: Copy {
     /// `self * b + c` (fused where the ISA has FMA).
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     unsafe fn max(self, o: Self) -> Self;
-    unsafe fn min(self, o: Self) -> Self;
-    /// Round to the nearest integer, ties to even; only used on |x| < 2^22.
-    unsafe fn round(self) -> Self;
-    /// `2^self` for integral lanes in [-126, 127].
-    unsafe fn pow2i(self) -> Self;
+    /// The lanes' bits shifted left by 23 (integer shift), as f32.
+    unsafe fn shl23(self) -> Self;
     /// `self` with the lanes where `x < t` (or `x` is -inf) set to 0.
     unsafe fn zero_where_below(self, x: Self, t: f32) -> Self;
     unsafe fn hmax(self) -> f32;
@@ -30,27 +27,28 @@ pub(crate) trait F32x: Copy {
 }
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
-const EXP_LO: f32 = -87.336_55;
-const EXP_HI: f32 = 88.0;
+/// 1.5·2^23 + 127: adding it rounds x·log2(e) to an integer n and leaves n + 127 in the low bits.
+const MAGIC_BIAS: f32 = 12_583_039.0;
+/// ln 2 = LN2_HI + LN2_LO with LN2_HI exact in 9 bits, so n·LN2_HI is exact even without FMA.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Below this, e^x is subnormal in f32; `exp` returns 0 there.
+const EXP_LO: f32 = -87.336_54;
 
-/// `e^x` per lane, Cephes `expf`: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two so n·ln2_hi is
-/// exact), e^r by a degree-7 polynomial, 2^n through the exponent bits. Relative error ≤ 2 ulp on
-/// [-87.3, 88]; inputs below -87.3 (results that would be subnormal) give exactly 0, -inf gives 0.
+/// `e^x` per lane for x ≤ 0 (softmax arguments): x = n·ln2 + t with |t| ≤ ln2/2, e^t by a degree-5
+/// minimax polynomial (XNNPACK's `rr2_p5` coefficients), 2^n through the exponent bits. Within 2 ulp
+/// on [-87.3, 0] (checked by the tests below); x < -87.34, including -inf, gives exactly 0.
 #[inline(always)]
 pub(crate) unsafe fn exp<V: F32x>(x: V) -> V {
-    let xc = x.min(V::splat(EXP_HI)).max(V::splat(EXP_LO));
-    let n = xc.mul(V::splat(LOG2E)).round();
-    let r = n.mul_add(V::splat(-0.693_359_4), xc);
-    let r = n.mul_add(V::splat(2.121_944_4e-4), r);
-    let z = r.mul(r);
-    let mut y = V::splat(1.987_569_1e-4);
-    y = y.mul_add(r, V::splat(1.398_2e-3));
-    y = y.mul_add(r, V::splat(8.333_452e-3));
-    y = y.mul_add(r, V::splat(4.166_579_6e-2));
-    y = y.mul_add(r, V::splat(0.166_666_65));
-    y = y.mul_add(r, V::splat(0.5));
-    y = y.mul_add(z, r.add(V::splat(1.0)));
-    y.mul(n.pow2i()).zero_where_below(x, EXP_LO)
+    const C: [u32; 5] = [0x3f7f_fffb, 0x3eff_fee3, 0x3e2a_ad40, 0x3d2b_9d0d, 0x3c07_cfce];
+    let c = |i: usize| V::splat(f32::from_bits(C[i]));
+    let biased = x.mul_add(V::splat(LOG2E), V::splat(MAGIC_BIAS));
+    let two_n = biased.shl23();
+    let n = biased.sub(V::splat(MAGIC_BIAS));
+    let t = n.mul_add(V::splat(-LN2_HI), x);
+    let t = n.mul_add(V::splat(-LN2_LO), t);
+    let p = c(4).mul_add(t, c(3)).mul_add(t, c(2)).mul_add(t, c(1)).mul_add(t, c(0));
+    t.mul(two_n).mul_add(p, two_n).zero_where_below(x, EXP_LO)
 }
 
 /// Portable lanes: the `Scalar` ISA, and the carrier of the emulated bf16 kernel.
@@ -107,17 +105,8 @@ impl<const N: usize> F32x for Lanes<N> {
         self.zip(o, |a, b| if a > b { a } else { b })
     }
     #[inline(always)]
-    unsafe fn min(self, o: Self) -> Self {
-        self.zip(o, |a, b| if a < b { a } else { b })
-    }
-    #[inline(always)]
-    unsafe fn round(self) -> Self {
-        const MAGIC: f32 = 12_582_912.0;
-        self.map(|x| (x + MAGIC) - MAGIC)
-    }
-    #[inline(always)]
-    unsafe fn pow2i(self) -> Self {
-        self.map(|n| f32::from_bits(((n as i32 + 127) as u32) << 23))
+    unsafe fn shl23(self) -> Self {
+        self.map(|x| f32::from_bits(x.to_bits() << 23))
     }
     #[inline(always)]
     unsafe fn zero_where_below(self, x: Self, t: f32) -> Self {
@@ -180,17 +169,8 @@ mod x86 {
             Avx2(_mm256_max_ps(self.0, o.0))
         }
         #[inline(always)]
-        unsafe fn min(self, o: Self) -> Self {
-            Avx2(_mm256_min_ps(self.0, o.0))
-        }
-        #[inline(always)]
-        unsafe fn round(self) -> Self {
-            Avx2(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0))
-        }
-        #[inline(always)]
-        unsafe fn pow2i(self) -> Self {
-            let e = _mm256_add_epi32(_mm256_cvtps_epi32(self.0), _mm256_set1_epi32(127));
-            Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
+        unsafe fn shl23(self) -> Self {
+            Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_castps_si256(self.0))))
         }
         #[inline(always)]
         unsafe fn zero_where_below(self, x: Self, t: f32) -> Self {
@@ -252,17 +232,8 @@ mod x86 {
             Avx512(_mm512_max_ps(self.0, o.0))
         }
         #[inline(always)]
-        unsafe fn min(self, o: Self) -> Self {
-            Avx512(_mm512_min_ps(self.0, o.0))
-        }
-        #[inline(always)]
-        unsafe fn round(self) -> Self {
-            Avx512(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0))
-        }
-        #[inline(always)]
-        unsafe fn pow2i(self) -> Self {
-            let e = _mm512_add_epi32(_mm512_cvtps_epi32(self.0), _mm512_set1_epi32(127));
-            Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
+        unsafe fn shl23(self) -> Self {
+            Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_castps_si512(self.0))))
         }
         #[inline(always)]
         unsafe fn zero_where_below(self, x: Self, t: f32) -> Self {
@@ -284,12 +255,12 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// `exp` of every 4096th f32 in [-87.3, 88] and of -inf, -100 and 0 through `V`.
+    /// `exp` on a 2^-10-spaced grid over [-87.3, 0] and at -inf, -100, -87.33 and 0 through `V`.
     unsafe fn exp_all<V: F32x>() -> (Vec<f32>, Vec<f32>) {
         let mut xs: Vec<f32> = (0..)
-            .map(|i| -87.3 + i as f32 * (175.3 / 4096.0 / 16.0))
-            .take_while(|&x| x <= 88.0)
-            .chain([f32::NEG_INFINITY, -100.0, 0.0, -87.33, 88.0])
+            .map(|i| -(i as f32) / 1024.0)
+            .take_while(|&x| x >= -87.3)
+            .chain([f32::NEG_INFINITY, -100.0, f32::MIN, -87.33, -1e-30, 0.0])
             .collect();
         xs.resize(xs.len().next_multiple_of(V::W), 0.0);
         let mut ys = vec![0f32; xs.len()];
