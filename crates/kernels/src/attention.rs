@@ -8,8 +8,12 @@
 //! average of V, as the graph does. A bias of -inf behaves like `f32::MIN` (the graph would give
 //! NaN).
 //!
+//! Keys whose bias is ≤ -1e30 (padding under an `f32::MIN` mask) are skipped whenever a key of
+//! the same batch item is not masked: the graph gives them weight exactly 0, so the result is
+//! the same and padded inputs cost only their real keys.
+//!
 //! Work is split into (batch, head, query-row group) tasks run through [`Parallel`]; each task
-//! packs its head's K and V once into its own scratch, then for every tile of [`TILE`] query rows
+//! packs its head's kept K and V once into its own scratch, then for every tile of [`TILE`] query rows
 //! computes the scores, a vectorised softmax (polynomial `exp`, see `simd.rs`) and P·V. Kernels:
 //! `f32.rs` (every ISA, written once over the vector trait of `simd.rs`) and `bf16.rs` (AVX-512
 //! BF16 `vdpbf16ps`).
@@ -21,6 +25,10 @@ mod simd;
 use crate::{Isa, Parallel};
 use std::fmt;
 use std::ops::Range;
+
+/// Biases at or below this mark padding keys that f32 absorbs exactly (see `f32::kept_keys`);
+/// tasks skip those keys.
+pub(crate) const ABSORBING_BIAS: f32 = -1e30;
 
 /// Query rows per tile: the score tile is `TILE × S` f32 (72 KiB at S = 384).
 pub(crate) const TILE: usize = 48;
@@ -325,6 +333,73 @@ mod kernels {
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
         pub(crate) unsafe fn bf16_avx512(p: &Problem, t: &Task) {
             bf16::task::<bf16::Avx512Bf16, 6, 4, 8, 2>(p, t)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The per-ISA register blockings run in portable lanes, so that the AVX-512 geometry (16
+    //! lanes, 6×4 and 8×2 blocks) is exercised on any CPU: blocking changes which outputs are
+    //! computed together, never the order of any output's sums, so results must be bit-identical
+    //! to the unblocked kernel of the same lane width.
+    use super::simd::Lanes;
+    use super::*;
+    use crate::Serial;
+
+    fn run(task: TaskFn, batch: usize, seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+        let att =
+            Attention { heads, head_dim, precision: AttentionPrecision::F32, isa: Isa::Scalar, emulated: true, task };
+        let hd = heads * head_dim;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let qkv: Vec<f32> = (0..batch * seq * 3 * hd)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        let mask: Vec<f32> = (0..batch * seq).map(|t| if t % 5 == 3 || t < seq { f32::MIN } else { 0.0 }).collect();
+        let mut out = vec![0f32; batch * seq * hd];
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        att.forward(batch, seq, &qkv, &qkv[hd..], &qkv[2 * hd..], 3 * hd, Some(&mask), scale, &mut out, &Serial)
+            .unwrap();
+        out
+    }
+
+    unsafe fn f32_16_avx512_blocks(p: &Problem, t: &Task) {
+        f32::task::<Lanes<16>, 6, 4, 8, 2>(p, t)
+    }
+    unsafe fn f32_16_unblocked(p: &Problem, t: &Task) {
+        f32::task::<Lanes<16>, 1, 1, 1, 1>(p, t)
+    }
+    unsafe fn f32_8_avx2_blocks(p: &Problem, t: &Task) {
+        f32::task::<Lanes<8>, 6, 2, 6, 2>(p, t)
+    }
+    unsafe fn f32_8_unblocked(p: &Problem, t: &Task) {
+        f32::task::<Lanes<8>, 1, 1, 1, 1>(p, t)
+    }
+    unsafe fn bf16_avx512_blocks(p: &Problem, t: &Task) {
+        bf16::task::<bf16::Emulated, 6, 4, 8, 2>(p, t)
+    }
+
+    #[test]
+    fn register_blockings_give_the_unblocked_bits() {
+        let pairs: [(&str, TaskFn, TaskFn); 3] = [
+            ("f32 16 lanes 6x4/8x2", f32_16_avx512_blocks, f32_16_unblocked),
+            ("f32 8 lanes 6x2/6x2", f32_8_avx2_blocks, f32_8_unblocked),
+            ("bf16 6x4/8x2", bf16_avx512_blocks, kernels::BF16_EMULATED),
+        ];
+        for (name, blocked, plain) in pairs {
+            for (batch, seq, heads, head_dim) in
+                [(2, 1, 3, 8), (1, 7, 2, 20), (2, 97, 3, 32), (1, 130, 2, 64), (1, 50, 1, 7)]
+            {
+                let (a, b) = (run(blocked, batch, seq, heads, head_dim), run(plain, batch, seq, heads, head_dim));
+                assert!(a.iter().all(|x| x.is_finite()), "{name}: non-finite output");
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{name}: blocked and unblocked differ at B {batch} S {seq} H {heads} D {head_dim}");
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //! - P: each row rounded to bf16 in order, which is already pairs `(p[2t], p[2t+1])`. The row sum
 //!   is taken over the rounded values, so the output is an exact convex combination of them.
 
-use super::f32::{padded_bias, softmax_row, store_out, store_scores};
+use super::f32::{kept_keys, padded_bias, softmax_row, store_out, store_scores};
 use super::simd::{F32x, Lanes};
 use super::{Problem, Task, TILE};
 
@@ -126,18 +126,21 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
     p: &Problem,
     t: &Task,
 ) {
-    let (s, d, w) = (p.seq, p.head_dim, B::V::W);
-    let (dh, sh) = (d.div_ceil(2), s.div_ceil(2));
-    let sp = s.next_multiple_of(QC * w);
+    let d = p.head_dim;
+    let w = B::V::W;
+    let keys = kept_keys(p, t.b);
+    let nk = keys.len();
+    let (dh, sh) = (d.div_ceil(2), nk.div_ceil(2));
+    let sp = nk.next_multiple_of(QC * w);
     let dp = d.next_multiple_of(PC * w);
-    let base = t.b * s * p.row_stride + t.h * d;
+    let base = t.b * p.seq * p.row_stride + t.h * d;
 
     let mut row = vec![0u16; 2 * dh.max(dp)];
     let mut kp = vec![0u32; dh * sp];
-    for j in 0..s {
+    for (jj, &j) in keys.iter().enumerate() {
         B::to_bf16(p.k.add(base + j * p.row_stride), row.as_mut_ptr(), d);
         for e in 0..dh {
-            kp[e * sp + j] = pair(&row, 2 * e);
+            kp[e * sp + jj] = pair(&row, 2 * e);
         }
     }
     let mut vp = vec![0u32; sh * dp];
@@ -145,15 +148,15 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
     for t2 in 0..sh {
         row.fill(0);
         row2.fill(0);
-        B::to_bf16(p.v.add(base + 2 * t2 * p.row_stride), row.as_mut_ptr(), d);
-        if 2 * t2 + 1 < s {
-            B::to_bf16(p.v.add(base + (2 * t2 + 1) * p.row_stride), row2.as_mut_ptr(), d);
+        B::to_bf16(p.v.add(base + keys[2 * t2] * p.row_stride), row.as_mut_ptr(), d);
+        if 2 * t2 + 1 < nk {
+            B::to_bf16(p.v.add(base + keys[2 * t2 + 1] * p.row_stride), row2.as_mut_ptr(), d);
         }
         for (dd, x) in vp[t2 * dp..(t2 + 1) * dp].iter_mut().enumerate() {
             *x = row[dd] as u32 | (row2[dd] as u32) << 16;
         }
     }
-    let bias = padded_bias(p, t.b, sp);
+    let bias = padded_bias(p, t.b, &keys, sp);
     let mut sc = vec![0f32; TILE * sp];
     let mut qp = vec![0u32; TILE * dh];
     let mut pp = vec![0u16; TILE * sp];
@@ -178,7 +181,7 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
             r += 1;
         }
         for (r, inv) in inv.iter_mut().enumerate().take(n) {
-            softmax_row::<B::V>(sc.as_mut_ptr().add(r * sp), s, sp);
+            softmax_row::<B::V>(sc.as_mut_ptr().add(r * sp), nk, sp);
             *inv = 1.0 / B::to_bf16(sc.as_ptr().add(r * sp), pp.as_mut_ptr().add(r * sp), sp);
         }
         let mut r = 0;

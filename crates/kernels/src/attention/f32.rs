@@ -4,7 +4,7 @@
 //! with the bf16 task.
 
 use super::simd::{exp, F32x};
-use super::{Problem, Task, TILE};
+use super::{Problem, Task, ABSORBING_BIAS, TILE};
 use std::ops::Range;
 
 /// Keys per pass of a tile's Q·Kᵀ: all row blocks of the tile reuse this slice of Kᵀ
@@ -18,17 +18,19 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
     p: &Problem,
     t: &Task,
 ) {
-    let (s, d, w) = (p.seq, p.head_dim, V::W);
-    let sp = s.next_multiple_of(QC * w);
+    let (d, w) = (p.head_dim, V::W);
+    let keys = kept_keys(p, t.b);
+    let nk = keys.len();
+    let sp = nk.next_multiple_of(QC * w);
     let dp = d.next_multiple_of(PC * w);
-    let base = t.b * s * p.row_stride + t.h * d;
+    let base = t.b * p.seq * p.row_stride + t.h * d;
 
-    let kt = transposed_k(p, base, sp);
-    let mut vp = vec![0f32; s * dp];
-    for j in 0..s {
-        std::ptr::copy_nonoverlapping(p.v.add(base + j * p.row_stride), vp.as_mut_ptr().add(j * dp), d);
+    let kt = transposed_k(p, base, &keys, sp);
+    let mut vp = vec![0f32; nk * dp];
+    for (jj, &j) in keys.iter().enumerate() {
+        std::ptr::copy_nonoverlapping(p.v.add(base + j * p.row_stride), vp.as_mut_ptr().add(jj * dp), d);
     }
-    let bias = padded_bias(p, t.b, sp);
+    let bias = padded_bias(p, t.b, &keys, sp);
     let mut sc = vec![0f32; TILE * sp];
     let mut inv = [0f32; TILE];
 
@@ -50,7 +52,7 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
             }
         }
         for (r, inv) in inv.iter_mut().enumerate().take(n) {
-            *inv = 1.0 / softmax_row::<V>(sc.as_mut_ptr().add(r * sp), s, sp);
+            *inv = 1.0 / softmax_row::<V>(sc.as_mut_ptr().add(r * sp), nk, sp);
         }
         let mut r = 0;
         while r + PR <= n {
@@ -64,30 +66,49 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
     }
 }
 
-/// Kᵀ of the head at `base`, `[head_dim][sp]` with zero padding, built 8 keys at a time so that
-/// both the 8 source rows and the destination lines stay in L1.
-unsafe fn transposed_k(p: &Problem, base: usize, sp: usize) -> Vec<f32> {
+/// Kᵀ of the head at `base` over `keys`, `[head_dim][sp]` with zero padding, built 8 keys at a
+/// time so that both the 8 source rows and the destination lines stay in L1.
+unsafe fn transposed_k(p: &Problem, base: usize, keys: &[usize], sp: usize) -> Vec<f32> {
     let mut kt = vec![0f32; p.head_dim * sp];
-    for j0 in (0..p.seq).step_by(8) {
-        let rows = (p.seq - j0).min(8);
-        let src = p.k.add(base + j0 * p.row_stride);
+    for (j0, block) in keys.chunks(8).enumerate().map(|(i, b)| (8 * i, b)) {
+        let src: [*const f32; 8] =
+            std::array::from_fn(|r| p.k.add(base + block[r.min(block.len() - 1)] * p.row_stride));
         for e in 0..p.head_dim {
             let dst = kt.as_mut_ptr().add(e * sp + j0);
-            for r in 0..rows {
-                *dst.add(r) = *src.add(r * p.row_stride + e);
+            for (r, src) in src.iter().enumerate().take(block.len()) {
+                *dst.add(r) = *src.add(e);
             }
         }
     }
     kt
 }
 
-/// Batch `b`'s key biases padded to `sp` (zeros; the padded keys' scores are overwritten with -inf).
-pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, sp: usize) -> Vec<f32> {
+/// Batch `b`'s biases of `keys`, padded to `sp` (zeros; the padded keys' scores are overwritten
+/// with -inf).
+pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, keys: &[usize], sp: usize) -> Vec<f32> {
     let mut bias = vec![0f32; sp];
     if let Some(m) = p.mask {
-        std::ptr::copy_nonoverlapping(m.add(b * p.seq), bias.as_mut_ptr(), p.seq);
+        for (x, &j) in bias.iter_mut().zip(keys) {
+            *x = *m.add(b * p.seq + j);
+        }
     }
     bias
+}
+
+/// The keys of batch item `b` that can carry weight: every key, except that keys whose bias is
+/// ≤ [`ABSORBING_BIAS`] are dropped when some key's bias is above it. In f32 their score rounds
+/// to their bias, at least ~1e30 below the row max, so the exported graph gives them weight
+/// exactly 0 (for |scale·q·k| < 1e20, and finite K and V at those keys). If every key is below,
+/// all are kept: the row is then the graph's uniform average.
+pub(crate) unsafe fn kept_keys(p: &Problem, b: usize) -> Vec<usize> {
+    let all = || (0..p.seq).collect();
+    let Some(m) = p.mask else { return all() };
+    let kept: Vec<usize> = (0..p.seq).filter(|&j| *m.add(b * p.seq + j) > ABSORBING_BIAS).collect();
+    if kept.is_empty() {
+        all()
+    } else {
+        kept
+    }
 }
 
 /// Scores of `R` query rows against the (padded) keys `keys`: `max(scale·q·k + bias, f32::MIN)`,
@@ -177,9 +198,10 @@ unsafe fn pv_block<V: F32x, const R: usize, const C: usize>(
     inv: &[f32],
 ) {
     let w = V::W;
+    let nk = vp.len() / dp;
     for d0 in (0..dp).step_by(C * w) {
         let mut acc = [[V::splat(0.0); C]; R];
-        for j in 0..p.seq {
+        for j in 0..nk {
             let vr = vp.as_ptr().add(j * dp + d0);
             let mut vv = [V::splat(0.0); C];
             for (c, vv) in vv.iter_mut().enumerate() {
