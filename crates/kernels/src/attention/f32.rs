@@ -199,6 +199,7 @@ unsafe fn pv_block<V: F32x, const R: usize, const C: usize>(
 ) {
     let w = V::W;
     let nk = vp.len() / dp;
+    let ps: [*const f32; R] = std::array::from_fn(|r| pr.add(r * sp));
     for d0 in (0..dp).step_by(C * w) {
         let mut acc = [[V::splat(0.0); C]; R];
         for j in 0..nk {
@@ -207,8 +208,8 @@ unsafe fn pv_block<V: F32x, const R: usize, const C: usize>(
             for (c, vv) in vv.iter_mut().enumerate() {
                 *vv = V::load(vr.add(c * w));
             }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let pb = V::splat(*pr.add(r * sp + j));
+            for (acc, p) in acc.iter_mut().zip(ps) {
+                let pb = V::splat(*p.add(j));
                 for (a, vv) in acc.iter_mut().zip(vv) {
                     *a = pb.mul_add(vv, *a);
                 }
