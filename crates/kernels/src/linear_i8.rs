@@ -405,6 +405,7 @@ pub(crate) fn prep_tile<E: Copy + From<u8>>(
         Rows::F32 { zp, .. } => zp,
         Rows::U8(_) => 0,
     };
+    let rowbuf = &mut rowbuf[..k];
     for tt in 0..tw {
         let src: &[u8] = if tt < tvalid {
             let t = t0 + tt;
@@ -634,7 +635,7 @@ impl LinearI8 {
         let n_tiles = t.div_ceil(tw);
         let isa = self.isa;
         let prep = |tiles: Range<usize>, chunk: &mut [u8]| {
-            let mut rowbuf = vec![0u8; k];
+            let mut rowbuf = vec![0u8; 16 * k];
             for (i, tile) in tiles.enumerate() {
                 let t0 = tile * tw;
                 let out = &mut chunk[i * k * tw..(i + 1) * k * tw];
@@ -650,14 +651,14 @@ impl LinearI8 {
             Isa::Avx2 => {
                 let mut xt = vec![0i16; n_tiles * k * tw];
                 per_tile_chunk(&mut xt, k * tw, n_tiles, par, &|tiles, chunk| {
-                    let mut rowbuf = vec![0u8; k];
+                    let mut rowbuf = vec![0u8; 16 * k];
                     for (i, tile) in tiles.enumerate() {
                         let t0 = tile * tw;
                         let out = &mut chunk[i * k * tw..(i + 1) * k * tw];
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: the ISA was checked supported at creation.
                         unsafe {
-                            avx2::prep_i16(rows, k, t0, tw.min(t - t0), tw, &mut rowbuf, out)
+                            avx2::prep_i16(rows, k, t0, tw.min(t - t0), &mut rowbuf, out)
                         }
                         #[cfg(not(target_arch = "x86_64"))]
                         prep_tile(rows, k, t0, tw.min(t - t0), tw, &mut rowbuf, out);
@@ -724,5 +725,57 @@ pub(crate) fn check_len(what: &str, len: usize, t: usize, cols: usize) -> Result
     match t.checked_mul(cols) {
         Some(want) if want == len => Ok(()),
         _ => Err(kerr!("{what} have {len} elements, expected T·{cols} = {t}·{cols}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 transposing passes give the same `[K][TW]` layout as the portable [`prep_tile`]
+    /// (the VNNI kernel's u8 layout is prepared by AVX2 code, so it is checked on AVX2-only CPUs too).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_activation_passes_match_the_portable_one() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED: no AVX2");
+            return;
+        }
+        let mut seed = 1u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            seed
+        };
+        for (k, t) in [(1, 1), (31, 17), (32, 64), (70, 100), (384, 65)] {
+            let x: Vec<f32> = (0..t * k)
+                .map(|i| match i % 97 {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => -1e30,
+                    _ => (next() % 20_000) as f32 / 1000.0 - 10.0,
+                })
+                .collect();
+            let xq: Vec<u8> = (0..t * k).map(|_| next() as u8).collect();
+            for rows in [Rows::F32 { x: &x, scale: 0.037, zp: 117 }, Rows::U8(&xq)] {
+                for tw in [16, 64] {
+                    for t0 in (0..t).step_by(tw) {
+                        let tvalid = tw.min(t - t0);
+                        let mut want = vec![0u8; k * tw];
+                        prep_tile(rows, k, t0, tvalid, tw, &mut vec![0; k], &mut want);
+                        let mut rowbuf = vec![0u8; 16 * k];
+                        let mut got = vec![0u8; k * tw];
+                        // SAFETY: AVX2 checked above.
+                        unsafe { avx2::prep_u8(rows, k, t0, tvalid, tw, &mut rowbuf, &mut got) };
+                        assert_eq!(got, want, "u8 K={k} T={t} t0={t0} tw={tw}");
+                        if tw == 16 {
+                            let mut got16 = vec![0i16; k * 16];
+                            // SAFETY: AVX2 checked above.
+                            unsafe { avx2::prep_i16(rows, k, t0, tvalid, &mut rowbuf, &mut got16) };
+                            assert!(got16.iter().zip(&want).all(|(&a, &b)| a == b as i16), "i16 K={k} t0={t0}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{epilogue_i8, prep_tile, EpiI8, Out, Rows, BLOCK, GROUP, GW};
+use super::{epilogue_i8, quantize_u8, EpiI8, Out, Rows, BLOCK, GROUP, GW};
 
 const TW: usize = 16;
 
@@ -73,27 +73,107 @@ pub(super) unsafe fn tile(
     }
 }
 
-/// [`prep_tile`] to i16, vectorised for AVX2.
-///
-/// # Safety
-/// AVX2 must be available.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn prep_i16(
-    rows: Rows<'_>,
-    k: usize,
-    t0: usize,
-    tvalid: usize,
-    tw: usize,
-    rowbuf: &mut [u8],
-    out: &mut [i16],
-) {
-    prep_tile(rows, k, t0, tvalid, tw, rowbuf, out)
+/// Fills `rowbuf [16][K]` with quantized (or copied) tokens `t0..t0 + 16`, rows past `tvalid` with `pad`.
+#[inline(always)]
+fn fill_rows(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u8]) {
+    let pad = match rows {
+        Rows::F32 { zp, .. } => zp,
+        Rows::U8(_) => 0,
+    };
+    for (r, dst) in rowbuf.chunks_exact_mut(k).take(16).enumerate() {
+        if r >= tvalid {
+            dst.fill(pad);
+            continue;
+        }
+        let t = t0 + r;
+        match rows {
+            // SAFETY: AVX2 is enabled in every caller.
+            Rows::F32 { x, scale, zp } => unsafe { quantize_row(&x[t * k..(t + 1) * k], scale, zp, dst) },
+            Rows::U8(xq) => dst.copy_from_slice(&xq[t * k..(t + 1) * k]),
+        }
+    }
 }
 
-/// [`prep_tile`] to u8, vectorised for AVX2.
+/// [`quantize_u8`] of each element, 32 at a time: `vdivps` (a true division, as ONNX), round to
+/// nearest even, add the zero point, clamp to [0, 255] (NaN → 0, as `max` returns its second
+/// operand), convert and pack.
+#[inline(always)]
+unsafe fn quantize_row(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
+    let n = x.len().min(out.len());
+    let (vs, vz) = (_mm256_set1_ps(scale), _mm256_set1_ps(zp as f32));
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 ≤ n ≤ both lengths.
+        unsafe {
+            let q: [__m256i; 4] = std::array::from_fn(|j| {
+                let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), vs);
+                let r = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), vz);
+                _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+            });
+            let b = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, _mm256_permutevar8x32_epi32(b, order));
+        }
+        i += 32;
+    }
+    for j in i..n {
+        out[j] = quantize_u8(x[j], scale, zp as f32);
+    }
+}
+
+/// Transposes `rowbuf [16][K]` (u8) into `store(kk, tokens)` calls, 16 tokens per input index:
+/// two 16×16 byte transposes per 32 indices (4 rounds of in-lane `vpunpck{l,h}bw`), the tail
+/// index by index.
+#[inline(always)]
+unsafe fn transpose16(rowbuf: &[u8], k: usize, mut store: impl FnMut(usize, __m128i)) {
+    assert!(rowbuf.len() >= 16 * k);
+    let p = rowbuf.as_ptr();
+    let mut kb = 0;
+    while kb + 32 <= k {
+        // SAFETY: rows r < 16 and bytes kb..kb + 32 ≤ k lie inside `rowbuf` (asserted above).
+        let mut v: [__m256i; 16] =
+            std::array::from_fn(|r| unsafe { _mm256_loadu_si256(p.add(r * k + kb) as *const __m256i) });
+        for _ in 0..4 {
+            let mut nv = [_mm256_setzero_si256(); 16];
+            for i in 0..8 {
+                nv[2 * i] = _mm256_unpacklo_epi8(v[i], v[i + 8]);
+                nv[2 * i + 1] = _mm256_unpackhi_epi8(v[i], v[i + 8]);
+            }
+            v = nv;
+        }
+        for (i, v) in v.iter().enumerate() {
+            store(kb + i, _mm256_castsi256_si128(*v));
+            store(kb + 16 + i, _mm256_extracti128_si256::<1>(*v));
+        }
+        kb += 32;
+    }
+    for kk in kb..k {
+        let col: [u8; 16] = std::array::from_fn(|r| rowbuf[r * k + kk]);
+        // SAFETY: reads 16 bytes from a 16-byte array.
+        store(kk, unsafe { _mm_loadu_si128(col.as_ptr() as *const __m128i) });
+    }
+}
+
+/// Tokens `t0..t0 + tvalid` quantized/copied into `out [K][16]` as i16 (the AVX2 kernel's layout).
 ///
 /// # Safety
-/// AVX2 must be available.
+/// AVX2 must be available; `rowbuf.len() ≥ 16·K`, `out.len() ≥ 16·K`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn prep_i16(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u8], out: &mut [i16]) {
+    assert!(out.len() >= 16 * k);
+    fill_rows(rows, k, t0, tvalid, rowbuf);
+    let o = out.as_mut_ptr();
+    // SAFETY: kk < K, so the 16 i16 at kk·16 lie inside `out` (asserted above).
+    unsafe {
+        transpose16(rowbuf, k, |kk, v| _mm256_storeu_si256(o.add(kk * 16) as *mut __m256i, _mm256_cvtepu8_epi16(v)))
+    }
+}
+
+/// Tokens `t0..t0 + tvalid` quantized/copied into `out [K][tw]` as u8 (`tw` a multiple of 16).
+///
+/// # Safety
+/// AVX2 must be available; `rowbuf.len() ≥ 16·K`, `out.len() ≥ tw·K`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn prep_u8(
     rows: Rows<'_>,
@@ -104,7 +184,13 @@ pub(super) unsafe fn prep_u8(
     rowbuf: &mut [u8],
     out: &mut [u8],
 ) {
-    prep_tile(rows, k, t0, tvalid, tw, rowbuf, out)
+    assert!(out.len() >= tw * k && tw % 16 == 0);
+    let o = out.as_mut_ptr();
+    for g in 0..tw / 16 {
+        fill_rows(rows, k, t0 + 16 * g, tvalid.saturating_sub(16 * g), rowbuf);
+        // SAFETY: kk < K and 16·g + 16 ≤ tw, inside `out` (asserted above).
+        unsafe { transpose16(rowbuf, k, |kk, v| _mm_storeu_si128(o.add(kk * tw + 16 * g) as *mut __m128i, v)) }
+    }
 }
 
 /// [`epilogue_i8`] vectorised for AVX2 (same operations, same bits).
