@@ -14,8 +14,9 @@ with a quarter of the keys at f32 min (as the Rust bench):
   - "ORT MHA": ORT's own fused com.microsoft.MultiHeadAttention contrib op with the same bias
     as attention_bias [B, 1, S, S] (the bias repeated per query: the op has no per-key float mask).
 
-Times are medians of wall time per call; "cpu" is process CPU time per call (all threads), which
-on a shared machine excludes the time spent waiting for a core.
+Per call: the median and the fastest wall time, and the process CPU time (all threads), which on
+a shared machine excludes time spent waiting for a core (ORT's pool spins while it waits, so its
+2-thread CPU time counts spinning too).
 
   python3 benches/attention_ort.py PATH/TO/attention_bench [--secs S]
 """
@@ -139,18 +140,23 @@ def check(bench, rng):
                     raise SystemExit(f"{out}: kernel disagrees with ORT")
 
 
+def ratio(a, b):
+    return f"{a / b:.2f}x"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("bench", help="the built attention_bench example")
-    ap.add_argument("--secs", type=float, default=0.5)
+    ap.add_argument("--secs", type=float, default=1.0)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     check(args.bench, rng)
-    print(f"\nspeed: onnxruntime {ort.__version__}, {HEADS} heads x {HEAD_DIM}, a quarter of the keys masked; "
-          "ms = median wall ms per call, cpu = CPU ms per call (all threads); GFLOP/s = 4*B*H*S^2*D / wall")
-    print(f"{'batch':>5} {'seq':>4} {'thr':>3} | {'ops ms':>8} {'cpu':>8} {'MHA ms':>8} {'cpu':>8} | "
-          f"{'kernel':>16} {'ms':>8} {'cpu':>8} {'GFLOP/s':>8} | {'vs ops':>6} {'vs MHA':>6} {'cpu vs ops':>10} "
-          f"{'cpu vs MHA':>10}")
+    print(f"\nspeed: onnxruntime {ort.__version__}, {HEADS} heads x {HEAD_DIM}, a quarter of the keys masked (f32 min); "
+          "per call: med = median wall ms, min = fastest call ms, cpu = CPU ms (all threads); "
+          "GFLOP/s = 4*B*H*S^2*D / fastest call")
+    print(f"{'batch':>5} {'seq':>4} {'thr':>3} | {'ORT ops med':>11} {'min':>8} {'cpu':>8} | {'ORT MHA med':>11} {'min':>8} "
+          f"{'cpu':>8} | {'kernel':>16} {'med':>8} {'min':>8} {'cpu':>8} {'GFLOP/s':>7} | "
+          f"{'vs ops med':>10} {'min':>6} {'cpu':>6} | {'vs MHA med':>10} {'min':>6} {'cpu':>6}")
     for b, s in [(1, 128), (1, 384), (16, 128), (16, 384)]:
         for threads in (1, 2):
             feeds = inputs(b, s, rng)
@@ -167,15 +173,18 @@ def main():
                                  check=True, capture_output=True, text=True).stdout
             t2, c2 = timed(args.secs / 2, lambda: ops.run(None, feeds))
             t3, c3 = timed(args.secs / 2, lambda: mha.run(None, mha_feeds))
-            t_ops, c_ops = statistics.median(t_ops + t2), (c_ops + c2) / 2
-            t_mha, c_mha = statistics.median(t_mha + t3), (c_mha + c3) / 2
+            t_ops, c_ops = t_ops + t2, (c_ops + c2) / 2
+            t_mha, c_mha = t_mha + t3, (c_mha + c3) / 2
+            o_med, o_min, m_med, m_min = statistics.median(t_ops), min(t_ops), statistics.median(t_mha), min(t_mha)
             flops = 4 * b * HEADS * s * s * HEAD_DIM
             for r in (json.loads(line) for line in out.splitlines() if line.startswith("{")):
-                t, c = r["ms"] / 1e3, r["cpu_ms"] / 1e3
+                k_med, k_min, k_cpu = r["ms"] / 1e3, r["min_ms"] / 1e3, r["cpu_ms"] / 1e3
                 name = f"{r['precision']} {r['isa']}"
-                print(f"{b:>5} {s:>4} {threads:>3} | {t_ops * 1e3:>8.3f} {c_ops * 1e3:>8.3f} {t_mha * 1e3:>8.3f} "
-                      f"{c_mha * 1e3:>8.3f} | {name:>16} {t * 1e3:>8.3f} {c * 1e3:>8.3f} {flops / t / 1e9:>8.1f} | "
-                      f"{t_ops / t:>5.2f}x {t_mha / t:>5.2f}x {c_ops / c:>9.2f}x {c_mha / c:>9.2f}x", flush=True)
+                print(f"{b:>5} {s:>4} {threads:>3} | {o_med * 1e3:>11.3f} {o_min * 1e3:>8.3f} {c_ops * 1e3:>8.3f} | "
+                      f"{m_med * 1e3:>11.3f} {m_min * 1e3:>8.3f} {c_mha * 1e3:>8.3f} | {name:>16} {k_med * 1e3:>8.3f} "
+                      f"{k_min * 1e3:>8.3f} {k_cpu * 1e3:>8.3f} {flops / k_min / 1e9:>7.1f} | "
+                      f"{ratio(o_med, k_med):>10} {ratio(o_min, k_min):>6} {ratio(c_ops, k_cpu):>6} | "
+                      f"{ratio(m_med, k_med):>10} {ratio(m_min, k_min):>6} {ratio(c_mha, k_cpu):>6}", flush=True)
 
 
 if __name__ == "__main__":
