@@ -83,13 +83,15 @@ unsafe fn transposed_k(p: &Problem, base: usize, keys: &[usize], sp: usize) -> V
     kt
 }
 
-/// Batch `b`'s biases of `keys`, padded to `sp` (zeros; the padded keys' scores are overwritten
-/// with -inf).
+/// Batch `b`'s biases of `keys`, at least `f32::MIN` (so a -inf bias behaves like `f32::MIN` and a
+/// fully masked row stays finite), padded to `sp` with zeros (the padded keys' scores are
+/// overwritten with -inf).
 pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, keys: &[usize], sp: usize) -> Vec<f32> {
     let mut bias = vec![0f32; sp];
     if let Some(m) = p.mask {
         for (x, &j) in bias.iter_mut().zip(keys) {
-            *x = *m.add(b * p.seq + j);
+            let bias = *m.add(b * p.seq + j);
+            *x = if bias < f32::MIN { f32::MIN } else { bias };
         }
     }
     bias
@@ -111,7 +113,7 @@ pub(crate) unsafe fn kept_keys(p: &Problem, b: usize) -> Vec<usize> {
     }
 }
 
-/// Scores of `R` query rows against the (padded) keys `keys`: `max(scale·q·k + bias, f32::MIN)`,
+/// Scores of `R` query rows against the (padded) keys `keys`: `scale·q·k + bias`,
 /// written row-major with row stride `sp`. `kt` is Kᵀ, `[head_dim][sp]`.
 #[inline(always)]
 unsafe fn qk_block<V: F32x, const R: usize, const C: usize>(
@@ -144,8 +146,7 @@ unsafe fn qk_block<V: F32x, const R: usize, const C: usize>(
     }
 }
 
-/// `max(acc·scale + bias, f32::MIN)` for an `R × C` block of score vectors; the clamp makes -inf
-/// biases behave like `f32::MIN` (a fully masked row stays finite).
+/// `acc·scale + bias` for an `R × C` block of score vectors.
 #[inline(always)]
 pub(crate) unsafe fn store_scores<V: F32x, const R: usize, const C: usize>(
     scale: f32,
@@ -154,10 +155,10 @@ pub(crate) unsafe fn store_scores<V: F32x, const R: usize, const C: usize>(
     dst: *mut f32,
     sp: usize,
 ) {
-    let (scale, lo) = (V::splat(scale), V::splat(f32::MIN));
+    let scale = V::splat(scale);
     for (r, acc) in acc.iter().enumerate() {
         for (c, a) in acc.iter().enumerate() {
-            let x = a.mul(scale).add(V::load(bias.add(c * V::W))).max(lo);
+            let x = a.mul(scale).add(V::load(bias.add(c * V::W)));
             x.store(dst.add(r * sp + c * V::W));
         }
     }
