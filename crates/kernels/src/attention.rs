@@ -13,10 +13,10 @@
 //! the same and padded inputs cost only their real keys.
 //!
 //! Work is split into (batch, head, query-row group) tasks run through [`Parallel`]; each task
-//! packs its head's kept K and V once into its own scratch, then for every tile of [`TILE`] query rows
-//! computes the scores, a vectorised softmax (polynomial `exp`, see `simd.rs`) and P·V. Kernels:
-//! `f32.rs` (every ISA, written once over the vector trait of `simd.rs`) and `bf16.rs` (AVX-512
-//! BF16 `vdpbf16ps`).
+//! packs its head's kept K and V once into its own scratch, then for every tile of `TILE` query
+//! rows computes the scores, a vectorised softmax (polynomial `exp`, see `simd.rs`) and P·V.
+//! Kernels: `f32.rs` (every ISA, written once over the vector trait of `simd.rs`) and `bf16.rs`
+//! (AVX-512 BF16 `vdpbf16ps`).
 
 mod bf16;
 mod f32;
@@ -203,6 +203,11 @@ impl Attention {
     /// is passed as `&qkv[0..]`, `&qkv[H·D..]`, `&qkv[2·H·D..]` with `row_stride = 3·H·D`, and
     /// separate tensors with `row_stride = H·D`. `mask_bias` is `[B, S]` (one additive bias per
     /// key), `out` is `[B, S, H·D]`.
+    ///
+    /// Slices too short for the shape, a `row_stride` below `H·D`, a wrong `out` or `mask_bias`
+    /// length or a non-finite `scale` give [`AttnError::BadInput`] naming the argument; nothing is
+    /// written then. Keys with bias ≤ -1e30 are skipped as the module doc says, so a NaN or inf
+    /// in K or V at such a padding key does not reach the output (in the graph it would).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
