@@ -3,9 +3,10 @@
 //! unstructured patterns, 1 and 2 threads, on the ISA `SPARSEC_ISA` selects (default: the best this
 //! CPU has). Per configuration it times `LinearI8::forward` (f32 in, dynamic quantization, f32 out)
 //! and `matmul_u8_i32` (u8 in, i32 out): median wall time per call over a short loop (`--secs`,
-//! at least 3 calls), non-zero GMAC/s (`T·nnz(W)` over that time) and the share of the integer
-//! peak measured here by a register-only microbench (`vpdpbusd` on AVX-512 VNNI, `vpmaddwd`+`vpaddd`
-//! on AVX2; per core, times the thread count).
+//! at least 3 calls) and CPU time per call (all threads, `CLOCK_PROCESS_CPUTIME_ID`: on a
+//! shared machine a long call is preempted, and wall time then counts the wait), non-zero GMAC/s
+//! (`T·nnz(W)` over the time) and the share of the integer peak measured here by a register-only
+//! microbench in CPU time (`vpdpbusd` on AVX-512 VNNI, `vpmaddwd`+`vpaddd` on AVX2; per core).
 //!
 //!   cargo run --release -p sparsec-kernels --example kernel_bench -- [--json] [--secs S]
 //!       [--only K,N,T,THREADS]
@@ -186,14 +187,30 @@ fn weights(rng: &mut Rng, k: usize, n: usize, pattern: &str, sparsity: f64) -> V
     w
 }
 
-/// CPU seconds this process's threads have run (Linux `/proc/self/task/*/schedstat`, ns), summed.
+#[cfg(target_os = "linux")]
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+}
+
+/// CPU seconds of all this process's threads (Linux `CLOCK_PROCESS_CPUTIME_ID`); 0 elsewhere.
 fn cpu_seconds() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        / 1e9
+    #[cfg(target_os = "linux")]
+    {
+        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec (64-bit Linux layout).
+        if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.sec as f64 + ts.nsec as f64 * 1e-9;
+        }
+    }
+    0.0
 }
 
 /// Median wall seconds per call of `f` over at least 3 calls and `secs` seconds (after one
@@ -217,7 +234,6 @@ fn time(secs: f64, mut f: impl FnMut()) -> (f64, f64) {
 mod peak {
     use std::arch::x86_64::*;
     use std::hint::black_box;
-    use std::time::Instant;
 
     const CHAINS: usize = 12;
     const ITERS: usize = 2_000_000;
@@ -228,13 +244,13 @@ mod peak {
         let a = _mm512_set1_epi8(black_box(3));
         let b = _mm512_set1_epi8(black_box(-2));
         let mut acc = [_mm512_setzero_si512(); CHAINS];
-        let t = Instant::now();
+        let t = super::cpu_seconds();
         for _ in 0..ITERS {
             for v in acc.iter_mut() {
                 *v = _mm512_dpbusd_epi32(*v, a, b);
             }
         }
-        let s = t.elapsed().as_secs_f64();
+        let s = super::cpu_seconds() - t;
         black_box(acc);
         (ITERS * CHAINS * 64) as f64 / s
     }
@@ -247,7 +263,7 @@ mod peak {
         let mut a = [_mm256_set1_epi16(black_box(3)); CHAINS];
         let b = _mm256_set1_epi16(black_box(-2));
         let mut acc = [_mm256_setzero_si256(); CHAINS];
-        let t = Instant::now();
+        let t = super::cpu_seconds();
         for _ in 0..ITERS {
             for (v, a) in acc.iter_mut().zip(a.iter_mut()) {
                 // SAFETY: an empty instruction string; it only hides `a`'s value from the optimiser.
@@ -255,12 +271,13 @@ mod peak {
                 *v = _mm256_add_epi32(*v, _mm256_madd_epi16(*a, b));
             }
         }
-        let s = t.elapsed().as_secs_f64();
+        let s = super::cpu_seconds() - t;
         black_box(acc);
         (ITERS * CHAINS * 16) as f64 / s
     }
 
-    /// Best of 3 runs of the ISA's microbench, MAC/s per core; `None` when the CPU lacks it.
+    /// Best of 5 runs of the ISA's microbench, MAC/s per core of CPU time (not wall time, which a
+    /// shared machine inflates); `None` when the CPU lacks it.
     pub fn measure(isa: super::Isa) -> Option<f64> {
         let run = || match isa {
             // SAFETY: only called when the CPU supports the ISA (checked below).
@@ -268,7 +285,7 @@ mod peak {
             super::Isa::Avx2 => unsafe { avx2() },
             super::Isa::Scalar => 0.0,
         };
-        (isa.supported() && isa != super::Isa::Scalar).then(|| (0..3).map(|_| run()).fold(0.0, f64::max))
+        (isa.supported() && isa != super::Isa::Scalar).then(|| (0..5).map(|_| run()).fold(0.0, f64::max))
     }
 }
 
