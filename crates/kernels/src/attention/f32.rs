@@ -146,7 +146,8 @@ unsafe fn qk_block<V: F32x, const R: usize, const C: usize>(
     }
 }
 
-/// `acc·scale + bias` for an `R × C` block of score vectors.
+/// `acc·scale + bias` for an `R × C` block of score vectors (one rounding where the ISA has FMA;
+/// the graph's `Div` then `Add` round twice, at most 1 ulp of the score apart).
 #[inline(always)]
 pub(crate) unsafe fn store_scores<V: F32x, const R: usize, const C: usize>(
     scale: f32,
@@ -158,7 +159,7 @@ pub(crate) unsafe fn store_scores<V: F32x, const R: usize, const C: usize>(
     let scale = V::splat(scale);
     for (r, acc) in acc.iter().enumerate() {
         for (c, a) in acc.iter().enumerate() {
-            let x = a.mul(scale).add(V::load(bias.add(c * V::W)));
+            let x = a.mul_add(scale, V::load(bias.add(c * V::W)));
             x.store(dst.add(r * sp + c * V::W));
         }
     }
