@@ -9,7 +9,7 @@
 //! microbench in CPU time (`vpdpbusd` on AVX-512 VNNI, `vpmaddwd`+`vpaddd` on AVX2; per core).
 //!
 //!   cargo run --release -p sparsec-kernels --example kernel_bench -- [--json] [--secs S]
-//!       [--only K,N,T,THREADS]
+//!       [--only K,N,T,THREADS] [--pattern dense|4x1|1x4|unstructured]
 //!
 //! `--json` prints one JSON object per line (first the peaks) for `benches/kernels.py`, which
 //! times ONNX Runtime's dense int8 on the same shapes around each group. Threads come from a small
@@ -300,10 +300,11 @@ struct Args {
     json: bool,
     secs: f64,
     only: Option<(usize, usize, usize, usize)>,
+    pattern: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { json: false, secs: 0.15, only: None };
+    let mut a = Args { json: false, secs: 0.15, only: None, pattern: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -319,6 +320,7 @@ fn parse_args() -> Result<Args, String> {
                 let [k, n, t, th] = v[..] else { return Err("--only needs K,N,T,THREADS".into()) };
                 a.only = Some((k, n, t, th));
             }
+            "--pattern" => a.pattern = Some(it.next().ok_or("--pattern needs dense|4x1|1x4|unstructured")?),
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
@@ -392,6 +394,7 @@ fn main() {
                 for p in PATTERNS {
                     configs.extend(SPARSITIES.iter().map(|&s| (p, s)));
                 }
+                configs.retain(|(p, _)| args.pattern.as_deref().is_none_or(|want| want == *p));
                 for (pattern, sparsity) in configs {
                     let w = weights(&mut rng, k, n, pattern, sparsity);
                     let w_scale: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-5).collect();

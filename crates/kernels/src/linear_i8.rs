@@ -243,7 +243,7 @@ impl Plan {
     pub fn new(n_tiles: usize, group_start: &[usize], threads: usize) -> Plan {
         let n_blocks = group_start.len() - 1;
         if threads <= 1 {
-            return Plan { tiles: vec![0..n_tiles], blocks: vec![0..n_blocks] };
+            return Plan { tiles: split_even(n_tiles, 1), blocks: split_even(n_blocks, 1) };
         }
         let target = threads * 4;
         let tile_parts = n_tiles.min(target);
@@ -340,7 +340,7 @@ pub(crate) fn per_tile_chunk<E: Send>(
     });
 }
 
-/// `max(|v|, …)`-free min and max of `x` (NaNs ignored), both widened to include 0.
+/// The min and max of `x` (NaNs ignored), both widened to include 0.
 fn min_max_with_zero(x: &[f32]) -> (f32, f32) {
     let mut lo = [0f32; 8];
     let mut hi = [0f32; 8];
@@ -364,6 +364,10 @@ fn min_max_with_zero(x: &[f32]) -> (f32, f32) {
 
 /// ONNX `DynamicQuantizeLinear`'s scale and zero point for `x` (as ONNX Runtime computes them).
 pub fn dynamic_quant_params(x: &[f32]) -> (f32, u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 checked just before.
+    let (mn, mx) = if Isa::Avx2.supported() { unsafe { avx2::min_max_with_zero(x) } } else { min_max_with_zero(x) };
+    #[cfg(not(target_arch = "x86_64"))]
     let (mn, mx) = min_max_with_zero(x);
     let scale = if mx == mn { 1.0 } else { (mx - mn) / 255.0 };
     let zp = (0.0 - mn / scale).clamp(0.0, 255.0).round_ties_even();
@@ -371,6 +375,7 @@ pub fn dynamic_quant_params(x: &[f32]) -> (f32, u8) {
 }
 
 /// ONNX `QuantizeLinear` to u8: `sat(round_half_even(v / scale) + zp)`; NaN maps to 0.
+#[allow(clippy::manual_clamp)] // `clamp` keeps NaN; max/min map it to 0 like the SIMD paths
 #[inline(always)]
 pub fn quantize_u8(v: f32, scale: f32, zp: f32) -> u8 {
     ((v / scale).round_ties_even() + zp).max(0.0).min(255.0) as u8
@@ -438,6 +443,7 @@ pub(crate) struct EpiI8<'a> {
 }
 
 /// Writes `y[t0 + tt, j0 + jj]` for `tt < tvalid`, `jj < ncols` from token-major `acc [tt][ld]`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn epilogue_i8(
     e: &EpiI8<'_>,
@@ -475,6 +481,7 @@ pub(crate) fn epilogue_i8(
 }
 
 /// Copies token-major `acc [tt][ld]` into `out[t0 + tt, j0 + jj]`.
+#[allow(clippy::too_many_arguments)]
 fn store_i32(acc: &[i32], ld: usize, t0: usize, tvalid: usize, j0: usize, ncols: usize, n: usize, out: &Out<i32>) {
     for tt in 0..tvalid {
         // SAFETY: the plan gives each (token, channel) to one task.
@@ -577,9 +584,8 @@ impl LinearI8 {
         if t == 0 {
             return Ok(());
         }
-        let acts = self.prepare(Rows::U8(xq), t, par);
         let out = Out::new(acc);
-        self.run(&acts, t, par, &|a, ld, t0, tv, j0, nc| store_i32(a, ld, t0, tv, j0, nc, n, &out));
+        self.run(Rows::U8(xq), t, par, &|a, ld, t0, tv, j0, nc| store_i32(a, ld, t0, tv, j0, nc, n, &out));
         Ok(())
     }
 
@@ -614,13 +620,13 @@ impl LinearI8 {
             }
             ActQuant::Dynamic => dynamic_quant_params(x),
         };
-        let acts = self.prepare(Rows::F32 { x, scale, zp }, t, par);
+        let rows = Rows::F32 { x, scale, zp };
         let mult: Vec<f32> = self.w_scale.iter().map(|s| scale * s).collect();
         let corr: Vec<i32> = self.colsum.iter().map(|c| zp as i32 * c).collect();
         let e = EpiI8 { mult: &mult, corr: &corr, bias: &self.bias, gelu: epilogue == Epilogue::Gelu, residual };
         let out = Out::new(y);
         let isa = self.isa;
-        self.run(&acts, t, par, &|a, ld, t0, tv, j0, nc| match isa {
+        self.run(rows, t, par, &|a, ld, t0, tv, j0, nc| match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the ISA was checked supported at creation.
             Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::epilogue(&e, a, ld, t0, tv, j0, nc, n, &out) },
@@ -629,57 +635,58 @@ impl LinearI8 {
         Ok(())
     }
 
-    /// Quantizes/transposes the activations into `[tile][K][TW]`.
-    fn prepare(&self, rows: Rows<'_>, t: usize, par: &dyn Parallel) -> Acts {
+    /// Quantizes (or copies) and transposes token tile `tile` into `out` (`[K][TW]`).
+    fn prep_one(&self, rows: Rows<'_>, t: usize, tile: usize, rowbuf: &mut [u8], out: ActsMut<'_>) {
         let (k, tw) = (self.k(), self.tw());
-        let n_tiles = t.div_ceil(tw);
-        let isa = self.isa;
-        let prep = |tiles: Range<usize>, chunk: &mut [u8]| {
-            let mut rowbuf = vec![0u8; 16 * k];
-            for (i, tile) in tiles.enumerate() {
-                let t0 = tile * tw;
-                let out = &mut chunk[i * k * tw..(i + 1) * k * tw];
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the ISA was checked supported at creation.
-                    Isa::Avx512Vnni => unsafe { avx2::prep_u8(rows, k, t0, tw.min(t - t0), tw, &mut rowbuf, out) },
-                    _ => prep_tile(rows, k, t0, tw.min(t - t0), tw, &mut rowbuf, out),
-                }
-            }
-        };
-        match isa {
-            Isa::Avx2 => {
-                let mut xt = vec![0i16; n_tiles * k * tw];
-                per_tile_chunk(&mut xt, k * tw, n_tiles, par, &|tiles, chunk| {
-                    let mut rowbuf = vec![0u8; 16 * k];
-                    for (i, tile) in tiles.enumerate() {
-                        let t0 = tile * tw;
-                        let out = &mut chunk[i * k * tw..(i + 1) * k * tw];
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the ISA was checked supported at creation.
-                        unsafe {
-                            avx2::prep_i16(rows, k, t0, tw.min(t - t0), &mut rowbuf, out)
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        prep_tile(rows, k, t0, tw.min(t - t0), tw, &mut rowbuf, out);
-                    }
-                });
-                Acts::I16(xt)
-            }
-            _ => {
-                let mut xt = vec![0u8; n_tiles * k * tw];
-                per_tile_chunk(&mut xt, k * tw, n_tiles, par, &prep);
-                Acts::U8(xt)
-            }
+        let t0 = tile * tw;
+        let tvalid = tw.min(t - t0);
+        match (self.isa, out) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the ISA was checked supported at creation (AVX-512 implies AVX2 there).
+            (Isa::Avx2, ActsMut::I16(out)) => unsafe { avx2::prep_i16(rows, k, t0, tvalid, rowbuf, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (Isa::Avx512Vnni, ActsMut::U8(out)) => unsafe { avx2::prep_u8(rows, k, t0, tvalid, tw, rowbuf, out) },
+            (_, ActsMut::U8(out)) => prep_tile(rows, k, t0, tvalid, tw, rowbuf, out),
+            (_, ActsMut::I16(out)) => prep_tile(rows, k, t0, tvalid, tw, rowbuf, out),
         }
     }
 
+    /// A zeroed activation buffer of `tiles` tiles in this ISA's element type.
+    fn acts(&self, tiles: usize) -> Acts {
+        let len = tiles * self.k() * self.tw();
+        match self.isa {
+            Isa::Avx2 => Acts::I16(vec![0; len]),
+            _ => Acts::U8(vec![0; len]),
+        }
+    }
+
+    /// Quantizes/transposes every token tile into one `[tile][K][TW]` buffer, in parallel.
+    fn prepare(&self, rows: Rows<'_>, t: usize, par: &dyn Parallel) -> Acts {
+        let (k, tw) = (self.k(), self.tw());
+        let n_tiles = t.div_ceil(tw);
+        let mut acts = self.acts(n_tiles);
+        let prep = |tiles: Range<usize>, mut chunk: ActsMut<'_>| {
+            let mut rowbuf = vec![0u8; 16 * k];
+            for (i, tile) in tiles.enumerate() {
+                self.prep_one(rows, t, tile, &mut rowbuf, chunk.tile(i, k * tw));
+            }
+        };
+        match &mut acts {
+            Acts::U8(xt) => per_tile_chunk(xt, k * tw, n_tiles, par, &|r, c| prep(r, ActsMut::U8(c))),
+            Acts::I16(xt) => per_tile_chunk(xt, k * tw, n_tiles, par, &|r, c| prep(r, ActsMut::I16(c))),
+        }
+        acts
+    }
+
     /// Runs the kernel over the plan; `epi(acc, ld, t0, tvalid, j0, ncols)` consumes each
-    /// token-major accumulator tile.
+    /// token-major accumulator tile. When every task owns whole token tiles (all channel blocks),
+    /// each task prepares its tiles just before using them (hot in cache); otherwise all tiles are
+    /// prepared first and shared.
     #[allow(clippy::type_complexity)]
     fn run(
         &self,
-        acts: &Acts,
+        rows: Rows<'_>,
         t: usize,
         par: &dyn Parallel,
         epi: &(dyn Fn(&[i32], usize, usize, usize, usize, usize) + Sync),
@@ -687,37 +694,85 @@ impl LinearI8 {
         let (k, n, tw) = (self.k(), self.n(), self.tw());
         let b = &self.blocks;
         let plan = Plan::new(t.div_ceil(tw), &b.group_start, par.threads());
+        let shared = (plan.blocks.len() > 1).then(|| self.prepare(rows, t, par));
         par.run(plan.tasks(), &|i| {
             let (tiles, blocks) = plan.task(i);
             let mut acc = vec![0i32; tw * BLOCK_STEP * BLOCK];
+            let mut own = shared.is_none().then(|| (self.acts(1), vec![0u8; 16 * k]));
             for tile in tiles {
+                let acts = match (&shared, &mut own) {
+                    (Some(Acts::U8(xt)), _) => ActsRef::U8(&xt[tile * k * tw..(tile + 1) * k * tw]),
+                    (Some(Acts::I16(xt)), _) => ActsRef::I16(&xt[tile * k * tw..(tile + 1) * k * tw]),
+                    (None, Some((buf, rowbuf))) => {
+                        self.prep_one(rows, t, tile, rowbuf, buf.as_mut());
+                        buf.as_ref()
+                    }
+                    (None, None) => unreachable!("a task without shared activations owns a buffer"),
+                };
                 let t0 = tile * tw;
                 let tvalid = tw.min(t - t0);
                 for bs in (blocks.start..blocks.end).step_by(BLOCK_STEP) {
                     let be = (bs + BLOCK_STEP).min(blocks.end);
                     let ld = (be - bs) * BLOCK;
                     let acc = &mut acc[..tw * ld];
-                    let xt_range = tile * k * tw..(tile + 1) * k * tw;
                     match (self.isa, acts) {
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: the ISA was checked supported at creation; `xt` holds `K·64`
                         // values, every index is `< K`, `acc` holds `64·ld`.
-                        (Isa::Avx512Vnni, Acts::U8(xt)) => unsafe {
-                            avx512::tile(&xt[xt_range], &b.group_start, &b.idx, &b.w, bs..be, acc)
+                        (Isa::Avx512Vnni, ActsRef::U8(xt)) => unsafe {
+                            avx512::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
                         },
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: as above with 16-token tiles.
-                        (Isa::Avx2, Acts::I16(xt)) => unsafe {
-                            avx2::tile(&xt[xt_range], &b.group_start, &b.idx, &self.w16, bs..be, acc)
+                        (Isa::Avx2, ActsRef::I16(xt)) => unsafe {
+                            avx2::tile(xt, &b.group_start, &b.idx, &self.w16, bs..be, acc)
                         },
-                        (_, Acts::U8(xt)) => scalar::tile(&xt[xt_range], tw, &b.group_start, &b.idx, &b.w, bs..be, acc),
-                        (_, Acts::I16(_)) => unreachable!("i16 activations are only prepared for AVX2"),
+                        (_, ActsRef::U8(xt)) => scalar::tile(xt, tw, &b.group_start, &b.idx, &b.w, bs..be, acc),
+                        (_, ActsRef::I16(_)) => unreachable!("i16 activations are only prepared for AVX2"),
                     }
                     let j0 = bs * BLOCK;
                     epi(acc, ld, t0, tvalid, j0, (be * BLOCK).min(n) - j0);
                 }
             }
         });
+    }
+}
+
+/// Views of [`Acts`].
+#[derive(Clone, Copy)]
+enum ActsRef<'a> {
+    U8(&'a [u8]),
+    I16(&'a [i16]),
+}
+
+enum ActsMut<'a> {
+    U8(&'a mut [u8]),
+    I16(&'a mut [i16]),
+}
+
+impl ActsMut<'_> {
+    /// Tile `i` of `len` elements.
+    fn tile(&mut self, i: usize, len: usize) -> ActsMut<'_> {
+        match self {
+            ActsMut::U8(v) => ActsMut::U8(&mut v[i * len..(i + 1) * len]),
+            ActsMut::I16(v) => ActsMut::I16(&mut v[i * len..(i + 1) * len]),
+        }
+    }
+}
+
+impl Acts {
+    fn as_ref(&self) -> ActsRef<'_> {
+        match self {
+            Acts::U8(v) => ActsRef::U8(v),
+            Acts::I16(v) => ActsRef::I16(v),
+        }
+    }
+
+    fn as_mut(&mut self) -> ActsMut<'_> {
+        match self {
+            Acts::U8(v) => ActsMut::U8(v),
+            Acts::I16(v) => ActsMut::I16(v),
+        }
     }
 }
 
@@ -733,7 +788,8 @@ mod tests {
     use super::*;
 
     /// The AVX2 transposing passes give the same `[K][TW]` layout as the portable [`prep_tile`]
-    /// (the VNNI kernel's u8 layout is prepared by AVX2 code, so it is checked on AVX2-only CPUs too).
+    /// (the VNNI kernel's u8 layout is prepared by AVX2 code, so it is checked on AVX2-only CPUs
+    /// too), and the AVX2 min/max the portable one.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_activation_passes_match_the_portable_one() {
@@ -756,6 +812,8 @@ mod tests {
                 })
                 .collect();
             let xq: Vec<u8> = (0..t * k).map(|_| next() as u8).collect();
+            // SAFETY: AVX2 checked above.
+            assert_eq!(unsafe { avx2::min_max_with_zero(&x) }, min_max_with_zero(&x), "K={k} T={t}");
             for rows in [Rows::F32 { x: &x, scale: 0.037, zp: 117 }, Rows::U8(&xq)] {
                 for tw in [16, 64] {
                     for t0 in (0..t).step_by(tw) {

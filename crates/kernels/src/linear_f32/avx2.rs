@@ -22,6 +22,7 @@ pub(super) unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 /// # Safety
 /// AVX2 and FMA must be available; every index in `idx` of these blocks is `< xt.len() / 16`;
 /// `w` holds 16 weights per group; `acc.len() ≥ 16·ld`.
+#[allow(clippy::needless_range_loop)] // a[c][q] and v[q] share q
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile(
     xt: &[f32],

@@ -13,6 +13,7 @@ const TW: usize = 64;
 /// # Safety
 /// AVX-512 F must be available; every index in `idx` of these blocks is `< xt.len() / 64`;
 /// `w` holds 16 weights per group; `acc.len() ≥ 64·ld`.
+#[allow(clippy::needless_range_loop)] // a[c][q] and v[q] share q
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn tile(
     xt: &[f32],

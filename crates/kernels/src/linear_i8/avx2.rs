@@ -13,6 +13,7 @@ const TW: usize = 16;
 /// # Safety
 /// AVX2 must be available; every index in `idx` of these blocks is `< xt.len() / 16`;
 /// `w16` holds 16 weights per group; `acc.len() ≥ 16·ld`.
+#[allow(clippy::needless_range_loop)] // a[c][q] and v[q] share q
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile(
     xt: &[i16],
@@ -92,6 +93,38 @@ fn fill_rows(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u
             Rows::U8(xq) => dst.copy_from_slice(&xq[t * k..(t + 1) * k]),
         }
     }
+}
+
+/// The min and max of `x` and 0 (NaNs ignored: `vminps` returns its second operand, the running
+/// value, when the element is NaN), as [`super::min_max_with_zero`].
+///
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn min_max_with_zero(x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds 8 floats.
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        lo = _mm256_min_ps(v, lo);
+        hi = _mm256_max_ps(v, hi);
+    }
+    let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: 8-float arrays.
+    unsafe {
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+    }
+    let mut mn = 0f32;
+    let mut mx = 0f32;
+    for &v in chunks.remainder().iter().chain(&l) {
+        mn = if v < mn { v } else { mn };
+    }
+    for &v in chunks.remainder().iter().chain(&h) {
+        mx = if v > mx { v } else { mx };
+    }
+    (mn, mx)
 }
 
 /// [`quantize_u8`] of each element, 32 at a time: `vdivps` (a true division, as ONNX), round to
@@ -184,7 +217,7 @@ pub(super) unsafe fn prep_u8(
     rowbuf: &mut [u8],
     out: &mut [u8],
 ) {
-    assert!(out.len() >= tw * k && tw % 16 == 0);
+    assert!(out.len() >= tw * k && tw.is_multiple_of(16));
     let o = out.as_mut_ptr();
     for g in 0..tw / 16 {
         fill_rows(rows, k, t0 + 16 * g, tvalid.saturating_sub(16 * g), rowbuf);
