@@ -1,5 +1,6 @@
 //! Magnitude-pruning masks: which weights of a layer (or of all layers together) to zero for a
-//! target sparsity, unstructured, in blocks along the input dimension, or N:M.
+//! target sparsity, unstructured, in 2-D blocks (`[1, 4]` along the input dimension, `[4, 1]`
+//! across four output channels), or N:M.
 //!
 //! A mask holds 1.0 (keep) or 0.0 (prune) per weight, in the weight's stored (ONNX) layout.
 
@@ -10,8 +11,9 @@ use std::cmp::Ordering;
 pub enum MaskStructure {
     /// Each weight on its own.
     Unstructured,
-    /// Runs of `size` consecutive weights along the input dimension, scored by mean |w| (SparseML's `block4` is 4).
-    Block { size: usize },
+    /// Blocks of `out` consecutive output channels × `inp` consecutive inputs (PyTorch's `[out, in]`
+    /// view), scored by mean |w|: SparseML's `block4` is `[1, 4]`, `mask_type: [4, 1]` is `out: 4, inp: 1`.
+    Block { out: usize, inp: usize },
     /// In every run of `m` consecutive weights along the input dimension keep the `n` largest.
     NOfM { n: usize, m: usize },
 }
@@ -27,26 +29,29 @@ pub struct WeightView<'a> {
 }
 
 impl WeightView<'_> {
-    /// Flat indices of each group of `k` consecutive weights along the input axis.
-    fn groups(&self, k: usize) -> Vec<Vec<usize>> {
-        let (outer, inner) = if self.input_axis == 0 { (self.cols, self.rows) } else { (self.rows, self.cols) };
-        let mut out = Vec::with_capacity(outer * inner.div_ceil(k));
-        for o in 0..outer {
-            for start in (0..inner).step_by(k) {
-                let idx = (start..(start + k).min(inner))
-                    .map(|i| if self.input_axis == 0 { i * self.cols + o } else { o * self.cols + i })
-                    .collect();
+    /// Flat indices of each block of `bo` output channels × `bi` inputs (edge blocks smaller).
+    fn groups(&self, bo: usize, bi: usize) -> Vec<Vec<usize>> {
+        let (outs, ins) = if self.input_axis == 0 { (self.cols, self.rows) } else { (self.rows, self.cols) };
+        let mut out = Vec::with_capacity(outs.div_ceil(bo) * ins.div_ceil(bi));
+        for o0 in (0..outs).step_by(bo) {
+            for i0 in (0..ins).step_by(bi) {
+                let mut idx = Vec::with_capacity(bo * bi);
+                for o in o0..(o0 + bo).min(outs) {
+                    for i in i0..(i0 + bi).min(ins) {
+                        idx.push(if self.input_axis == 0 { i * self.cols + o } else { o * self.cols + i });
+                    }
+                }
                 out.push(idx);
             }
         }
         out
     }
 
-    fn group_size(structure: MaskStructure) -> usize {
+    fn block_shape(structure: MaskStructure) -> (usize, usize) {
         match structure {
-            MaskStructure::Unstructured => 1,
-            MaskStructure::Block { size } => size,
-            MaskStructure::NOfM { m, .. } => m,
+            MaskStructure::Unstructured => (1, 1),
+            MaskStructure::Block { out, inp } => (out.max(1), inp.max(1)),
+            MaskStructure::NOfM { m, .. } => (1, m),
         }
     }
 }
@@ -57,11 +62,11 @@ fn score(w: &[f32], idx: &[usize]) -> f32 {
 
 /// Zeroes the lowest-scored groups so that `round(sparsity × weights)` weights are pruned (to
 /// whole groups); ties go to the lower flat index.
-fn prune_lowest(layers: &[WeightView], sparsity: f64, k: usize) -> Vec<Vec<f32>> {
+fn prune_lowest(layers: &[WeightView], sparsity: f64, (bo, bi): (usize, usize)) -> Vec<Vec<f32>> {
     let mut masks: Vec<Vec<f32>> = layers.iter().map(|l| vec![1.0; l.data.len()]).collect();
     let mut cands: Vec<(f32, usize, Vec<usize>)> = Vec::new();
     for (li, l) in layers.iter().enumerate() {
-        for g in l.groups(k) {
+        for g in l.groups(bo, bi) {
             cands.push((score(l.data, &g), li, g));
         }
     }
@@ -96,7 +101,7 @@ pub fn global_masks(layers: &[WeightView], sparsity: f64, structure: MaskStructu
             .map(|l| {
                 let mut mask = vec![1.0; l.data.len()];
                 if sparsity > 0.0 {
-                    for g in l.groups(m) {
+                    for g in l.groups(1, m) {
                         let mut ranked = g.clone();
                         ranked
                             .sort_by(|&a, &b| l.data[a].abs().partial_cmp(&l.data[b].abs()).unwrap_or(Ordering::Equal));
@@ -109,7 +114,7 @@ pub fn global_masks(layers: &[WeightView], sparsity: f64, structure: MaskStructu
                 mask
             })
             .collect(),
-        s => prune_lowest(layers, sparsity, WeightView::group_size(s)),
+        s => prune_lowest(layers, sparsity, WeightView::block_shape(s)),
     }
 }
 
@@ -146,9 +151,26 @@ mod tests {
         for r in 0..4 {
             w[r * 2] = 0.01;
         }
-        let m = layer_mask(&view(&w, 8, 2, 0), 0.25, MaskStructure::Block { size: 4 });
+        let m = layer_mask(&view(&w, 8, 2, 0), 0.25, MaskStructure::Block { out: 1, inp: 4 });
         let zeros: Vec<usize> = (0..16).filter(|&i| m[i] == 0.0).collect();
         assert_eq!(zeros, vec![0, 2, 4, 6]);
+    }
+
+    #[test]
+    fn block_4x1_zeroes_four_output_channels_of_one_input() {
+        // [in=2, out=8] MatMul layout: a [4, 1] block is 4 consecutive columns of one row.
+        let mut w = vec![1.0f32; 16];
+        for c in 4..8 {
+            w[8 + c] = 0.01;
+        }
+        let m = layer_mask(&view(&w, 2, 8, 0), 0.25, MaskStructure::Block { out: 4, inp: 1 });
+        let zeros: Vec<usize> = (0..16).filter(|&i| m[i] == 0.0).collect();
+        assert_eq!(zeros, vec![12, 13, 14, 15]);
+        // The same weight stored [out=8, in=2] (Gemm, transB): the block is 4 consecutive rows of one column.
+        let wt: Vec<f32> = (0..16).map(|i| w[(i % 2) * 8 + i / 2]).collect();
+        let mt = layer_mask(&view(&wt, 8, 2, 1), 0.25, MaskStructure::Block { out: 4, inp: 1 });
+        let zeros_t: Vec<usize> = (0..16).filter(|&i| mt[i] == 0.0).collect();
+        assert_eq!(zeros_t, vec![9, 11, 13, 15]);
     }
 
     #[test]

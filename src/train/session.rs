@@ -236,7 +236,7 @@ impl Compiled {
 fn structure(m: &MaskType) -> MaskStructure {
     match *m {
         MaskType::Unstructured => MaskStructure::Unstructured,
-        MaskType::Block { rows, cols } => MaskStructure::Block { size: (rows * cols).max(1) as usize },
+        MaskType::Block { rows, cols } => MaskStructure::Block { out: rows.max(1) as usize, inp: cols.max(1) as usize },
         MaskType::NM { n, m } => MaskStructure::NOfM { n: n as usize, m: m as usize },
     }
 }
