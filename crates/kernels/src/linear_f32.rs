@@ -147,32 +147,44 @@ impl LinearF32 {
         }
         let n_tiles = t.div_ceil(tw);
         let isa = self.isa;
-        let mut xt = vec![0f32; n_tiles * k * tw];
-        per_tile_chunk(&mut xt, k * tw, n_tiles, par, &|tiles: Range<usize>, chunk: &mut [f32]| {
-            for (i, tile) in tiles.enumerate() {
-                let t0 = tile * tw;
-                let out = &mut chunk[i * k * tw..(i + 1) * k * tw];
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the ISA was checked supported at creation.
-                    Isa::Avx2 | Isa::Avx512Vnni => unsafe {
-                        avx2::with_avx2(|| prep_tile(x, k, t0, tw.min(t - t0), tw, out))
-                    },
-                    _ => prep_tile(x, k, t0, tw.min(t - t0), tw, out),
-                }
+        let prep = |tile: usize, out: &mut [f32]| {
+            let t0 = tile * tw;
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the ISA was checked supported at creation (AVX-512 implies AVX2 there).
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::prep(x, k, t0, tw.min(t - t0), tw, out) },
+                _ => prep_tile(x, k, t0, tw.min(t - t0), tw, out),
             }
-        });
+        };
         let b = &self.blocks;
+        let plan = Plan::new(n_tiles, &b.group_start, par.threads());
+        // Tasks that own whole tiles prepare them just before use (hot in cache); otherwise all
+        // tiles are prepared first and shared.
+        let shared = (plan.blocks.len() > 1).then(|| {
+            let mut xt = vec![0f32; n_tiles * k * tw];
+            per_tile_chunk(&mut xt, k * tw, n_tiles, par, &|tiles: Range<usize>, chunk: &mut [f32]| {
+                for (i, tile) in tiles.enumerate() {
+                    prep(tile, &mut chunk[i * k * tw..(i + 1) * k * tw]);
+                }
+            });
+            xt
+        });
         let gelu_on = epilogue_kind == Epilogue::Gelu;
         let out = Out::new(y);
-        let plan = Plan::new(n_tiles, &b.group_start, par.threads());
         par.run(plan.tasks(), &|i| {
             let (tiles, blocks) = plan.task(i);
             let mut acc = vec![0f32; tw * BLOCK_STEP * BLOCK];
+            let mut own = if shared.is_none() { vec![0f32; k * tw] } else { Vec::new() };
             for tile in tiles {
                 let t0 = tile * tw;
                 let tvalid = tw.min(t - t0);
-                let xt = &xt[tile * k * tw..(tile + 1) * k * tw];
+                let xt = match &shared {
+                    Some(xt) => &xt[tile * k * tw..(tile + 1) * k * tw],
+                    None => {
+                        prep(tile, &mut own);
+                        &own[..]
+                    }
+                };
                 for bs in (blocks.start..blocks.end).step_by(BLOCK_STEP) {
                     let be = (bs + BLOCK_STEP).min(blocks.end);
                     let ld = (be - bs) * BLOCK;
@@ -204,5 +216,35 @@ impl LinearF32 {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 transpose gives the portable layout for both tile widths (64 is the AVX-512
+    /// kernel's, prepared by AVX2 code, so it is checked on AVX2-only CPUs too).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_transpose_matches_the_portable_one() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED: no AVX2");
+            return;
+        }
+        for (k, t) in [(1, 1), (7, 9), (8, 16), (30, 70), (384, 65)] {
+            let x: Vec<f32> = (0..t * k).map(|i| i as f32 * 0.5 - 7.0).collect();
+            for tw in [16, 64] {
+                for t0 in (0..t).step_by(tw) {
+                    let tvalid = tw.min(t - t0);
+                    let mut want = vec![f32::NAN; k * tw];
+                    prep_tile(&x, k, t0, tvalid, tw, &mut want);
+                    let mut got = vec![f32::NAN; k * tw];
+                    // SAFETY: AVX2 checked above.
+                    unsafe { avx2::prep(&x, k, t0, tvalid, tw, &mut got) };
+                    assert_eq!(got, want, "K={k} T={t} t0={t0} tw={tw}");
+                }
+            }
+        }
     }
 }
