@@ -11,6 +11,9 @@ ORT medians is the baseline, so that both see the same machine load. Two ORT one
     MatMul; compared with LinearI8::forward (dynamic quantization, f32 out);
   - "int": x u8 [T,K] → MatMulInteger(x_q, W int8) → i32; compared with LinearI8::matmul_u8_i32.
 
+Then the fp32 kernel (LinearF32::forward, 1 thread, dense and 80/90% of each pattern) against
+ORT's fp32 MatMul on the same shapes.
+
 Each configuration runs a short loop (`--secs`, at least 3 calls, after one warm-up) and records
 the median wall time per call and the CPU time per call (all threads; ORT: time.process_time,
 Rust: CLOCK_PROCESS_CPUTIME_ID). On a shared, oversubscribed machine a call longer than a scheduler slice is
@@ -65,6 +68,18 @@ def int_model(k, n, rng):
         "matmulinteger",
         [helper.make_tensor_value_info("xq", TensorProto.UINT8, ["T", k])],
         [helper.make_tensor_value_info("acc", TensorProto.INT32, ["T", n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def f32_model(k, n, rng):
+    w = rng.uniform(-1, 1, size=(k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul_f32",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", n])],
         [numpy_helper.from_array(w, "w")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -142,6 +157,27 @@ def main():
                     flush=True,
                 )
 
+    f32_rows = []
+    for k, n in SHAPES:
+        model = f32_model(k, n, rng)
+        sess = {"f32": session(model, 1)}
+        for t in TOKENS:
+            feeds = {"f32": {"x": rng.uniform(-3, 3, size=(t, k)).astype(np.float32)}}
+            before = ort_times(sess, feeds, args.secs)
+            out = subprocess.run(
+                [args.bench, "--json", "--f32", "--secs", str(args.secs), "--only", f"{k},{n},{t},1"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            after = ort_times(sess, feeds, args.secs)
+            base = [(b + a) / 2 for b, a in zip(before["f32"], after["f32"])]
+            for line in out.splitlines()[1:]:
+                r = json.loads(line)
+                r["ort_s"], r["ort_cpu_s"] = base
+                f32_rows.append(r)
+            print(f"# fp32 {k}->{n} T={t}: ORT MatMul {base[0] * 1e3:.3f} ms (cpu {base[1] * 1e3:.3f})", flush=True)
+
     isa = headers[0]["isa"]
     peaks = [h["isa_peak_gmacs"] for h in headers if h["isa_peak_gmacs"]]
     vnni = [h["vnni_peak_gmacs"] for h in headers if h["vnni_peak_gmacs"]]
@@ -197,9 +233,28 @@ def main():
         "ort_fwd_s",
         lambda r: cell(r["forward_s"] * 1e3, r["ort_fwd_s"] / r["forward_s"]),
     )
+    f32_cols = [("dense", 0.0)] + [(p, s) for p in PATTERNS for s in (0.8, 0.9)]
+    print(
+        "\nfp32 (LinearF32::forward), 1 thread, CPU time per call: ms and speed-up over ORT's fp32 MatMul "
+        "(CPU time); in brackets non-zero GFMA/s\n"
+    )
+    print("| K→N | T | ORT ms | " + " | ".join(f"{p} {int(s * 100)}%" if s else p for p, s in f32_cols) + " |")
+    print("|" + "---|" * (3 + len(f32_cols)))
+    for k, n in SHAPES:
+        for t in TOKENS:
+            sel = {(r["pattern"], r["sparsity"]): r for r in f32_rows if (r["k"], r["n"], r["t"]) == (k, n, t)}
+            if not sel:
+                continue
+            ort_cpu = next(iter(sel.values()))["ort_cpu_s"]
+            cells = [
+                f"{r['forward_cpu_s'] * 1e3:.3f} {ort_cpu / r['forward_cpu_s']:.2f}x "
+                f"({r['t'] * r['nonzeros'] / r['forward_cpu_s'] / 1e9:.0f})"
+                for r in (sel[c] for c in f32_cols)
+            ]
+            print(f"| {k}→{n} | {t} | {ort_cpu * 1e3:.3f} | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"headers": headers, "rows": rows}, f, indent=1)
+            json.dump({"headers": headers, "rows": rows, "f32_rows": f32_rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@
 //! microbench in CPU time (`vpdpbusd` on AVX-512 VNNI, `vpmaddwd`+`vpaddd` on AVX2; per core).
 //!
 //!   cargo run --release -p sparsec-kernels --example kernel_bench -- [--json] [--secs S]
-//!       [--only K,N,T,THREADS] [--pattern dense|4x1|1x4|unstructured]
+//!       [--only K,N,T,THREADS] [--pattern dense|4x1|1x4|unstructured] [--f32]
+//!
+//! `--f32` times `LinearF32::forward` instead (fp32 weights with the same zero patterns, at 0,
+//! 80 and 90% sparsity; no peak share, the integer peak does not apply).
 //!
 //! `--json` prints one JSON object per line (first the peaks) for `benches/kernels.py`, which
 //! times ONNX Runtime's dense int8 on the same shapes around each group. Threads come from a small
 //! persistent pool (condvar wake-up, as ONNX Runtime's intra-op pool), not per-call spawns.
 
+use sparsec_kernels::linear_f32::LinearF32;
 use sparsec_kernels::linear_i8::{ActQuant, Epilogue, LinearI8};
 use sparsec_kernels::{Isa, Parallel};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -301,14 +305,16 @@ struct Args {
     secs: f64,
     only: Option<(usize, usize, usize, usize)>,
     pattern: Option<String>,
+    f32: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { json: false, secs: 0.15, only: None, pattern: None };
+    let mut a = Args { json: false, secs: 0.15, only: None, pattern: None, f32: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--json" => a.json = true,
+            "--f32" => a.f32 = true,
             "--secs" => a.secs = it.next().and_then(|s| s.parse().ok()).ok_or("--secs needs a number")?,
             "--only" => {
                 let v: Vec<usize> = it
@@ -395,6 +401,34 @@ fn main() {
                     configs.extend(SPARSITIES.iter().map(|&s| (p, s)));
                 }
                 configs.retain(|(p, _)| args.pattern.as_deref().is_none_or(|want| want == *p));
+                if args.f32 {
+                    configs.retain(|&(_, s)| s == 0.0 || s >= 0.8);
+                    for (pattern, sparsity) in configs {
+                        let w: Vec<f32> =
+                            weights(&mut rng, k, n, pattern, sparsity).iter().map(|&v| v as f32 / 128.0).collect();
+                        let lin = LinearF32::new(&w, k, n, None, isa).expect("valid shapes");
+                        let (fwd, fwd_cpu) = time(args.secs, || {
+                            lin.forward(&x, t, Epilogue::None, None, &mut y, pool).expect("valid shapes")
+                        });
+                        let nz = lin.stats().nonzeros;
+                        if args.json {
+                            println!(
+                                "{{\"kind\":\"f32\",\"k\":{k},\"n\":{n},\"t\":{t},\"threads\":{threads},\"pattern\":\"{pattern}\",\"sparsity\":{sparsity},\"nonzeros\":{nz},\"forward_s\":{fwd:e},\"forward_cpu_s\":{fwd_cpu:e}}}"
+                            );
+                        } else {
+                            println!(
+                                "{k:>5}→{n:<5} {t:>5} {threads:>2} {pattern:>12} {:>4.0} {:>10.3} {:>9} {:>10.1} {:>6} {:>8.3}",
+                                sparsity * 100.0,
+                                fwd * 1e3,
+                                "f32",
+                                (t * nz) as f64 / fwd_cpu / 1e9,
+                                "-",
+                                fwd_cpu * 1e3
+                            );
+                        }
+                    }
+                    continue;
+                }
                 for (pattern, sparsity) in configs {
                     let w = weights(&mut rng, k, n, pattern, sparsity);
                     let w_scale: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-5).collect();
