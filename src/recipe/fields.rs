@@ -164,19 +164,20 @@ impl<'a> FieldReader<'a> {
         }
     }
 
+    /// A boolean read as SparseML reads one: Python truthiness of the YAML value, where `true`/`false`,
+    /// `1`/`0` (and `1.0`/`0.0`) and `null` (false: `None` is falsy) are what recipes write. Any
+    /// other number, a string (`"false"` would be truthy in Python) or a list is an error.
     pub fn bool_or(&mut self, field: &'static str, default: bool) -> Result<bool, RecipeError> {
         match self.value(field)? {
-            None | Some(Value::Null) => Ok(default),
-            Some(Value::Bool(b)) => Ok(b),
-            Some(v) => Err(self.invalid(field, format!("expected true or false, got {}", show(&v)))),
+            None => Ok(default),
+            Some(v) => truthy(&v).ok_or_else(|| self.invalid(field, not_a_bool(&v))),
         }
     }
 
     pub fn bool_req(&mut self, field: &'static str) -> Result<bool, RecipeError> {
         match self.value(field)? {
-            None | Some(Value::Null) => Err(self.missing(field)),
-            Some(Value::Bool(b)) => Ok(b),
-            Some(v) => Err(self.invalid(field, format!("expected true or false, got {}", show(&v)))),
+            None => Err(self.missing(field)),
+            Some(v) => truthy(&v).ok_or_else(|| self.invalid(field, not_a_bool(&v))),
         }
     }
 
@@ -240,6 +241,27 @@ pub(crate) fn as_f64(v: &Value) -> Option<f64> {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
+    }
+}
+
+/// Python truthiness for the YAML values a boolean field may hold: booleans, 0/1, null.
+pub(crate) fn truthy(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Null => Some(false),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x == 0.0 => Some(false),
+            Some(x) if x == 1.0 => Some(true),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn not_a_bool(v: &Value) -> String {
+    match v {
+        Value::Number(_) => format!("expected true or false (or 1 or 0), got {}, which is out of range", show(v)),
+        _ => format!("expected true or false (or 1 or 0), got {}", show(v)),
     }
 }
 
