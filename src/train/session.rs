@@ -17,7 +17,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, NamedTensor};
-use super::data::{epoch_order, train_windows, BatchLayout};
+use super::data::{check_answers, epoch_order, train_windows, BatchLayout};
 use super::masks::{global_masks, mask_sparsity, MaskStructure, WeightView};
 use super::observers::{MinMaxObserver, AVERAGING_CONSTANT};
 use super::optim::AdamWConfig;
@@ -63,6 +63,8 @@ pub struct TrainConfig {
     pub seed: u64,
     pub threads: Option<usize>,
     pub max_train_samples: Option<usize>,
+    /// Fail (instead of warning) when a training answer does not match its context.
+    pub strict_data: bool,
     pub max_eval_samples: Option<usize>,
     pub recipe_args: serde_json::Map<String, serde_json::Value>,
     pub resume: bool,
@@ -484,6 +486,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
     if examples.is_empty() {
         bail!("'{}' has no training questions", cfg.train_file.display());
     }
+    check_training_answers(cfg, &examples)?;
     let started = Instant::now();
     let windows = train_windows(&examples, &windower)?;
     tracing::info!(
@@ -967,9 +970,9 @@ fn truncate_log(path: &Path, before: u64) -> Result<()> {
 /// values without computing the unused branches. The observers' min/max outputs stay.
 pub fn without_fake_quant(model: &Model) -> Result<Model> {
     let mut m = model.clone();
-    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[false]))] }.run(&mut m)?;
-    LowerFakeQuant::default().run(&mut m)?;
-    RemoveDead::default().run(&mut m)?;
+    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[false]))] }.apply(&mut m)?;
+    LowerFakeQuant::default().apply(&mut m)?;
+    RemoveDead::default().apply(&mut m)?;
     infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
     Ok(m)
 }
@@ -982,7 +985,7 @@ fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(String, Hos
     for (name, t) in bound {
         values.push((name, host_to_tensor(&t)?));
     }
-    BindInputs { values }.run(&mut model).context("cannot bind the trained values")?;
+    BindInputs { values }.apply(&mut model).context("cannot bind the trained values")?;
     model.set_metadata("sparsec.trained", "true");
     let dir = &cfg.output_dir;
     crate::onnx::save(&model, dir.join("model.onnx"), &crate::onnx::SaveOptions::default())?;
@@ -1130,4 +1133,23 @@ fn one_shot(
     };
     crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
     Ok(summary)
+}
+
+/// Warns about training answers that do not match their context (count and first ids), or with
+/// `strict_data` fails naming them.
+fn check_training_answers(cfg: &TrainConfig, examples: &[squad::Example]) -> Result<()> {
+    let check = check_answers(examples);
+    if check.count() == 0 {
+        return Ok(());
+    }
+    if cfg.strict_data {
+        bail!("'{}': {} (--strict-data)", cfg.train_file.display(), check.summary());
+    }
+    tracing::warn!(
+        "'{}': {}; they are trained as run_qa.py trains them (an answer beyond the context is labelled at CLS); \
+         --strict-data fails instead",
+        cfg.train_file.display(),
+        check.summary()
+    );
+    Ok(())
 }
