@@ -92,6 +92,17 @@ struct Subject {
 
 impl Subject {
     fn load(path: &Path, engine: EngineKind, args: &BenchArgs) -> Result<Subject> {
+        let fixed = crate::qa::FixedShape::of_file(path)?;
+        let fits = |dim: Option<usize>, asked: usize| dim.is_none_or(|d| d == asked);
+        if !fits(fixed.batch, args.batch_size) || !fits(fixed.seq, args.seq_len) {
+            bail!(
+                "--batch-size {} --seq-len {} do not fit the inputs of '{}', fixed at {}",
+                args.batch_size,
+                args.seq_len,
+                path.display(),
+                fixed.describe()
+            );
+        }
         let backend = runtime::load_file(path, engine, &EngineOptions { threads: args.threads, ..Default::default() })?;
         let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
         let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;

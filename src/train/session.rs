@@ -427,7 +427,7 @@ fn evaluate(
     examples: &[squad::Example],
 ) -> Result<V1Result> {
     let mut pipeline = QaPipeline::new(backend, tokenizer)?;
-    let windower = pipeline.tokenizer.windower(WindowOptions {
+    let windower = pipeline.windower(WindowOptions {
         max_seq_len: cfg.max_seq_length,
         doc_stride: cfg.doc_stride,
         max_question_len: 64,
@@ -473,6 +473,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
         bail!("batch sizes must be at least 1");
     }
     let compiled = Compiled::load(&cfg.compiled, &cfg.recipe_args)?;
+    check_fixed_shape(cfg, &compiled.model)?;
     let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
     let windower = tokenizer.windower(WindowOptions {
         max_seq_len: cfg.max_seq_length,
@@ -1151,5 +1152,29 @@ fn check_training_answers(cfg: &TrainConfig, examples: &[squad::Example]) -> Res
         cfg.train_file.display(),
         check.summary()
     );
+    Ok(())
+}
+
+/// Training batches are padded to their longest window (to `--max-seq-length` with
+/// `--pad-to-max-length`) and the last one is short: a model with a fixed sequence length trains
+/// only with `--max-seq-length` equal to it and `--pad-to-max-length`, and one with a fixed batch
+/// size not at all (its last batch is not padded yet). Either is an error naming the model's shape.
+fn check_fixed_shape(cfg: &TrainConfig, model: &Model) -> Result<()> {
+    let fixed = crate::qa::FixedShape::of_model(model)?;
+    if let Some(b) = fixed.batch {
+        bail!(
+            "the model's inputs are fixed at {}: training needs a dynamic batch dim (a fixed batch of {b} is not \
+             supported by `sparsec train`); export the model with a dynamic batch",
+            fixed.describe()
+        );
+    }
+    if let Some(seq) = fixed.seq {
+        if cfg.max_seq_length != seq || !cfg.pad_to_max_length {
+            bail!(
+                "the model's inputs are fixed at {}: train with --max-seq-length {seq} --pad-to-max-length",
+                fixed.describe()
+            );
+        }
+    }
     Ok(())
 }
