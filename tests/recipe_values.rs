@@ -1,7 +1,7 @@
 //! Modifier field values are read as SparseML reads them (it passes the YAML values straight to
 //! Python constructors): booleans by Python truthiness (1/0, null), ints where floats are
-//! expected, a single string where a list is expected. Unknown fields and out-of-range values
-//! stay errors that name the field.
+//! expected, a single string where a list is expected, nested lists flattened, the `__ALL__`
+//! tokens in any case. Unknown fields and out-of-range values stay errors that name the field.
 
 use std::path::Path;
 
@@ -115,4 +115,23 @@ fn out_of_range_values_stay_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("DistillationModifier.hardness"), "{e}");
+}
+
+#[test]
+fn nested_param_lists_are_flattened_as_sparseml_flattens_them() {
+    let p = gmp("    final_sparsity: 0.8\n    params: [[re:.*query.weight, re:.*key.weight], re:.*value.weight]\n")
+        .unwrap();
+    assert_eq!(p.params, ["re:.*query.weight", "re:.*key.weight", "re:.*value.weight"]);
+}
+
+#[test]
+fn the_all_tokens_are_read_in_any_case() {
+    let p = gmp("    final_sparsity: 0.8\n    params: __all_prunable__\n").unwrap();
+    assert_eq!(p.params, ["__ALL_PRUNABLE__"]);
+}
+
+#[test]
+fn a_list_holding_a_non_string_is_an_error_naming_the_field() {
+    let e = gmp("    final_sparsity: 0.8\n    params: [re:.*query.weight, 3]\n").unwrap_err().to_string();
+    assert!(e.contains("GMPruningModifier.params") && e.contains("expected a string or a list of strings"), "{e}");
 }

@@ -265,12 +265,29 @@ fn not_a_bool(v: &Value) -> String {
     }
 }
 
+/// A string or a (possibly nested) list of strings, flattened depth first as SparseML's
+/// `validate_str_iterable` flattens it; the `__ALL__` and `__ALL_PRUNABLE__` tokens in any case
+/// (SparseML upper-cases them).
 pub(crate) fn strings(v: &Value) -> Option<Vec<String>> {
-    match v {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Sequence(items) => items.iter().map(|x| x.as_str().map(str::to_string)).collect(),
-        _ => None,
+    fn token(s: &str) -> String {
+        let up = s.to_ascii_uppercase();
+        if up == super::modifiers::ALL_PARAMS || up == super::modifiers::ALL_PRUNABLE {
+            up
+        } else {
+            s.to_string()
+        }
     }
+    fn flatten(v: &Value, out: &mut Vec<String>) -> Option<()> {
+        match v {
+            Value::String(s) => out.push(token(s)),
+            Value::Sequence(items) => items.iter().try_for_each(|x| flatten(x, out))?,
+            _ => return None,
+        }
+        Some(())
+    }
+    let mut out = Vec::new();
+    flatten(v, &mut out)?;
+    Some(out)
 }
 
 pub(crate) fn show(v: &Value) -> String {
