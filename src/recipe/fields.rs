@@ -250,8 +250,8 @@ pub(crate) fn truthy(v: &Value) -> Option<bool> {
         Value::Bool(b) => Some(*b),
         Value::Null => Some(false),
         Value::Number(n) => match n.as_f64() {
-            Some(x) if x == 0.0 => Some(false),
-            Some(x) if x == 1.0 => Some(true),
+            Some(0.0) => Some(false),
+            Some(1.0) => Some(true),
             _ => None,
         },
         _ => None,
