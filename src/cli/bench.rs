@@ -103,6 +103,17 @@ struct Subject {
 
 impl Subject {
     fn load(path: &Path, engine: EngineKind, kernels: Kernels, args: &BenchArgs) -> Result<Subject> {
+        let fixed = crate::qa::FixedShape::of_file(path)?;
+        let fits = |dim: Option<usize>, asked: usize| dim.is_none_or(|d| d == asked);
+        if !fits(fixed.batch, args.batch_size) || !fits(fixed.seq, args.seq_len) {
+            bail!(
+                "--batch-size {} --seq-len {} do not fit the inputs of '{}', fixed at {}",
+                args.batch_size,
+                args.seq_len,
+                path.display(),
+                fixed.describe()
+            );
+        }
         let opts = EngineOptions { threads: args.threads, sparse: kernels.sparse_execution(), ..Default::default() };
         let backend = runtime::load_file(path, engine, &opts)?;
         let lowered = lowering_summary(backend.as_ref());
