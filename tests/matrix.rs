@@ -53,7 +53,7 @@ fn inputs(model: &str) -> Vec<(String, HostTensor)> {
 }
 
 fn logits(path: &Path, model: &str, engine: EngineKind, basic: bool) -> HashMap<String, ArrayD<f32>> {
-    let opts = EngineOptions { basic_optimizations_only: basic, threads: Some(1) };
+    let opts = EngineOptions { basic_optimizations_only: basic, threads: Some(1), ..Default::default() };
     let mut b = runtime::load_file(path, engine, &opts).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     let owned = inputs(model);
     let feeds: Vec<(&str, HostTensor)> = owned.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();

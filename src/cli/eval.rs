@@ -83,8 +83,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(n) = args.limit {
         examples.truncate(n);
     }
-    let mut pipeline =
-        QaPipeline::load(&model, args.engine, &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() })?;
+    let mut pipeline = QaPipeline::load(
+        &model,
+        args.engine,
+        &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
+    )?;
     let windower = pipeline.windower(WindowOptions {
         max_seq_len: args.max_seq_len,
         doc_stride: args.doc_stride,

@@ -98,8 +98,11 @@ pub fn run(args: QaArgs) -> Result<()> {
             },
         )],
     };
-    let mut pipeline =
-        QaPipeline::load(&model, args.engine, &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() })?;
+    let mut pipeline = QaPipeline::load(
+        &model,
+        args.engine,
+        &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
+    )?;
     let windower = pipeline.windower(wopts)?;
     let reqs: Vec<QaRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
     let results = pipeline.answer(&windower, &reqs, args.batch_size, args.decoder, &dopts, |_| {})?;

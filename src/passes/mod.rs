@@ -18,6 +18,7 @@ mod lower_fake_quant;
 mod lower_qoperator;
 mod lower_sparse_linear;
 mod pattern;
+pub use pattern::weight_structure;
 mod quantize_embeddings;
 mod remove_dead;
 

@@ -137,6 +137,8 @@ pub struct EngineOptions {
     /// On ONNX Runtime, lower the model in memory to sparsec's sparse kernels first
     /// ([`crate::passes::lower_for_sparse_execution`]); `None` runs the model as it is.
     pub sparse: Option<crate::passes::SparseExecution>,
+    /// ONNX Runtime writes a JSON trace of every node run to a file with this prefix.
+    pub profile: Option<std::path::PathBuf>,
 }
 
 /// A loaded model that can be run repeatedly.
