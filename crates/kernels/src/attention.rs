@@ -146,6 +146,19 @@ impl Attention {
     /// A kernel for `heads` heads of `head_dim` values on `isa` (which must run on this CPU); Bf16
     /// needs `isa == Isa::Avx512Vnni` and [`bf16_supported`], else [`AttnError::Bf16Unavailable`].
     pub fn new(heads: usize, head_dim: usize, precision: AttentionPrecision, isa: Isa) -> Result<Attention, AttnError> {
+        if isa == Isa::Avx512Vnni && isa.supported() {
+            crate::selfcheck::avx512().map_err(AttnError::BadInput)?;
+        }
+        Self::build(heads, head_dim, precision, isa)
+    }
+
+    /// [`Attention::new`] without the AVX-512 start-up self-check.
+    pub(crate) fn build(
+        heads: usize,
+        head_dim: usize,
+        precision: AttentionPrecision,
+        isa: Isa,
+    ) -> Result<Attention, AttnError> {
         if heads == 0 || head_dim == 0 {
             return Err(AttnError::BadDims { heads, head_dim });
         }

@@ -54,7 +54,10 @@ impl Isa {
     }
 
     pub fn parse(s: &str) -> Result<Isa, IsaError> {
-        Isa::ALL.into_iter().find(|i| i.name() == s.trim().to_ascii_lowercase()).ok_or_else(|| IsaError::Unknown(s.into()))
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| IsaError::Unknown(s.into()))
     }
 
     /// Whether this CPU can run `self`.

@@ -12,6 +12,7 @@ pub mod isa;
 pub mod linear_f32;
 pub mod linear_i8;
 pub mod par;
+mod selfcheck;
 
 pub use isa::Isa;
 pub use par::{Parallel, Serial};

@@ -91,6 +91,20 @@ fn epilogue(
 impl LinearF32 {
     /// `w`: `[K, N]` row-major (`y = x·W`); `bias`: optional `[N]`. Fails on an ISA this CPU lacks.
     pub fn new(w: &[f32], k: usize, n: usize, bias: Option<&[f32]>, isa: Isa) -> Result<LinearF32, KernelError> {
+        if isa == Isa::Avx512Vnni && isa.supported() {
+            crate::selfcheck::avx512().map_err(KernelError)?;
+        }
+        Self::build(w, k, n, bias, isa)
+    }
+
+    /// [`LinearF32::new`] without the AVX-512 start-up self-check.
+    pub(crate) fn build(
+        w: &[f32],
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Result<LinearF32, KernelError> {
         validate_weight_shape(w.len(), k, n)?;
         if !isa.supported() || (isa == Isa::Avx512Vnni && !Isa::Avx2.supported()) {
             return Err(kerr!("instruction set {isa} is not supported by this CPU"));

@@ -533,6 +533,21 @@ impl LinearI8 {
         bias: Option<&[f32]>,
         isa: Isa,
     ) -> Result<LinearI8, KernelError> {
+        if isa == Isa::Avx512Vnni && isa.supported() {
+            crate::selfcheck::avx512().map_err(KernelError)?;
+        }
+        Self::build(w, k, n, w_scale, bias, isa)
+    }
+
+    /// [`LinearI8::new`] without the AVX-512 start-up self-check (which builds layers itself).
+    pub(crate) fn build(
+        w: &[i8],
+        k: usize,
+        n: usize,
+        w_scale: &[f32],
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Result<LinearI8, KernelError> {
         validate_weight_shape(w.len(), k, n)?;
         if !isa.supported() || (isa == Isa::Avx512Vnni && !Isa::Avx2.supported()) {
             return Err(kerr!("instruction set {isa} is not supported by this CPU"));
