@@ -93,6 +93,11 @@ fn environment() -> Result<&'static ort::environment::Environment> {
     .map_err(|e| anyhow!("{e}"))
 }
 
+/// Held while a session is built: ONNX Runtime registers custom-operator domains in a
+/// process-wide table, and two sessions registering `ai.sparsec` at the same moment collide
+/// ("domain already exists"), so sessions are created one at a time.
+static SESSION_CREATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A model session on ONNX Runtime.
 pub struct OrtBackend {
     session: Session,
@@ -126,6 +131,7 @@ impl OrtBackend {
     }
 
     pub fn from_file(path: &Path, opts: &EngineOptions) -> Result<OrtBackend> {
+        let _one_at_a_time = SESSION_CREATION.lock().unwrap_or_else(|p| p.into_inner());
         let session = Self::builder(opts)?
             .commit_from_file(path)
             .with_context(|| format!("ONNX Runtime cannot load '{}'", path.display()))?;
@@ -133,6 +139,7 @@ impl OrtBackend {
     }
 
     pub fn from_bytes(bytes: &[u8], opts: &EngineOptions) -> Result<OrtBackend> {
+        let _one_at_a_time = SESSION_CREATION.lock().unwrap_or_else(|p| p.into_inner());
         let session = Self::builder(opts)?.commit_from_memory(bytes).context("ONNX Runtime cannot load the model")?;
         Ok(Self::wrap(session))
     }
