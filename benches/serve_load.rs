@@ -1,11 +1,13 @@
 //! Load test of `sparsec serve` on the MiniLM SQuAD model, loopback only, bounded in requests and
-//! time: N concurrent keep-alive clients for S seconds, batching off (`--max-batch-size 1`) then
-//! on, against sequential `sparsec qa --file` on the same SQuAD dev questions, all in one command.
-//! Prints throughput, latency percentiles, windows per model run, RSS after warm-up and at the
-//! end, and how many answers differ from `sparsec qa`'s.
+//! time: N concurrent keep-alive clients for S seconds against a server with batching off
+//! (`--max-batch-size 1`) and one with it on, and sequential `sparsec qa --file` on the same SQuAD
+//! dev questions, all in one command. The four runs alternate for R rounds (the shared machine's
+//! load drifts within minutes); throughput is the median over rounds, latency percentiles pool
+//! every round's requests. Prints windows per model run, the servers' RSS after warm-up, half-way
+//! and at the end, and how many answers differ from `sparsec qa`'s.
 //!
-//! `cargo bench --profile dev --bench serve_load -- [--clients 8] [--seconds 20] [--questions 64]
-//!  [--threads 2] [--max-requests 3000] [--model DIR] [--data FILE]`
+//! `cargo bench --profile dev --bench serve_load -- [--clients 8] [--seconds 10] [--rounds 3]
+//!  [--questions 64] [--threads 2] [--max-requests 3000] [--model DIR] [--data FILE]`
 
 #[path = "../tests/serve/client.rs"]
 mod client;
@@ -24,6 +26,7 @@ struct Opts {
     data: PathBuf,
     clients: usize,
     seconds: f64,
+    rounds: usize,
     questions: usize,
     threads: usize,
     max_requests: usize,
@@ -35,7 +38,8 @@ fn parse_opts() -> Opts {
         model: root.join("../shared/models/minilm-l6-squad"),
         data: root.join("../shared/data/squad-v1.1-dev-split.json.gz"),
         clients: 8,
-        seconds: 20.0,
+        seconds: 10.0,
+        rounds: 3,
         questions: 64,
         threads: 2,
         max_requests: 3000,
@@ -48,6 +52,7 @@ fn parse_opts() -> Opts {
             "--data" => o.data = v().into(),
             "--clients" => o.clients = v().parse().expect("--clients"),
             "--seconds" => o.seconds = v().parse().expect("--seconds"),
+            "--rounds" => o.rounds = v().parse().expect("--rounds"),
             "--questions" => o.questions = v().parse().expect("--questions"),
             "--threads" => o.threads = v().parse().expect("--threads"),
             "--max-requests" => o.max_requests = v().parse().expect("--max-requests"),
@@ -144,7 +149,6 @@ impl Drop for Server {
 }
 
 struct Run {
-    label: String,
     requests: usize,
     secs: f64,
     lat_ms: Vec<f64>,
@@ -152,6 +156,7 @@ struct Run {
     mismatched: usize,
     windows_per_run: f64,
     rss_start: f64,
+    rss_mid: f64,
     rss_end: f64,
     clean_exit: bool,
 }
@@ -192,7 +197,6 @@ fn load(o: &Opts, label: &str, extra: &[&str], bodies: &[Value], want: &[String]
         })
         .collect();
     let mut run = Run {
-        label: label.to_string(),
         requests: 0,
         secs: 0.0,
         lat_ms: Vec::new(),
@@ -200,9 +204,12 @@ fn load(o: &Opts, label: &str, extra: &[&str], bodies: &[Value], want: &[String]
         mismatched: 0,
         windows_per_run: f64::NAN,
         rss_start,
+        rss_mid: 0.0,
         rss_end: 0.0,
         clean_exit: false,
     };
+    std::thread::sleep(Duration::from_secs_f64(o.seconds / 2.0));
+    run.rss_mid = rss_mib(server.child.id());
     for h in handles {
         let (l, n, m) = h.join().unwrap();
         run.lat_ms.extend(l);
@@ -246,63 +253,106 @@ fn main() {
     std::fs::write(&one, &lines[0]).unwrap();
     let bodies: Vec<Value> = examples.iter().map(|e| json!({"question": e.question, "context": e.context})).collect();
 
-    let load_secs = run_qa(&o, &one, 1).0;
-    let (seq_secs, want) = run_qa(&o, &file, 1);
-    let (batched_secs, _) = run_qa(&o, &file, 16);
     let n = examples.len() as f64;
-    let seq_qps = (n - 1.0) / (seq_secs - load_secs);
-    let batched_qps = (n - 1.0) / (batched_secs - load_secs);
-
-    let off = load(&o, "serve, batching off (--max-batch-size 1)", &["--max-batch-size", "1"], &bodies, &want);
-    let on = load(
-        &o,
-        "serve, batching on (--max-batch-size 16 --batch-timeout-ms 5)",
-        &["--max-batch-size", "16", "--batch-timeout-ms", "5"],
-        &bodies,
-        &want,
-    );
+    let (mut seq, mut batched, mut offs, mut ons) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut load_secs = Vec::new();
+    for round in 0..o.rounds {
+        let l = run_qa(&o, &one, 1).0;
+        let (s1, want) = run_qa(&o, &file, 1);
+        let (s16, _) = run_qa(&o, &file, 16);
+        load_secs.push(l);
+        seq.push((n - 1.0) / (s1 - l));
+        batched.push((n - 1.0) / (s16 - l));
+        offs.push(load(&o, &format!("round {round}: batching off"), &["--max-batch-size", "1"], &bodies, &want));
+        ons.push(load(
+            &o,
+            &format!("round {round}: batching on"),
+            &["--max-batch-size", "16", "--batch-timeout-ms", "5"],
+            &bodies,
+            &want,
+        ));
+    }
+    let seq_qps = median(&seq);
+    let batched_qps = median(&batched);
 
     println!(
-        "{} SQuAD v1.1 dev questions, {} clients, {} s per server run, {} intra-op threads",
+        "{} SQuAD v1.1 dev questions, {} clients, {} s per server run, {} rounds, {} intra-op threads",
         examples.len(),
         o.clients,
         o.seconds,
+        o.rounds,
         o.threads
     );
-    println!("sparsec qa --file: model load {load_secs:.2} s (timed on 1 question, subtracted below)");
+    println!(
+        "sparsec qa --file: model load {:.2} s (median; timed on 1 question, subtracted below)",
+        median(&load_secs)
+    );
+    println!(
+        "per round q/s: qa bs1 {:?}, qa bs16 {:?}, serve off {:?}, serve on {:?}",
+        rounded(&seq),
+        rounded(&batched),
+        rounded(&offs.iter().map(Run::qps).collect::<Vec<_>>()),
+        rounded(&ons.iter().map(Run::qps).collect::<Vec<_>>())
+    );
     println!();
-    println!("| run | requests | q/s | vs qa --file --batch-size 1 | p50 ms | p90 ms | p99 ms | windows/run | RSS start → end MiB | answers ≠ qa | non-200 | exit |");
+    println!("| run | requests | q/s (median) | vs qa --file --batch-size 1 | p50 ms | p90 ms | p99 ms | windows/run | RSS MiB warm → half → end (last round) | answers ≠ qa | non-200 | exits 0 |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
         "| sparsec qa --file --batch-size 1 (sequential) | {} | {seq_qps:.2} | 1.00x | | | | 1 | | | | |",
-        examples.len()
+        examples.len() * o.rounds
     );
     println!(
         "| sparsec qa --file --batch-size 16 (offline) | {} | {batched_qps:.2} | {:.2}x | | | | ≤16 | | | | |",
-        examples.len(),
+        examples.len() * o.rounds,
         batched_qps / seq_qps
     );
-    for r in [&off, &on] {
-        let qps = r.requests as f64 / r.secs;
+    for (label, runs) in
+        [("serve, batching off (--max-batch-size 1)", &offs), ("serve, batching on (--max-batch-size 16, 5 ms)", &ons)]
+    {
+        let qps = median(&runs.iter().map(Run::qps).collect::<Vec<_>>());
+        let mut lat: Vec<f64> = runs.iter().flat_map(|r| r.lat_ms.iter().copied()).collect();
+        lat.sort_by(f64::total_cmp);
+        let last = runs.last().unwrap();
         println!(
-            "| {} | {} | {qps:.2} | {:.2}x | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} → {:.0} | {} | {} | {} |",
-            r.label,
-            r.requests,
+            "| {label} | {} | {qps:.2} | {:.2}x | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} → {:.0} → {:.0} | {} | {} | {}/{} |",
+            lat.len(),
             qps / seq_qps,
-            percentile(&r.lat_ms, 0.5),
-            percentile(&r.lat_ms, 0.9),
-            percentile(&r.lat_ms, 0.99),
-            r.windows_per_run,
-            r.rss_start,
-            r.rss_end,
-            r.mismatched,
-            r.non_200,
-            if r.clean_exit { "0" } else { "FAILED" },
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            median(&runs.iter().map(|r| r.windows_per_run).collect::<Vec<_>>()),
+            last.rss_start,
+            last.rss_mid,
+            last.rss_end,
+            runs.iter().map(|r| r.mismatched).sum::<usize>(),
+            runs.iter().map(|r| r.non_200).sum::<usize>(),
+            runs.iter().filter(|r| r.clean_exit).count(),
+            runs.len(),
         );
     }
-    let (qoff, qon) = (off.requests as f64 / off.secs, on.requests as f64 / on.secs);
+    let ratios: Vec<f64> = offs.iter().zip(&ons).map(|(a, b)| b.qps() / a.qps()).collect();
     println!();
-    println!("dynamic batching: {:.2}x the throughput of batching off", qon / qoff);
-    assert!(off.clean_exit && on.clean_exit, "a server did not exit 0 on SIGTERM");
-    assert_eq!(off.non_200 + on.non_200, 0, "requests failed under load");
+    println!(
+        "dynamic batching: {:.2}x the throughput of batching off (median of per-round ratios {:?})",
+        median(&ratios),
+        rounded(&ratios)
+    );
+    assert!(offs.iter().chain(&ons).all(|r| r.clean_exit), "a server did not exit 0 on SIGTERM");
+    assert_eq!(offs.iter().chain(&ons).map(|r| r.non_200).sum::<usize>(), 0, "requests failed under load");
+}
+
+impl Run {
+    fn qps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    percentile(&s, 0.5)
+}
+
+fn rounded(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| (x * 100.0).round() / 100.0).collect()
 }

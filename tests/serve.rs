@@ -4,6 +4,7 @@
 //! 1e-5 when concurrent requests share padded batches), every request shape and error status,
 //! health while loading, metrics, a YAML config with two models, and SIGTERM under load.
 
+#[path = "serve/client.rs"]
 mod client;
 mod common;
 
@@ -205,8 +206,9 @@ fn answers_equal_sparsec_qa_value_for_value() {
     // One request alone with batching on: its windows run together as `sparsec qa` runs them.
     let flags = ["--top-k", "3", "--max-seq-len", "96", "--doc-stride", "32", "--max-answer-length", "8"];
     let server = Server::start(&bert(), &flags).ready();
+    let model = bert();
     for (name, q, c) in &cases {
-        let mut args = vec!["qa", "--model", bert().to_str().unwrap(), "--question", q, "--context", c, "--json"];
+        let mut args = vec!["qa", "--model", model.to_str().unwrap(), "--question", q, "--context", c, "--json"];
         args.extend_from_slice(&flags);
         let out = sparsec(&args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
