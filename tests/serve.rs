@@ -86,8 +86,12 @@ impl Server {
     }
 
     fn terminate(&mut self) {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success();
-        assert!(ok, "kill -TERM failed");
+        self.signal("-TERM");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig} failed");
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
@@ -373,7 +377,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 
 #[test]
 fn health_is_503_while_loading_then_200_and_metadata_describes_the_model() {
-    let server = Server::start(&bert(), &["--load-delay-ms", "1500"]);
+    let server = Server::start(&bert(), &["--load-delay-ms", "3000"]);
     let h = client::get(server.addr, "/health").unwrap();
     assert_eq!(h.status, 503, "{}", h.text());
     assert_eq!(h.json()["status"], "loading");
@@ -402,7 +406,7 @@ fn health_is_503_while_loading_then_200_and_metadata_describes_the_model() {
 }
 
 #[test]
-fn metrics_are_prometheus_text() {
+fn metrics_are_prometheus_text_and_sigint_stops_cleanly() {
     let server = Server::start(&bert(), &[]).ready();
     let (_, q, c) = cases().remove(0);
     for _ in 0..3 {
@@ -422,6 +426,10 @@ fn metrics_are_prometheus_text() {
     assert_eq!(metric(&m, "sparsec_batch_size_count")[r#"{endpoint="question_answering"}"#], 3.0);
     assert_eq!(metric(&m, "sparsec_queue_depth")[r#"{endpoint="question_answering"}"#], 0.0);
     assert_eq!(metric(&m, "sparsec_pending_requests")[r#"{endpoint="question_answering"}"#], 0.0);
+    let mut server = server;
+    server.signal("-INT");
+    assert!(server.wait_exit().success(), "SIGINT: exit 0");
+    assert_eq!(server.wait_line("stopped: "), "stopped: 4 requests received, 4 answered, 4 with status 200");
 }
 
 #[test]
