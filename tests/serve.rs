@@ -303,7 +303,8 @@ fn list_requests_and_the_hf_shape_answer_each_item() {
 
 #[test]
 fn every_error_is_json_with_its_status_and_the_server_keeps_answering() {
-    let server = Server::start(&bert(), &["--max-request-bytes", "4000", "--max-context-chars", "1000"]).ready();
+    let limits = ["--max-request-bytes", "4000", "--max-context-chars", "1000", "--body-timeout-s", "1"];
+    let server = Server::start(&bert(), &limits).ready();
     let addr = server.addr;
     let (_, q, c) = cases().remove(0);
     let raw = |b: &[u8]| client::request(addr, "POST", "/predict", b).unwrap();
@@ -339,6 +340,13 @@ fn every_error_is_json_with_its_status_and_the_server_keeps_answering() {
     );
     let r = conn.send_raw(req.as_bytes()).unwrap();
     assert_eq!(r.status, 413, "chunked: {}", r.text());
+    // A body that stops arriving: 408 after --body-timeout-s, not a held slot.
+    let mut conn = client::Conn::open(addr).unwrap();
+    let t = Instant::now();
+    let r = conn.send_raw(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"question\"").unwrap();
+    assert_eq!(r.status, 408, "slow body: {}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("did not arrive"), "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     // Still answering, and the statuses are counted.
     let ok = server.predict(&body(&q, &c));
     assert_eq!(ok.status, 200, "{}", ok.text());
