@@ -3,7 +3,7 @@
 //! The crate is a pipeline of stages over one graph IR:
 //! [`onnx`] decodes and encodes `ModelProto` → [`ir`] holds the graph, its facts and the one patch
 //! API → `passes` and `autodiff` rewrite it → [`runtime`] runs it on ONNX Runtime or tract →
-//! `qa`, `train` and [`cli`] are the applications on top.
+//! `qa`, `train`, [`cli`] and [`serve`] (HTTP) are the applications on top.
 
 pub mod autodiff;
 pub mod cli;
@@ -14,4 +14,5 @@ pub mod passes;
 pub mod qa;
 pub mod recipe;
 pub mod runtime;
+pub mod serve;
 pub mod train;

@@ -7,6 +7,7 @@ mod eval;
 mod export;
 mod info;
 mod qa;
+mod serve;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Latency percentiles and throughput of a model (optionally against a second one).
     Bench(bench::BenchArgs),
+    /// Serve question answering over HTTP with dynamic batching (DeepSparse server's routes).
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

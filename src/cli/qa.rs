@@ -23,39 +23,72 @@ pub struct QaArgs {
     /// answers are printed as JSONL.
     #[arg(long, conflicts_with_all = ["question", "context"])]
     file: Option<PathBuf>,
-    /// Number of answers to return.
-    #[arg(long, default_value_t = 1)]
-    top_k: usize,
-    #[arg(long, value_enum, default_value_t = EngineKind::Ort)]
-    engine: EngineKind,
-    /// sparsec's sparse linear and fused attention kernels on ONNX Runtime (`off` for A/B runs).
-    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
-    kernels: Kernels,
-    /// Tokens that consecutive windows share [default: min(max-seq-len / 2, 128)].
-    #[arg(long)]
-    doc_stride: Option<usize>,
-    /// Longest answer in tokens (the HF pipeline's default is 15).
-    #[arg(long, default_value_t = 15)]
-    max_answer_length: usize,
-    #[arg(long, default_value_t = 384)]
-    max_seq_len: usize,
-    /// Questions longer than this many tokens are cut to it.
-    #[arg(long, default_value_t = 64)]
-    max_question_len: usize,
-    /// Also consider the empty answer (SQuAD v2 models).
-    #[arg(long)]
-    handle_impossible_answer: bool,
-    /// Post-processing: the HF pipeline's, or run_qa.py's n-best logit sums.
-    #[arg(long, value_enum, default_value_t = Decoder::Pipeline)]
-    decoder: Decoder,
+    #[command(flatten)]
+    pipeline: PipelineFlags,
     /// Windows per model run.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Intra-op threads.
-    #[arg(long)]
-    threads: Option<usize>,
     #[arg(long)]
     json: bool,
+}
+
+/// The question-answering settings `sparsec qa` and `sparsec serve` share: same flags, same
+/// defaults.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct PipelineFlags {
+    /// Number of answers to return.
+    #[arg(long, default_value_t = 1)]
+    pub top_k: usize,
+    #[arg(long, value_enum, default_value_t = EngineKind::Ort)]
+    pub engine: EngineKind,
+    /// sparsec's sparse linear and fused attention kernels on ONNX Runtime (`off` for A/B runs).
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    pub kernels: Kernels,
+    /// Tokens that consecutive windows share [default: min(max-seq-len / 2, 128)].
+    #[arg(long)]
+    pub doc_stride: Option<usize>,
+    /// Longest answer in tokens (the HF pipeline's default is 15).
+    #[arg(long, default_value_t = 15)]
+    pub max_answer_length: usize,
+    #[arg(long, default_value_t = 384)]
+    pub max_seq_len: usize,
+    /// Questions longer than this many tokens are cut to it.
+    #[arg(long, default_value_t = 64)]
+    pub max_question_len: usize,
+    /// Also consider the empty answer (SQuAD v2 models).
+    #[arg(long)]
+    pub handle_impossible_answer: bool,
+    /// Post-processing: the HF pipeline's, or run_qa.py's n-best logit sums.
+    #[arg(long, value_enum, default_value_t = Decoder::Pipeline)]
+    pub decoder: Decoder,
+    /// Intra-op threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl PipelineFlags {
+    /// Window, decoding and engine settings; fails on values no pipeline can use.
+    pub fn resolve(&self) -> Result<(WindowOptions, DecodeOptions, EngineOptions)> {
+        if self.top_k == 0 {
+            bail!("--top-k must be at least 1");
+        }
+        if self.max_answer_length == 0 {
+            bail!("--max-answer-length must be at least 1");
+        }
+        let mut wopts = WindowOptions::new(self.max_seq_len);
+        wopts.max_question_len = self.max_question_len;
+        if let Some(s) = self.doc_stride {
+            wopts.doc_stride = s;
+        }
+        let dopts = DecodeOptions {
+            top_k: self.top_k,
+            max_answer_len: self.max_answer_length,
+            handle_impossible_answer: self.handle_impossible_answer,
+            ..DecodeOptions::default()
+        };
+        let engine = EngineOptions { threads: self.threads, sparse: self.kernels.sparse_execution(), ..Default::default() };
+        Ok((wopts, dopts, engine))
+    }
 }
 
 #[derive(Serialize)]
@@ -70,24 +103,8 @@ struct FileAnswer<'a> {
 }
 
 pub fn run(args: QaArgs) -> Result<()> {
-    if args.top_k == 0 {
-        bail!("--top-k must be at least 1");
-    }
-    if args.max_answer_length == 0 {
-        bail!("--max-answer-length must be at least 1");
-    }
     let model = super::resolve_model_path(&args.model);
-    let mut wopts = WindowOptions::new(args.max_seq_len);
-    wopts.max_question_len = args.max_question_len;
-    if let Some(s) = args.doc_stride {
-        wopts.doc_stride = s;
-    }
-    let dopts = DecodeOptions {
-        top_k: args.top_k,
-        max_answer_len: args.max_answer_length,
-        handle_impossible_answer: args.handle_impossible_answer,
-        ..DecodeOptions::default()
-    };
+    let (wopts, dopts, engine_opts) = args.pipeline.resolve()?;
     let requests: Vec<(String, QaRequest)> = match &args.file {
         Some(f) => read_requests(f)?,
         None => vec![(
@@ -98,23 +115,19 @@ pub fn run(args: QaArgs) -> Result<()> {
             },
         )],
     };
-    let mut pipeline = QaPipeline::load(
-        &model,
-        args.engine,
-        &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
-    )?;
+    let mut pipeline = QaPipeline::load(&model, args.pipeline.engine, &engine_opts)?;
     let windower = pipeline.windower(wopts)?;
     let reqs: Vec<QaRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
-    let results = pipeline.answer(&windower, &reqs, args.batch_size, args.decoder, &dopts, |_| {})?;
+    let results = pipeline.answer(&windower, &reqs, args.batch_size, args.pipeline.decoder, &dopts, |_| {})?;
 
     if args.file.is_none() {
         let answers = results.into_iter().next().expect("one result")?.answers;
-        return print_single(&answers, args.top_k, args.json);
+        return print_single(&answers, args.pipeline.top_k, args.json);
     }
     let mut failed = 0;
     for ((id, _), res) in requests.iter().zip(results) {
         let line = match &res {
-            Ok(a) if args.top_k == 1 => {
+            Ok(a) if args.pipeline.top_k == 1 => {
                 FileAnswer { id, answer: Some(a.answers.first().unwrap_or(&NO_ANSWER)), answers: None, error: None }
             }
             Ok(a) => FileAnswer { id, answer: None, answers: Some(&a.answers), error: None },
