@@ -650,6 +650,8 @@ impl<'d> Session<'d> {
     /// newest checkpoint with `--resume`.
     fn open(cfg: &'d TrainConfig, data: &'d Data, run: Run<'d>, progress: &mut dyn Progress) -> Result<Session<'d>> {
         let compiled = &data.compiled;
+        let pruners =
+            super::prune::select::pruners(&compiled.recipe, &run.slot_params(), cfg.prune_memory_limit, false)?;
         let schedule = Schedule::new(&compiled.recipe);
         let epochs = schedule.total_epochs();
         if epochs <= 0.0 {
@@ -663,8 +665,6 @@ impl<'d> Session<'d> {
                 );
             }
         }
-        let pruners =
-            super::prune::select::pruners(&compiled.recipe, &run.slot_params(), cfg.prune_memory_limit, false)?;
         let spe = data.windows.len().div_ceil(cfg.batch_size) as u64;
         let schedule_steps = (epochs * spe as f64).ceil() as u64;
         let total_steps = cfg.max_steps.map_or(schedule_steps, |m| m.min(schedule_steps));
