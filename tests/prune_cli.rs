@@ -204,3 +204,67 @@ fn unsupported_modifiers_fail_and_ignored_fields_warn() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("one-shot"), "SparseGPT without --one-shot: {err}");
 }
+
+#[test]
+fn obs_mask_updates_during_training_use_fresh_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = r#"
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 2.0
+  - !OBSPruningModifier
+    params: ["re:.*layer\\.\\d+\\..*(query|key|value|dense)\\.weight$"]
+    init_sparsity: 0.5
+    final_sparsity: 0.8
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 1.0
+    inter_func: linear
+    num_grads: 3
+    damp: 1e-4
+    fisher_block_size: 16
+    num_recomputations: 2
+    grad_sampler_kwargs:
+      batch_size: 4
+"#;
+    let r = recipe_in(dir.path(), "obs-train.yaml", recipe);
+    ok(&compile(dir.path(), &r, ""));
+    let c = dir.path().join("compiled");
+    let o = dir.path().join("trained");
+    let data = root().join("fixtures/squad-tiny.json");
+    let out = sparsec(&[
+        "train",
+        "--model",
+        s(&c),
+        "--train-file",
+        s(&data),
+        "--output-dir",
+        s(&o),
+        "--max-seq-length",
+        "64",
+        "--doc-stride",
+        "32",
+        "--per-device-train-batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let summary: Value = serde_json::from_str(&ok(&out)).unwrap();
+    // Two updates (epochs 0 and 1), each of two recomputations with 3 gradients.
+    let reports = summary["pruning"].as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for r in reports {
+        assert_eq!((r["algorithm"].as_str(), r["samples"].as_u64()), (Some("obs"), Some(6)), "{r}");
+    }
+    let overall = summary["overall_sparsity"].as_f64().unwrap();
+    assert!((overall - 0.8).abs() < 0.005, "final sparsity {overall}");
+    let log: Vec<Value> = std::fs::read_to_string(o.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = log[0]["sparsity"].as_f64().unwrap();
+    assert!((first - 0.5).abs() < 0.005, "sparsity after the first update {first}");
+}

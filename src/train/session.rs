@@ -130,7 +130,8 @@ pub struct TrainSummary {
     pub one_shot: bool,
     pub evals: Vec<EvalRecord>,
     pub resumed_from_step: Option<u64>,
-    /// What each pruning update of a one-shot run did.
+    /// What each pruning update that used evidence (gradients, activations) did, in this
+    /// process (a resumed run lists only the updates after the resume).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pruning: Vec<PruneReport>,
 }
@@ -636,6 +637,7 @@ struct Session<'d> {
     order_epoch: u64,
     since: (Instant, u64),
     started: Instant,
+    pruning: Vec<PruneReport>,
 }
 
 /// What the QAT phase decided for one step.
@@ -766,6 +768,7 @@ impl<'d> Session<'d> {
             order_epoch: u64::MAX,
             since: (Instant::now(), 0),
             started: Instant::now(),
+            pruning: Vec::new(),
         };
         if cfg.resume {
             s.resume(&log_path, progress)?;
@@ -892,6 +895,14 @@ impl<'d> Session<'d> {
             } else {
                 pruner.prune(&mut layers, &mut Evidence::default())?
             };
+            tracing::info!(
+                step,
+                algorithm = report.algorithm,
+                sparsity = report.sparsity,
+                samples = report.samples,
+                seconds = report.seconds,
+                "pruned"
+            );
             if report.samples > 0 {
                 progress.message(&format!(
                     "step {step}: {} pruning to {:.2}% from {} gradient batches ({:.1} s, state {:.1} MB)",
@@ -903,6 +914,9 @@ impl<'d> Session<'d> {
                 ));
             }
             self.run.store_layers(layers, &mut self.stepper.params);
+            if report.samples > 0 {
+                self.pruning.push(report);
+            }
         }
         apply_masks(&mut self.stepper, &self.run);
         for (name, value) in self.run.mask_inputs() {
@@ -1059,7 +1073,7 @@ impl<'d> Session<'d> {
             one_shot: false,
             evals: self.evals,
             resumed_from_step: self.resumed_from,
-            pruning: Vec::new(),
+            pruning: self.pruning,
         };
         crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
         Ok(summary)
