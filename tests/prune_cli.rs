@@ -130,13 +130,12 @@ fn one_shot_sparsegpt_prunes_each_layer_from_its_calibration_inputs() {
 #[test]
 fn one_shot_sparsegpt_4x1_blocks_are_four_output_channels() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(root().join("recipes/sparsegpt80-oneshot.yaml"))
-        .unwrap()
-        .replace("mask_structure: \"0:0\"", "mask_structure: [4, 1]");
-    let r = recipe_in(dir.path(), "sgpt4x1.yaml", &text);
-    ok(&compile(dir.path(), &r, ""));
+    // With a QuantizationModifier: SparseGPT runs on the graph without fake quantization, then
+    // the int8 observers are calibrated.
+    ok(&compile(dir.path(), &root().join("benches/oneshot/sparsegpt80-4x1-int8.yaml"), ""));
     let summary: Value = serde_json::from_str(&ok(&one_shot(dir.path(), "8"))).unwrap();
     check_pruned(dir.path(), &summary, "sparsegpt");
+    assert_eq!(summary["quantized"], true);
     for (param, _, transposed) in targets(&dir.path().join("compiled")) {
         let (dims, mask) = init(&dir.path().join("oneshot/model.onnx"), &format!("{param}.mask"));
         let (rows, cols) = (dims[0] as usize, dims[1] as usize);
@@ -154,11 +153,16 @@ fn one_shot_sparsegpt_4x1_blocks_are_four_output_channels() {
 #[test]
 fn one_shot_obs_prunes_from_task_loss_gradients() {
     let dir = tempfile::tempdir().unwrap();
-    let o = compile(dir.path(), &root().join("recipes/obs80-oneshot.yaml"), r#"{"num_grads": 6, "damp": 1e-4}"#);
+    let o = compile(
+        dir.path(),
+        &root().join("benches/oneshot/obs80-unstructured-int8.yaml"),
+        r#"{"num_grads": 6, "damp": 1e-4}"#,
+    );
     ok(&o);
     let out = one_shot(dir.path(), "8");
     let summary: Value = serde_json::from_str(&ok(&out)).unwrap();
     check_pruned(dir.path(), &summary, "obs");
+    assert_eq!(summary["quantized"], true);
     let rep = &summary["pruning"][0];
     assert_eq!(rep["samples"], 6, "num_grads gradient batches");
     // d × B floats: d prunable weights, B = 16, 4 bytes each (the tiny BERT's blocks divide evenly).

@@ -238,7 +238,9 @@ impl ActivationSource for Calibration<'_> {
         let bytes = crate::onnx::encode_model(&model);
         let backend = runtime::load_bytes(&bytes, EngineKind::Ort, &self.opts)
             .context("cannot load the calibration graph (linear inputs as outputs)")?;
-        let mut backend = WithInputs::new(backend, self.state.bound(layers));
+        let takes = backend.input_names().to_vec();
+        let bound = self.state.bound(layers).into_iter().filter(|(n, _)| takes.contains(n)).collect();
+        let mut backend = WithInputs::new(backend, bound);
         let names: Vec<String> = backend.output_names().to_vec();
         let pos: Vec<usize> = outputs
             .iter()
