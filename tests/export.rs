@@ -70,7 +70,7 @@ fn inputs() -> Vec<(String, HostTensor)> {
 }
 
 fn logits(path: &Path, engine: EngineKind, basic: bool) -> HashMap<String, ArrayD<f32>> {
-    let opts = EngineOptions { basic_optimizations_only: basic, threads: Some(1) };
+    let opts = EngineOptions { basic_optimizations_only: basic, threads: Some(1), ..Default::default() };
     let mut b = runtime::load_file(path, engine, &opts).unwrap();
     let owned = inputs();
     let feeds: Vec<(&str, HostTensor)> = owned.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();

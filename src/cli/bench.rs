@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use ndarray::Array2;
 use serde::Serialize;
 
-use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor};
+use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor, Kernels};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -23,6 +23,9 @@ pub struct BenchArgs {
     threads: Option<usize>,
     #[arg(long, value_enum, default_value_t = EngineKind::Ort)]
     engine: EngineKind,
+    /// sparsec's sparse linear and fused attention kernels on ONNX Runtime (`off` for A/B runs).
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    kernels: Kernels,
     /// Measured time (per model).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -35,6 +38,9 @@ pub struct BenchArgs {
     /// Engine of the --compare model [default: --engine].
     #[arg(long, value_enum)]
     compare_engine: Option<EngineKind>,
+    /// Kernels of the --compare model; `off` by default, so it is the plain ONNX Runtime baseline.
+    #[arg(long, value_enum, default_value_t = Kernels::Off)]
+    compare_kernels: Kernels,
     #[arg(long)]
     json: bool,
 }
@@ -44,6 +50,9 @@ pub struct BenchArgs {
 pub struct BenchResult {
     pub model: String,
     pub engine: EngineKind,
+    pub kernels: Kernels,
+    /// What the in-memory lowering rewrote (`-` when the model ran as it is).
+    pub lowered: String,
     pub batch_size: usize,
     pub seq_len: usize,
     pub iterations: usize,
@@ -84,6 +93,8 @@ fn inputs(backend: &dyn Backend, vocab: usize, batch: usize, seq: usize) -> Resu
 }
 
 struct Subject {
+    kernels: Kernels,
+    lowered: String,
     path: PathBuf,
     backend: Box<dyn Backend>,
     feed: Vec<(String, HostTensor)>,
@@ -91,11 +102,13 @@ struct Subject {
 }
 
 impl Subject {
-    fn load(path: &Path, engine: EngineKind, args: &BenchArgs) -> Result<Subject> {
-        let backend = runtime::load_file(path, engine, &EngineOptions { threads: args.threads, ..Default::default() })?;
+    fn load(path: &Path, engine: EngineKind, kernels: Kernels, args: &BenchArgs) -> Result<Subject> {
+        let opts = EngineOptions { threads: args.threads, sparse: kernels.sparse_execution(), ..Default::default() };
+        let backend = runtime::load_file(path, engine, &opts)?;
+        let lowered = lowering_summary(backend.as_ref());
         let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
         let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;
-        Ok(Subject { path: path.to_path_buf(), backend, feed, times: Vec::new() })
+        Ok(Subject { path: path.to_path_buf(), backend, feed, times: Vec::new(), kernels, lowered })
     }
 
     fn step(&mut self) -> Result<Duration> {
@@ -119,6 +132,8 @@ impl Subject {
         BenchResult {
             model: self.path.display().to_string(),
             engine: self.backend.engine(),
+            kernels: self.kernels,
+            lowered: self.lowered.clone(),
             batch_size: args.batch_size,
             seq_len: args.seq_len,
             iterations: ms.len(),
@@ -131,15 +146,29 @@ impl Subject {
     }
 }
 
+/// `"LowerSparseLinear 36, FuseAttention 6, FuseQkv 6"`, or `-` when nothing was lowered.
+fn lowering_summary(b: &dyn Backend) -> String {
+    match b.lowering() {
+        Some(r) => r
+            .iter()
+            .filter(|r| r.pass != "RemoveDead")
+            .map(|r| format!("{} {}", r.pass, r.rewritten))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "-".into(),
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.batch_size == 0 || args.seq_len == 0 {
         bail!("--batch-size and --seq-len must be at least 1");
     }
-    let mut subjects = vec![Subject::load(&super::resolve_model_path(&args.model), args.engine, &args)?];
+    let mut subjects = vec![Subject::load(&super::resolve_model_path(&args.model), args.engine, args.kernels, &args)?];
     if let Some(other) = &args.compare {
         subjects.push(Subject::load(
             &super::resolve_model_path(other),
             args.compare_engine.unwrap_or(args.engine),
+            args.compare_kernels,
             &args,
         )?);
     }
@@ -166,8 +195,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     for r in &report.results {
         println!(
-            "{} [{}] batch {} seq {}: {} iterations, mean {:.2} ms, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, {:.2} items/s",
-            r.model, r.engine, r.batch_size, r.seq_len, r.iterations, r.mean_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.items_per_second
+            "{} [{}, kernels {:?}: {}] batch {} seq {}: {} iterations, mean {:.2} ms, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, {:.2} items/s",
+            r.model, r.engine, r.kernels, r.lowered, r.batch_size, r.seq_len, r.iterations, r.mean_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.items_per_second
         );
     }
     if let Some(x) = report.speed_ratio {

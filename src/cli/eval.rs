@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::qa::metric::{evaluate_v1, evaluate_v2, Scored, V1Result, V2Result};
 use crate::qa::{squad, DecodeOptions, Decoder, QaPipeline, QaRequest, WindowOptions};
-use crate::runtime::{EngineKind, EngineOptions};
+use crate::runtime::{EngineKind, EngineOptions, Kernels};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -35,6 +35,9 @@ pub struct EvalArgs {
     predictions: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = EngineKind::Ort)]
     engine: EngineKind,
+    /// sparsec's sparse linear and fused attention kernels on ONNX Runtime (`off` for A/B runs).
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    kernels: Kernels,
     #[arg(long)]
     threads: Option<usize>,
     /// Post-processing: run_qa.py's n-best logit sums (as SQuAD numbers are reported), or the HF pipeline's.
@@ -80,8 +83,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(n) = args.limit {
         examples.truncate(n);
     }
-    let mut pipeline =
-        QaPipeline::load(&model, args.engine, &EngineOptions { threads: args.threads, ..Default::default() })?;
+    let mut pipeline = QaPipeline::load(
+        &model,
+        args.engine,
+        &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
+    )?;
     let windower = pipeline.tokenizer.windower(WindowOptions {
         max_seq_len: args.max_seq_len,
         doc_stride: args.doc_stride,

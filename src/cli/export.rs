@@ -35,7 +35,9 @@ pub struct ExportArgs {
     #[arg(long)]
     quantize_embeddings: bool,
     /// `qdq`: int8 weights and activations as Quantize/DequantizeLinear pairs around float
-    /// operators (runtimes fuse them); `qoperator`: int8 linear layers as `MatMulInteger` + rescale.
+    /// operators (runtimes fuse them); `qoperator`: int8 linear layers as `MatMulInteger` + rescale;
+    /// `sparse`: the QDQ model lowered to sparsec's kernels (`ai.sparsec` ops: sparse linears,
+    /// fused attention), which needs sparsec or `libsparsec_ops.so` to run.
     #[arg(long, value_enum, default_value_t = Format::Qdq)]
     format: Format,
     #[arg(long)]
@@ -47,6 +49,7 @@ pub struct ExportArgs {
 pub enum Format {
     Qdq,
     Qoperator,
+    Sparse,
 }
 
 /// What `lower` does beyond folding masks and lowering fake quantization to QDQ.
@@ -125,6 +128,9 @@ pub fn lower(model: &mut Model, opts: LowerOptions) -> Result<Vec<PassReport>> {
         }
         .run(model)?,
     );
+    if opts.format == Format::Sparse {
+        reports.extend(crate::passes::lower_for_sparse_execution(model, &Default::default())?);
+    }
     infer::infer_facts(model).context("the lowered graph failed validation")?;
     Ok(reports)
 }

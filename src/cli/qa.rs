@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::qa::{squad, Answer, DecodeOptions, Decoder, QaPipeline, QaRequest, WindowOptions};
-use crate::runtime::{EngineKind, EngineOptions};
+use crate::runtime::{EngineKind, EngineOptions, Kernels};
 
 #[derive(clap::Args)]
 pub struct QaArgs {
@@ -28,6 +28,9 @@ pub struct QaArgs {
     top_k: usize,
     #[arg(long, value_enum, default_value_t = EngineKind::Ort)]
     engine: EngineKind,
+    /// sparsec's sparse linear and fused attention kernels on ONNX Runtime (`off` for A/B runs).
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    kernels: Kernels,
     /// Tokens that consecutive windows share [default: min(max-seq-len / 2, 128)].
     #[arg(long)]
     doc_stride: Option<usize>,
@@ -95,8 +98,11 @@ pub fn run(args: QaArgs) -> Result<()> {
             },
         )],
     };
-    let mut pipeline =
-        QaPipeline::load(&model, args.engine, &EngineOptions { threads: args.threads, ..Default::default() })?;
+    let mut pipeline = QaPipeline::load(
+        &model,
+        args.engine,
+        &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
+    )?;
     let windower = pipeline.tokenizer.windower(wopts)?;
     let reqs: Vec<QaRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
     let results = pipeline.answer(&windower, &reqs, args.batch_size, args.decoder, &dopts, |_| {})?;

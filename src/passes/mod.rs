@@ -10,10 +10,14 @@
 mod bind_inputs;
 mod expose_trainable_params;
 mod fold_masks;
+mod fuse_attention;
+mod fuse_qkv;
 mod insert_fake_quant;
 mod insert_masks;
 mod lower_fake_quant;
 mod lower_qoperator;
+mod lower_sparse_linear;
+mod pattern;
 mod quantize_embeddings;
 mod remove_dead;
 
@@ -22,10 +26,13 @@ use serde::Serialize;
 pub use bind_inputs::BindInputs;
 pub use expose_trainable_params::ExposeTrainableParams;
 pub use fold_masks::FoldMasks;
+pub use fuse_attention::FuseAttention;
+pub use fuse_qkv::FuseQkv;
 pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, MIN_SCALE, QUANT_ENABLED_INPUT};
 pub use insert_masks::{InsertMasks, MaskTarget};
 pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
 pub use lower_qoperator::LowerQOperator;
+pub use lower_sparse_linear::LowerSparseLinear;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 
@@ -102,6 +109,9 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("LowerQOperator", |c| build::<LowerQOperator>("LowerQOperator")(c)),
         ("QuantizeEmbeddings", |c| build::<QuantizeEmbeddings>("QuantizeEmbeddings")(c)),
         ("RemoveDead", |c| build::<RemoveDead>("RemoveDead")(c)),
+        ("LowerSparseLinear", |c| build::<LowerSparseLinear>("LowerSparseLinear")(c)),
+        ("FuseAttention", |c| build::<FuseAttention>("FuseAttention")(c)),
+        ("FuseQkv", |c| build::<FuseQkv>("FuseQkv")(c)),
     ]
 }
 
@@ -115,4 +125,40 @@ pub fn by_name(name: &str, config: serde_json::Value) -> Result<Box<dyn Pass>, P
             known: reg.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
         }),
     }
+}
+
+/// How [`lower_for_sparse_execution`] lowers a model.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct SparseExecution {
+    pub linear: LowerSparseLinear,
+    pub attention: FuseAttention,
+    /// Fuse attention only, leave linears on ONNX Runtime (for A/B measurements).
+    #[serde(default)]
+    pub no_linear: bool,
+    /// Lower linears only, leave attention on ONNX Runtime.
+    #[serde(default)]
+    pub no_attention: bool,
+}
+
+/// The sparse-execution pipeline sparsec applies in memory before running a model on ONNX
+/// Runtime: `LowerSparseLinear`, `FuseAttention`, `FuseQkv`, `RemoveDead`. The result needs the
+/// `ai.sparsec` operators (`sparsec-ops`) registered with the session.
+pub fn lower_for_sparse_execution(model: &mut Model, cfg: &SparseExecution) -> Result<Vec<PassReport>, PassError> {
+    let mut reports = Vec::new();
+    if !cfg.no_linear {
+        reports.push(cfg.linear.run(model)?);
+    }
+    if !cfg.no_attention {
+        reports.push(cfg.attention.run(model)?);
+        // The replaced attention subgraphs still read the projections until they are removed.
+        RemoveDead::default().run(model)?;
+        reports.push(FuseQkv::default().run(model)?);
+    }
+    reports.push(RemoveDead::default().run(model)?);
+    if reports.iter().any(|r| r.rewritten > 0 && r.pass != "RemoveDead")
+        && !model.opset_imports.iter().any(|(d, _)| d == crate::ir::ops::sparsec::DOMAIN)
+    {
+        model.opset_imports.push((crate::ir::ops::sparsec::DOMAIN.to_string(), 1));
+    }
+    Ok(reports)
 }

@@ -7,7 +7,7 @@ mod tract_engine;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ndarray::ArrayD;
 
 pub use ort_engine::{find_onnxruntime, OrtBackend};
@@ -79,6 +79,34 @@ impl std::fmt::Display for EngineKind {
     }
 }
 
+/// Which of sparsec's own kernels run a model on ONNX Runtime (`--kernels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// Sparse linears where a layer is sparse enough, and fused attention.
+    #[default]
+    Auto,
+    /// None: the model runs on ONNX Runtime's own kernels as it is.
+    Off,
+    /// Sparse linears only.
+    Linear,
+    /// Fused attention only.
+    Attention,
+}
+
+impl Kernels {
+    /// The in-memory lowering this choice asks for (`None` for `off`).
+    pub fn sparse_execution(self) -> Option<crate::passes::SparseExecution> {
+        let base = crate::passes::SparseExecution::default();
+        match self {
+            Kernels::Off => None,
+            Kernels::Auto => Some(base),
+            Kernels::Linear => Some(crate::passes::SparseExecution { no_attention: true, ..base }),
+            Kernels::Attention => Some(crate::passes::SparseExecution { no_linear: true, ..base }),
+        }
+    }
+}
+
 /// Engine settings.
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
@@ -87,6 +115,9 @@ pub struct EngineOptions {
     /// Only ORT's basic (semantics-preserving) graph rewrites, none of the fusions that change
     /// float rounding; for tests comparing two graphs value for value.
     pub basic_optimizations_only: bool,
+    /// On ONNX Runtime, lower the model in memory to sparsec's sparse kernels first
+    /// ([`crate::passes::lower_for_sparse_execution`]); `None` runs the model as it is.
+    pub sparse: Option<crate::passes::SparseExecution>,
 }
 
 /// A loaded model that can be run repeatedly.
@@ -97,10 +128,24 @@ pub trait Backend: Send {
     fn output_names(&self) -> &[String];
     /// Runs the model on named inputs; returns every output, in model order.
     fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>>;
+    /// What the in-memory sparse lowering did when the model was loaded (`None`: not lowered).
+    fn lowering(&self) -> Option<&[crate::passes::PassReport]> {
+        None
+    }
 }
 
 /// Loads a model file on the chosen engine.
 pub fn load_file(path: &Path, engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
+    if let (EngineKind::Ort, Some(cfg)) = (engine, &opts.sparse) {
+        let mut model = crate::onnx::load(path)?;
+        crate::ir::infer::infer_facts(&mut model).with_context(|| format!("'{}'", path.display()))?;
+        let reports = crate::passes::lower_for_sparse_execution(&mut model, cfg)
+            .with_context(|| format!("lowering '{}' to sparse kernels", path.display()))?;
+        let bytes = crate::onnx::encode_model(&model);
+        let backend = OrtBackend::from_bytes(&bytes, opts)
+            .with_context(|| format!("ONNX Runtime cannot load '{}' lowered to sparse kernels", path.display()))?;
+        return Ok(Box::new(backend.with_lowering(reports)));
+    }
     Ok(match engine {
         EngineKind::Ort => Box::new(OrtBackend::from_file(path, opts)?),
         EngineKind::Tract => Box::new(TractBackend::from_file(path, opts)?),

@@ -98,6 +98,7 @@ pub struct OrtBackend {
     session: Session,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    lowering: Option<Vec<crate::passes::PassReport>>,
 }
 
 impl OrtBackend {
@@ -115,6 +116,9 @@ impl OrtBackend {
         if let Some(t) = opts.threads {
             b = b.with_intra_threads(t).map_err(|e| anyhow!("{e}"))?;
         }
+        sparsec_ops::set_threads(opts.threads.unwrap_or(0));
+        let domain = sparsec_ops::domain().map_err(|e| anyhow!("cannot create sparsec's custom operators: {e}"))?;
+        b = b.with_operators(domain).map_err(|e| anyhow!("cannot register sparsec's custom operators: {e}"))?;
         Ok(b)
     }
 
@@ -133,7 +137,12 @@ impl OrtBackend {
     fn wrap(session: Session) -> OrtBackend {
         let inputs = session.inputs().iter().map(|o| o.name().to_string()).collect();
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        OrtBackend { session, inputs, outputs }
+        OrtBackend { session, inputs, outputs, lowering: None }
+    }
+
+    pub(crate) fn with_lowering(mut self, reports: Vec<crate::passes::PassReport>) -> OrtBackend {
+        self.lowering = Some(reports);
+        self
     }
 }
 
@@ -175,6 +184,10 @@ impl Backend for OrtBackend {
     fn output_names(&self) -> &[String] {
         &self.outputs
     }
+    fn lowering(&self) -> Option<&[crate::passes::PassReport]> {
+        self.lowering.as_deref()
+    }
+
     fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
         let mut feed: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {

@@ -212,7 +212,7 @@ impl ActivationSource for Calibration<'_> {
         &mut self,
         layers: &[Layer],
         group: &[usize],
-        each: &mut dyn FnMut(&[usize], &[f32], usize) -> Result<()>,
+        each: &mut super::prune::LayerInputSink,
     ) -> Result<usize> {
         let g = &self.model.graph;
         let mut values: Vec<(ValueId, Vec<usize>)> = Vec::new();

@@ -831,11 +831,11 @@ impl<'d> Session<'d> {
         let entry = self.train_step(step, qat, step_started)?;
         progress.step(&entry);
         let done = step + 1;
-        let epoch_end = done % self.spe == 0 || done == self.total_steps;
+        let epoch_end = done.is_multiple_of(self.spe) || done == self.total_steps;
         if epoch_end {
             self.evaluate(done, qat.on, progress)?;
         }
-        if epoch_end || self.cfg.save_steps.is_some_and(|n| n > 0 && done % n == 0) {
+        if epoch_end || self.cfg.save_steps.is_some_and(|n| n > 0 && done.is_multiple_of(n)) {
             self.checkpoint(done)?;
         }
         if self.abort_at == Some(done) {

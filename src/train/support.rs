@@ -183,7 +183,8 @@ pub fn audit(recipe: &Recipe) -> Vec<Finding> {
                 }
             }
             Modifier::TrainableParams(t) => {
-                if !t.trainable && !(t.start_epoch <= 0.0 && t.end_epoch == -1.0) {
+                let whole_run = t.start_epoch <= 0.0 && t.end_epoch == -1.0;
+                if !t.trainable && !whole_run {
                     push(
                         Some("end_epoch"),
                         false,

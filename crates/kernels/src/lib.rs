@@ -7,6 +7,7 @@
 //! path is tested against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
 
 pub mod attention;
+pub mod gelu;
 pub mod isa;
 pub mod linear_f32;
 pub mod linear_i8;

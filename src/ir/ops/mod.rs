@@ -8,6 +8,7 @@ mod elementwise;
 mod linalg;
 mod nn;
 mod shape;
+pub mod sparsec;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -40,6 +41,7 @@ fn registry() -> &'static Registry {
         linalg::register(&mut defs);
         nn::register(&mut defs);
         shape::register(&mut defs);
+        sparsec::register(&mut defs);
         let mut reg = Registry::new();
         for d in defs {
             reg.entry(d.domain).or_default().insert(d.op_type, d);

@@ -232,6 +232,11 @@ mod tests {
         let m = layer_mask(&view(&w, 2, 8, 0), 0.25, MaskStructure::Block { out: 4, inp: 1 });
         let zeros: Vec<usize> = (0..16).filter(|&i| m[i] == 0.0).collect();
         assert_eq!(zeros, vec![12, 13, 14, 15]);
+        // The same weight stored [out=8, in=2] (Gemm, transB): the block is 4 consecutive rows of one column.
+        let wt: Vec<f32> = (0..16).map(|i| w[(i % 2) * 8 + i / 2]).collect();
+        let mt = layer_mask(&view(&wt, 8, 2, 1), 0.25, MaskStructure::Block { out: 4, inp: 1 });
+        let zeros_t: Vec<usize> = (0..16).filter(|&i| mt[i] == 0.0).collect();
+        assert_eq!(zeros_t, vec![9, 11, 13, 15]);
     }
 
     #[test]

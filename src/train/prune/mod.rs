@@ -97,18 +97,16 @@ pub trait GradientSource {
     ) -> Result<usize>;
 }
 
+/// Receives `(ks, x, n)`: `n` input rows `x` read by the layers `ks` (see [`ActivationSource`]).
+pub type LayerInputSink<'a> = dyn FnMut(&[usize], &[f32], usize) -> Result<()> + 'a;
+
 /// Calibration inputs of linear layers for SparseGPT.
 pub trait ActivationSource {
     /// Runs the calibration windows through the model with every layer's current weights and
     /// masks, and calls `each(ks, x, n)` with `n` input rows `x` (`[n, in]`, row-major, padding
     /// tokens excluded) read by the layers `group[k]` for `k` in `ks` (layers reading the same
     /// value are reported together), batch by batch. Returns the windows run.
-    fn layer_inputs(
-        &mut self,
-        layers: &[Layer],
-        group: &[usize],
-        each: &mut dyn FnMut(&[usize], &[f32], usize) -> Result<()>,
-    ) -> Result<usize>;
+    fn layer_inputs(&mut self, layers: &[Layer], group: &[usize], each: &mut LayerInputSink) -> Result<usize>;
 }
 
 /// What a pruner may ask the trainer for.

@@ -61,7 +61,7 @@ impl ObsConfig {
         if self.fisher_block_size == 0 || self.num_grads == 0 {
             bail!("OBSPruningModifier: fisher_block_size and num_grads must be >= 1");
         }
-        if k > 1 && self.fisher_block_size % k != 0 {
+        if k > 1 && !self.fisher_block_size.is_multiple_of(k) {
             bail!(
                 "OBSPruningModifier: fisher_block_size {} must be a multiple of the block size {k}",
                 self.fisher_block_size

@@ -165,13 +165,13 @@ pub fn fasterprune(
             SgptMask::Unstructured => {
                 let mut tmp: Vec<f64> =
                     (0..rows).flat_map(|r| (i1..i2).map(move |c| (r, c))).map(|(r, c)| score(r, c)).collect();
-                let thresh = kth(&mut tmp.clone(), (tmp.len() as f64 * sparsity) as usize);
+                let k = (tmp.len() as f64 * sparsity) as usize;
+                let thresh = kth(&mut tmp, k);
                 for r in 0..rows {
                     for c in i1..i2 {
                         mask[r * cols + c] = score(r, c) <= thresh;
                     }
                 }
-                tmp.clear();
             }
             SgptMask::Block { out, inp } => {
                 let mut groups: Vec<(f64, usize, usize)> = Vec::new();
@@ -200,48 +200,42 @@ pub fn fasterprune(
             }
             SgptMask::PruneNOfM { .. } => {}
         }
-        let blk_err: Vec<Vec<f64>> = w
-            .par_chunks_mut(cols)
-            .zip(mask.par_chunks_mut(cols))
-            .map(|(wr, mr)| {
-                let mut err = vec![0.0; count];
-                for i in 0..count {
-                    let c = i1 + i;
-                    if let SgptMask::PruneNOfM { n, m } = cfg.mask {
-                        if i % m == 0 {
-                            let end = (c + m).min(i2);
-                            let mut idx: Vec<usize> = (c..end).collect();
-                            let sc = |k: usize| {
-                                let d = u[k * cols + k];
-                                wr[k] * wr[k] / (d * d)
-                            };
-                            idx.sort_by(|&a, &b| sc(a).total_cmp(&sc(b)).then(a.cmp(&b)));
-                            for &k in idx.iter().take(n) {
-                                mr[k] = true;
-                            }
+        w.par_chunks_mut(cols).zip(mask.par_chunks_mut(cols)).for_each(|(wr, mr)| {
+            let mut err = vec![0.0; count];
+            for (i, ei) in err.iter_mut().enumerate() {
+                let c = i1 + i;
+                if let SgptMask::PruneNOfM { n, m } = cfg.mask {
+                    if i.is_multiple_of(m) {
+                        let end = (c + m).min(i2);
+                        let mut idx: Vec<usize> = (c..end).collect();
+                        let sc = |k: usize| {
+                            let d = u[k * cols + k];
+                            wr[k] * wr[k] / (d * d)
+                        };
+                        idx.sort_by(|&a, &b| sc(a).total_cmp(&sc(b)).then(a.cmp(&b)));
+                        for &k in idx.iter().take(n) {
+                            mr[k] = true;
                         }
                     }
-                    let wv = wr[c];
-                    let q = if mr[c] { 0.0 } else { wv };
-                    let d = u[c * cols + c];
-                    let e = (wv - q) / d;
-                    for k in c..i2 {
-                        wr[k] -= e * u[c * cols + k];
-                    }
-                    wr[c] = q;
-                    err[i] = e;
                 }
-                for k in i2..cols {
-                    let mut s = 0.0;
-                    for (i, e) in err.iter().enumerate() {
-                        s += e * u[(i1 + i) * cols + k];
-                    }
-                    wr[k] -= s;
+                let wv = wr[c];
+                let q = if mr[c] { 0.0 } else { wv };
+                let d = u[c * cols + c];
+                let e = (wv - q) / d;
+                for k in c..i2 {
+                    wr[k] -= e * u[c * cols + k];
                 }
-                err
-            })
-            .collect();
-        drop(blk_err);
+                wr[c] = q;
+                *ei = e;
+            }
+            for k in i2..cols {
+                let mut s = 0.0;
+                for (i, e) in err.iter().enumerate() {
+                    s += e * u[(i1 + i) * cols + k];
+                }
+                wr[k] -= s;
+            }
+        });
     }
     Ok(mask)
 }
@@ -303,14 +297,14 @@ impl Pruner for SparseGpt {
     fn prune(&mut self, layers: &mut [Layer], evidence: &mut Evidence) -> Result<PruneReport> {
         let started = std::time::Instant::now();
         if let SgptMask::PruneNOfM { m, .. } = self.cfg.mask {
-            if self.cfg.block_size % m != 0 {
+            if !self.cfg.block_size.is_multiple_of(m) {
                 bail!("SparseGPTModifier: block_size {} must be a multiple of M = {m}", self.cfg.block_size);
             }
         }
         if let SgptMask::Block { out, inp } = self.cfg.mask {
             for l in layers.iter() {
                 let (o, i) = l.torch_shape();
-                if o % out != 0 || i % inp != 0 || self.cfg.block_size % inp != 0 {
+                if !o.is_multiple_of(out) || !i.is_multiple_of(inp) || !self.cfg.block_size.is_multiple_of(inp) {
                     bail!(
                         "SparseGPTModifier: '{}' [{o}, {i}] does not split into [{out}, {inp}] blocks within column \
                          blocks of {}",

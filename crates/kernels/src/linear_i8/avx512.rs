@@ -1,0 +1,87 @@
+//! AVX-512 VNNI int8 kernel: 64-token tiles, 16 zmm accumulators per 4-channel block, per group
+//! 4 row loads, 8 unpacks into `[k0 k1 k2 k3]` byte quads, 4 weight broadcasts, 16 `vpdpbusd`.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::{BLOCK, GROUP, GW};
+
+const TW: usize = 64;
+
+/// `acc [64][ld]` (token-major, `ld = 4·blocks.len()`) = `xt [K][64]` × the blocks' weights.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI must be available; every index in `idx` of these blocks is
+/// `< xt.len() / 64`; `w` holds 16 weights per group; `acc.len() ≥ 64·ld`.
+#[allow(clippy::needless_range_loop)] // a[c][q] and v[q] share q
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn tile(
+    xt: &[u8],
+    group_start: &[usize],
+    idx: &[u32],
+    w: &[i8],
+    blocks: Range<usize>,
+    acc: &mut [i32],
+) {
+    let ld = blocks.len() * BLOCK;
+    assert!(acc.len() >= TW * ld && group_start.len() > blocks.end);
+    let x = xt.as_ptr();
+    for (bl, b) in blocks.enumerate() {
+        let (g0, g1) = (group_start[b], group_start[b + 1]);
+        assert!(idx.len() >= g1 * GROUP && w.len() >= g1 * GW);
+        let mut a = [[_mm512_setzero_si512(); 4]; BLOCK];
+        for g in g0..g1 {
+            // SAFETY: indices are < K (packing), so each 64-byte row lies inside `xt`; `g < g1`.
+            unsafe {
+                let ip = idx.as_ptr().add(g * GROUP);
+                let row = |i: usize| _mm512_loadu_si512(x.add(*ip.add(i) as usize * TW) as *const __m512i);
+                let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                let lo01 = _mm512_unpacklo_epi8(r0, r1);
+                let hi01 = _mm512_unpackhi_epi8(r0, r1);
+                let lo23 = _mm512_unpacklo_epi8(r2, r3);
+                let hi23 = _mm512_unpackhi_epi8(r2, r3);
+                let v = [
+                    _mm512_unpacklo_epi16(lo01, lo23),
+                    _mm512_unpackhi_epi16(lo01, lo23),
+                    _mm512_unpacklo_epi16(hi01, hi23),
+                    _mm512_unpackhi_epi16(hi01, hi23),
+                ];
+                let wp = w.as_ptr().add(g * GW) as *const i32;
+                for (c, ac) in a.iter_mut().enumerate() {
+                    let wc = _mm512_set1_epi32(wp.add(c).read_unaligned());
+                    for q in 0..4 {
+                        ac[q] = _mm512_dpbusd_epi32(ac[q], v[q], wc);
+                    }
+                }
+            }
+        }
+        // a[c][q] lane l dword i holds token 16l + 4q + i; transpose to token-major quads.
+        for q in 0..4 {
+            let t0 = _mm512_unpacklo_epi32(a[0][q], a[1][q]);
+            let t1 = _mm512_unpackhi_epi32(a[0][q], a[1][q]);
+            let t2 = _mm512_unpacklo_epi32(a[2][q], a[3][q]);
+            let t3 = _mm512_unpackhi_epi32(a[2][q], a[3][q]);
+            let r = [
+                _mm512_unpacklo_epi64(t0, t2),
+                _mm512_unpackhi_epi64(t0, t2),
+                _mm512_unpacklo_epi64(t1, t3),
+                _mm512_unpackhi_epi64(t1, t3),
+            ];
+            for (i, r) in r.iter().enumerate() {
+                let lanes = [
+                    _mm512_castsi512_si128(*r),
+                    _mm512_extracti32x4_epi32::<1>(*r),
+                    _mm512_extracti32x4_epi32::<2>(*r),
+                    _mm512_extracti32x4_epi32::<3>(*r),
+                ];
+                for (l, lane) in lanes.iter().enumerate() {
+                    let token = 16 * l + 4 * q + i;
+                    // SAFETY: token < 64 and `bl·4 + 4 ≤ ld`, inside `acc` (asserted above).
+                    unsafe {
+                        _mm_storeu_si128(acc.as_mut_ptr().add(token * ld + bl * BLOCK) as *mut __m128i, *lane);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! `LinearI8` against a naive dense reference on every ISA this CPU has (forced): i32 accumulators
+//! bit-exact, the f32 `forward` within 1e-5 of an f64 evaluation of the same formula.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sparsec_kernels::linear_i8::{dynamic_quant_params, ActQuant, Epilogue, LinearI8, Pattern};
+use sparsec_kernels::{Isa, Parallel, Serial};
+
+/// `n` OS threads per `run` (scoped), to exercise the multi-task plans.
+struct Threads(usize);
+
+impl Parallel for Threads {
+    fn threads(&self) -> usize {
+        self.0
+    }
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..self.0 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    f(i);
+                });
+            }
+        });
+    }
+}
+
+fn isas() -> Vec<Isa> {
+    let isas = Isa::available();
+    eprintln!(
+        "ISAs tested: {:?} (not available here: {:?})",
+        isas,
+        Isa::ALL.iter().filter(|i| !isas.contains(i)).collect::<Vec<_>>()
+    );
+    isas
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Gen {
+    B4x1(f64),
+    B1x4(f64),
+    Unstructured(f64),
+    Dense,
+    AllZero,
+    /// Unstructured plus whole zero input rows and zero 4-channel blocks.
+    EmptyRowsAndBlocks(f64),
+}
+
+fn nonzero_i8(rng: &mut ChaCha8Rng) -> i8 {
+    loop {
+        let v = rng.random::<i8>();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// `W [K, N]` with the requested zero structure; kept weights span the whole i8 range (-128 included).
+fn weights(rng: &mut ChaCha8Rng, k: usize, n: usize, g: Gen) -> Vec<i8> {
+    let mut w = vec![0i8; k * n];
+    match g {
+        Gen::B4x1(s) => {
+            for kk in 0..k {
+                for b in (0..n).step_by(4) {
+                    if !rng.random_bool(s) {
+                        for j in b..(b + 4).min(n) {
+                            w[kk * n + j] = nonzero_i8(rng);
+                        }
+                    }
+                }
+            }
+        }
+        Gen::B1x4(s) => {
+            for j in 0..n {
+                for a in (0..k).step_by(4) {
+                    if !rng.random_bool(s) {
+                        for kk in a..(a + 4).min(k) {
+                            w[kk * n + j] = nonzero_i8(rng);
+                        }
+                    }
+                }
+            }
+        }
+        Gen::Unstructured(s) | Gen::EmptyRowsAndBlocks(s) => {
+            for v in &mut w {
+                if !rng.random_bool(s) {
+                    *v = nonzero_i8(rng);
+                }
+            }
+            if let Gen::EmptyRowsAndBlocks(_) = g {
+                for kk in (0..k).step_by(3) {
+                    w[kk * n..(kk + 1) * n].fill(0);
+                }
+                for b in (0..n).step_by(8) {
+                    for kk in 0..k {
+                        for j in b..(b + 4).min(n) {
+                            w[kk * n + j] = 0;
+                        }
+                    }
+                }
+            }
+        }
+        Gen::Dense => w.iter_mut().for_each(|v| *v = nonzero_i8(rng)),
+        Gen::AllZero => {}
+    }
+    w
+}
+
+fn reference_i32(xq: &[u8], w: &[i8], t: usize, k: usize, n: usize) -> Vec<i32> {
+    let mut acc = vec![0i32; t * n];
+    for tt in 0..t {
+        for j in 0..n {
+            let mut s = 0i32;
+            for kk in 0..k {
+                s += xq[tt * k + kk] as i32 * w[kk * n + j] as i32;
+            }
+            acc[tt * n + j] = s;
+        }
+    }
+    acc
+}
+
+const GENS: [Gen; 12] = [
+    Gen::B4x1(0.5),
+    Gen::B4x1(0.8),
+    Gen::B4x1(0.95),
+    Gen::B1x4(0.5),
+    Gen::B1x4(0.8),
+    Gen::Unstructured(0.3),
+    Gen::Unstructured(0.7),
+    Gen::Unstructured(0.9),
+    Gen::Dense,
+    Gen::AllZero,
+    Gen::EmptyRowsAndBlocks(0.5),
+    Gen::B4x1(0.0),
+];
+
+#[test]
+fn accumulators_are_bit_exact_on_every_isa() {
+    let isas = isas();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let tokens = [1, 3, 16, 17, 63, 64, 65, 130, 383];
+    let ks = [1, 2, 5, 7, 33, 64, 130];
+    let ns = [1, 3, 4, 6, 13, 36, 70];
+    let pools: [&dyn Parallel; 3] = [&Serial, &Threads(2), &Threads(3)];
+    let mut cases = 0;
+    for case in 0..160 {
+        let t = tokens[case % tokens.len()];
+        let k = ks[rng.random_range(0..ks.len())];
+        let n = ns[rng.random_range(0..ns.len())];
+        let g = GENS[case % GENS.len()];
+        let w = weights(&mut rng, k, n, g);
+        let mut xq: Vec<u8> = (0..t * k).map(|_| rng.random()).collect();
+        if case % 5 == 0 {
+            xq.iter_mut().step_by(2).for_each(|v| *v = 255);
+        }
+        let want = reference_i32(&xq, &w, t, k, n);
+        for &isa in &isas {
+            let lin = LinearI8::new(&w, k, n, &[1.0], None, isa).unwrap();
+            let par = pools[case % pools.len()];
+            let mut got = vec![i32::MIN; t * n];
+            lin.matmul_u8_i32(&xq, t, &mut got, par).unwrap();
+            assert_eq!(got, want, "{isa} T={t} K={k} N={n} {g:?} stats {:?}", lin.stats());
+            cases += 1;
+        }
+    }
+    eprintln!("{cases} (shape, pattern, ISA) cases bit-exact");
+}
+
+#[test]
+fn large_layers_are_bit_exact_on_every_isa() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for &isa in &isas() {
+        for (t, k, n, g) in [(65, 384, 1152, Gen::B4x1(0.8)), (130, 1536, 96, Gen::Unstructured(0.7))] {
+            let w = weights(&mut rng, k, n, g);
+            let xq: Vec<u8> = (0..t * k).map(|_| rng.random()).collect();
+            let lin = LinearI8::new(&w, k, n, &[1.0], None, isa).unwrap();
+            let mut got = vec![0i32; t * n];
+            lin.matmul_u8_i32(&xq, t, &mut got, &Threads(2)).unwrap();
+            assert_eq!(got, reference_i32(&xq, &w, t, k, n), "{isa} T={t} K={k} N={n} {g:?}");
+        }
+    }
+}
+
+fn quantize_ref(v: f32, s: f32, zp: u8) -> u8 {
+    let r = (v / s).round_ties_even() + zp as f32;
+    r.clamp(0.0, 255.0) as u8
+}
+
+fn gelu_f64(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+#[test]
+fn forward_matches_an_f64_evaluation_of_the_formula() {
+    let isas = isas();
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let mut worst = 0f64;
+    for case in 0..48 {
+        let t = [1, 3, 63, 65, 100][case % 5];
+        let k = [7, 33, 64, 130][rng.random_range(0..4)];
+        let n = [3, 13, 36][rng.random_range(0..3)];
+        let g = GENS[case % GENS.len()];
+        let w = weights(&mut rng, k, n, g);
+        let per_channel = case % 2 == 0;
+        let w_scale: Vec<f32> =
+            (0..if per_channel { n } else { 1 }).map(|_| rng.random_range(0.001f32..0.05)).collect();
+        let bias: Option<Vec<f32>> = (case % 3 != 0).then(|| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect());
+        let shift = rng.random_range(-1.0f32..1.0);
+        let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-3.0f32..3.0) + shift).collect();
+        let residual: Option<Vec<f32>> =
+            (case % 4 < 2).then(|| (0..t * n).map(|_| rng.random_range(-1.0f32..1.0)).collect());
+        let act = if case % 2 == 0 { ActQuant::Dynamic } else { ActQuant::Static { scale: 0.021, zero_point: 131 } };
+        let epi = if case % 3 == 1 { Epilogue::Gelu } else { Epilogue::None };
+
+        let (sx, zp) = match act {
+            ActQuant::Static { scale, zero_point } => (scale, zero_point),
+            ActQuant::Dynamic => {
+                let mn = x.iter().fold(0f32, |a, &b| a.min(b));
+                let mx = x.iter().fold(0f32, |a, &b| a.max(b));
+                let s = (mx - mn) / 255.0;
+                (s, (0.0 - mn / s).clamp(0.0, 255.0).round_ties_even() as u8)
+            }
+        };
+        let xq: Vec<u8> = x.iter().map(|&v| quantize_ref(v, sx, zp)).collect();
+        let acc = reference_i32(&xq, &w, t, k, n);
+        let sw = |j: usize| w_scale[if per_channel { j } else { 0 }] as f64;
+        for &isa in &isas {
+            let lin = LinearI8::new(&w, k, n, &w_scale, bias.as_deref(), isa).unwrap();
+            let mut y = vec![f32::NAN; t * n];
+            lin.forward(&x, t, act, epi, residual.as_deref(), &mut y, &Threads(2)).unwrap();
+            for tt in 0..t {
+                for j in 0..n {
+                    let colsum: i64 = (0..k).map(|kk| w[kk * n + j] as i64).sum();
+                    let lin_part = sx as f64 * sw(j) * (acc[tt * n + j] as i64 - zp as i64 * colsum) as f64;
+                    let b = bias.as_ref().map_or(0.0, |b| b[j] as f64);
+                    let pre = lin_part + b;
+                    let r = residual.as_ref().map_or(0.0, |r| r[tt * n + j] as f64);
+                    let want = if epi == Epilogue::Gelu { gelu_f64(pre) } else { pre } + r;
+                    let got = y[tt * n + j] as f64;
+                    let mag = lin_part.abs() + b.abs() + r.abs();
+                    let err = (got - want).abs();
+                    worst = worst.max(err / (mag + 1.0));
+                    assert!(
+                        err <= 1e-5 * mag + 1e-6,
+                        "{isa} {act:?} {epi:?} T={t} K={k} N={n} {g:?} y[{tt},{j}] = {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("worst |Δ|/(|terms| + 1) = {worst:.2e}");
+}
+
+#[test]
+fn dynamic_quantization_follows_onnx() {
+    assert_eq!(dynamic_quant_params(&[-1.0, 2.0]), (3.0 / 255.0, 85));
+    assert_eq!(dynamic_quant_params(&[0.5, 2.0, 1.0]), (2.0 / 255.0, 0));
+    assert_eq!(dynamic_quant_params(&[-4.0, -0.5]), (4.0 / 255.0, 255));
+    assert_eq!(dynamic_quant_params(&[0.0; 9]), (1.0, 0));
+    let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 3.0 - 0.5).collect();
+    let (s, zp) = dynamic_quant_params(&x);
+    let mn = x.iter().fold(0f32, |a, &b| a.min(b));
+    let mx = x.iter().fold(0f32, |a, &b| a.max(b));
+    assert_eq!(s, (mx - mn) / 255.0);
+    assert_eq!(zp, (-mn / s).round_ties_even() as u8);
+}
+
+#[test]
+fn packing_detects_the_pattern_and_pads_only_the_union() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (k, n) = (384, 384);
+    for (g, want) in [
+        (Gen::B4x1(0.8), Pattern::Block4x1),
+        (Gen::B1x4(0.8), Pattern::Block1x4),
+        (Gen::Unstructured(0.8), Pattern::Unstructured),
+        (Gen::Dense, Pattern::Dense),
+    ] {
+        let w = weights(&mut rng, k, n, g);
+        let lin = LinearI8::new(&w, k, n, &[1.0], None, Isa::Scalar).unwrap();
+        let st = lin.stats();
+        assert_eq!(st.pattern, want, "{g:?}");
+        assert_eq!(st.nonzeros, w.iter().filter(|&&v| v != 0).count());
+        let union_groups: usize = (0..n / 4)
+            .map(|b| (0..k).filter(|&kk| (0..4).any(|c| w[kk * n + b * 4 + c] != 0)).count().div_ceil(4))
+            .sum();
+        let stored = if union_groups as f64 > 0.85 * (n / 4 * k / 4) as f64 { n * k } else { union_groups * 16 };
+        assert_eq!(st.stored, stored, "{g:?}");
+        if let Gen::B4x1(_) = g {
+            assert!(st.stored < st.nonzeros + n * 4 * 3, "[4,1] pads at most 3 indices per block");
+        }
+    }
+}
+
+#[test]
+fn shape_errors_are_reported_not_panicked() {
+    let w = vec![1i8; 12];
+    assert!(LinearI8::new(&w, 5, 3, &[1.0], None, Isa::Scalar).unwrap_err().to_string().contains("[K=5, N=3]"));
+    assert!(LinearI8::new(&w, 4, 3, &[1.0, 2.0], None, Isa::Scalar).unwrap_err().to_string().contains("weight scale"));
+    assert!(LinearI8::new(&w, 4, 3, &[1.0], Some(&[0.0; 2]), Isa::Scalar).unwrap_err().to_string().contains("bias"));
+    let lin = LinearI8::new(&w, 4, 3, &[1.0], None, Isa::Scalar).unwrap();
+    let mut y = vec![0f32; 6];
+    let e = lin.forward(&[0.0; 7], 2, ActQuant::Dynamic, Epilogue::None, None, &mut y, &Serial).unwrap_err();
+    assert!(e.to_string().contains("activations have 7 elements"), "{e}");
+    let e = lin.forward(&[0.0; 8], 2, ActQuant::Dynamic, Epilogue::None, Some(&[0.0; 5]), &mut y, &Serial).unwrap_err();
+    assert!(e.to_string().contains("residual"), "{e}");
+    let bad = ActQuant::Static { scale: 0.0, zero_point: 0 };
+    assert!(lin.forward(&[0.0; 8], 2, bad, Epilogue::None, None, &mut y, &Serial).is_err());
+    let mut acc = vec![0i32; 5];
+    assert!(lin.matmul_u8_i32(&[0; 8], 2, &mut acc, &Serial).unwrap_err().to_string().contains("output"));
+    for isa in Isa::ALL.into_iter().filter(|i| !i.supported()) {
+        assert!(LinearI8::new(&w, 4, 3, &[1.0], None, isa).is_err(), "{isa} is not on this CPU");
+    }
+}
+
+#[test]
+fn linear_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<LinearI8>();
+}

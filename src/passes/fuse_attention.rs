@@ -1,0 +1,224 @@
+//! `FuseAttention`: the multi-head self-attention subgraph of a BERT-family export rewritten to one
+//! `ai.sparsec::Attention` node.
+
+use serde::{Deserialize, Serialize};
+
+use super::pattern::{const_f32_scalar, eval_f32_scalar, producer_op, sole_consumer, Consumers};
+use super::{Pass, PassError, PassReport};
+use crate::ir::ops::sparsec::DOMAIN;
+use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, NodeSpec, Patch, ValueId};
+
+/// Fuses scaled-dot-product attention, found by pattern from each `Softmax`.
+///
+/// - Matches: `Softmax(axis=-1)` of `[Add(]MatMul(Q', K')[ ⊘ c][, mask)]` where
+///   `Q' = [Mul(]Transpose₀₂₁₃(Reshape(q))[, c₁)]`, `K' = [Mul(]Transpose₀₂₃₁(Reshape(k))[, c₂)]`
+///   (or `Transpose₀₁₃₂(Transpose₀₂₁₃(Reshape(k)))`), `⊘ c` an optional `Div`/`Mul` by a
+///   constant, optionally followed by torch's `Where(IsNaN(p), 0, p)` guard, then
+///   `Reshape(Transpose₀₂₁₃(MatMul(p, Transpose₀₂₁₃(Reshape(v)))))` back to `[B, S, H·D]`;
+///   `q`, `k`, `v` are `[B, S, H·D]`, and `H`, `D` are known from the static facts. The mask is an
+///   f32 tensor shaped `[B, 1, S|1, S]` or `[B, S]`.
+/// - Emits: `Attention(q, mask, k, v)` (`has_mask = 0` and `q` in the mask slot when unmasked) named `sparsec.attn/<Softmax>` with `num_heads`,
+///   `head_dim`, `scale = c₁·c₂·c` (or `/c`), `zero_masked_rows` = whether the guard was there;
+///   the final `Reshape`'s consumers read it. The old subgraph is left for `RemoveDead`.
+/// - Assumes: score intermediates are read only inside the pattern. Outputs equal the original
+///   up to f32 summation order (the kernel scales `q·k` once instead of `q` and `k` separately).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FuseAttention {
+    /// `"f32"` (default) or `"bf16"` products inside the kernel.
+    #[serde(default)]
+    pub precision: Option<String>,
+}
+
+/// `Transpose(perm)(Reshape(x))` → `x`.
+fn heads_of(g: &Graph, t: ValueId, perm: &[i64]) -> Option<ValueId> {
+    let (_, tn) = producer_op(g, t, "Transpose").filter(|(_, n)| n.attr_ints("perm") == Some(perm))?;
+    let (_, rn) = producer_op(g, tn.input(0)?, "Reshape")?;
+    rn.input(0)
+}
+
+/// Peels an optional `Mul` by a scalar computable at compile time: `(inner, factor)`.
+fn scaled(g: &Graph, v: ValueId) -> (ValueId, f32) {
+    if let Some((_, m)) = producer_op(g, v, "Mul") {
+        for (a, b) in [(m.input(0), m.input(1)), (m.input(1), m.input(0))] {
+            if let (Some(a), Some(b)) = (a, b) {
+                let scalar = g.value(b).facts.shape.as_ref().is_some_and(|s| s.iter().all(|d| d.known() == Some(1)));
+                if let Some(c) = eval_f32_scalar(g, b).filter(|_| scalar) {
+                    return (a, c);
+                }
+            }
+        }
+    }
+    (v, 1.0)
+}
+
+/// `Kᵀ` as `[B, H, D, S]`: `Transpose₀₂₃₁(Reshape(k))`, `Transpose₀₁₃₂(Transpose₀₂₁₃(Reshape(k)))`,
+/// or the dynamo exporter's `Reshape(Transpose₀₂₁(Reshape(Transpose₀₂₁₃(Reshape(k)))))`.
+fn key_of(g: &Graph, kt: ValueId) -> Option<ValueId> {
+    let perm = |n: &crate::ir::Node, p: &[i64]| n.attr_ints("perm") == Some(p);
+    heads_of(g, kt, &[0, 2, 3, 1])
+        .or_else(|| {
+            let (_, t) = producer_op(g, kt, "Transpose").filter(|(_, n)| perm(n, &[0, 1, 3, 2]))?;
+            heads_of(g, t.input(0)?, &[0, 2, 1, 3])
+        })
+        .or_else(|| {
+            let (_, r2) = producer_op(g, kt, "Reshape")?;
+            let (_, t) = producer_op(g, r2.input(0)?, "Transpose").filter(|(_, n)| perm(n, &[0, 2, 1]))?;
+            let (_, r1) = producer_op(g, t.input(0)?, "Reshape")?;
+            heads_of(g, r1.input(0)?, &[0, 2, 1, 3])
+        })
+}
+
+struct Site {
+    name: String,
+    q: ValueId,
+    k: ValueId,
+    v: ValueId,
+    mask: Option<ValueId>,
+    heads: i64,
+    head_dim: i64,
+    scale: f32,
+    guard: bool,
+    out: ValueId,
+}
+
+fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: ValueId) -> Option<Site> {
+    let mut scale = 1.0f32;
+    let (scores, mask) = match producer_op(g, sm_in, "Add") {
+        Some((_, add)) => {
+            let (a, b) = (add.input(0)?, add.input(1)?);
+            let is_scores =
+                |v: ValueId| g.producer(v).is_some_and(|(_, n)| matches!(n.op_type.as_str(), "MatMul" | "Div" | "Mul"));
+            if is_scores(a) && g.constant(a).is_none() && !is_scores(b) {
+                (a, Some(b))
+            } else if is_scores(b) && !is_scores(a) {
+                (b, Some(a))
+            } else {
+                (a, Some(b))
+            }
+        }
+        None => (sm_in, None),
+    };
+    let mut mm_out = scores;
+    if let Some((_, d)) = producer_op(g, scores, "Div") {
+        scale /= eval_f32_scalar(g, d.input(1)?)?;
+        mm_out = d.input(0)?;
+    } else if producer_op(g, scores, "Mul").is_some() {
+        let (inner, c) = scaled(g, scores);
+        if producer_op(g, inner, "MatMul").is_some() {
+            scale *= c;
+            mm_out = inner;
+        }
+    }
+    let (_, mm) = producer_op(g, mm_out, "MatMul")?;
+    sole_consumer(g, cons, mm_out)?;
+    let (qt, c1) = scaled(g, mm.input(0)?);
+    let (kt, c2) = scaled(g, mm.input(1)?);
+    scale *= c1 * c2;
+    let q = heads_of(g, qt, &[0, 2, 1, 3])?;
+    let k = key_of(g, kt)?;
+    let qdims = g.value(qt).facts.shape.clone()?;
+    let [b, Dim::Known(heads), _, Dim::Known(head_dim)] = &qdims[..] else { return None };
+    if let Some(m) = mask {
+        let f = &g.value(m).facts;
+        let ok_shape = match f.shape.as_deref() {
+            Some([mb, Dim::Known(1), _, _]) | Some([mb, _]) => mb == b || *mb == Dim::Unknown,
+            _ => false,
+        };
+        if f.dtype != Some(DType::F32) || !ok_shape {
+            return None;
+        }
+    }
+    // Softmax output, optionally through torch's `Where(IsNaN(p), 0, p)` guard.
+    let uses = cons.get(&sm_out)?;
+    let (p, guard) = match uses.as_slice() {
+        [(a, _), (b, _)] => {
+            let (isnan, wh) =
+                if g.node(*a).op_type == "IsNaN" { (g.node(*a), g.node(*b)) } else { (g.node(*b), g.node(*a)) };
+            if isnan.op_type != "IsNaN"
+                || wh.op_type != "Where"
+                || wh.input(0) != isnan.output(0)
+                || wh.input(2) != Some(sm_out)
+            {
+                return None;
+            }
+            if const_f32_scalar(g, wh.input(1)?) != Some(0.0) {
+                return None;
+            }
+            (wh.output(0)?, true)
+        }
+        [_] => (sm_out, false),
+        _ => return None,
+    };
+    let (_, pv, _) = sole_consumer(g, cons, p).filter(|(_, n, slot)| n.op_type == "MatMul" && *slot == 0)?;
+    let v = heads_of(g, pv.input(1)?, &[0, 2, 1, 3])?;
+    let (_, back, _) = sole_consumer(g, cons, pv.output(0)?).filter(|(_, n, _)| n.op_type == "Transpose")?;
+    if back.attr_ints("perm") != Some(&[0, 2, 1, 3][..]) {
+        return None;
+    }
+    let (_, merge, _) = sole_consumer(g, cons, back.output(0)?).filter(|(_, n, _)| n.op_type == "Reshape")?;
+    let out = merge.output(0)?;
+    let hd = heads * head_dim;
+    let rank3 = |v: ValueId| {
+        g.value(v).facts.shape.as_deref().is_some_and(|s| s.len() == 3 && s[2].compatible(&Dim::Known(hd)))
+    };
+    if !(rank3(out) && rank3(q) && rank3(k) && rank3(v)) || g.outputs().contains(&out) {
+        return None;
+    }
+    Some(Site { name: sm_name.to_string(), q, k, v, mask, heads: *heads, head_dim: *head_dim, scale, guard, out })
+}
+
+impl Pass for FuseAttention {
+    fn name(&self) -> &'static str {
+        "FuseAttention"
+    }
+
+    fn run(&self, model: &mut Model) -> Result<PassReport, PassError> {
+        let pass = self.name();
+        let precision = self.precision.clone().unwrap_or_else(|| "f32".into());
+        if precision != "f32" && precision != "bf16" {
+            return Err(PassError::Config { pass, message: format!("precision '{precision}' is not f32 or bf16") });
+        }
+        let mut report = PassReport { pass: pass.into(), ..PassReport::default() };
+        model
+            .graph
+            .edit(|p: &mut Patch| -> Result<(), PassError> {
+                let g = p.graph();
+                let cons = g.consumers();
+                for (_, sm) in g.nodes() {
+                    if sm.op_type != "Softmax" || !sm.domain.is_empty() {
+                        continue;
+                    }
+                    let axis = sm.attr_int("axis").unwrap_or(-1);
+                    let (Some(i), Some(o)) = (sm.input(0), sm.output(0)) else { continue };
+                    let rank = g.value(i).facts.shape.as_ref().map_or(0, Vec::len) as i64;
+                    if !(axis == -1 || axis == rank - 1) {
+                        continue;
+                    }
+                    let Some(s) = site(g, &cons, &sm.name, i, o) else { continue };
+                    let spec = NodeSpec {
+                        name: format!("sparsec.attn/{}", s.name),
+                        op_type: "Attention".into(),
+                        domain: DOMAIN.into(),
+                        inputs: vec![Some(s.q), Some(s.mask.unwrap_or(s.q)), Some(s.k), Some(s.v)],
+                        attrs: vec![
+                            Attribute::int("has_mask", i64::from(s.mask.is_some())),
+                            Attribute::int("num_heads", s.heads),
+                            Attribute::int("head_dim", s.head_dim),
+                            Attribute::float("scale", s.scale),
+                            Attribute::int("qkv_fused", 0),
+                            Attribute::int("zero_masked_rows", i64::from(s.guard)),
+                            Attribute::string("precision", &precision),
+                        ],
+                        metadata: Vec::new(),
+                    };
+                    let facts = g.value(s.out).facts.type_only();
+                    let y = p.op(spec, &format!("sparsec.attn/{}.out", s.name), facts);
+                    p.replace_uses(s.out, y);
+                    report.rewritten += 1;
+                }
+                Ok(())
+            })
+            .map_err(|e| e.in_pass(pass))?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,395 @@
+//! `LowerSparseLinear`: int8 and fp32 linear layers with enough zeros rewritten to sparsec's
+//! block-sparse kernels (`ai.sparsec::SparseLinear`, `SparseLinearF32`), with the bias, GELU and
+//! residual add that follow fused into the kernel's epilogue.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::pattern::{const_f32_scalar, other_input, producer_op, sole_consumer, stored_density_4x1, Consumers};
+use super::{Pass, PassError, PassReport};
+use crate::ir::ops::sparsec::DOMAIN;
+use crate::ir::{Attribute, Attrs, DType, Graph, Model, Node, NodeId, NodeSpec, Patch, Tensor, ValueId};
+
+/// Rewrites linear layers, found by pattern (not by name), to sparsec's sparse kernels.
+///
+/// - Matches, for int8 (`SparseLinear`):
+///   - QDQ: `MatMul(DequantizeLinear(QuantizeLinear(x, s, zp), s, zp), DequantizeLinear(W, s_w, 0))`
+///     with `W` a constant int8 `[K, N]`, `s_w` a scalar or `[N]` on axis 1, `s`/`zp` constant
+///     scalars (uint8 or int8 zero point) — sparsec's own QDQ export and ORT's `quantize_static`;
+///   - `MatMulInteger(DynamicQuantizeLinear(x), W, zp_x[, 0]) → Cast → Mul(·, Mul(s_x, s_w))` —
+///     ORT's `quantize_dynamic`;
+///   - `MatMulInteger(QuantizeLinear(x, s, zp), W, zp) → Cast → Mul(·, r)` with `r` constant —
+///     sparsec's `--format qoperator` (`s_w = r / s`).
+///
+///   For fp32 (`SparseLinearF32`): `MatMul(x, W)` with `W` a constant f32 `[K, N]`.
+///   A layer is lowered only when the `[4, 1]`-block kernel would store at most
+///   `max_int8_density` (fp32: `max_f32_density`) of its weights; denser layers stay as they are,
+///   on ONNX Runtime's own kernels.
+/// - Emits one sparsec node per layer, named `sparsec.sparse/<MatMul>`, reading `x` and the
+///   original weight initializer; new initializers hold the weight scales and the bias (zeros when
+///   there is none), attributes the static activation scale and zero point. With `fuse_epilogues`, a following `Add` of a constant `[N]` bias, an exact-erf
+///   GELU (`Div(√2)`/`Erf`/`Add(1)`/`Mul`/`Mul(0.5)`, or `Gelu`) and then, without GELU, an `Add`
+///   of another tensor of the output's shape (the residual) are folded into the node.
+///   Replaced nodes are removed; quantize/dequantize nodes left unused are for `RemoveDead`.
+/// - Assumes: the weight zero point is 0. The kernels compute the same integer products exactly
+///   and rescale in f32, so outputs equal the QDQ graph's up to f32 rounding (and a rare
+///   one-step difference where `x / s` lands within rounding of a half-integer).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LowerSparseLinear {
+    #[serde(default = "default_int8_density")]
+    pub max_int8_density: f64,
+    #[serde(default = "default_f32_density")]
+    pub max_f32_density: f64,
+    #[serde(default = "yes")]
+    pub fuse_epilogues: bool,
+}
+
+fn default_int8_density() -> f64 {
+    0.6
+}
+fn default_f32_density() -> f64 {
+    0.5
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for LowerSparseLinear {
+    fn default() -> Self {
+        LowerSparseLinear {
+            max_int8_density: default_int8_density(),
+            max_f32_density: default_f32_density(),
+            fuse_epilogues: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Act {
+    Static { scale: f32, zero_point: u8 },
+    Dynamic,
+}
+
+enum Weights {
+    I8 { scale: Vec<f32>, act: Act },
+    F32,
+}
+
+/// One matched linear layer, before epilogue fusion.
+struct Site {
+    name: String,
+    x: ValueId,
+    w: ValueId,
+    weights: Weights,
+    n: usize,
+    /// The value the kernel's plain product replaces.
+    out: ValueId,
+    dead: Vec<NodeId>,
+}
+
+#[derive(Default)]
+struct Epilogue {
+    bias: Option<Vec<f32>>,
+    gelu: bool,
+    residual: Option<ValueId>,
+    out: Option<ValueId>,
+    dead: Vec<NodeId>,
+}
+
+/// A constant int8 `[K, N]` weight with zero point 0 (or none).
+fn int8_weight(g: &Graph, w: ValueId) -> Option<(usize, usize)> {
+    let t = g.constant(w).filter(|t| t.dtype == DType::I8 && t.dims.len() == 2)?;
+    Some((t.dims[0] as usize, t.dims[1] as usize))
+}
+
+fn zero_or_absent(g: &Graph, v: Option<ValueId>) -> bool {
+    match v {
+        None => true,
+        Some(v) => g.constant(v).is_some_and(|t| t.raw().iter().all(|&b| b == 0)),
+    }
+}
+
+/// A constant activation zero point as its uint8 equivalent (int8 `z` is `z + 128` over `q + 128`).
+fn zero_point_u8(g: &Graph, v: Option<ValueId>) -> Option<u8> {
+    let Some(v) = v else { return Some(0) };
+    let t = g.constant(v).filter(|t| t.numel() == 1)?;
+    match t.dtype {
+        DType::U8 => Some(t.raw()[0]),
+        DType::I8 => Some((t.raw()[0] as i8 as i16 + 128) as u8),
+        _ => None,
+    }
+}
+
+/// `QuantizeLinear(x, s, zp)` with constant scalar parameters: `(x, s, zp as u8)`.
+fn static_quant(g: &Graph, q: ValueId) -> Option<(ValueId, f32, u8)> {
+    let (_, qn) = producer_op(g, q, "QuantizeLinear")?;
+    let s = const_f32_scalar(g, qn.input(1)?)?;
+    let zp = zero_point_u8(g, qn.input(2))?;
+    Some((qn.input(0)?, s, zp))
+}
+
+fn qdq_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
+    let (a, b) = (mm.input(0)?, mm.input(1)?);
+    let (_, dq_a) = producer_op(g, a, "DequantizeLinear")?;
+    let s = const_f32_scalar(g, dq_a.input(1)?)?;
+    let zp = zero_point_u8(g, dq_a.input(2))?;
+    let (x, qs, qzp) = static_quant(g, dq_a.input(0)?)?;
+    if qs != s || qzp != zp {
+        return None;
+    }
+    let (_, dq_w) = producer_op(g, b, "DequantizeLinear")?;
+    let w = dq_w.input(0)?;
+    let (_, n) = int8_weight(g, w)?;
+    let scale = g.constant(dq_w.input(1)?)?.as_f32s()?;
+    let axis = dq_w.attr_int("axis").unwrap_or(1);
+    if !(scale.len() == 1 || (scale.len() == n && (axis == 1 || axis == -1))) || !zero_or_absent(g, dq_w.input(2)) {
+        return None;
+    }
+    Some(Site {
+        name: mm.name.clone(),
+        x,
+        w,
+        weights: Weights::I8 { scale, act: Act::Static { scale: s, zero_point: zp } },
+        n,
+        out: mm.output(0)?,
+        dead: vec![id],
+    })
+}
+
+fn integer_site(g: &Graph, cons: &Consumers, id: NodeId, mmi: &Node) -> Option<Site> {
+    let (xq, w) = (mmi.input(0)?, mmi.input(1)?);
+    let (_, n) = int8_weight(g, w)?;
+    if !zero_or_absent(g, mmi.input(3)) {
+        return None;
+    }
+    let (cast_id, cast, _) = sole_consumer(g, cons, mmi.output(0)?)?;
+    if cast.op_type != "Cast" || cast.attr_int("to") != Some(DType::F32.onnx_code() as i64) {
+        return None;
+    }
+    let (mul_id, mul, _) = sole_consumer(g, cons, cast.output(0)?)?;
+    if mul.op_type != "Mul" {
+        return None;
+    }
+    let r = other_input(mul, cast.output(0)?)?;
+    let (x, weights) = if let Some((dq_id, dq)) = producer_op(g, xq, "DynamicQuantizeLinear") {
+        if mmi.input(2) != dq.output(2) || dq.output(0) != Some(xq) {
+            return None;
+        }
+        let (_, sm) = producer_op(g, r, "Mul")?;
+        let s_x = dq.output(1)?;
+        let ws = other_input(sm, s_x)?;
+        let _ = dq_id;
+        (dq.input(0)?, Weights::I8 { scale: g.constant(ws)?.as_f32s()?, act: Act::Dynamic })
+    } else {
+        let (x, s, zp) = static_quant(g, xq)?;
+        if zero_point_u8(g, mmi.input(2))? != zp {
+            return None;
+        }
+        let r = g.constant(r)?.as_f32s()?;
+        (x, Weights::I8 { scale: r.iter().map(|&v| v / s).collect(), act: Act::Static { scale: s, zero_point: zp } })
+    };
+    let Weights::I8 { scale, .. } = &weights else { unreachable!() };
+    if !(scale.len() == 1 || scale.len() == n) {
+        return None;
+    }
+    Some(Site { name: mmi.name.clone(), x, w, weights, n, out: mul.output(0)?, dead: vec![id, cast_id, mul_id] })
+}
+
+fn f32_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
+    let (x, w) = (mm.input(0)?, mm.input(1)?);
+    let t = g.constant(w).filter(|t| t.dtype == DType::F32 && t.dims.len() == 2)?;
+    if g.value(x).facts.dtype != Some(DType::F32) {
+        return None;
+    }
+    Some(Site {
+        name: mm.name.clone(),
+        x,
+        w,
+        weights: Weights::F32,
+        n: t.dims[1] as usize,
+        out: mm.output(0)?,
+        dead: vec![id],
+    })
+}
+
+fn density(g: &Graph, w: ValueId) -> f64 {
+    let t = g.constant(w).expect("matched weights are constants");
+    let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    match t.dtype {
+        DType::I8 => {
+            let raw = t.raw();
+            stored_density_4x1(|kk, j| raw[kk * n + j] != 0, k, n)
+        }
+        _ => {
+            let v = t.as_f32s().unwrap_or_default();
+            stored_density_4x1(|kk, j| v[kk * n + j] != 0.0, k, n)
+        }
+    }
+}
+
+fn const_near(g: &Graph, v: ValueId, want: f32) -> bool {
+    const_f32_scalar(g, v).is_some_and(|c| (c - want).abs() <= 1e-6 * want.abs().max(1.0))
+}
+
+/// The exact-erf GELU of `y`: `Mul(Mul(y, Add(Erf(Div(y, √2)), 1)), 0.5)`,
+/// `Mul(y, Mul(0.5, Add(Erf(Div(y, √2)), 1)))`, or `Gelu(y)`.
+fn gelu_tail(g: &Graph, cons: &Consumers, y: ValueId) -> Option<(ValueId, Vec<NodeId>)> {
+    if g.outputs().contains(&y) {
+        return None;
+    }
+    let uses = cons.get(&y)?;
+    if let [(id, 0)] = uses.as_slice() {
+        let n = g.node(*id);
+        if n.op_type == "Gelu" && n.attr_str("approximate").unwrap_or("none") == "none" {
+            return Some((n.output(0)?, vec![*id]));
+        }
+    }
+    let [(u1, _), (u2, _)] = uses.as_slice() else { return None };
+    let (div_id, mul_id) = if g.node(*u1).op_type == "Div" { (*u1, *u2) } else { (*u2, *u1) };
+    let (div, mul) = (g.node(div_id), g.node(mul_id));
+    if div.op_type != "Div" || div.input(0) != Some(y) || !const_near(g, div.input(1)?, std::f32::consts::SQRT_2) {
+        return None;
+    }
+    let (erf_id, erf, _) = sole_consumer(g, cons, div.output(0)?).filter(|(_, n, _)| n.op_type == "Erf")?;
+    let (add_id, add, _) = sole_consumer(g, cons, erf.output(0)?).filter(|(_, n, _)| n.op_type == "Add")?;
+    if !const_near(g, other_input(add, erf.output(0)?)?, 1.0) {
+        return None;
+    }
+    if mul.op_type != "Mul" {
+        return None;
+    }
+    if other_input(mul, y) == add.output(0) {
+        // Mul(Mul(y, 1 + erf), 0.5): torch's legacy exporter.
+        let (half_id, half, _) = sole_consumer(g, cons, mul.output(0)?).filter(|(_, n, _)| n.op_type == "Mul")?;
+        if !const_near(g, other_input(half, mul.output(0)?)?, 0.5) {
+            return None;
+        }
+        return Some((half.output(0)?, vec![div_id, erf_id, add_id, mul_id, half_id]));
+    }
+    // Mul(y, Mul(0.5, 1 + erf)): the dynamo exporter.
+    let (half_id, half, _) = sole_consumer(g, cons, add.output(0)?).filter(|(_, n, _)| n.op_type == "Mul")?;
+    if !const_near(g, other_input(half, add.output(0)?)?, 0.5) || other_input(mul, y) != half.output(0) {
+        return None;
+    }
+    Some((mul.output(0)?, vec![div_id, erf_id, add_id, half_id, mul_id]))
+}
+
+fn epilogue(g: &Graph, cons: &Consumers, site: &Site) -> Epilogue {
+    let mut e = Epilogue::default();
+    let mut y = site.out;
+    if let Some((id, add, _)) = sole_consumer(g, cons, y).filter(|(_, n, _)| n.op_type == "Add") {
+        let b = other_input(add, y).and_then(|b| g.constant(b).filter(|t| t.numel() == site.n && t.dims.len() <= 1));
+        if let Some(b) = b.and_then(|t| t.as_f32s()) {
+            e.bias = Some(b);
+            e.dead.push(id);
+            y = add.output(0).expect("Add has an output");
+        }
+    }
+    if let Some((out, dead)) = gelu_tail(g, cons, y) {
+        e.gelu = true;
+        e.dead.extend(dead);
+        y = out;
+    } else if let Some((id, add, _)) = sole_consumer(g, cons, y).filter(|(_, n, _)| n.op_type == "Add") {
+        let r = other_input(add, y).filter(|&r| g.constant(r).is_none());
+        let out = add.output(0).expect("Add has an output");
+        let same_shape = |v: ValueId| g.value(v).facts.shape.clone();
+        if let Some(r) = r.filter(|&r| same_shape(r).is_some() && same_shape(r) == same_shape(out)) {
+            e.residual = Some(r);
+            e.dead.push(id);
+            y = out;
+        }
+    }
+    e.out = Some(y);
+    e
+}
+
+impl Pass for LowerSparseLinear {
+    fn name(&self) -> &'static str {
+        "LowerSparseLinear"
+    }
+
+    fn run(&self, model: &mut Model) -> Result<PassReport, PassError> {
+        let pass = self.name();
+        let mut report = PassReport { pass: pass.into(), ..PassReport::default() };
+        model
+            .graph
+            .edit(|p: &mut Patch| -> Result<(), PassError> {
+                let g = p.graph();
+                let cons = g.consumers();
+                // Replacements made earlier in this patch, which nodes added later must see too.
+                let mut renamed: HashMap<ValueId, ValueId> = HashMap::new();
+                for (id, node) in g.nodes() {
+                    if !node.domain.is_empty() {
+                        continue;
+                    }
+                    let site = match node.op_type.as_str() {
+                        "MatMul" => qdq_site(g, id, node).or_else(|| f32_site(g, id, node)),
+                        "MatMulInteger" => integer_site(g, &cons, id, node),
+                        _ => None,
+                    };
+                    let Some(site) = site else { continue };
+                    let d = density(g, site.w);
+                    let limit = match site.weights {
+                        Weights::I8 { .. } => self.max_int8_density,
+                        Weights::F32 => self.max_f32_density,
+                    };
+                    if d > limit {
+                        tracing::debug!(
+                            "{pass}: '{}' stays on ONNX Runtime: stored density {d:.3} > {limit}",
+                            site.name
+                        );
+                        continue;
+                    }
+                    let e = if self.fuse_epilogues { epilogue(g, &cons, &site) } else { Epilogue::default() };
+                    if g.outputs().contains(&e.out.unwrap_or(site.out)) {
+                        continue;
+                    }
+                    let (old, new) = emit(p, &site, &e, &renamed);
+                    renamed.insert(old, new);
+                    report.rewritten += 1;
+                }
+                Ok(())
+            })
+            .map_err(|e| e.in_pass(pass))?;
+        Ok(report)
+    }
+}
+
+/// Adds the sparsec node for `site`; returns (the value it replaces, its output).
+fn emit(p: &mut Patch, site: &Site, e: &Epilogue, renamed: &HashMap<ValueId, ValueId>) -> (ValueId, ValueId) {
+    let g = p.graph();
+    let now = |v: ValueId| renamed.get(&v).copied().unwrap_or(v);
+    let final_out = e.out.unwrap_or(site.out);
+    let n = site.n as i64;
+    let tag = format!("sparsec.sparse/{}", site.name);
+    let bias = e.bias.clone().unwrap_or_else(|| vec![0.0; site.n]);
+    let bias = p.add_initializer(&format!("{tag}.bias"), Tensor::from_f32(vec![n], &bias));
+    let mut inputs: Vec<Option<ValueId>> = vec![Some(now(site.x)), Some(site.w)];
+    let mut attrs = vec![Attribute::string("epilogue", if e.gelu { "gelu" } else { "none" })];
+    let op = match &site.weights {
+        Weights::I8 { scale, act } => {
+            let dims = if scale.len() == 1 { vec![] } else { vec![n] };
+            inputs.push(Some(p.add_initializer(&format!("{tag}.w_scale"), Tensor::from_f32(dims, scale))));
+            if let Act::Static { scale, zero_point } = act {
+                attrs.push(Attribute::float("x_scale", *scale));
+                attrs.push(Attribute::int("x_zero_point", i64::from(*zero_point)));
+            }
+            "SparseLinear"
+        }
+        Weights::F32 => "SparseLinearF32",
+    };
+    inputs.push(Some(bias));
+    if let Some(r) = e.residual {
+        inputs.push(Some(now(r)));
+    }
+    let spec =
+        NodeSpec { name: tag.clone(), op_type: op.into(), domain: DOMAIN.into(), inputs, attrs, metadata: Vec::new() };
+    let facts = g.value(final_out).facts.type_only();
+    let y = p.op(spec, &format!("{tag}.out"), facts);
+    p.replace_uses(final_out, y);
+    for &d in site.dead.iter().chain(&e.dead) {
+        p.remove_node(d);
+    }
+    (final_out, y)
+}

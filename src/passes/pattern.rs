@@ -1,0 +1,108 @@
+//! Small pattern-matching helpers the lowering passes share: constants, sole consumers, and the
+//! zero structure of weight matrices.
+
+use std::collections::HashMap;
+
+use crate::ir::{Graph, Node, NodeId, ValueId};
+
+pub(crate) type Consumers = HashMap<ValueId, Vec<(NodeId, usize)>>;
+
+/// The value of `v` when it is a constant scalar (or one-element tensor) of f32.
+pub(crate) fn const_f32_scalar(g: &Graph, v: ValueId) -> Option<f32> {
+    let t = g.constant(v)?;
+    (t.numel() == 1).then(|| t.as_f32s()).flatten().map(|x| x[0])
+}
+
+/// The value of a scalar computed from constants and static shapes, in f32 as ONNX Runtime would
+/// compute it: a constant, a shape entry known from the facts, or `Cast`, `Sqrt`, `Div`, `Mul`,
+/// `Reciprocal` of such values (the attention scale torch's exporters emit as
+/// `Sqrt(1 / Sqrt(Cast(Shape(q)[-1])))`).
+pub(crate) fn eval_f32_scalar(g: &Graph, v: ValueId) -> Option<f32> {
+    fn go(g: &Graph, v: ValueId, depth: usize) -> Option<f32> {
+        if depth == 0 {
+            return None;
+        }
+        if let Some(c) = const_f32_scalar(g, v) {
+            return Some(c);
+        }
+        let f = &g.value(v).facts;
+        if let Some([d]) = f.sym_value.as_deref() {
+            return d.known().map(|x| x as f32);
+        }
+        if let Some(t) = g.constant(v).filter(|t| t.numel() == 1) {
+            return t.as_i64s().map(|x| x[0] as f32);
+        }
+        let (_, n) = g.producer(v)?;
+        if !n.domain.is_empty() {
+            return None;
+        }
+        let arg = |i: usize| n.input(i).and_then(|x| go(g, x, depth - 1));
+        match n.op_type.as_str() {
+            "Cast" | "Identity" => arg(0),
+            "Sqrt" => arg(0).map(f32::sqrt),
+            "Reciprocal" => arg(0).map(|x| 1.0 / x),
+            "Div" => Some(arg(0)? / arg(1)?),
+            "Mul" => Some(arg(0)? * arg(1)?),
+            _ => None,
+        }
+    }
+    go(g, v, 12)
+}
+
+/// The node producing `v` when its op type is `op` (default domain).
+pub(crate) fn producer_op<'g>(g: &'g Graph, v: ValueId, op: &str) -> Option<(NodeId, &'g Node)> {
+    g.producer(v).filter(|(_, n)| n.op_type == op && n.domain.is_empty())
+}
+
+/// The one node reading `v`, when exactly one does and `v` is not a graph output.
+pub(crate) fn sole_consumer<'g>(g: &'g Graph, cons: &Consumers, v: ValueId) -> Option<(NodeId, &'g Node, usize)> {
+    if g.outputs().contains(&v) {
+        return None;
+    }
+    match cons.get(&v).map(Vec::as_slice) {
+        Some([(id, slot)]) => Some((*id, g.node(*id), *slot)),
+        _ => None,
+    }
+}
+
+/// The other input of a two-input node, given one of them.
+pub(crate) fn other_input(n: &Node, v: ValueId) -> Option<ValueId> {
+    match (n.input(0), n.input(1)) {
+        (Some(a), Some(b)) if a == v => Some(b),
+        (Some(a), Some(b)) if b == v => Some(a),
+        _ => None,
+    }
+}
+
+/// Fraction of a `[K, N]` weight that a `[4, 1]`-block kernel stores: for every group of 4
+/// consecutive output channels, the input indices non-zero in any of them, over `K·N/4` such
+/// slots (`N` padded to a multiple of 4). 1.0 for a dense matrix; 0.2 for 80% `[4, 1]` blocks.
+pub(crate) fn stored_density_4x1(nonzero: impl Fn(usize, usize) -> bool, k: usize, n: usize) -> f64 {
+    if k == 0 || n == 0 {
+        return 0.0;
+    }
+    let blocks = n.div_ceil(4);
+    let mut stored = 0usize;
+    for b in 0..blocks {
+        for kk in 0..k {
+            if (b * 4..(b * 4 + 4).min(n)).any(|j| nonzero(kk, j)) {
+                stored += 1;
+            }
+        }
+    }
+    stored as f64 / (blocks * k) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_density_counts_block_unions() {
+        // [K=2, N=8]: block 0 has k=0 non-zero in one channel, block 1 all zero.
+        let w = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let d = stored_density_4x1(|k, j| w[k * 8 + j] != 0, 2, 8);
+        assert_eq!(d, 0.25);
+        assert_eq!(stored_density_4x1(|_, _| true, 3, 5), 1.0);
+    }
+}
