@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sparsec's block-sparse int8 linear against ONNX Runtime's dense int8 on every MiniLM linear shape,
 # one command: builds crates/kernels' kernel_bench (release), then benches/kernels.py times ORT
-# around each group of Rust measurements. About 3-4 minutes at the default 0.15 s per configuration.
+# around each group of Rust measurements, then the fp32 kernel against ORT fp32 MatMul. About 3-4
+# minutes at the default 0.15 s per configuration.
 #
 #   benches/kernels.sh [SECONDS_PER_CONFIG] [JSON_OUT]
 set -euo pipefail

@@ -328,7 +328,7 @@ fn fake_quant_matches_an_independent_reference() {
 }
 
 #[test]
-fn targets_resolve_identically_on_legacy_and_dynamo_exports() {
+fn targets_resolve_identically_on_every_exporter() {
     let names = [
         "gmp80-unstructured-qat-distill.yaml",
         "block4-90-qat.yaml",
@@ -338,34 +338,37 @@ fn targets_resolve_identically_on_legacy_and_dynamo_exports() {
     ];
     for model in FIXTURE_MODELS {
         let legacy = fixture_dir(model).join("model.legacy.onnx");
-        let dynamo = fixture_dir(model).join("model.dynamo.onnx");
-        for n in names {
-            let r = recipe(n);
-            let per = |p: &PathBuf| -> Vec<Vec<(String, Vec<i64>)>> {
-                let (_, _, plan) = compiled(p, &r);
-                plan.modifiers
-                    .iter()
-                    .map(|m| {
-                        m.targets
-                            .iter()
-                            .map(|t| {
-                                let mut s = t.shape.clone();
-                                if t.transposed {
-                                    s.reverse();
-                                }
-                                (t.param.clone(), s)
-                            })
-                            .collect()
-                    })
-                    .collect()
-            };
-            let (a, b) = (per(&legacy), per(&dynamo));
-            let count: usize = a.iter().map(Vec::len).sum();
-            eprintln!("{model} {n}: {count} targets on both exporters");
-            assert_eq!(a, b, "{model} {n}");
-            if n.contains("gmp80") || n.contains("block4") || n.contains("transfer") {
-                let pruned = a.iter().map(Vec::len).max().unwrap();
-                assert!(pruned >= 12, "{model} {n}: {pruned} pruned targets");
+        for (exporter, other) in
+            EXPORTERS.iter().skip(1).map(|e| (e, fixture_dir(model).join(format!("model.{e}.onnx"))))
+        {
+            for n in names {
+                let r = recipe(n);
+                let per = |p: &PathBuf| -> Vec<Vec<(String, Vec<i64>)>> {
+                    let (_, _, plan) = compiled(p, &r);
+                    plan.modifiers
+                        .iter()
+                        .map(|m| {
+                            m.targets
+                                .iter()
+                                .map(|t| {
+                                    let mut s = t.shape.clone();
+                                    if t.transposed {
+                                        s.reverse();
+                                    }
+                                    (t.param.clone(), s)
+                                })
+                                .collect()
+                        })
+                        .collect()
+                };
+                let (a, b) = (per(&legacy), per(&other));
+                let count: usize = a.iter().map(Vec::len).sum();
+                eprintln!("{model} {n}: {count} targets on legacy and {exporter}");
+                assert_eq!(a, b, "{model} {n} legacy vs {exporter}");
+                if n.contains("gmp80") || n.contains("block4") || n.contains("transfer") {
+                    let pruned = a.iter().map(Vec::len).max().unwrap();
+                    assert!(pruned >= 12, "{model} {n}: {pruned} pruned targets");
+                }
             }
         }
     }

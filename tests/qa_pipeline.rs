@@ -163,7 +163,7 @@ fn run_engine(engine: EngineKind) {
         }
     }
     eprintln!("{engine}: {checked} cases, max |score diff| vs the HF pipeline {worst:e}");
-    assert_eq!(checked, 42, "3 models x 2 exporters x 7 cases");
+    assert_eq!(checked, 63, "3 models x 3 exporters x 7 cases");
 }
 
 #[test]

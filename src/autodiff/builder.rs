@@ -1,9 +1,11 @@
 //! [`Gradient`]: the op-emitting helper every gradient rule writes through. It wraps the one
-//! [`Patch`] of a backward build, memoises constants and `Shape`s, and knows the opset-dependent
-//! spellings of `ReduceMean`, `Squeeze`, … so rules stay opset-agnostic.
+//! [`Patch`] of a backward build, memoises constants and `Shape`s, and spells the ops whose form
+//! depends on the opset (`Reduce*`, `Squeeze`, `Split`, `Pad`, …) through [`emit`], so rules stay
+//! opset-agnostic.
 
 use std::collections::HashMap;
 
+use crate::ir::emit::{self, IntConsts};
 use crate::ir::{AttrValue, Attribute, DType, Dim, Facts, Graph, NodeSpec, Patch, Tensor, ValueId};
 
 use super::AutodiffError;
@@ -120,15 +122,20 @@ impl<'p, 'g> Gradient<'p, 'g> {
         attrs: Vec<Attribute>,
         n_out: usize,
     ) -> Vec<ValueId> {
+        let name = self.next_name(op_type);
+        let spec = NodeSpec { name, op_type: op_type.into(), inputs: inputs.to_vec(), attrs, ..NodeSpec::default() };
+        self.add_spec(spec, n_out)
+    }
+
+    /// The name of the next node of `op_type` emitted in the current scope.
+    pub fn next_name(&mut self, op_type: &str) -> String {
         self.counter += 1;
-        let name = format!("{}/{}_{}", self.scope, op_type, self.counter);
-        let spec = NodeSpec {
-            name: name.clone(),
-            op_type: op_type.into(),
-            inputs: inputs.to_vec(),
-            attrs,
-            ..NodeSpec::default()
-        };
+        format!("{}/{}_{}", self.scope, op_type, self.counter)
+    }
+
+    /// Adds a node built elsewhere (an [`emit`] builder named by [`next_name`](Self::next_name)).
+    pub fn add_spec(&mut self, spec: NodeSpec, n_out: usize) -> Vec<ValueId> {
+        let name = spec.name.clone();
         let outs: Vec<(String, Facts)> = (0..n_out).map(|i| (format!("{name}_out{i}"), Facts::default())).collect();
         let refs: Vec<(&str, Facts)> = outs.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
         self.p.add_node(spec, &refs).1
@@ -223,27 +230,46 @@ impl<'p, 'g> Gradient<'p, 'g> {
         self.reshape(a, s)
     }
     pub fn unsqueeze(&mut self, a: ValueId, axes: &[i64]) -> ValueId {
-        let ax = self.ints(axes);
-        self.op("Unsqueeze", &[a, ax], vec![])
+        let (opset, name) = (self.opset, self.next_name("Unsqueeze"));
+        let spec = emit::unsqueeze(self, opset, name, a, axes);
+        self.add_spec(spec, 1).remove(0)
     }
     pub fn squeeze(&mut self, a: ValueId, axes: &[i64]) -> ValueId {
-        let ax = self.ints(axes);
-        self.op("Squeeze", &[a, ax], vec![])
+        let (opset, name) = (self.opset, self.next_name("Squeeze"));
+        let spec = emit::squeeze(self, opset, name, a, axes);
+        self.add_spec(spec, 1).remove(0)
     }
-    /// `ReduceSum` over constant axes (axes as an input, opset >= 13).
+    /// `op` (a `Reduce*`) over constant `axes` (`None`: all axes), spelled for the opset.
+    pub fn reduce(&mut self, op: &str, a: ValueId, axes: Option<&[i64]>, keepdims: bool) -> ValueId {
+        let (opset, name) = (self.opset, self.next_name(op));
+        let spec = emit::reduce(self, opset, op, name, a, axes, keepdims);
+        self.add_spec(spec, 1).remove(0)
+    }
     pub fn reduce_sum(&mut self, a: ValueId, axes: &[i64], keepdims: bool) -> ValueId {
-        let ax = self.ints(axes);
-        self.op("ReduceSum", &[a, ax], vec![Attribute::int("keepdims", keepdims as i64)])
+        self.reduce("ReduceSum", a, Some(axes), keepdims)
     }
-    /// `ReduceMean` over constant axes: an attribute before opset 18, an input from 18.
     pub fn reduce_mean(&mut self, a: ValueId, axes: &[i64], keepdims: bool) -> ValueId {
-        let keep = Attribute::int("keepdims", keepdims as i64);
-        if self.opset >= 18 {
-            let ax = self.ints(axes);
-            self.op("ReduceMean", &[a, ax], vec![keep])
-        } else {
-            self.op("ReduceMean", &[a], vec![Attribute::ints("axes", axes.to_vec()), keep])
-        }
+        self.reduce("ReduceMean", a, Some(axes), keepdims)
+    }
+    /// `Split(a)` along `axis` into `n_out` parts of the given extents.
+    pub fn split(
+        &mut self,
+        a: ValueId,
+        axis: i64,
+        sizes: emit::SplitSizes,
+        n_out: usize,
+    ) -> Result<Vec<ValueId>, AutodiffError> {
+        let (opset, name) = (self.opset, self.next_name("Split"));
+        let spec = emit::split(self, opset, name, a, axis, sizes, n_out)
+            .map_err(|e| AutodiffError::Unsupported { reason: e.to_string() })?;
+        Ok(self.add_spec(spec, n_out))
+    }
+    /// `Pad(a)` with the 1-D i64 value `pads` in `mode`.
+    pub fn pad(&mut self, a: ValueId, pads: ValueId, mode: &str) -> Result<ValueId, AutodiffError> {
+        let name = self.next_name("Pad");
+        let spec = emit::pad(self.opset, name, a, pads, mode)
+            .map_err(|e| AutodiffError::Unsupported { reason: e.to_string() })?;
+        Ok(self.add_spec(spec, 1).remove(0))
     }
     /// `Where(cond, a, b)`.
     pub fn where_(&mut self, cond: ValueId, a: ValueId, b: ValueId) -> ValueId {
@@ -369,17 +395,22 @@ impl<'p, 'g> Gradient<'p, 'g> {
                 let l = self.ints(&[lead as i64]);
                 axes = self.add(axes, l);
             }
-            g = self.op(
-                "ReduceSum",
-                &[g, axes],
-                vec![Attribute::int("keepdims", 1), Attribute::int("noop_with_empty_axes", 1)],
-            );
+            let name = self.next_name("ReduceSum");
+            let spec = emit::reduce_dynamic(self.opset, "ReduceSum", name, g, axes, true, true)
+                .map_err(|e| AutodiffError::Unsupported { reason: e.to_string() })?;
+            g = self.add_spec(spec, 1).remove(0);
         }
         if lead > 0 {
             let lead_axes: Vec<i64> = (0..lead as i64).collect();
             g = self.reduce_sum(g, &lead_axes, false);
         }
         Ok(g)
+    }
+}
+
+impl IntConsts for Gradient<'_, '_> {
+    fn ints(&mut self, _hint: &str, values: &[i64]) -> ValueId {
+        Gradient::ints(self, values)
     }
 }
 

@@ -63,7 +63,8 @@ pub struct TrainingGraph {
 
 /// Attaches the loss of `spec` to `model`'s logits and differentiates it with respect to the
 /// parameters. Contract: the returned model has the original inputs plus [`TrainingGraph::loss_inputs`],
-/// the original outputs plus the loss outputs and one `grad.<initializer>` per parameter.
+/// the original outputs plus the loss outputs and one `grad.<initializer>` per parameter, and holds
+/// to the ONNX operator schemas of the model's opset.
 pub fn build_training_graph(model: &Model, spec: &TrainingGraphSpec) -> Result<TrainingGraph, AutodiffError> {
     let mut m = model.clone();
     let names = modules::parameter_names(&m.graph);
@@ -81,6 +82,10 @@ pub fn build_training_graph(model: &Model, spec: &TrainingGraphSpec) -> Result<T
         .collect();
     let (loss_inputs, loss_outputs) = attach_loss(&mut m, spec)?;
     let (model, grads) = differentiate(&m, &loss_outputs[0], &params, &GradOptions { zero_grad_rows })?;
+    crate::ir::check_schemas(&model).map_err(|source| AutodiffError::Invalid {
+        step: "building the training graph (loss and gradients)",
+        source,
+    })?;
     Ok(TrainingGraph { model, grads, loss_inputs, loss_outputs })
 }
 
@@ -161,8 +166,8 @@ fn cross_entropy(b: &mut Gradient, logits: ValueId, positions: ValueId) -> Value
     let weight = b.cast(valid, DType::F32);
     let nll = b.mul(picked, weight);
     let nll = b.neg(nll);
-    let total = b.op("ReduceSum", &[nll], vec![Attribute::int("keepdims", 0)]);
-    let count = b.op("ReduceSum", &[weight], vec![Attribute::int("keepdims", 0)]);
+    let total = b.reduce("ReduceSum", nll, None, false);
+    let count = b.reduce("ReduceSum", weight, None, false);
     let one = b.scalar(1.0, DType::F32);
     let count = b.op("Max", &[count, one], vec![]);
     b.div(total, count)
@@ -178,7 +183,7 @@ fn distill_head(b: &mut Gradient, student: ValueId, teacher: ValueId, temperatur
     let pt = b.op("Exp", &[lt], vec![]);
     let diff = b.sub(lt, ls);
     let terms = b.mul(pt, diff);
-    let kl = b.op("ReduceSum", &[terms], vec![Attribute::int("keepdims", 0)]);
+    let kl = b.reduce("ReduceSum", terms, None, false);
     let size = b.op("Size", &[student], vec![]);
     let shape = b.op("Shape", &[student], vec![Attribute::int("start", -1)]);
     let last = b.squeeze(shape, &[0]);

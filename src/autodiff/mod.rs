@@ -42,6 +42,8 @@ pub enum AutodiffError {
     BadLoss { name: String, facts: String },
     #[error("the model's default-domain opset is {0}; the gradient builder needs opset 17 or newer")]
     Opset(i64),
+    #[error("{step}: {source}")]
+    Invalid { step: &'static str, source: IrError },
     #[error(transparent)]
     Ir(#[from] IrError),
 }

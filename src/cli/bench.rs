@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Engine of the --compare model [default: --engine].
     #[arg(long, value_enum)]
     compare_engine: Option<EngineKind>,
+    /// Write ONNX Runtime's node-by-node trace of the first model to PREFIX_<date>.json
+    /// (summarise it with benches/ort_profile.py).
+    #[arg(long, value_name = "PREFIX")]
+    profile: Option<PathBuf>,
     /// Kernels of the --compare model; `off` by default, so it is the plain ONNX Runtime baseline.
     #[arg(long, value_enum, default_value_t = Kernels::Off)]
     compare_kernels: Kernels,
@@ -102,8 +106,24 @@ struct Subject {
 }
 
 impl Subject {
-    fn load(path: &Path, engine: EngineKind, kernels: Kernels, args: &BenchArgs) -> Result<Subject> {
-        let opts = EngineOptions { threads: args.threads, sparse: kernels.sparse_execution(), ..Default::default() };
+    fn load(path: &Path, engine: EngineKind, kernels: Kernels, profile: bool, args: &BenchArgs) -> Result<Subject> {
+        let fixed = crate::qa::FixedShape::of_file(path)?;
+        let fits = |dim: Option<usize>, asked: usize| dim.is_none_or(|d| d == asked);
+        if !fits(fixed.batch, args.batch_size) || !fits(fixed.seq, args.seq_len) {
+            bail!(
+                "--batch-size {} --seq-len {} do not fit the inputs of '{}', fixed at {}",
+                args.batch_size,
+                args.seq_len,
+                path.display(),
+                fixed.describe()
+            );
+        }
+        let opts = EngineOptions {
+            threads: args.threads,
+            sparse: kernels.sparse_execution(),
+            profile: args.profile.clone().filter(|_| profile),
+            ..Default::default()
+        };
         let backend = runtime::load_file(path, engine, &opts)?;
         let lowered = lowering_summary(backend.as_ref());
         let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
@@ -163,12 +183,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.batch_size == 0 || args.seq_len == 0 {
         bail!("--batch-size and --seq-len must be at least 1");
     }
-    let mut subjects = vec![Subject::load(&super::resolve_model_path(&args.model), args.engine, args.kernels, &args)?];
+    let mut subjects =
+        vec![Subject::load(&super::resolve_model_path(&args.model), args.engine, args.kernels, true, &args)?];
     if let Some(other) = &args.compare {
         subjects.push(Subject::load(
             &super::resolve_model_path(other),
             args.compare_engine.unwrap_or(args.engine),
             args.compare_kernels,
+            false,
             &args,
         )?);
     }

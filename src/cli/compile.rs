@@ -114,6 +114,7 @@ pub struct Plan {
 
 /// Resolves the recipe on `model`, runs the passes and returns the plan.
 pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<Plan> {
+    crate::ir::check_schemas(model).with_context(|| format!("'{}' is not valid ONNX", model_path.display()))?;
     let g = &model.graph;
     let index = ParamIndex::new(g);
     let layers = modules::linear_layers(g);
@@ -353,7 +354,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
     if !masks.is_empty() {
         let pass =
             passes::by_name("InsertMasks", serde_json::json!({ "targets": masks.values().collect::<Vec<_>>() }))?;
-        reports.push(pass.run(model)?);
+        reports.push(pass.apply(model)?);
     }
     if let Some((acts, sym, per_channel)) = quant_cfg {
         let cfg = serde_json::json!({
@@ -363,10 +364,11 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
             "activation_symmetric": sym,
             "weight_per_channel": per_channel,
         });
-        reports.push(passes::by_name("InsertFakeQuant", cfg)?.run(model)?);
+        reports.push(passes::by_name("InsertFakeQuant", cfg)?.apply(model)?);
     }
-    reports
-        .push(passes::by_name("ExposeTrainableParams", serde_json::json!({ "initializers": trainable }))?.run(model)?);
+    reports.push(
+        passes::by_name("ExposeTrainableParams", serde_json::json!({ "initializers": trainable }))?.apply(model)?,
+    );
     infer::infer_facts(model).context("the rewritten graph failed validation")?;
 
     let g = &model.graph;

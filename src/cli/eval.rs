@@ -88,7 +88,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.engine,
         &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
     )?;
-    let windower = pipeline.tokenizer.windower(WindowOptions {
+    let windower = pipeline.windower(WindowOptions {
         max_seq_len: args.max_seq_len,
         doc_stride: args.doc_stride,
         max_question_len: 64,

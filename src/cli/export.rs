@@ -114,19 +114,19 @@ pub fn lower(model: &mut Model, opts: LowerOptions) -> Result<Vec<PassReport>> {
             unbound.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
         );
     }
-    let mut reports = vec![FoldMasks::default().run(model)?, LowerFakeQuant::default().run(model)?];
+    let mut reports = vec![FoldMasks::default().apply(model)?, LowerFakeQuant::default().apply(model)?];
     if opts.format == Format::Qoperator {
-        reports.push(LowerQOperator::default().run(model)?);
+        reports.push(LowerQOperator::default().apply(model)?);
     }
     if opts.quantize_embeddings {
-        reports.push(QuantizeEmbeddings::default().run(model)?);
+        reports.push(QuantizeEmbeddings::default().apply(model)?);
     }
     reports.push(
         RemoveDead {
             drop_outputs: Vec::new(),
             drop_suffixes: vec![".input_quant.min".into(), ".input_quant.max".into()],
         }
-        .run(model)?,
+        .apply(model)?,
     );
     if opts.format == Format::Sparse {
         reports.extend(crate::passes::lower_for_sparse_execution(model, &Default::default())?);
@@ -197,6 +197,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 seed: 42,
                 threads: None,
                 max_train_samples: Some(n),
+                strict_data: false,
                 max_eval_samples: None,
                 recipe_args: serde_json::Map::new(),
                 resume: false,

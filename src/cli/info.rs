@@ -31,6 +31,23 @@ pub struct ModelInfo {
     pub parameters: usize,
     pub parameter_bytes: usize,
     pub layers: Vec<LayerInfo>,
+    /// Linear layers whose weights are stored int8, whatever tool quantized them.
+    pub int8_layers: Vec<Int8LayerInfo>,
+}
+
+/// An int8 linear layer: `MatMul` over a dequantized int8 weight (QDQ), `MatMulInteger`,
+/// `QLinearMatMul`, or sparsec's `SparseLinear`.
+#[derive(Serialize)]
+pub struct Int8LayerInfo {
+    pub node: String,
+    /// `qdq`, `matmul_integer`, `qlinear_matmul` or `sparsec`.
+    pub form: String,
+    pub initializer: String,
+    /// PyTorch layout `[out, in]`.
+    pub weight_shape: Vec<i64>,
+    pub sparsity: f64,
+    /// `[4, 1]`, `[1, 4]`, `unstructured` or `dense`.
+    pub structure: String,
 }
 
 #[derive(Serialize)]
@@ -73,6 +90,7 @@ pub fn model_info(model: &Model, path: &str) -> ModelInfo {
             }
         })
         .collect();
+    let int8_layers = int8_layers(g);
     let describe = |v: &crate::ir::ValueId| (g.value(*v).name.clone(), g.value(*v).facts.to_string());
     ModelInfo {
         path: path.to_string(),
@@ -96,7 +114,49 @@ pub fn model_info(model: &Model, path: &str) -> ModelInfo {
         parameters,
         parameter_bytes,
         layers,
+        int8_layers,
     }
+}
+
+fn int8_layers(g: &crate::ir::Graph) -> Vec<Int8LayerInfo> {
+    let mut out = Vec::new();
+    for (_, n) in g.nodes() {
+        let (form, w) = match (n.domain.as_str(), n.op_type.as_str()) {
+            ("", "MatMul") => {
+                let dq = n.input(1).and_then(|b| g.producer(b)).filter(|(_, d)| d.op_type == "DequantizeLinear");
+                match dq.and_then(|(_, d)| d.input(0)) {
+                    Some(w) => ("qdq", w),
+                    None => continue,
+                }
+            }
+            ("", "MatMulInteger") => match n.input(1) {
+                Some(w) => ("matmul_integer", w),
+                None => continue,
+            },
+            ("", "QLinearMatMul") => match n.input(3) {
+                Some(w) => ("qlinear_matmul", w),
+                None => continue,
+            },
+            ("ai.sparsec", "SparseLinear") => match n.input(1) {
+                Some(w) => ("sparsec", w),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let Some(t) = g.constant(w).filter(|t| t.dtype == crate::ir::DType::I8 && t.dims.len() == 2) else { continue };
+        let (k, cols) = (t.dims[0] as usize, t.dims[1] as usize);
+        let raw = t.raw();
+        let nonzero = |kk: usize, j: usize| raw[kk * cols + j] != 0;
+        out.push(Int8LayerInfo {
+            node: n.name.clone(),
+            form: form.into(),
+            initializer: g.value(w).name.clone(),
+            weight_shape: vec![t.dims[1], t.dims[0]],
+            sparsity: raw.iter().filter(|&&b| b == 0).count() as f64 / raw.len().max(1) as f64,
+            structure: crate::passes::weight_structure(nonzero, k, cols).into(),
+        });
+    }
+    out
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
@@ -127,6 +187,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
     for l in &info.layers {
         let shape = format!("{:?}", l.weight_shape);
         println!("{:<w$}  {:<7} {:<13} {:>7.2}%", l.module, l.op, shape, l.sparsity * 100.0);
+    }
+    if !info.int8_layers.is_empty() {
+        println!();
+        println!("{} int8 linear layers", info.int8_layers.len());
+        let w = info.int8_layers.iter().map(|l| l.node.len()).max().unwrap_or(4).max(4);
+        println!("{:<w$}  {:<14} {:<13} {:>8}  structure", "node", "form", "weight", "sparsity");
+        for l in &info.int8_layers {
+            let shape = format!("{:?}", l.weight_shape);
+            println!("{:<w$}  {:<14} {:<13} {:>7.2}%  {}", l.node, l.form, shape, l.sparsity * 100.0, l.structure);
+        }
     }
     Ok(())
 }

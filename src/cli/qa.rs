@@ -103,7 +103,7 @@ pub fn run(args: QaArgs) -> Result<()> {
         args.engine,
         &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
     )?;
-    let windower = pipeline.tokenizer.windower(wopts)?;
+    let windower = pipeline.windower(wopts)?;
     let reqs: Vec<QaRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
     let results = pipeline.answer(&windower, &reqs, args.batch_size, args.decoder, &dopts, |_| {})?;
 

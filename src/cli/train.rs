@@ -57,6 +57,9 @@ pub struct TrainArgs {
     threads: Option<usize>,
     #[arg(long)]
     max_train_samples: Option<usize>,
+    /// Fail when a training answer does not match its context (default: warn and train on it).
+    #[arg(long)]
+    strict_data: bool,
     #[arg(long)]
     max_eval_samples: Option<usize>,
     /// JSON object overriding recipe variables, e.g. '{"num_epochs": 2}'.
@@ -161,6 +164,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         threads: args.threads,
         max_train_samples: args.max_train_samples,
+        strict_data: args.strict_data,
         max_eval_samples: args.max_eval_samples,
         recipe_args,
         resume: args.resume,

@@ -1,11 +1,14 @@
 //! The graph IR every stage shares: [`Model`] and [`Graph`] with typed ids, constant [`Tensor`]s,
 //! static [`Facts`] (dtype, symbolic shape), the one edit API ([`Patch`] via [`Graph::edit`]),
-//! per-op inference rules ([`ops`]), validation, and module-name resolution for prunable layers.
+//! per-op inference rules ([`ops`]), validation (structural, and against the ONNX operator
+//! schemas per opset: [`schema`]), opset-aware node builders ([`emit`]), and module-name
+//! resolution for prunable layers.
 //!
 //! Sits between `onnx/` (which builds and serialises it) and `passes/`, `autodiff/`, `runtime/`.
 
 mod attr;
 mod dtype;
+pub mod emit;
 mod facts;
 mod graph;
 mod ids;
@@ -13,6 +16,7 @@ pub mod infer;
 pub mod modules;
 pub mod ops;
 mod patch;
+pub mod schema;
 mod tensor;
 mod validate;
 
@@ -22,6 +26,7 @@ pub use facts::{Dim, Facts};
 pub use graph::{Graph, Model, Node, Value};
 pub use ids::{NodeId, ValueId};
 pub use patch::{NodeSpec, Patch};
+pub use schema::check_schemas;
 pub(crate) use tensor::numel;
 pub use tensor::{Tensor, TensorData, TensorError};
 
@@ -42,6 +47,8 @@ pub enum IrError {
     UnsupportedOp { node: String, op: String, domain: String },
     #[error("node '{node}' ({op}): {message}")]
     Inference { node: String, op: String, message: String },
+    #[error("node '{node}' ({op}) is not valid ONNX at opset {opset}: {message}")]
+    Schema { node: String, op: String, opset: i64, message: String },
     #[error("invalid patch: {0}")]
     Patch(String),
 }

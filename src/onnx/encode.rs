@@ -39,7 +39,7 @@ pub(super) fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<(),
     let mut data_tmp = None;
     let mp = match &external {
         Some(loc) => {
-            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
+            let mut tmp = crate::files::temp_file_in(dir).map_err(werr)?;
             let mut offset = 0u64;
             let mut failure = None;
             let mp = to_proto(model, &mut |_, t: &Tensor| {
@@ -73,7 +73,7 @@ pub(super) fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<(),
             source: std::io::Error::other("model exceeds 2 GB; save with external data"),
         });
     }
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
+    let mut tmp = crate::files::temp_file_in(dir).map_err(werr)?;
     tmp.write_all(&bytes).map_err(werr)?;
     if let Some((data, target)) = data_tmp {
         data.persist(&target).map_err(|e| OnnxError::Write { path: target.clone(), source: e.error })?;

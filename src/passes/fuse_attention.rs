@@ -16,7 +16,7 @@ use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, NodeSpec, Patch, Val
 ///   constant, optionally followed by torch's `Where(IsNaN(p), 0, p)` guard, then
 ///   `Reshape(Transpose₀₂₁₃(MatMul(p, Transpose₀₂₁₃(Reshape(v)))))` back to `[B, S, H·D]`;
 ///   `q`, `k`, `v` are `[B, S, H·D]`, and `H`, `D` are known from the static facts. The mask is an
-///   f32 tensor shaped `[B, 1, S|1, S]` or `[B, S]`.
+///   f32 tensor shaped `[B|1, 1, S|1, S]` or `[B, S]`.
 /// - Emits: `Attention(q, mask, k, v)` (`has_mask = 0` and `q` in the mask slot when unmasked) named `sparsec.attn/<Softmax>` with `num_heads`,
 ///   `head_dim`, `scale = c₁·c₂·c` (or `/c`), `zero_masked_rows` = whether the guard was there;
 ///   the final `Reshape`'s consumers read it. The old subgraph is left for `RemoveDead`.
@@ -68,6 +68,17 @@ fn key_of(g: &Graph, kt: ValueId) -> Option<ValueId> {
         })
 }
 
+/// The one consumer of `v` that reads its data, ignoring `Shape` nodes (which only read its
+/// dimensions, and die with the subgraph once the final reshape is replaced).
+fn data_consumer<'g>(g: &'g Graph, cons: &Consumers, v: ValueId) -> Option<(crate::ir::NodeId, &'g crate::ir::Node)> {
+    if g.outputs().contains(&v) {
+        return None;
+    }
+    let mut data = cons.get(&v)?.iter().filter(|(id, _)| g.node(*id).op_type != "Shape");
+    let (id, _) = data.next()?;
+    data.next().is_none().then(|| (*id, g.node(*id)))
+}
+
 struct Site {
     name: String,
     q: ValueId,
@@ -117,14 +128,21 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
     let q = heads_of(g, qt, &[0, 2, 1, 3])?;
     let k = key_of(g, kt)?;
     let qdims = g.value(qt).facts.shape.clone()?;
-    let [b, Dim::Known(heads), _, Dim::Known(head_dim)] = &qdims[..] else { return None };
+    let [_, h, _, Dim::Known(head_dim)] = &qdims[..] else { return None };
+    // The heads axis may be unknown statically (a `-1` in the exporter's Reshape); then it is
+    // the projection's width over the head size.
+    let width = g.value(q).facts.shape.as_ref().and_then(|s| s.last()).and_then(Dim::known);
+    let heads = match (h.known(), width) {
+        (Some(h), _) => h,
+        (None, Some(w)) if w % head_dim == 0 => w / head_dim,
+        _ => return None,
+    };
     if let Some(m) = mask {
         let f = &g.value(m).facts;
-        let ok_shape = match f.shape.as_deref() {
-            Some([mb, Dim::Known(1), _, _]) | Some([mb, _]) => mb == b || *mb == Dim::Unknown,
-            _ => false,
-        };
-        if f.dtype != Some(DType::F32) || !ok_shape {
+        // Any rank-2 or rank-4 f32 mask; the kernel checks at run time that it is [B, S],
+        // [B|1, 1, 1|S, S] and fails loudly otherwise.
+        let rank_ok = f.shape.as_ref().is_none_or(|s| s.len() == 2 || s.len() == 4);
+        if f.dtype != Some(DType::F32) || !rank_ok {
             return None;
         }
     }
@@ -151,7 +169,16 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
     };
     let (_, pv, _) = sole_consumer(g, cons, p).filter(|(_, n, slot)| n.op_type == "MatMul" && *slot == 0)?;
     let v = heads_of(g, pv.input(1)?, &[0, 2, 1, 3])?;
-    let (_, back, _) = sole_consumer(g, cons, pv.output(0)?).filter(|(_, n, _)| n.op_type == "Transpose")?;
+    let mut ctx = pv.output(0)?;
+    if let Some((_, same)) = data_consumer(g, cons, ctx).filter(|(_, n)| n.op_type == "Reshape") {
+        // The sdpa export's rank-preserving `Reshape` back to [B, H, S, D].
+        let o = same.output(0)?;
+        if g.value(o).facts.shape.as_ref().map(Vec::len) != Some(4) {
+            return None;
+        }
+        ctx = o;
+    }
+    let (_, back) = data_consumer(g, cons, ctx).filter(|(_, n)| n.op_type == "Transpose")?;
     if back.attr_ints("perm") != Some(&[0, 2, 1, 3][..]) {
         return None;
     }
@@ -164,7 +191,7 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
     if !(rank3(out) && rank3(q) && rank3(k) && rank3(v)) || g.outputs().contains(&out) {
         return None;
     }
-    Some(Site { name: sm_name.to_string(), q, k, v, mask, heads: *heads, head_dim: *head_dim, scale, guard, out })
+    Some(Site { name: sm_name.to_string(), q, k, v, mask, heads, head_dim: *head_dim, scale, guard, out })
 }
 
 impl Pass for FuseAttention {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Pass, PassError, PassReport};
-use crate::ir::{Attribute, Attrs, DType, Dim, Facts, Model, NodeSpec, Patch, Tensor, ValueId};
+use crate::ir::{emit, Attribute, Attrs, DType, Dim, Facts, Model, NodeSpec, Patch, Tensor, ValueId};
 
 /// The bool scalar graph input that turns every fake-quant site on (`true`) or off (`false`).
 pub const QUANT_ENABLED_INPUT: &str = "sparsec.quant_enabled";
@@ -31,7 +31,8 @@ pub struct FakeQuantTarget {
 /// - Emits, for weights (int8, symmetric, zero point 0, as torch's `MinMaxObserver` for qint8:
 ///   `scale = max(absmax / 127.5, eps)`), per output channel (`axis` = 1 for MatMul and Gemm with
 ///   `transB=0`, 0 for Gemm with `transB=1`) or per tensor:
-///   `s = Max(Div(ReduceMax(Abs(B), axes=[1-axis], keepdims=0), 127.5), eps)`,
+///   `s = Max(Div(ReduceMax(Abs(B), axes=[1-axis], keepdims=0), 127.5), eps)` (axes an attribute or,
+///   from opset 18, an input: [`emit::reduce`]),
 ///   `q = QuantizeLinear(B, s, zp_i8, axis)`, `dq = DequantizeLinear(q, s, zp_i8, axis)`,
 ///   `B' = Where(sparsec.quant_enabled, dq, B)`, and `N` reads `B'`.
 ///   For activations (uint8 asymmetric per tensor, as SparseML's default scheme and ORT's QDQ
@@ -69,6 +70,7 @@ fn scalar(dtype: DType) -> Facts {
 }
 
 struct Consts {
+    opset: i64,
     flag: ValueId,
     div: ValueId,
     eps: ValueId,
@@ -80,21 +82,17 @@ fn fake_quant_weight(p: &mut Patch, c: &Consts, b: ValueId, dims: &[Dim], axis: 
     let i8_like = Facts::new(DType::I8, dims.to_vec());
     let abs =
         p.op(NodeSpec::new("Abs", format!("sparsec.fq/{tag}/abs"), &[b]), &format!("{tag}.fq_abs"), f32_like.clone());
-    let (reduce, scale_shape) = match axis {
-        Some(a) => {
-            let other = 1 - a;
-            (
-                NodeSpec::new("ReduceMax", format!("sparsec.fq/{tag}/absmax"), &[abs])
-                    .attr(Attribute::ints("axes", vec![other as i64]))
-                    .attr(Attribute::int("keepdims", 0)),
-                vec![dims[a].clone()],
-            )
-        }
-        None => (
-            NodeSpec::new("ReduceMax", format!("sparsec.fq/{tag}/absmax"), &[abs]).attr(Attribute::int("keepdims", 0)),
-            vec![],
-        ),
-    };
+    let reduce_axes = axis.map(|a| [1 - a as i64]);
+    let scale_shape = axis.map(|a| vec![dims[a].clone()]).unwrap_or_default();
+    let reduce = emit::reduce(
+        p,
+        c.opset,
+        "ReduceMax",
+        format!("sparsec.fq/{tag}/absmax"),
+        abs,
+        reduce_axes.as_ref().map(|a| &a[..]),
+        false,
+    );
     let sf = Facts::new(DType::F32, scale_shape.clone());
     let absmax = p.op(reduce, &format!("{tag}.fq_absmax"), sf.clone());
     let raw = p.op(
@@ -139,6 +137,7 @@ impl Pass for InsertFakeQuant {
                 message: format!("opset {} < 13: per-channel QuantizeLinear needs opset 13", model.opset()),
             });
         }
+        let opset = model.opset();
         let mut report = PassReport { pass: pass.into(), ..PassReport::default() };
         model
             .graph
@@ -151,7 +150,7 @@ impl Pass for InsertFakeQuant {
                 report.new_inputs.push(QUANT_ENABLED_INPUT.into());
                 let div = p.add_initializer("sparsec.fq.int8_half_range", Tensor::scalar_f32(127.5));
                 let eps = p.add_initializer("sparsec.fq.min_scale", Tensor::scalar_f32(MIN_SCALE));
-                let c = Consts { flag, div, eps };
+                let c = Consts { opset, flag, div, eps };
                 let mut act_sites: HashMap<ValueId, ValueId> = HashMap::new();
                 for t in &self.targets {
                     let err = |message: String| PassError::Target { pass, target: t.node.clone(), message };
@@ -206,12 +205,9 @@ impl Pass for InsertFakeQuant {
                                 af.type_only(),
                             );
                             for (op, suffix) in [("ReduceMin", "min"), ("ReduceMax", "max")] {
-                                let o = p.op(
-                                    NodeSpec::new(op, format!("sparsec.fq/{base}/{suffix}"), &[a])
-                                        .attr(Attribute::int("keepdims", 0)),
-                                    &format!("{base}.{suffix}"),
-                                    scalar(DType::F32),
-                                );
+                                let spec =
+                                    emit::reduce(p, opset, op, format!("sparsec.fq/{base}/{suffix}"), a, None, false);
+                                let o = p.op(spec, &format!("{base}.{suffix}"), scalar(DType::F32));
                                 p.add_output(o);
                                 report.new_outputs.push(format!("{base}.{suffix}"));
                             }

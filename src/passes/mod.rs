@@ -18,6 +18,7 @@ mod lower_fake_quant;
 mod lower_qoperator;
 mod lower_sparse_linear;
 mod pattern;
+pub use pattern::weight_structure;
 mod quantize_embeddings;
 mod remove_dead;
 
@@ -36,7 +37,7 @@ pub use lower_sparse_linear::LowerSparseLinear;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 
-use crate::ir::{Attrs, Graph, IrError, Model, NodeId, Tensor, ValueId};
+use crate::ir::{check_schemas, Attrs, Graph, IrError, Model, NodeId, Tensor, ValueId};
 
 /// The value of `v` when it is a bound constant: an initializer that is not also a graph input.
 pub(crate) fn bound(g: &Graph, v: ValueId) -> Option<&Tensor> {
@@ -84,6 +85,15 @@ pub struct PassReport {
 pub trait Pass {
     fn name(&self) -> &'static str;
     fn run(&self, model: &mut Model) -> Result<PassReport, PassError>;
+
+    /// [`run`](Pass::run), then the result held to the ONNX operator schemas of the model's opset
+    /// ([`check_schemas`]): a node in the wrong opset's form is reported with this pass's name and
+    /// the node's, at the step that made it.
+    fn apply(&self, model: &mut Model) -> Result<PassReport, PassError> {
+        let report = self.run(model)?;
+        check_schemas(model).map_err(|source| PassError::Ir { pass: self.name(), source })?;
+        Ok(report)
+    }
 }
 
 type Constructor = fn(serde_json::Value) -> Result<Box<dyn Pass>, PassError>;

@@ -93,6 +93,32 @@ pub(crate) fn stored_density_4x1(nonzero: impl Fn(usize, usize) -> bool, k: usiz
     stored as f64 / (blocks * k) as f64
 }
 
+/// How the zeros of a `[K, N]` weight (ONNX MatMul layout) are arranged, in PyTorch's `[out, in]`
+/// terms: `"[4, 1]"` when every zero lies in an aligned block of 4 output channels sharing one
+/// input, `"[1, 4]"` for aligned runs of 4 inputs (SparseML's `block4`), `"dense"` under 1% zeros,
+/// else `"unstructured"`.
+pub fn weight_structure(nonzero: impl Fn(usize, usize) -> bool, k: usize, n: usize) -> &'static str {
+    let zeros = (0..k).flat_map(|kk| (0..n).map(move |j| (kk, j))).filter(|&(kk, j)| !nonzero(kk, j)).count();
+    if (zeros as f64) < 0.01 * (k * n) as f64 {
+        return "dense";
+    }
+    let blocks_4x1 = n % 4 == 0
+        && (0..k).all(|kk| {
+            (0..n / 4).all(|b| (0..4).all(|i| nonzero(kk, b * 4 + i)) || (0..4).all(|i| !nonzero(kk, b * 4 + i)))
+        });
+    if blocks_4x1 {
+        return "[4, 1]";
+    }
+    let blocks_1x4 = k % 4 == 0
+        && (0..n).all(|j| {
+            (0..k / 4).all(|b| (0..4).all(|i| nonzero(b * 4 + i, j)) || (0..4).all(|i| !nonzero(b * 4 + i, j)))
+        });
+    if blocks_1x4 {
+        return "[1, 4]";
+    }
+    "unstructured"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +130,17 @@ mod tests {
         let d = stored_density_4x1(|k, j| w[k * 8 + j] != 0, 2, 8);
         assert_eq!(d, 0.25);
         assert_eq!(stored_density_4x1(|_, _| true, 3, 5), 1.0);
+    }
+
+    #[test]
+    fn weight_structure_names_the_block_pattern() {
+        // [K=4, N=8]: zero the first 4 output channels of input 1 → [4, 1].
+        let w4x1 = |k: usize, j: usize| !(k == 1 && j < 4);
+        assert_eq!(weight_structure(w4x1, 4, 8), "[4, 1]");
+        let w1x4 = |k: usize, j: usize| !(k < 4 && j == 2);
+        assert_eq!(weight_structure(w1x4, 4, 8), "[1, 4]");
+        let scattered = |k: usize, j: usize| !(k == 0 && j == 0 || k == 3 && j == 5);
+        assert_eq!(weight_structure(scattered, 4, 8), "unstructured");
+        assert_eq!(weight_structure(|_, _| true, 4, 8), "dense");
     }
 }

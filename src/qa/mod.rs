@@ -18,6 +18,6 @@ pub mod squad;
 pub mod tokenize;
 
 pub use features::{Window, WindowOptions};
-pub use pipeline::{QaPipeline, QaRequest};
+pub use pipeline::{FixedShape, QaPipeline, QaRequest};
 pub use postprocess::{Answer, DecodeOptions, Decoder};
 pub use tokenize::QaTokenizer;

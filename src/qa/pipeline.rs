@@ -1,6 +1,9 @@
 //! Windows → logits through a runtime [`Backend`]: batches windows across questions, pads each
 //! batch to its longest window, feeds only the inputs the model declares, and hands each
-//! question's logits to [`postprocess`](super::postprocess).
+//! question's logits to [`postprocess`](super::postprocess). A model exported with fixed input
+//! dims ([`FixedShape`], SparseML's and DeepSparse's `[batch, 384]`) gets windows split at its
+//! sequence length and padded to it, and its last batch padded to its batch size, as DeepSparse's
+//! pipeline does with its `sequence_length`.
 
 use std::path::Path;
 
@@ -11,7 +14,63 @@ use rayon::prelude::*;
 use super::features::{Window, WindowOptions, Windower};
 use super::postprocess::{decode, Answer, DecodeOptions, Decoder, WindowLogits};
 use super::tokenize::QaTokenizer;
+use crate::ir::{Dim, Model};
 use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor};
+
+/// The input dims a QA model fixes: `None` where a dim is dynamic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FixedShape {
+    pub batch: Option<usize>,
+    pub seq: Option<usize>,
+}
+
+impl FixedShape {
+    /// The fixed dims of the model's `input_ids`/`attention_mask`/`token_type_ids` (rank 2,
+    /// `[batch, sequence]`); an error when the inputs disagree.
+    pub fn of_model(model: &Model) -> Result<FixedShape> {
+        let g = &model.graph;
+        let mut shape: Option<(String, FixedShape)> = None;
+        for v in g.runtime_inputs() {
+            let value = g.value(v);
+            if !["input_ids", "attention_mask", "token_type_ids"].contains(&value.name.as_str()) {
+                continue;
+            }
+            let Some(dims) = &value.facts.shape else { continue };
+            if dims.len() != 2 {
+                bail!("input '{}' has rank {}, a QA model takes [batch, sequence]", value.name, dims.len());
+            }
+            let fixed = |d: &Dim| d.known().and_then(|n| usize::try_from(n).ok());
+            let this = FixedShape { batch: fixed(&dims[0]), seq: fixed(&dims[1]) };
+            match &shape {
+                Some((other, s)) if *s != this => bail!(
+                    "inputs '{other}' ({}) and '{}' ({}) have different fixed dims",
+                    s.describe(),
+                    value.name,
+                    this.describe()
+                ),
+                Some(_) => {}
+                None => shape = Some((value.name.clone(), this)),
+            }
+        }
+        Ok(shape.map(|(_, s)| s).unwrap_or_default())
+    }
+
+    /// As [`of_model`](Self::of_model), reading the model file.
+    pub fn of_file(path: &Path) -> Result<FixedShape> {
+        let model = crate::onnx::load(path)?;
+        Self::of_model(&model).with_context(|| format!("model '{}'", path.display()))
+    }
+
+    pub fn is_dynamic(&self) -> bool {
+        self.batch.is_none() && self.seq.is_none()
+    }
+
+    /// `[batch, 384]`, `[1, 384]`, ….
+    pub fn describe(&self) -> String {
+        let d = |x: Option<usize>, name: &str| x.map_or(name.to_string(), |n| n.to_string());
+        format!("[{}, {}]", d(self.batch, "batch"), d(self.seq, "sequence"))
+    }
+}
 
 /// One question about one context.
 #[derive(Clone, Debug)]
@@ -37,6 +96,7 @@ pub struct QaPipeline {
     feeds: Vec<(String, Feed)>,
     start_output: usize,
     end_output: usize,
+    fixed: FixedShape,
 }
 
 /// A question's windows and the answers decoded from them.
@@ -52,8 +112,11 @@ impl QaPipeline {
         if !model.exists() {
             bail!("model '{}' not found", model.display());
         }
+        let fixed = FixedShape::of_file(model)?;
         let backend = runtime::load_file(model, engine, opts)?;
-        Self::new(backend, tokenizer).with_context(|| format!("model '{}'", model.display()))
+        let mut p = Self::new(backend, tokenizer).with_context(|| format!("model '{}'", model.display()))?;
+        p.fixed = fixed;
+        Ok(p)
     }
 
     /// Wraps a loaded model; fails unless it takes `input_ids` (and optionally `attention_mask`
@@ -81,7 +144,35 @@ impl QaPipeline {
         let (Some(start_output), Some(end_output)) = (find("start_logits", 0), find("end_logits", 1)) else {
             bail!("the model must have start_logits and end_logits outputs, it has {outs:?}");
         };
-        Ok(QaPipeline { backend, tokenizer, feeds, start_output, end_output })
+        Ok(QaPipeline { backend, tokenizer, feeds, start_output, end_output, fixed: FixedShape::default() })
+    }
+
+    /// The input dims the model fixes (set by [`load`](Self::load); dynamic for [`new`](Self::new)).
+    pub fn fixed_shape(&self) -> FixedShape {
+        self.fixed
+    }
+
+    /// Sets the dims the model fixes, for a pipeline made with [`new`](Self::new).
+    pub fn set_fixed_shape(&mut self, fixed: FixedShape) {
+        self.fixed = fixed;
+    }
+
+    /// A window builder for `opts`, split at the model's fixed sequence length when it has one
+    /// (which then replaces `opts.max_seq_len`, as in DeepSparse); an error naming the model's
+    /// shape when the options cannot fit it.
+    pub fn windower(&self, mut opts: WindowOptions) -> Result<Windower> {
+        let Some(seq) = self.fixed.seq else { return self.tokenizer.windower(opts) };
+        if opts.max_seq_len != seq {
+            tracing::info!(
+                "the model's inputs are fixed at {}: windows of {seq} tokens (not {})",
+                self.fixed.describe(),
+                opts.max_seq_len
+            );
+            opts.max_seq_len = seq;
+        }
+        self.tokenizer
+            .windower(opts)
+            .with_context(|| format!("the model's inputs are fixed at {}", self.fixed.describe()))
     }
 
     pub fn engine(&self) -> EngineKind {
@@ -93,12 +184,14 @@ impl QaPipeline {
         self.feeds.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    /// Builds the padded input tensors of a batch of windows.
+    /// Builds the padded input tensors of a batch of windows: rows padded to the longest window,
+    /// or to the model's fixed sequence length, and (with a fixed batch size) padding rows added.
     pub fn batch_inputs(&self, windows: &[&Window]) -> Vec<(String, HostTensor)> {
-        let len = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        let len = self.fixed.seq.unwrap_or_else(|| windows.iter().map(|w| w.len()).max().unwrap_or(0));
+        let rows = self.fixed.batch.unwrap_or(windows.len()).max(windows.len());
         let fill = |f: Feed| {
             let pad = if f == Feed::InputIds { self.tokenizer.pad_id } else { 0 };
-            let mut a = Array2::from_elem((windows.len(), len), pad);
+            let mut a = Array2::from_elem((rows, len), pad);
             for (mut row, w) in a.axis_iter_mut(Axis(0)).zip(windows) {
                 let src = match f {
                     Feed::InputIds => &w.input_ids,
@@ -114,10 +207,23 @@ impl QaPipeline {
         self.feeds.iter().map(|(n, f)| (n.clone(), fill(*f))).collect()
     }
 
-    /// Runs one padded batch; returns each window's (start, end) logits cut to its length.
+    /// Runs one batch; returns each window's (start, end) logits cut to its length. With a fixed
+    /// batch size the windows run in groups of that size, the last padded with empty rows.
     pub fn run_batch(&mut self, windows: &[&Window]) -> Result<Vec<StartEnd>> {
         if windows.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(b) = self.fixed.batch.filter(|&b| b > 0 && windows.len() > b) {
+            let mut out = Vec::with_capacity(windows.len());
+            for chunk in windows.chunks(b) {
+                out.extend(self.run_batch(chunk)?);
+            }
+            return Ok(out);
+        }
+        if let Some(seq) = self.fixed.seq {
+            if let Some(w) = windows.iter().find(|w| w.len() > seq) {
+                bail!("a window of {} tokens does not fit the model's fixed inputs {}", w.len(), self.fixed.describe());
+            }
         }
         let inputs = self.batch_inputs(windows);
         let feed: Vec<(&str, HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
@@ -125,9 +231,9 @@ impl QaPipeline {
         let end = std::mem::replace(&mut out[self.end_output].1, HostTensor::Bool(ndarray::ArrayD::default(vec![0])));
         let start = out.swap_remove(self.start_output).1.into_f32().context("start logits")?;
         let end = end.into_f32().context("end logits")?;
-        let expect = [windows.len(), windows.iter().map(|w| w.len()).max().unwrap_or(0)];
-        if start.shape() != expect || end.shape() != expect {
-            bail!("the model returned logits of shape {:?}/{:?}, expected {:?}", start.shape(), end.shape(), expect);
+        let shape = inputs.first().map(|(_, t)| t.shape().to_vec()).unwrap_or_default();
+        if start.shape() != shape || end.shape() != shape {
+            bail!("the model returned logits of shape {:?}/{:?}, expected {:?}", start.shape(), end.shape(), shape);
         }
         Ok(windows
             .iter()
@@ -152,8 +258,17 @@ impl QaPipeline {
         opts: &DecodeOptions,
         mut on_batch: impl FnMut(usize),
     ) -> Result<Vec<Result<Answered>>> {
-        let windows: Vec<Result<Vec<Window>>> =
-            requests.par_iter().map(|r| windower.windows(&r.question, &r.context)).collect();
+        let fixed = self.fixed;
+        let windows: Vec<Result<Vec<Window>>> = requests
+            .par_iter()
+            .map(|r| {
+                let ws = windower.windows(&r.question, &r.context);
+                match fixed.seq {
+                    Some(_) => ws.with_context(|| format!("the model's inputs are fixed at {}", fixed.describe())),
+                    None => ws,
+                }
+            })
+            .collect();
         let mut order: Vec<(usize, usize)> = Vec::new();
         for (q, ws) in windows.iter().enumerate() {
             if let Ok(ws) = ws {
@@ -196,7 +311,7 @@ impl QaPipeline {
         opts: &DecodeOptions,
         batch_size: usize,
     ) -> Result<Vec<Answer>> {
-        let windower = self.tokenizer.windower(window_opts)?;
+        let windower = self.windower(window_opts)?;
         let req = [QaRequest { question: question.to_string(), context: context.to_string() }];
         let mut out = self.answer(&windower, &req, batch_size, decoder, opts, |_| {})?;
         Ok(out.pop().expect("one result per request")?.answers)

@@ -164,19 +164,20 @@ impl<'a> FieldReader<'a> {
         }
     }
 
+    /// A boolean read as SparseML reads one: Python truthiness of the YAML value, where `true`/`false`,
+    /// `1`/`0` (and `1.0`/`0.0`) and `null` (false: `None` is falsy) are what recipes write. Any
+    /// other number, a string (`"false"` would be truthy in Python) or a list is an error.
     pub fn bool_or(&mut self, field: &'static str, default: bool) -> Result<bool, RecipeError> {
         match self.value(field)? {
-            None | Some(Value::Null) => Ok(default),
-            Some(Value::Bool(b)) => Ok(b),
-            Some(v) => Err(self.invalid(field, format!("expected true or false, got {}", show(&v)))),
+            None => Ok(default),
+            Some(v) => truthy(&v).ok_or_else(|| self.invalid(field, not_a_bool(&v))),
         }
     }
 
     pub fn bool_req(&mut self, field: &'static str) -> Result<bool, RecipeError> {
         match self.value(field)? {
-            None | Some(Value::Null) => Err(self.missing(field)),
-            Some(Value::Bool(b)) => Ok(b),
-            Some(v) => Err(self.invalid(field, format!("expected true or false, got {}", show(&v)))),
+            None => Err(self.missing(field)),
+            Some(v) => truthy(&v).ok_or_else(|| self.invalid(field, not_a_bool(&v))),
         }
     }
 
@@ -243,12 +244,50 @@ pub(crate) fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
-pub(crate) fn strings(v: &Value) -> Option<Vec<String>> {
+/// Python truthiness for the YAML values a boolean field may hold: booleans, 0/1, null.
+pub(crate) fn truthy(v: &Value) -> Option<bool> {
     match v {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Sequence(items) => items.iter().map(|x| x.as_str().map(str::to_string)).collect(),
+        Value::Bool(b) => Some(*b),
+        Value::Null => Some(false),
+        Value::Number(n) => match n.as_f64() {
+            Some(0.0) => Some(false),
+            Some(1.0) => Some(true),
+            _ => None,
+        },
         _ => None,
     }
+}
+
+fn not_a_bool(v: &Value) -> String {
+    match v {
+        Value::Number(_) => format!("expected true or false (or 1 or 0), got {}, which is out of range", show(v)),
+        _ => format!("expected true or false (or 1 or 0), got {}", show(v)),
+    }
+}
+
+/// A string or a (possibly nested) list of strings, flattened depth first as SparseML's
+/// `validate_str_iterable` flattens it; the `__ALL__` and `__ALL_PRUNABLE__` tokens in any case
+/// (SparseML upper-cases them).
+pub(crate) fn strings(v: &Value) -> Option<Vec<String>> {
+    fn token(s: &str) -> String {
+        let up = s.to_ascii_uppercase();
+        if up == super::modifiers::ALL_PARAMS || up == super::modifiers::ALL_PRUNABLE {
+            up
+        } else {
+            s.to_string()
+        }
+    }
+    fn flatten(v: &Value, out: &mut Vec<String>) -> Option<()> {
+        match v {
+            Value::String(s) => out.push(token(s)),
+            Value::Sequence(items) => items.iter().try_for_each(|x| flatten(x, out))?,
+            _ => return None,
+        }
+        Some(())
+    }
+    let mut out = Vec::new();
+    flatten(v, &mut out)?;
+    Some(out)
 }
 
 pub(crate) fn show(v: &Value) -> String {

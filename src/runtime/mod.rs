@@ -94,10 +94,29 @@ pub enum Kernels {
     Attention,
 }
 
+/// Whether ONNX Runtime's u8×s8 integer matrix products are exact on this CPU. Its kernels use
+/// VNNI (`vpdpbusd`) where the CPU has it; without VNNI they use `vpmaddubsw`, whose 16-bit pair
+/// sums saturate (`benches/int8_exactness.py`: 2.4 to 6.4 absolute error on one random layer).
+pub fn ort_int8_is_exact() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni") || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
 impl Kernels {
-    /// The in-memory lowering this choice asks for (`None` for `off`).
+    /// The in-memory lowering this choice asks for (`None` for `off`). Where ONNX Runtime's int8
+    /// products are not exact ([`ort_int8_is_exact`]), every int8 linear goes to sparsec's exact
+    /// kernels, dense ones too; elsewhere only those sparse enough to be faster there.
     pub fn sparse_execution(self) -> Option<crate::passes::SparseExecution> {
-        let base = crate::passes::SparseExecution::default();
+        let mut base = crate::passes::SparseExecution::default();
+        if !ort_int8_is_exact() {
+            base.linear.max_int8_density = 1.0;
+        }
         match self {
             Kernels::Off => None,
             Kernels::Auto => Some(base),
@@ -118,6 +137,8 @@ pub struct EngineOptions {
     /// On ONNX Runtime, lower the model in memory to sparsec's sparse kernels first
     /// ([`crate::passes::lower_for_sparse_execution`]); `None` runs the model as it is.
     pub sparse: Option<crate::passes::SparseExecution>,
+    /// ONNX Runtime writes a JSON trace of every node run to a file with this prefix.
+    pub profile: Option<std::path::PathBuf>,
 }
 
 /// A loaded model that can be run repeatedly.

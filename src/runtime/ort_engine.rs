@@ -116,6 +116,9 @@ impl OrtBackend {
         if let Some(t) = opts.threads {
             b = b.with_intra_threads(t).map_err(|e| anyhow!("{e}"))?;
         }
+        if let Some(prefix) = &opts.profile {
+            b = b.with_profiling(prefix).map_err(|e| anyhow!("cannot enable ONNX Runtime profiling: {e}"))?;
+        }
         sparsec_ops::set_threads(opts.threads.unwrap_or(0));
         let domain = sparsec_ops::domain().map_err(|e| anyhow!("cannot create sparsec's custom operators: {e}"))?;
         b = b.with_operators(domain).map_err(|e| anyhow!("cannot register sparsec's custom operators: {e}"))?;

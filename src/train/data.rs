@@ -32,6 +32,74 @@ pub fn train_windows(examples: &[Example], windower: &Windower) -> Result<Vec<Tr
     Ok(out)
 }
 
+/// Training examples whose answer (the first with an `answer_start`, the one trained on) does not
+/// match the context: `answer_start` beyond the context, or `text` not what the context holds at
+/// `answer_start`. They are trained as `run_qa.py` trains them (it checks nothing): the
+/// character span `[answer_start, answer_start + len(text))` is labelled where a window holds it,
+/// so an answer beyond the context is labelled at CLS in every window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnswerCheck {
+    /// Ids of the examples whose `answer_start` is at or past the end of the context (or whose
+    /// span runs past it).
+    pub beyond_context: Vec<String>,
+    /// Ids of the examples whose answer text differs from the context at `answer_start`.
+    pub text_differs: Vec<String>,
+}
+
+/// How many ids a message lists.
+const IDS_SHOWN: usize = 5;
+
+impl AnswerCheck {
+    pub fn count(&self) -> usize {
+        self.beyond_context.len() + self.text_differs.len()
+    }
+
+    /// One line: the counts and the first few ids of each kind.
+    pub fn summary(&self) -> String {
+        let list = |ids: &[String]| {
+            let shown: Vec<&str> = ids.iter().take(IDS_SHOWN).map(String::as_str).collect();
+            let more =
+                if ids.len() > IDS_SHOWN { format!(", … {} more", ids.len() - IDS_SHOWN) } else { String::new() };
+            format!("{}{more}", shown.join(", "))
+        };
+        let mut parts = Vec::new();
+        if !self.beyond_context.is_empty() {
+            parts.push(format!(
+                "{} with answer_start beyond the context ({})",
+                self.beyond_context.len(),
+                list(&self.beyond_context)
+            ));
+        }
+        if !self.text_differs.is_empty() {
+            parts.push(format!(
+                "{} whose answer text differs from the context at answer_start ({})",
+                self.text_differs.len(),
+                list(&self.text_differs)
+            ));
+        }
+        format!("{} training answers do not match their context: {}", self.count(), parts.join("; "))
+    }
+}
+
+/// Checks the answer each example is trained on against its context (characters are Unicode
+/// scalar values, as Python's `str` indexes them).
+pub fn check_answers(examples: &[Example]) -> AnswerCheck {
+    let mut check = AnswerCheck::default();
+    for e in examples {
+        let Some((start, text)) = e.answers.iter().find_map(|a| a.answer_start.map(|s| (s, a.text.as_str()))) else {
+            continue;
+        };
+        let len = text.chars().count();
+        let ctx_len = e.context.chars().count();
+        if start >= ctx_len || start + len > ctx_len {
+            check.beyond_context.push(e.id.clone());
+        } else if !e.context.chars().skip(start).take(len).eq(text.chars()) {
+            check.text_differs.push(e.id.clone());
+        }
+    }
+    check
+}
+
 /// The order in which epoch `epoch` visits `n` windows: a permutation that depends only on
 /// `(seed, epoch)`, so a resumed run sees the same batches.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {

@@ -21,7 +21,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, NamedTensor};
-use super::data::{epoch_order, train_windows, BatchLayout};
+use super::data::{check_answers, epoch_order, train_windows, BatchLayout};
 use super::evidence::{ModelState, TaskGradients};
 use super::observers::{MinMaxObserver, AVERAGING_CONSTANT};
 use super::optim::AdamWConfig;
@@ -68,6 +68,8 @@ pub struct TrainConfig {
     pub seed: u64,
     pub threads: Option<usize>,
     pub max_train_samples: Option<usize>,
+    /// Fail (instead of warning) when a training answer does not match its context.
+    pub strict_data: bool,
     pub max_eval_samples: Option<usize>,
     pub recipe_args: serde_json::Map<String, serde_json::Value>,
     pub resume: bool,
@@ -462,7 +464,7 @@ pub(super) fn evaluate(
     examples: &[squad::Example],
 ) -> Result<V1Result> {
     let mut pipeline = QaPipeline::new(backend, tokenizer)?;
-    let windower = pipeline.tokenizer.windower(WindowOptions {
+    let windower = pipeline.windower(WindowOptions {
         max_seq_len: cfg.max_seq_length,
         doc_stride: cfg.doc_stride,
         max_question_len: 64,
@@ -540,6 +542,7 @@ impl Data {
             bail!("batch sizes must be at least 1");
         }
         let compiled = Compiled::load(&cfg.compiled, &cfg.recipe_args)?;
+        check_fixed_shape(cfg, &compiled.model)?;
         let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
         let windower = tokenizer.windower(WindowOptions {
             max_seq_len: cfg.max_seq_length,
@@ -553,6 +556,7 @@ impl Data {
         if examples.is_empty() {
             bail!("'{}' has no training questions", cfg.train_file.display());
         }
+        check_training_answers(cfg, &examples)?;
         let started = Instant::now();
         let windows = train_windows(&examples, &windower)?;
         tracing::info!(
@@ -1235,9 +1239,9 @@ fn truncate_log(path: &Path, before: u64) -> Result<()> {
 /// values without computing the unused branches. The observers' min/max outputs stay.
 pub fn without_fake_quant(model: &Model) -> Result<Model> {
     let mut m = model.clone();
-    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[false]))] }.run(&mut m)?;
-    LowerFakeQuant::default().run(&mut m)?;
-    RemoveDead::default().run(&mut m)?;
+    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[false]))] }.apply(&mut m)?;
+    LowerFakeQuant::default().apply(&mut m)?;
+    RemoveDead::default().apply(&mut m)?;
     infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
     Ok(m)
 }
@@ -1250,7 +1254,7 @@ pub(super) fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(
     for (name, t) in bound {
         values.push((name, host_to_tensor(&t)?));
     }
-    BindInputs { values }.run(&mut model).context("cannot bind the trained values")?;
+    BindInputs { values }.apply(&mut model).context("cannot bind the trained values")?;
     model.set_metadata("sparsec.trained", "true");
     let dir = &cfg.output_dir;
     crate::onnx::save(&model, dir.join("model.onnx"), &crate::onnx::SaveOptions::default())?;
@@ -1281,4 +1285,47 @@ fn host_to_tensor(t: &HostTensor) -> Result<Tensor> {
         HostTensor::I64(a) => Tensor::from_i64(dims(a.shape()), &a.iter().copied().collect::<Vec<_>>()),
         HostTensor::I32(_) => bail!("int32 tensors are not bound"),
     })
+}
+
+/// Warns about training answers that do not match their context (count and first ids), or with
+/// `strict_data` fails naming them.
+fn check_training_answers(cfg: &TrainConfig, examples: &[squad::Example]) -> Result<()> {
+    let check = check_answers(examples);
+    if check.count() == 0 {
+        return Ok(());
+    }
+    if cfg.strict_data {
+        bail!("'{}': {} (--strict-data)", cfg.train_file.display(), check.summary());
+    }
+    tracing::warn!(
+        "'{}': {}; they are trained as run_qa.py trains them (an answer beyond the context is labelled at CLS); \
+         --strict-data fails instead",
+        cfg.train_file.display(),
+        check.summary()
+    );
+    Ok(())
+}
+
+/// Training batches are padded to their longest window (to `--max-seq-length` with
+/// `--pad-to-max-length`) and the last one is short: a model with a fixed sequence length trains
+/// only with `--max-seq-length` equal to it and `--pad-to-max-length`, and one with a fixed batch
+/// size not at all (its last batch is not padded yet). Either is an error naming the model's shape.
+fn check_fixed_shape(cfg: &TrainConfig, model: &Model) -> Result<()> {
+    let fixed = crate::qa::FixedShape::of_model(model)?;
+    if let Some(b) = fixed.batch {
+        bail!(
+            "the model's inputs are fixed at {}: training needs a dynamic batch dim (a fixed batch of {b} is not \
+             supported by `sparsec train`); export the model with a dynamic batch",
+            fixed.describe()
+        );
+    }
+    if let Some(seq) = fixed.seq {
+        if cfg.max_seq_length != seq || !cfg.pad_to_max_length {
+            bail!(
+                "the model's inputs are fixed at {}: train with --max-seq-length {seq} --pad-to-max-length",
+                fixed.describe()
+            );
+        }
+    }
+    Ok(())
 }

@@ -7,7 +7,17 @@ use ndarray::ArrayD;
 use sparsec::runtime::HostTensor;
 
 pub const FIXTURE_MODELS: &[&str] = &["bert", "distilbert", "roberta"];
-pub const EXPORTERS: &[&str] = &["legacy", "dynamo"];
+/// torch's TorchScript exporter (opset 17), torch's dynamo exporter at its native opset 18 (bert's
+/// weights as external data), and Hugging Face Optimum's `optimum-cli export onnx` (opset 18).
+pub const EXPORTERS: &[&str] = &["legacy", "dynamo", "optimum"];
+
+/// The names an exporter gives the dynamic batch and sequence dims.
+pub fn dim_names(exporter: &str) -> (&'static str, &'static str) {
+    match exporter {
+        "optimum" => ("batch_size", "sequence_length"),
+        _ => ("batch", "sequence"),
+    }
+}
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -9,11 +9,13 @@
 //! pack their per-block union; above [`DENSE_ABOVE`] stored density every index is stored
 //! (sequential indices, dense through the same kernel).
 //!
-//! A call quantizes and transposes the activations once into per-token-tile scratch
-//! (`[tile][K][TW]`, tokens contiguous) and then runs, per task of (token tiles × channel blocks),
-//! the ISA kernel chosen at creation: AVX-512 VNNI (`vpdpbusd`, 64-token tiles), AVX2 (`vpmaddwd`
-//! on i16-widened operands, exact, 16-token tiles) or portable scalar. The kernel leaves i32
-//! accumulators token-major; the safe epilogue turns them into f32 rows of `y`.
+//! A call splits the work into tasks of (token tiles × channel blocks) balanced by stored groups.
+//! Each token tile is quantized and transposed once into `[K][TW]` (tokens contiguous, padded with
+//! the zero point): by the task itself, just before use, when tasks own whole tiles, else for all
+//! tiles up front. Then the ISA kernel chosen at creation runs: AVX-512 VNNI (`vpdpbusd`, 64-token
+//! tiles), AVX2 (`vpmaddwd` on i16-widened operands, exact, 16-token tiles) or portable scalar.
+//! The kernel leaves i32 accumulators token-major; the safe epilogue turns them into f32 rows of
+//! `y`. All scratch is per call: the layer holds no mutable state.
 
 use std::fmt;
 use std::ops::Range;
@@ -106,6 +108,12 @@ impl PackStats {
     /// `nonzeros / (K·N)`.
     pub fn density(&self) -> f64 {
         self.nonzeros as f64 / (self.k * self.n) as f64
+    }
+
+    /// `stored / (K·4·⌈N/4⌉)`: the share of a dense layer's multiplies the kernel performs (on
+    /// AVX2 the int8 kernel beats ONNX Runtime's dense int8 below about 0.5; see BENCHMARKS.md).
+    pub fn stored_density(&self) -> f64 {
+        self.stored as f64 / (self.k * self.n.div_ceil(BLOCK) * BLOCK) as f64
     }
 }
 

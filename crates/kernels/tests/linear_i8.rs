@@ -290,6 +290,7 @@ fn packing_detects_the_pattern_and_pads_only_the_union() {
             .sum();
         let stored = if union_groups as f64 > 0.85 * (n / 4 * k / 4) as f64 { n * k } else { union_groups * 16 };
         assert_eq!(st.stored, stored, "{g:?}");
+        assert_eq!(st.stored_density(), stored as f64 / (k * n) as f64);
         if let Gen::B4x1(_) = g {
             assert!(st.stored < st.nonzeros + n * 4 * 3, "[4,1] pads at most 3 indices per block");
         }

@@ -114,9 +114,21 @@ enum KeyMask {
 
 fn key_mask(dims: &[i64], data: &[f32], b: usize, s: usize) -> Result<KeyMask, String> {
     let per_key = |d: &[f32]| d.iter().map(|&x| if x == f32::NEG_INFINITY { f32::MIN } else { x }).collect();
-    match dims {
-        [db, ds] | [db, 1, 1, ds] if *db as usize == b && *ds as usize == s => Ok(KeyMask::PerKey(per_key(data))),
-        [db, 1, dq, ds] if *db as usize == b && *dq as usize == s && *ds as usize == s => {
+    let d: Vec<usize> = dims.iter().map(|&x| x as usize).collect();
+    // Batch-broadcast masks ([1, …]) are repeated over the batch first.
+    let repeat = |per_batch: usize| -> Vec<f32> {
+        if d[0] == b {
+            data.to_vec()
+        } else {
+            (0..b).flat_map(|_| data[..per_batch].iter().copied()).collect()
+        }
+    };
+    let batch_ok = |db: usize| db == b || db == 1;
+    match d[..] {
+        [db, ds] if db == b && ds == s => Ok(KeyMask::PerKey(per_key(data))),
+        [db, 1, 1, ds] if batch_ok(db) && ds == s => Ok(KeyMask::PerKey(per_key(&repeat(s)))),
+        [db, 1, dq, ds] if batch_ok(db) && dq == s && ds == s => {
+            let data = repeat(s * s);
             let uniform = (0..b).all(|bi| {
                 let m = &data[bi * s * s..(bi + 1) * s * s];
                 m.chunks_exact(s).all(|row| row == &m[..s])
@@ -125,10 +137,10 @@ fn key_mask(dims: &[i64], data: &[f32], b: usize, s: usize) -> Result<KeyMask, S
                 let rows: Vec<f32> = (0..b).flat_map(|bi| data[bi * s * s..bi * s * s + s].iter().copied()).collect();
                 Ok(KeyMask::PerKey(per_key(&rows)))
             } else {
-                Ok(KeyMask::Full(per_key(data)))
+                Ok(KeyMask::Full(per_key(&data)))
             }
         }
-        other => Err(format!("mask shape {other:?} is not [B, S], [B, 1, 1, S] or [B, 1, S, S] for B = {b}, S = {s}")),
+        _ => Err(format!("mask shape {dims:?} is not [B, S], [B|1, 1, 1, S] or [B|1, 1, S, S] for B = {b}, S = {s}")),
     }
 }
 

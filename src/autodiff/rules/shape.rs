@@ -3,6 +3,7 @@
 
 use super::{rule, GradRule, NodeGrad, Sources};
 use crate::autodiff::{AutodiffError, Gradient};
+use crate::ir::emit::SplitSizes;
 use crate::ir::{Attribute, Attrs, Dim, ValueId};
 
 type R = Result<Vec<Option<ValueId>>, AutodiffError>;
@@ -69,7 +70,7 @@ fn concat(b: &mut Gradient, n: &NodeGrad) -> R {
             b.op("Concat", &parts, vec![Attribute::int("axis", 0)])
         }
     };
-    let outs = b.op_multi("Split", &[Some(g), Some(sizes)], vec![Attribute::int("axis", axis as i64)], inputs.len());
+    let outs = b.split(g, axis as i64, SplitSizes::Value(sizes), inputs.len())?;
     let mut it = outs.into_iter();
     Ok(n.node.inputs.iter().map(|x| x.and_then(|_| it.next())).collect())
 }
@@ -164,7 +165,7 @@ fn slice(b: &mut Gradient, n: &NodeGrad) -> R {
         let parts: Vec<ValueId> = begin.into_iter().chain(end).collect();
         b.op("Concat", &parts, vec![Attribute::int("axis", 0)])
     };
-    Ok(vec![Some(b.op("Pad", &[g, pads], vec![Attribute::string("mode", "constant")]))])
+    Ok(vec![Some(b.pad(g, pads, "constant")?)])
 }
 
 /// `v < 0 ? v + d : v`, clamped to `[0, d]` (1-element i64 values).
