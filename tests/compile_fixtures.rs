@@ -400,7 +400,7 @@ fn minilm_plan_of_the_example_recipe_targets_36_layers() {
         assert!((s - (0.7 + 0.2 * (1.0 - (1.0 - t).powi(3)))).abs() < 1e-12);
     }
     assert_eq!((s[0], s[6]), (0.7, 0.9));
-    assert!(obs.status.contains("not implemented yet"), "{}", obs.status);
+    assert!(obs.status.contains("scores by OBS"), "{}", obs.status);
     assert_eq!(plan.total_epochs, 30.0);
     eprintln!(
         "minilm: {} OBS targets, mask updates {:?}",

@@ -140,6 +140,14 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
     let mut quant_cfg: Option<(bool, bool, bool)> = None;
     let mut frozen: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
+    let findings = crate::train::support::audit(recipe);
+    let errors: Vec<String> = findings.iter().filter(|f| f.error).map(|f| f.to_string()).collect();
+    if !errors.is_empty() {
+        bail!("the recipe asks for what sparsec cannot do:\n  {}", errors.join("\n  "));
+    }
+    for f in findings.iter().filter(|f| !f.error) {
+        eprintln!("warning: {f}");
+    }
     for (i, e) in recipe.modifiers.iter().enumerate() {
         let m = &e.modifier;
         let mut pm = PlanModifier {
@@ -187,12 +195,14 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                         sparsity: shared.map(|(a, b)| p.sparsity_at_update(epoch, a, b)),
                     })
                     .collect();
-                if !matches!(p.algorithm, PruningAlgorithm::Magnitude) {
-                    pm.status = format!(
-                        "masks inserted and schedule planned; the {} scoring algorithm is not implemented yet (the trainer will add it)",
-                        e.name
-                    );
-                }
+                pm.status = match p.algorithm {
+                    PruningAlgorithm::Magnitude => "applied".into(),
+                    PruningAlgorithm::Obs { .. } => {
+                        "masks inserted; the trainer scores by OBS (block Fisher inverse from task-loss gradients)"
+                            .into()
+                    }
+                    PruningAlgorithm::Movement => "not implemented".into(),
+                };
             }
             Modifier::ConstantPruning(c) => {
                 for (param, _) in resolve_each(&index, recipe, e, &c.params)? {
@@ -296,7 +306,36 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                 pm.status = "distillation loss in train.onnx; the trainer feeds the teacher's logits".into();
             }
             Modifier::LayerPruning(_) => {
-                pm.status = "parsed and scheduled; removing layers is not implemented yet".into();
+                pm.status = "not implemented".into();
+            }
+            Modifier::SparseGpt(sg) => {
+                let mut n = 0;
+                for l in &layers {
+                    if sg.group_of(&l.module).is_none() {
+                        continue;
+                    }
+                    let param = l.weight_name();
+                    if !index.params.contains_key(&param) {
+                        continue;
+                    }
+                    let mut t = target(&param);
+                    t.init_sparsity = Some(0.0);
+                    t.final_sparsity = Some(sg.sparsity);
+                    t.mask_input = Some(format!("{param}.mask"));
+                    masks
+                        .insert(param.clone(), MaskTarget { param: param.clone(), initializer: t.initializer.clone() });
+                    pm.targets.push(t);
+                    n += 1;
+                }
+                if n == 0 {
+                    bail!(crate::recipe::RecipeError::Invalid {
+                        at: recipe.at(e, "targets"),
+                        message: format!("no linear layer is under the targets {:?}", sg.targets),
+                    });
+                }
+                pm.status =
+                    "masks inserted; `sparsec train --one-shot N` prunes by SparseGPT from N calibration windows"
+                        .into();
             }
             Modifier::EpochRange(_)
             | Modifier::LearningRateFunction(_)

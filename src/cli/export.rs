@@ -206,6 +206,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 one_shot: Some(n),
                 num_train_epochs: None,
                 max_steps: None,
+                prune_memory_limit: session::DEFAULT_PRUNE_MEMORY_LIMIT,
             };
             session::train(&cfg, &mut Quiet)?;
             trained

@@ -76,10 +76,14 @@ pub struct TrainArgs {
     save_steps: Option<u64>,
     #[arg(long, default_value_t = 2)]
     save_total_limit: usize,
-    /// No training: apply the recipe's final sparsity by magnitude and calibrate quantization on N
-    /// training windows (SparseML's one-shot).
+    /// No training: prune each modifier's layers to its final sparsity once with the recipe's
+    /// algorithm (magnitude, OBS, SparseGPT from N calibration windows) and calibrate
+    /// quantization on N training windows (SparseML's one-shot).
     #[arg(long, value_name = "N")]
     one_shot: Option<usize>,
+    /// Largest state a pruner may build (OBS Fisher inverses, SparseGPT Hessians), in MB.
+    #[arg(long, default_value_t = 4096)]
+    prune_memory_limit_mb: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -167,6 +171,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         save_steps: args.save_steps,
         save_total_limit: args.save_total_limit,
         one_shot: args.one_shot,
+        prune_memory_limit: args.prune_memory_limit_mb << 20,
         num_train_epochs: args.num_train_epochs,
         max_steps: args.max_steps,
     };

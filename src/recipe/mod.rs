@@ -284,10 +284,28 @@ fn parse_group(
     seen: &mut HashMap<String, usize>,
     out: &mut Vec<ModifierEntry>,
 ) -> Result<(), RecipeError> {
-    let items: Vec<&Value> = match v {
-        Value::Sequence(s) => s.iter().collect(),
+    // `- !Tag {fields}` entries, or (SparseML's newer form) a mapping `Name: {fields}`.
+    let items: Vec<(String, &Value)> = match v {
+        Value::Sequence(s) => {
+            let mut out = Vec::new();
+            for item in s {
+                let Value::Tagged(t) = item else {
+                    let line = src.key_line(stage, group).unwrap_or(0);
+                    return Err(RecipeError::Invalid {
+                        at: src.at(line, Some(group.to_string())),
+                        message: format!(
+                            "each entry must be a tagged modifier like `- !GMPruningModifier`, got {}",
+                            fields::show(item)
+                        ),
+                    });
+                };
+                out.push((t.tag.to_string().trim_start_matches('!').to_string(), &t.value));
+            }
+            out
+        }
         Value::Null => Vec::new(),
-        Value::Tagged(_) => vec![v],
+        Value::Tagged(t) => vec![(t.tag.to_string().trim_start_matches('!').to_string(), &t.value)],
+        Value::Mapping(m) => m.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), v)).collect(),
         other => {
             let line = src.key_line(stage, group).unwrap_or(0);
             return Err(RecipeError::Invalid {
@@ -296,20 +314,13 @@ fn parse_group(
             });
         }
     };
-    for item in items {
-        let Value::Tagged(t) = item else {
-            let line = src.key_line(stage, group).unwrap_or(0);
-            return Err(RecipeError::Invalid {
-                at: src.at(line, Some(group.to_string())),
-                message: format!(
-                    "each entry must be a tagged modifier like `- !GMPruningModifier`, got {}",
-                    fields::show(item)
-                ),
-            });
-        };
-        let name = t.tag.to_string().trim_start_matches('!').to_string();
+    for (name, body) in items {
         let occurrence = seen.entry(name.clone()).or_insert(0);
-        let tag_line = src.tag_line(&name, *occurrence).or_else(|| src.key_line(stage, group)).unwrap_or(0);
+        let tag_line = src
+            .tag_line(&name, *occurrence)
+            .or_else(|| src.key_line(stage, &name))
+            .or_else(|| src.key_line(stage, group))
+            .unwrap_or(0);
         *occurrence += 1;
         if !KNOWN_MODIFIERS.contains(&name.as_str()) {
             return Err(RecipeError::UnknownModifier {
@@ -318,7 +329,7 @@ fn parse_group(
                 known: KNOWN_MODIFIERS.join(", "),
             });
         }
-        let mut reader = FieldReader::new(&name, &t.value, src, scope, tag_line)?;
+        let mut reader = FieldReader::new(&name, body, src, scope, tag_line)?;
         let modifier = modifiers::parse_modifier(&name, &mut reader)?;
         let field_lines = reader.finish()?.into_iter().map(|(k, l)| (k, src.at(l, None).line)).collect();
         out.push(ModifierEntry {

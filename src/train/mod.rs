@@ -1,10 +1,13 @@
-//! Training: the optimiser, magnitude-pruning masks and checkpoints that `sparsec train` drives
-//! over the forward+backward graph built by `autodiff` and run by `runtime`.
+//! Training: the optimiser, the pruning algorithms, observers and checkpoints that
+//! `sparsec train` drives over the forward+backward graph built by `autodiff` and run by `runtime`.
 
 pub mod checkpoint;
 pub mod data;
-pub mod masks;
+pub mod evidence;
 pub mod observers;
+mod oneshot;
 pub mod optim;
+pub mod prune;
 pub mod session;
 pub mod step;
+pub mod support;

@@ -4,6 +4,10 @@
 //! exact resume, per-epoch evaluation, and a final trained folder whose `model.onnx` has the
 //! trained weights, masks and quantization parameters bound in.
 //!
+//! A run is a [`Session`] advanced one step at a time through named phases (mask update, QAT
+//! switch, optimisation step, evaluation, checkpoint); the mask-update phase hands each pruning
+//! modifier's layers to its [`Pruner`] with the [`Evidence`] it asks for.
+//!
 //! Sits on top of `autodiff` (the training graph), `runtime` (ORT) and `qa` (features, metric);
 //! `cli/train.rs` is its front end.
 
@@ -18,9 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, NamedTensor};
 use super::data::{check_answers, epoch_order, train_windows, BatchLayout};
-use super::masks::{global_masks, mask_sparsity, MaskStructure, WeightView};
+use super::evidence::{ModelState, TaskGradients};
 use super::observers::{MinMaxObserver, AVERAGING_CONSTANT};
 use super::optim::AdamWConfig;
+use super::prune::{mask_sparsity, Evidence, Layer, PruneReport, Pruner};
 use super::step::{linear_warmup_decay, Stepper};
 use crate::autodiff::{build_training_graph, loss::hf_padding_rows, LossSpec, TrainingGraphSpec};
 use crate::ir::{infer, modules, Model, Tensor};
@@ -29,7 +34,7 @@ use crate::qa::features::TrainWindow;
 use crate::qa::metric::{evaluate_v1, Scored, V1Result};
 use crate::qa::{squad, DecodeOptions, Decoder, QaPipeline, QaRequest, QaTokenizer, WindowOptions};
 use crate::recipe::schedule::Schedule;
-use crate::recipe::{MaskType, Modifier, Recipe};
+use crate::recipe::{Modifier, PruningAlgorithm, Recipe};
 use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor, WithInputs};
 
 /// Where the teacher logits for distillation come from.
@@ -78,7 +83,12 @@ pub struct TrainConfig {
     pub num_train_epochs: Option<f64>,
     /// Stop after this many steps (the schedule still spans the recipe's epochs).
     pub max_steps: Option<u64>,
+    /// Largest state (Fisher inverses, Hessians) a pruner may build, in bytes.
+    pub prune_memory_limit: u64,
 }
+
+/// The default of [`TrainConfig::prune_memory_limit`]: 4 GiB.
+pub const DEFAULT_PRUNE_MEMORY_LIMIT: u64 = 4 << 30;
 
 /// One step of the JSON log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -122,6 +132,10 @@ pub struct TrainSummary {
     pub one_shot: bool,
     pub evals: Vec<EvalRecord>,
     pub resumed_from_step: Option<u64>,
+    /// What each pruning update that used evidence (gradients, activations) did, in this
+    /// process (a resumed run lists only the updates after the resume).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruning: Vec<PruneReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,20 +149,20 @@ pub struct EvalRecord {
 
 /// The part of plan.json the trainer reads.
 #[derive(Deserialize)]
-struct PlanFile {
-    model: String,
+pub(super) struct PlanFile {
+    pub model: String,
     modifiers: Vec<PlanModifierFile>,
     graph_inputs: Vec<String>,
 }
 
 #[derive(Deserialize)]
-struct PlanModifierFile {
+pub(super) struct PlanModifierFile {
     index: usize,
     targets: Vec<PlanTargetFile>,
 }
 
 #[derive(Deserialize)]
-struct PlanTargetFile {
+pub(super) struct PlanTargetFile {
     param: String,
     initializer: String,
     shape: Vec<i64>,
@@ -160,26 +174,26 @@ struct PlanTargetFile {
 
 /// One mask fed to the graph.
 #[derive(Clone, Debug)]
-struct MaskSlot {
-    /// Recipe modifier index (pruning or constant pruning).
-    modifier: usize,
-    param: String,
-    initializer: String,
-    input: String,
-    shape: Vec<usize>,
-    input_axis: usize,
-    init: f64,
-    fin: f64,
-    data: Vec<f32>,
+pub(super) struct MaskSlot {
+    /// Recipe modifier index (pruning, constant pruning or SparseGPT).
+    pub modifier: usize,
+    pub param: String,
+    pub initializer: String,
+    pub input: String,
+    pub shape: Vec<usize>,
+    pub input_axis: usize,
+    pub init: f64,
+    pub fin: f64,
+    pub data: Vec<f32>,
 }
 
 /// One activation fake-quant site.
 #[derive(Clone, Debug)]
-struct QuantSite {
-    base: String,
-    observer: MinMaxObserver,
+pub(super) struct QuantSite {
+    pub base: String,
+    pub observer: MinMaxObserver,
     /// The latest batch range, used to start the observer when QAT begins.
-    last: Option<(f32, f32)>,
+    pub last: Option<(f32, f32)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -195,11 +209,11 @@ struct CheckpointState {
 }
 
 /// The compiled folder: eval graph, plan, recipe.
-struct Compiled {
-    dir: PathBuf,
-    model: Model,
-    plan: PlanFile,
-    recipe: Recipe,
+pub(super) struct Compiled {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub plan: PlanFile,
+    pub recipe: Recipe,
 }
 
 impl Compiled {
@@ -235,14 +249,6 @@ impl Compiled {
     }
 }
 
-fn structure(m: &MaskType) -> MaskStructure {
-    match *m {
-        MaskType::Unstructured => MaskStructure::Unstructured,
-        MaskType::Block { rows, cols } => MaskStructure::Block { out: rows.max(1) as usize, inp: cols.max(1) as usize },
-        MaskType::NM { n, m } => MaskStructure::NOfM { n: n as usize, m: m as usize },
-    }
-}
-
 fn f32_tensor(shape: &[usize], data: Vec<f32>) -> HostTensor {
     HostTensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape matches data"))
 }
@@ -252,20 +258,20 @@ fn scalar_f32(v: f32) -> HostTensor {
 }
 
 /// Trainer state that the schedule mutates.
-struct Run<'a> {
+pub(super) struct Run<'a> {
     compiled: &'a Compiled,
-    masks: Vec<MaskSlot>,
-    sites: Vec<QuantSite>,
+    pub masks: Vec<MaskSlot>,
+    pub sites: Vec<QuantSite>,
     symmetric_acts: bool,
-    qat_started: bool,
+    pub qat_started: bool,
 }
 
 impl<'a> Run<'a> {
-    fn new(compiled: &'a Compiled) -> Result<Run<'a>> {
+    pub fn new(compiled: &'a Compiled) -> Result<Run<'a>> {
         let mut masks = Vec::new();
         for m in &compiled.plan.modifiers {
             let entry = compiled.recipe.modifiers.get(m.index).context("plan.json does not match recipe.yaml")?;
-            if !matches!(entry.modifier, Modifier::Pruning(_) | Modifier::ConstantPruning(_)) {
+            if !matches!(entry.modifier, Modifier::Pruning(_) | Modifier::ConstantPruning(_) | Modifier::SparseGpt(_)) {
                 continue;
             }
             for t in &m.targets {
@@ -301,23 +307,23 @@ impl<'a> Run<'a> {
         Ok(Run { compiled, masks, sites, symmetric_acts, qat_started: false })
     }
 
-    fn has_quant(&self) -> bool {
+    pub fn has_quant(&self) -> bool {
         self.compiled.model.graph.value_by_name(QUANT_ENABLED_INPUT).is_some()
     }
 
     /// Masks, quantization parameters and the QAT switch, as graph inputs.
-    fn bound_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
+    pub fn bound_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
         let mut out = self.mask_inputs();
         out.extend(self.quant_inputs(quant_on));
         out
     }
 
-    fn mask_inputs(&self) -> Vec<(String, HostTensor)> {
+    pub fn mask_inputs(&self) -> Vec<(String, HostTensor)> {
         self.masks.iter().map(|m| (m.input.clone(), f32_tensor(&m.shape, m.data.clone()))).collect()
     }
 
     /// Activation scales and zero points from the observers, and the QAT switch.
-    fn quant_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
+    pub fn quant_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
         let mut out = Vec::new();
         for s in &self.sites {
             let (scale, zp) = s.observer.qparams(self.symmetric_acts);
@@ -335,53 +341,80 @@ impl<'a> Run<'a> {
         out
     }
 
-    /// Recomputes the masks of modifier `modifier` at `sparsity(slot)` from the current weights.
-    fn update_masks(
-        &mut self,
+    /// The masked parameters of each modifier, in mask order.
+    pub fn slot_params(&self) -> BTreeMap<usize, Vec<String>> {
+        let mut out: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for m in &self.masks {
+            out.entry(m.modifier).or_default().push(m.param.clone());
+        }
+        out
+    }
+
+    /// Modifier `modifier`'s layers with their current weights (from `weights`) and masks, at
+    /// `sparsity(slot)`.
+    pub fn layers(
+        &self,
         modifier: usize,
         weights: &dyn Fn(&str) -> Vec<f32>,
         sparsity: &dyn Fn(&MaskSlot) -> f64,
-    ) {
-        let recipe = &self.compiled.recipe;
-        let idx: Vec<usize> = (0..self.masks.len()).filter(|&i| self.masks[i].modifier == modifier).collect();
-        let data: Vec<Vec<f32>> = idx.iter().map(|&i| weights(&self.masks[i].initializer)).collect();
-        match &recipe.modifiers[modifier].modifier {
-            Modifier::ConstantPruning(_) => {
-                for (k, &i) in idx.iter().enumerate() {
-                    self.masks[i].data = data[k].iter().map(|&w| if w == 0.0 { 0.0 } else { 1.0 }).collect();
-                }
+    ) -> Vec<Layer> {
+        self.masks
+            .iter()
+            .filter(|m| m.modifier == modifier)
+            .map(|m| Layer {
+                param: m.param.clone(),
+                initializer: m.initializer.clone(),
+                rows: m.shape[0],
+                cols: m.shape[1],
+                input_axis: m.input_axis,
+                weight: weights(&m.initializer),
+                mask: m.data.clone(),
+                sparsity: sparsity(m),
+            })
+            .collect()
+    }
+
+    /// Takes back a pruner's masks, and its weights into `params` (graph input, data).
+    pub fn store_layers<P: ParamData>(&mut self, layers: Vec<Layer>, params: &mut [P]) {
+        for l in layers {
+            if let Some(p) = params.iter_mut().find(|p| p.input_name() == l.initializer) {
+                *p.data_mut() = l.weight;
             }
-            Modifier::Pruning(p) => {
-                let st = structure(&p.mask_type);
-                let view = |k: usize| {
-                    let m = &self.masks[idx[k]];
-                    WeightView { data: &data[k], rows: m.shape[0], cols: m.shape[1], input_axis: m.input_axis }
-                };
-                let targets: Vec<f64> = idx.iter().map(|&i| sparsity(&self.masks[i])).collect();
-                let new: Vec<Vec<f32>> = if p.global_sparsity {
-                    let s = idx.first().map(|&i| sparsity(&self.masks[i])).unwrap_or(0.0);
-                    let views: Vec<WeightView> = (0..idx.len()).map(view).collect();
-                    global_masks(&views, s, st)
-                } else {
-                    use rayon::prelude::*;
-                    (0..idx.len())
-                        .into_par_iter()
-                        .map(|k| global_masks(&[view(k)], targets[k], st).pop().unwrap())
-                        .collect()
-                };
-                for (k, m) in new.into_iter().enumerate() {
-                    self.masks[idx[k]].data = m;
-                }
+            if let Some(m) = self.masks.iter_mut().find(|m| m.initializer == l.initializer) {
+                m.data = l.mask;
             }
-            _ => {}
         }
     }
 
-    fn sparsity(&self) -> (BTreeMap<String, f64>, f64) {
+    pub fn sparsity(&self) -> (BTreeMap<String, f64>, f64) {
         let per = self.masks.iter().map(|m| (m.param.clone(), mask_sparsity(&m.data))).collect();
         let zeros: usize = self.masks.iter().map(|m| m.data.iter().filter(|&&x| x == 0.0).count()).sum();
         let total: usize = self.masks.iter().map(|m| m.data.len()).sum();
         (per, if total == 0 { 0.0 } else { zeros as f64 / total as f64 })
+    }
+}
+
+/// A parameter held by the trainer: its graph input and data.
+pub(super) trait ParamData {
+    fn input_name(&self) -> &str;
+    fn data_mut(&mut self) -> &mut Vec<f32>;
+}
+
+impl ParamData for super::step::Param {
+    fn input_name(&self) -> &str {
+        &self.input
+    }
+    fn data_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.data
+    }
+}
+
+impl ParamData for (String, Vec<usize>, Vec<f32>) {
+    fn input_name(&self) -> &str {
+        &self.0
+    }
+    fn data_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.2
     }
 }
 
@@ -412,7 +445,11 @@ fn mask_schedule(recipe: &Recipe, spe: u64, total: u64) -> BTreeMap<u64, Vec<(us
 }
 
 /// Runs the training graph's inference half (the compiled model) with bound inputs.
-fn eval_backend(compiled: &Compiled, bound: Vec<(String, HostTensor)>, threads: Option<usize>) -> Result<WithInputs> {
+pub(super) fn eval_backend(
+    compiled: &Compiled,
+    bound: Vec<(String, HostTensor)>,
+    threads: Option<usize>,
+) -> Result<WithInputs> {
     let bytes = crate::onnx::encode_model(&compiled.model);
     let backend = runtime::load_bytes(&bytes, EngineKind::Ort, &EngineOptions { threads, ..Default::default() })
         .context("cannot load the compiled model for evaluation")?;
@@ -420,7 +457,7 @@ fn eval_backend(compiled: &Compiled, bound: Vec<(String, HostTensor)>, threads: 
 }
 
 /// SQuAD v1.1 EM/F1 of `backend` on `examples`.
-fn evaluate(
+pub(super) fn evaluate(
     backend: Box<dyn Backend>,
     tokenizer: QaTokenizer,
     cfg: &TrainConfig,
@@ -469,286 +506,490 @@ pub trait Progress {
 /// Runs (or resumes) training per `cfg`; returns the summary. The trained folder is complete
 /// only when this returns `Ok`.
 pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSummary> {
-    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
-        bail!("batch sizes must be at least 1");
+    let data = Data::load(cfg)?;
+    let mut run = Run::new(&data.compiled)?;
+    for w in super::prune::select::recipe_warnings(&data.compiled.recipe) {
+        tracing::warn!("{w}");
+        progress.message(&format!("warning: {w}"));
     }
-    let compiled = Compiled::load(&cfg.compiled, &cfg.recipe_args)?;
-    check_fixed_shape(cfg, &compiled.model)?;
-    let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
-    let windower = tokenizer.windower(WindowOptions {
-        max_seq_len: cfg.max_seq_length,
-        doc_stride: cfg.doc_stride,
-        max_question_len: 64,
-    })?;
-    let mut examples = squad::load(&cfg.train_file)?;
-    if let Some(n) = cfg.max_train_samples {
-        examples.truncate(n);
-    }
-    if examples.is_empty() {
-        bail!("'{}' has no training questions", cfg.train_file.display());
-    }
-    check_training_answers(cfg, &examples)?;
-    let started = Instant::now();
-    let windows = train_windows(&examples, &windower)?;
-    tracing::info!(
-        examples = examples.len(),
-        windows = windows.len(),
-        seconds = started.elapsed().as_secs_f64(),
-        "training features"
-    );
-    let eval_examples = match &cfg.eval_file {
-        Some(p) => {
-            let mut ex = squad::load(p)?;
-            if let Some(n) = cfg.max_eval_samples {
-                ex.truncate(n);
-            }
-            Some(ex)
-        }
-        None => None,
-    };
-    let g = &compiled.model.graph;
-    let inputs: Vec<String> = g.runtime_inputs().map(|v| g.value(v).name.clone()).collect();
-    let layout = BatchLayout {
-        pad_id: tokenizer.pad_id,
-        token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
-        attention_mask: inputs.iter().any(|n| n == "attention_mask"),
-        pad_to: cfg.pad_to_max_length.then_some(cfg.max_seq_length),
-    };
-    let mut run = Run::new(&compiled)?;
     std::fs::create_dir_all(&cfg.output_dir)
         .with_context(|| format!("cannot create '{}'", cfg.output_dir.display()))?;
-
     if let Some(n) = cfg.one_shot {
-        return one_shot(
-            cfg,
-            &compiled,
-            &mut run,
-            &windows,
-            &layout,
-            n,
-            eval_examples.as_deref(),
-            &tokenizer,
-            examples.len(),
-            progress,
+        return super::oneshot::one_shot(cfg, &data, &mut run, n, progress);
+    }
+    let mut session = Session::open(cfg, &data, run, progress)?;
+    progress.start(session.total_steps, session.first_step);
+    for step in session.first_step..session.total_steps {
+        session.run_step(step, progress)?;
+    }
+    progress.finish();
+    session.finish()
+}
+
+/// The compiled folder, its tokenizer, the training windows and the evaluation questions.
+pub(super) struct Data {
+    pub compiled: Compiled,
+    pub tokenizer: QaTokenizer,
+    pub examples: usize,
+    pub windows: Vec<TrainWindow>,
+    pub layout: BatchLayout,
+    pub eval_examples: Option<Vec<squad::Example>>,
+}
+
+impl Data {
+    fn load(cfg: &TrainConfig) -> Result<Data> {
+        if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
+            bail!("batch sizes must be at least 1");
+        }
+        let compiled = Compiled::load(&cfg.compiled, &cfg.recipe_args)?;
+        check_fixed_shape(cfg, &compiled.model)?;
+        let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
+        let windower = tokenizer.windower(WindowOptions {
+            max_seq_len: cfg.max_seq_length,
+            doc_stride: cfg.doc_stride,
+            max_question_len: 64,
+        })?;
+        let mut examples = squad::load(&cfg.train_file)?;
+        if let Some(n) = cfg.max_train_samples {
+            examples.truncate(n);
+        }
+        if examples.is_empty() {
+            bail!("'{}' has no training questions", cfg.train_file.display());
+        }
+        check_training_answers(cfg, &examples)?;
+        let started = Instant::now();
+        let windows = train_windows(&examples, &windower)?;
+        tracing::info!(
+            examples = examples.len(),
+            windows = windows.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "training features"
         );
+        let eval_examples = match &cfg.eval_file {
+            Some(p) => {
+                let mut ex = squad::load(p)?;
+                if let Some(n) = cfg.max_eval_samples {
+                    ex.truncate(n);
+                }
+                Some(ex)
+            }
+            None => None,
+        };
+        let g = &compiled.model.graph;
+        let inputs: Vec<String> = g.runtime_inputs().map(|v| g.value(v).name.clone()).collect();
+        let layout = BatchLayout {
+            pad_id: tokenizer.pad_id,
+            token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
+            attention_mask: inputs.iter().any(|n| n == "attention_mask"),
+            pad_to: cfg.pad_to_max_length.then_some(cfg.max_seq_length),
+        };
+        Ok(Data { examples: examples.len(), compiled, tokenizer, windows, layout, eval_examples })
     }
 
-    let schedule = Schedule::new(&compiled.recipe);
-    let epochs = schedule.total_epochs();
-    if epochs <= 0.0 {
-        bail!("the recipe sets no epochs (add an EpochRangeModifier or pass --recipe-args)");
-    }
-    if let Some(n) = cfg.num_train_epochs {
-        if (n - epochs).abs() > 1e-9 {
-            bail!(
-                "--num-train-epochs {n} differs from the recipe's {epochs} epochs: the recipe sets the schedule; \
-                 change it with --recipe-args (e.g. '{{\"num_epochs\": {n}}}')"
-            );
+    /// `zero_grad_rows` from config.json (embedding rows HF keeps at zero gradient).
+    pub fn zero_grad_rows(&self) -> Result<Vec<(String, i64)>> {
+        let config_json = self.compiled.dir.join("config.json");
+        if !config_json.exists() {
+            return Ok(Vec::new());
         }
-    }
-    let spe = windows.len().div_ceil(cfg.batch_size) as u64;
-    let schedule_steps = (epochs * spe as f64).ceil() as u64;
-    let total_steps = cfg.max_steps.map_or(schedule_steps, |m| m.min(schedule_steps));
-    let distill = compiled.recipe.modifiers.iter().find_map(|e| match &e.modifier {
-        Modifier::Distillation(d) => Some(d.clone()),
-        _ => None,
-    });
-    let distill = distill.filter(|_| cfg.teacher != Teacher::Disabled);
-    let loss = match &distill {
-        Some(d) => LossSpec::Distill { temperature: d.temperature as f32, hardness: d.hardness as f32 },
-        None => LossSpec::Span,
-    };
-    let mut spec = TrainingGraphSpec::new(loss);
-    let config_json = compiled.dir.join("config.json");
-    if config_json.exists() {
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_json)?)
             .with_context(|| format!("'{}' is not valid JSON", config_json.display()))?;
-        let names = modules::parameter_names(&compiled.model.graph);
-        spec.zero_grad_rows = hf_padding_rows(&json, names.keys().map(String::as_str));
+        let names = modules::parameter_names(&self.compiled.model.graph);
+        Ok(hf_padding_rows(&json, names.keys().map(String::as_str)))
     }
-    let tg = build_training_graph(&compiled.model, &spec).context("cannot build the training graph")?;
-    let float_tg = match run.has_quant() {
-        true => Some(
-            build_training_graph(&without_fake_quant(&compiled.model)?, &spec)
-                .context("cannot build the training graph without fake quantization")?,
-        ),
-        false => None,
-    };
-    let weight_decay = compiled
-        .recipe
-        .modifiers
-        .iter()
-        .find_map(|e| match &e.modifier {
-            Modifier::SetWeightDecay(w) => Some(w.weight_decay as f32),
+}
+
+/// The two training graphs: with fake quantization, and (when the recipe quantizes) without it
+/// for the steps before QAT.
+struct Graphs {
+    qat: crate::autodiff::TrainingGraph,
+    float: Option<crate::autodiff::TrainingGraph>,
+    on_qat: bool,
+}
+
+/// State of a training run, advanced one step at a time through named phases:
+/// [`Session::mask_update`], [`Session::qat_switch`], [`Session::train_step`],
+/// [`Session::evaluate`], [`Session::checkpoint`].
+struct Session<'d> {
+    cfg: &'d TrainConfig,
+    data: &'d Data,
+    run: Run<'d>,
+    schedule: Schedule<'d>,
+    epochs: f64,
+    spe: u64,
+    schedule_steps: u64,
+    total_steps: u64,
+    first_step: u64,
+    graphs: Graphs,
+    opts: EngineOptions,
+    stepper: Stepper,
+    loss_parts: Vec<String>,
+    teacher: Option<TeacherModel>,
+    distill: bool,
+    pruners: BTreeMap<usize, Box<dyn Pruner>>,
+    updates: BTreeMap<u64, Vec<(usize, f64, bool)>>,
+    fingerprint: serde_json::Value,
+    ckpt_dir: PathBuf,
+    log: Option<std::fs::File>,
+    abort_at: Option<u64>,
+    samples_seen: u64,
+    evals: Vec<EvalRecord>,
+    resumed_from: Option<u64>,
+    sparsity_now: f64,
+    last_loss: Option<f32>,
+    order: Vec<usize>,
+    order_epoch: u64,
+    since: (Instant, u64),
+    started: Instant,
+    pruning: Vec<PruneReport>,
+}
+
+/// What the QAT phase decided for one step.
+#[derive(Clone, Copy)]
+struct QatStep {
+    on: bool,
+    observers_frozen: bool,
+}
+
+impl<'d> Session<'d> {
+    /// Builds the training graphs, the stepper, the teacher and the pruners, and restores the
+    /// newest checkpoint with `--resume`.
+    fn open(cfg: &'d TrainConfig, data: &'d Data, run: Run<'d>, progress: &mut dyn Progress) -> Result<Session<'d>> {
+        let compiled = &data.compiled;
+        let pruners =
+            super::prune::select::pruners(&compiled.recipe, &run.slot_params(), cfg.prune_memory_limit, false)?;
+        let schedule = Schedule::new(&compiled.recipe);
+        let epochs = schedule.total_epochs();
+        if epochs <= 0.0 {
+            bail!("the recipe sets no epochs (add an EpochRangeModifier or pass --recipe-args)");
+        }
+        if let Some(n) = cfg.num_train_epochs {
+            if (n - epochs).abs() > 1e-9 {
+                bail!(
+                    "--num-train-epochs {n} differs from the recipe's {epochs} epochs: the recipe sets the schedule; \
+                     change it with --recipe-args (e.g. '{{\"num_epochs\": {n}}}')"
+                );
+            }
+        }
+        let spe = data.windows.len().div_ceil(cfg.batch_size) as u64;
+        let schedule_steps = (epochs * spe as f64).ceil() as u64;
+        let total_steps = cfg.max_steps.map_or(schedule_steps, |m| m.min(schedule_steps));
+        let distill = compiled.recipe.modifiers.iter().find_map(|e| match &e.modifier {
+            Modifier::Distillation(d) => Some(d.clone()),
             _ => None,
-        })
-        .unwrap_or(cfg.weight_decay);
-    let opts = EngineOptions { threads: cfg.threads, ..Default::default() };
-    let adamw = AdamWConfig { weight_decay, ..AdamWConfig::default() };
-    let mut stepper = Stepper::new(float_tg.as_ref().unwrap_or(&tg), EngineKind::Ort, &opts, adamw)?;
-    let mut on_qat_graph = float_tg.is_none();
-    let loss_parts: Vec<String> = tg.loss_outputs.iter().skip(1).cloned().collect();
-    stepper.watch = loss_parts.clone();
-    for s in &run.sites {
-        stepper.watch.push(format!("{}.min", s.base));
-        stepper.watch.push(format!("{}.max", s.base));
-    }
-    let mut teacher = match (&distill, &cfg.teacher) {
-        (None, _) => None,
-        (Some(_), Teacher::Path(p)) => Some(load_teacher(p, &opts)?),
-        (Some(_), _) => {
-            let original = PathBuf::from(&compiled.plan.model);
-            if !original.exists() {
-                bail!(
-                    "the recipe distills from a teacher, and the model compile started from ('{}') is gone: pass \
-                     --distill-teacher PATH or --distill-teacher disable",
-                    original.display()
-                );
-            }
-            Some(load_teacher(&original, &opts)?)
+        });
+        let distill = distill.filter(|_| cfg.teacher != Teacher::Disabled);
+        let loss = match &distill {
+            Some(d) => LossSpec::Distill { temperature: d.temperature as f32, hardness: d.hardness as f32 },
+            None => LossSpec::Span,
+        };
+        let mut spec = TrainingGraphSpec::new(loss);
+        spec.zero_grad_rows = data.zero_grad_rows()?;
+        let qat = build_training_graph(&compiled.model, &spec).context("cannot build the training graph")?;
+        let float = match run.has_quant() {
+            true => Some(
+                build_training_graph(&without_fake_quant(&compiled.model)?, &spec)
+                    .context("cannot build the training graph without fake quantization")?,
+            ),
+            false => None,
+        };
+        let weight_decay = compiled
+            .recipe
+            .modifiers
+            .iter()
+            .find_map(|e| match &e.modifier {
+                Modifier::SetWeightDecay(w) => Some(w.weight_decay as f32),
+                _ => None,
+            })
+            .unwrap_or(cfg.weight_decay);
+        let opts = EngineOptions { threads: cfg.threads, ..Default::default() };
+        let adamw = AdamWConfig { weight_decay, ..AdamWConfig::default() };
+        let mut stepper = Stepper::new(float.as_ref().unwrap_or(&qat), EngineKind::Ort, &opts, adamw)?;
+        let graphs = Graphs { on_qat: float.is_none(), qat, float };
+        let loss_parts: Vec<String> = graphs.qat.loss_outputs.iter().skip(1).cloned().collect();
+        stepper.watch = loss_parts.clone();
+        for s in &run.sites {
+            stepper.watch.push(format!("{}.min", s.base));
+            stepper.watch.push(format!("{}.max", s.base));
         }
-    };
-    let fingerprint = serde_json::json!({
-        "compiled": std::fs::canonicalize(&cfg.compiled).unwrap_or(cfg.compiled.clone()),
-        "train_file": cfg.train_file,
-        "windows": windows.len(),
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
-        "max_seq_length": cfg.max_seq_length,
-        "doc_stride": cfg.doc_stride,
-        "distillation": distill.is_some(),
-        "total_steps": total_steps,
-    });
-
-    let ckpt_dir = cfg.output_dir.join("checkpoints");
-    let log_path = cfg.output_dir.join("train_log.jsonl");
-    let mut first_step = 0u64;
-    let mut samples_seen = 0u64;
-    let mut evals: Vec<EvalRecord> = Vec::new();
-    let mut resumed_from = None;
-    if cfg.resume {
-        if let Some(path) = latest_checkpoint(&ckpt_dir)? {
-            let (tensors, state): (BTreeMap<String, NamedTensor>, CheckpointState) = checkpoint::load(&path)?;
-            if state.fingerprint != fingerprint {
-                bail!(
-                    "checkpoint '{}' was made with different settings ({}); now {}",
-                    path.display(),
-                    state.fingerprint,
-                    fingerprint
-                );
-            }
-            restore(&mut stepper, &mut run, &tensors).with_context(|| format!("checkpoint '{}'", path.display()))?;
-            stepper.optimizer.step = state.adam_step;
-            run.qat_started = state.qat_started;
-            first_step = state.step;
-            samples_seen = state.samples_seen;
-            evals = state.evals;
-            resumed_from = Some(first_step);
-            truncate_log(&log_path, first_step)?;
-            progress.message(&format!("resumed from '{}' at step {first_step}", path.display()));
-        } else {
-            progress.message("no checkpoint to resume from: starting from scratch");
-        }
-    }
-    if first_step == 0 {
-        std::fs::write(&log_path, b"").with_context(|| format!("cannot write '{}'", log_path.display()))?;
-    }
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot write '{}'", log_path.display()))?;
-    let updates = mask_schedule(&compiled.recipe, spe, schedule_steps);
-    let abort_at: Option<u64> = std::env::var("SPARSEC_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok());
-
-    for (name, value) in run.mask_inputs() {
-        stepper.set_fixed(&name, value);
-    }
-    let mut sparsity_now = run.sparsity().1;
-    progress.start(total_steps, first_step);
-    let run_started = Instant::now();
-    let mut last_loss = None;
-    let mut order = Vec::new();
-    let mut order_epoch = u64::MAX;
-    let mut since = (Instant::now(), 0u64);
-    for step in first_step..total_steps {
-        let epoch_idx = step / spe;
-        let within = (step % spe) as usize;
-        let epoch_f = step as f64 / spe as f64;
-        let step_started = Instant::now();
-        if order_epoch != epoch_idx {
-            order = epoch_order(windows.len(), cfg.seed, epoch_idx);
-            order_epoch = epoch_idx;
-        }
-        if let Some(ups) = updates.get(&step) {
-            for &(modifier, at, disable) in ups {
-                if disable {
-                    for m in run.masks.iter_mut().filter(|m| m.modifier == modifier) {
-                        m.data.iter_mut().for_each(|x| *x = 1.0);
-                    }
-                    continue;
+        let teacher = match (&distill, &cfg.teacher) {
+            (None, _) => None,
+            (Some(_), Teacher::Path(p)) => Some(load_teacher(p, &opts)?),
+            (Some(_), _) => {
+                let original = PathBuf::from(&compiled.plan.model);
+                if !original.exists() {
+                    bail!(
+                        "the recipe distills from a teacher, and the model compile started from ('{}') is gone: pass \
+                         --distill-teacher PATH or --distill-teacher disable",
+                        original.display()
+                    );
                 }
-                let recipe = &compiled.recipe;
-                let params = &stepper.params;
-                let weights = |init: &str| -> Vec<f32> {
-                    params.iter().find(|p| p.input == init).map(|p| p.data.clone()).unwrap_or_default()
-                };
-                let sparsity = |m: &MaskSlot| match &recipe.modifiers[m.modifier].modifier {
-                    Modifier::Pruning(p) => p.sparsity_at_update(at, m.init, m.fin),
-                    _ => 0.0,
-                };
-                run.update_masks(modifier, &weights, &sparsity);
+                Some(load_teacher(&original, &opts)?)
             }
-            apply_masks(&mut stepper, &run);
-            for (name, value) in run.mask_inputs() {
-                stepper.set_fixed(&name, value);
-            }
-            sparsity_now = run.sparsity().1;
-            tracing::info!(step, sparsity = sparsity_now, "masks updated");
+        };
+        let fingerprint = serde_json::json!({
+            "compiled": std::fs::canonicalize(&cfg.compiled).unwrap_or(cfg.compiled.clone()),
+            "train_file": cfg.train_file,
+            "windows": data.windows.len(),
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "max_seq_length": cfg.max_seq_length,
+            "doc_stride": cfg.doc_stride,
+            "distillation": distill.is_some(),
+            "total_steps": total_steps,
+        });
+        let updates = mask_schedule(&compiled.recipe, spe, schedule_steps);
+        let ckpt_dir = cfg.output_dir.join("checkpoints");
+        let log_path = cfg.output_dir.join("train_log.jsonl");
+        let mut s = Session {
+            cfg,
+            data,
+            run,
+            schedule,
+            epochs,
+            spe,
+            schedule_steps,
+            total_steps,
+            first_step: 0,
+            graphs,
+            opts,
+            stepper,
+            loss_parts,
+            teacher,
+            distill: distill.is_some(),
+            pruners,
+            updates,
+            fingerprint,
+            ckpt_dir,
+            log: None,
+            abort_at: std::env::var("SPARSEC_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok()),
+            samples_seen: 0,
+            evals: Vec::new(),
+            resumed_from: None,
+            sparsity_now: 0.0,
+            last_loss: None,
+            order: Vec::new(),
+            order_epoch: u64::MAX,
+            since: (Instant::now(), 0),
+            started: Instant::now(),
+            pruning: Vec::new(),
+        };
+        if cfg.resume {
+            s.resume(&log_path, progress)?;
         }
-        let qstate = schedule.quantization(epoch_f);
-        let quant_on = qstate.is_some_and(|q| q.enabled);
-        if quant_on && !run.qat_started {
-            for s in run.sites.iter_mut() {
+        if s.first_step == 0 {
+            std::fs::write(&log_path, b"").with_context(|| format!("cannot write '{}'", log_path.display()))?;
+        }
+        s.log = Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("cannot write '{}'", log_path.display()))?,
+        );
+        for (name, value) in s.run.mask_inputs() {
+            s.stepper.set_fixed(&name, value);
+        }
+        s.sparsity_now = s.run.sparsity().1;
+        s.started = Instant::now();
+        s.since = (Instant::now(), 0);
+        Ok(s)
+    }
+
+    fn resume(&mut self, log_path: &Path, progress: &mut dyn Progress) -> Result<()> {
+        let Some(path) = latest_checkpoint(&self.ckpt_dir)? else {
+            progress.message("no checkpoint to resume from: starting from scratch");
+            return Ok(());
+        };
+        let (tensors, state): (BTreeMap<String, NamedTensor>, CheckpointState) = checkpoint::load(&path)?;
+        if state.fingerprint != self.fingerprint {
+            bail!(
+                "checkpoint '{}' was made with different settings ({}); now {}",
+                path.display(),
+                state.fingerprint,
+                self.fingerprint
+            );
+        }
+        restore(&mut self.stepper, &mut self.run, &tensors)
+            .with_context(|| format!("checkpoint '{}'", path.display()))?;
+        self.stepper.optimizer.step = state.adam_step;
+        self.run.qat_started = state.qat_started;
+        self.first_step = state.step;
+        self.samples_seen = state.samples_seen;
+        self.evals = state.evals;
+        self.resumed_from = Some(self.first_step);
+        truncate_log(log_path, self.first_step)?;
+        progress.message(&format!("resumed from '{}' at step {}", path.display(), self.first_step));
+        Ok(())
+    }
+
+    /// One step: every phase in order.
+    fn run_step(&mut self, step: u64, progress: &mut dyn Progress) -> Result<()> {
+        let step_started = Instant::now();
+        let epoch_idx = step / self.spe;
+        if self.order_epoch != epoch_idx {
+            self.order = epoch_order(self.data.windows.len(), self.cfg.seed, epoch_idx);
+            self.order_epoch = epoch_idx;
+        }
+        self.mask_update(step, progress)?;
+        let qat = self.qat_switch(step)?;
+        let entry = self.train_step(step, qat, step_started)?;
+        progress.step(&entry);
+        let done = step + 1;
+        let epoch_end = done.is_multiple_of(self.spe) || done == self.total_steps;
+        if epoch_end {
+            self.evaluate(done, qat.on, progress)?;
+        }
+        if epoch_end || self.cfg.save_steps.is_some_and(|n| n > 0 && done.is_multiple_of(n)) {
+            self.checkpoint(done)?;
+        }
+        if self.abort_at == Some(done) {
+            if let Some(l) = self.log.as_mut() {
+                l.flush().ok();
+            }
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    /// Mask-update phase: the modifiers scheduled at `step` re-prune their layers through their
+    /// [`Pruner`] (which may ask for gradients), or stop masking (`leave_enabled: false`).
+    fn mask_update(&mut self, step: u64, progress: &mut dyn Progress) -> Result<()> {
+        let Some(ups) = self.updates.get(&step).cloned() else { return Ok(()) };
+        for (modifier, at, disable) in ups {
+            if disable {
+                for m in self.run.masks.iter_mut().filter(|m| m.modifier == modifier) {
+                    m.data.iter_mut().for_each(|x| *x = 1.0);
+                }
+                continue;
+            }
+            let recipe = &self.data.compiled.recipe;
+            let sparsity = |m: &MaskSlot| match &recipe.modifiers[m.modifier].modifier {
+                Modifier::Pruning(p) => p.sparsity_at_update(at, m.init, m.fin),
+                _ => 0.0,
+            };
+            let params = &self.stepper.params;
+            let weights = |init: &str| -> Vec<f32> {
+                params.iter().find(|p| p.input == init).map(|p| p.data.clone()).unwrap_or_default()
+            };
+            let mut layers = self.run.layers(modifier, &weights, &sparsity);
+            let pruner = self.pruners.get_mut(&modifier).context("no pruner for a scheduled modifier")?;
+            let report = if pruner.needs_gradients() {
+                let state = ModelState {
+                    params: params.iter().map(|p| (p.input.clone(), p.shape.clone(), p.data.clone())).collect(),
+                    inputs: self.run.bound_inputs(false),
+                    mask_of: self.run.masks.iter().map(|m| (m.initializer.clone(), m.input.clone())).collect(),
+                };
+                let model = match (&self.graphs.float, self.graphs.on_qat) {
+                    (Some(_), false) => without_fake_quant(&self.data.compiled.model)?,
+                    _ => self.data.compiled.model.clone(),
+                };
+                let batch = grad_batch_size(recipe, modifier).unwrap_or(self.cfg.batch_size);
+                let mut grads = TaskGradients::new(
+                    &model,
+                    self.data.zero_grad_rows()?,
+                    state,
+                    &self.data.windows,
+                    &self.data.layout,
+                    batch,
+                    self.cfg.seed.wrapping_add(step),
+                    self.opts.clone(),
+                );
+                let mut evidence = Evidence { gradients: Some(&mut grads), activations: None };
+                pruner.prune(&mut layers, &mut evidence)?
+            } else {
+                pruner.prune(&mut layers, &mut Evidence::default())?
+            };
+            tracing::info!(
+                step,
+                algorithm = report.algorithm,
+                sparsity = report.sparsity,
+                samples = report.samples,
+                seconds = report.seconds,
+                "pruned"
+            );
+            if report.samples > 0 {
+                progress.message(&format!(
+                    "step {step}: {} pruning to {:.2}% from {} gradient batches ({:.1} s, state {:.1} MB)",
+                    report.algorithm,
+                    report.sparsity * 100.0,
+                    report.samples,
+                    report.seconds,
+                    report.state_bytes as f64 / 1e6
+                ));
+            }
+            self.run.store_layers(layers, &mut self.stepper.params);
+            if report.samples > 0 {
+                self.pruning.push(report);
+            }
+        }
+        apply_masks(&mut self.stepper, &self.run);
+        for (name, value) in self.run.mask_inputs() {
+            self.stepper.set_fixed(&name, value);
+        }
+        self.sparsity_now = self.run.sparsity().1;
+        tracing::info!(step, sparsity = self.sparsity_now, "masks updated");
+        Ok(())
+    }
+
+    /// QAT phase: starts the observers when QAT begins and swaps to the fake-quantized graph.
+    fn qat_switch(&mut self, step: u64) -> Result<QatStep> {
+        let epoch_f = step as f64 / self.spe as f64;
+        let qstate = self.schedule.quantization(epoch_f);
+        let on = qstate.is_some_and(|q| q.enabled);
+        if on && !self.run.qat_started {
+            for s in self.run.sites.iter_mut() {
                 if let Some((lo, hi)) = s.last {
                     s.observer.observe(lo, hi, AVERAGING_CONSTANT);
                 }
             }
-            run.qat_started = true;
+            self.run.qat_started = true;
         }
-        if let Some(ftg) = float_tg.as_ref().filter(|_| quant_on != on_qat_graph) {
-            stepper.switch_graph(if quant_on { &tg } else { ftg }, EngineKind::Ort, &opts)?;
-            on_qat_graph = quant_on;
-            tracing::info!(step, qat = quant_on, "switched the training graph");
+        if let Some(ftg) = self.graphs.float.as_ref().filter(|_| on != self.graphs.on_qat) {
+            self.stepper.switch_graph(if on { &self.graphs.qat } else { ftg }, EngineKind::Ort, &self.opts)?;
+            self.graphs.on_qat = on;
+            tracing::info!(step, qat = on, "switched the training graph");
         }
-        let lr = schedule.learning_rate(epoch_f, spe).map(|x| x as f32).unwrap_or_else(|| {
-            linear_warmup_decay(cfg.learning_rate, step as usize, cfg.warmup_steps, schedule_steps as usize)
+        Ok(QatStep { on, observers_frozen: qstate.is_some_and(|q| q.observers_frozen) })
+    }
+
+    /// Optimisation phase: one AdamW step on the step's batch, masks re-applied, observers fed,
+    /// and the step logged.
+    fn train_step(&mut self, step: u64, qat: QatStep, step_started: Instant) -> Result<StepLog> {
+        let cfg = self.cfg;
+        let epoch_f = step as f64 / self.spe as f64;
+        let within = (step % self.spe) as usize;
+        let lr = self.schedule.learning_rate(epoch_f, self.spe).map(|x| x as f32).unwrap_or_else(|| {
+            linear_warmup_decay(cfg.learning_rate, step as usize, cfg.warmup_steps, self.schedule_steps as usize)
         });
-        for (name, value) in run.quant_inputs(quant_on) {
-            stepper.set_fixed(&name, value);
+        for (name, value) in self.run.quant_inputs(qat.on) {
+            self.stepper.set_fixed(&name, value);
         }
         let start = within * cfg.batch_size;
+        let windows = &self.data.windows;
         let rows: Vec<&TrainWindow> =
-            order[start..(start + cfg.batch_size).min(order.len())].iter().map(|&i| &windows[i]).collect();
+            self.order[start..(start + cfg.batch_size).min(self.order.len())].iter().map(|&i| &windows[i]).collect();
+        let layout = &self.data.layout;
         let mut batch = layout.training_inputs(&rows);
-        if let Some(t) = teacher.as_mut() {
+        if let Some(t) = self.teacher.as_mut() {
             let model_inputs: Vec<(&str, HostTensor)> = layout.model_inputs(&rows);
             let (s, e) = t.logits(&model_inputs)?;
             batch.push(("teacher_start_logits", s));
             batch.push(("teacher_end_logits", e));
         }
-        let stats = stepper.step(&batch, lr, cfg.max_grad_norm).with_context(|| format!("training step {step}"))?;
-        apply_masks(&mut stepper, &run);
-        let observed = &stats.watched[loss_parts.len()..];
-        for (k, s) in run.sites.iter_mut().enumerate() {
+        let stats =
+            self.stepper.step(&batch, lr, cfg.max_grad_norm).with_context(|| format!("training step {step}"))?;
+        apply_masks(&mut self.stepper, &self.run);
+        let observed = &stats.watched[self.loss_parts.len()..];
+        for (k, s) in self.run.sites.iter_mut().enumerate() {
             let (lo, hi) = (observed[2 * k], observed[2 * k + 1]);
             s.last = Some((lo, hi));
-            if quant_on && !qstate.is_some_and(|q| q.observers_frozen) {
+            if qat.on && !qat.observers_frozen {
                 s.observer.observe(lo, hi, AVERAGING_CONSTANT);
             }
         }
-        samples_seen += rows.len() as u64;
-        since.1 += rows.len() as u64;
-        let part = |name: &str| loss_parts.iter().position(|p| p == name).map(|i| stats.watched[i]);
+        self.samples_seen += rows.len() as u64;
+        self.since.1 += rows.len() as u64;
+        let part = |name: &str| self.loss_parts.iter().position(|p| p == name).map(|i| stats.watched[i]);
         let entry = StepLog {
             step,
             epoch: epoch_f,
@@ -757,85 +998,112 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
             loss_distill: part("loss_distill"),
             lr,
             grad_norm: stats.grad_norm,
-            sparsity: sparsity_now,
-            qat: quant_on,
-            samples_per_second: since.1 as f64 / since.0.elapsed().as_secs_f64(),
+            sparsity: self.sparsity_now,
+            qat: qat.on,
+            samples_per_second: self.since.1 as f64 / self.since.0.elapsed().as_secs_f64(),
             step_seconds: step_started.elapsed().as_secs_f64(),
         };
-        if since.0.elapsed().as_secs_f64() > 30.0 {
-            since = (Instant::now(), 0);
+        if self.since.0.elapsed().as_secs_f64() > 30.0 {
+            self.since = (Instant::now(), 0);
         }
+        let log = self.log.as_mut().context("the step log is not open")?;
         writeln!(log, "{}", serde_json::to_string(&entry)?).context("cannot append to train_log.jsonl")?;
-        last_loss = Some(stats.loss);
-        progress.step(&entry);
-        let done = step + 1;
-        let epoch_end = done % spe == 0 || done == total_steps;
-        if epoch_end {
-            if let Some(ex) = &eval_examples {
-                progress.message(&format!("evaluating {} questions", ex.len()));
-                let bound = eval_bindings(&stepper, &run, quant_on);
-                let backend = eval_backend(&compiled, bound, cfg.threads)?;
-                let r = evaluate(Box::new(backend), tokenizer.clone(), cfg, ex)?;
-                let rec = EvalRecord {
-                    epoch: done as f64 / spe as f64,
-                    step: done,
-                    questions: ex.len(),
-                    exact_match: r.exact_match,
-                    f1: r.f1,
-                };
-                progress
-                    .message(&format!("epoch {:.2}: exact_match {:.2} f1 {:.2}", rec.epoch, rec.exact_match, rec.f1));
-                tracing::info!(epoch = rec.epoch, em = rec.exact_match, f1 = rec.f1, "evaluation");
-                evals.push(rec);
-            }
-        }
-        if epoch_end || cfg.save_steps.is_some_and(|n| n > 0 && done % n == 0) {
-            let state = CheckpointState {
-                step: done,
-                steps_per_epoch: spe,
-                total_steps,
-                adam_step: stepper.optimizer.step,
-                samples_seen,
-                qat_started: run.qat_started,
-                fingerprint: fingerprint.clone(),
-                evals: evals.clone(),
-            };
-            checkpoint::save(&ckpt_dir, &format!("step-{done:09}"), &snapshot(&stepper, &run), &state)?;
-            prune_checkpoints(&ckpt_dir, cfg.save_total_limit)?;
-        }
-        if abort_at == Some(done) {
-            log.flush().ok();
-            std::process::abort();
+        self.last_loss = Some(stats.loss);
+        Ok(entry)
+    }
+
+    /// Evaluation phase (each epoch end): EM/F1 of the current weights on the eval questions.
+    fn evaluate(&mut self, done: u64, quant_on: bool, progress: &mut dyn Progress) -> Result<()> {
+        let Some(ex) = &self.data.eval_examples else { return Ok(()) };
+        progress.message(&format!("evaluating {} questions", ex.len()));
+        let bound = eval_bindings(&self.stepper, &self.run, quant_on);
+        let backend = eval_backend(&self.data.compiled, bound, self.cfg.threads)?;
+        let r = evaluate(Box::new(backend), self.data.tokenizer.clone(), self.cfg, ex)?;
+        let rec = EvalRecord {
+            epoch: done as f64 / self.spe as f64,
+            step: done,
+            questions: ex.len(),
+            exact_match: r.exact_match,
+            f1: r.f1,
+        };
+        progress.message(&format!("epoch {:.2}: exact_match {:.2} f1 {:.2}", rec.epoch, rec.exact_match, rec.f1));
+        tracing::info!(epoch = rec.epoch, em = rec.exact_match, f1 = rec.f1, "evaluation");
+        self.evals.push(rec);
+        Ok(())
+    }
+
+    /// Checkpoint phase: weights, masks, AdamW moments, observers and step, atomically.
+    fn checkpoint(&mut self, done: u64) -> Result<()> {
+        let state = CheckpointState {
+            step: done,
+            steps_per_epoch: self.spe,
+            total_steps: self.total_steps,
+            adam_step: self.stepper.optimizer.step,
+            samples_seen: self.samples_seen,
+            qat_started: self.run.qat_started,
+            fingerprint: self.fingerprint.clone(),
+            evals: self.evals.clone(),
+        };
+        checkpoint::save(&self.ckpt_dir, &format!("step-{done:09}"), &snapshot(&self.stepper, &self.run), &state)?;
+        prune_checkpoints(&self.ckpt_dir, self.cfg.save_total_limit)
+    }
+
+    /// Writes the trained folder and the summary.
+    fn finish(self) -> Result<TrainSummary> {
+        let cfg = self.cfg;
+        let seconds = self.started.elapsed().as_secs_f64();
+        let quant_final = self.schedule.quantization(self.epochs).is_some_and(|q| q.enabled)
+            || self.run.qat_started && self.run.has_quant();
+        let bound = eval_bindings(&self.stepper, &self.run, quant_final && self.run.has_quant());
+        write_trained(cfg, &self.data.compiled, bound)?;
+        let (per, overall) = self.run.sparsity();
+        let steps_run = self.total_steps - self.first_step;
+        let summary = TrainSummary {
+            output_dir: cfg.output_dir.display().to_string(),
+            train_examples: self.data.examples,
+            train_windows: self.data.windows.len(),
+            steps: self.total_steps,
+            steps_per_epoch: self.spe,
+            epochs: self.epochs,
+            samples_seen: self.samples_seen,
+            seconds,
+            samples_per_second: (steps_run as f64 * cfg.batch_size as f64).min(self.samples_seen as f64)
+                / seconds.max(1e-9),
+            final_loss: self.last_loss,
+            sparsity: per,
+            overall_sparsity: overall,
+            quantized: quant_final && self.run.has_quant(),
+            distillation: self.distill,
+            one_shot: false,
+            evals: self.evals,
+            resumed_from_step: self.resumed_from,
+            pruning: self.pruning,
+        };
+        crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+        Ok(summary)
+    }
+}
+
+/// `W ← W ⊙ M` on a one-shot's parameter list.
+pub(super) fn apply_params_masks(params: &mut [(String, Vec<usize>, Vec<f32>)], run: &Run) {
+    for m in &run.masks {
+        if let Some(p) = params.iter_mut().find(|p| p.0 == m.initializer) {
+            p.2.iter_mut().zip(&m.data).for_each(|(w, k)| *w *= k);
         }
     }
-    progress.finish();
-    let seconds = run_started.elapsed().as_secs_f64();
-    let quant_final = schedule.quantization(epochs).is_some_and(|q| q.enabled) || run.qat_started && run.has_quant();
-    let bound = eval_bindings(&stepper, &run, quant_final && run.has_quant());
-    write_trained(cfg, &compiled, bound)?;
-    let (per, overall) = run.sparsity();
-    let steps_run = total_steps - first_step;
-    let summary = TrainSummary {
-        output_dir: cfg.output_dir.display().to_string(),
-        train_examples: examples.len(),
-        train_windows: windows.len(),
-        steps: total_steps,
-        steps_per_epoch: spe,
-        epochs,
-        samples_seen,
-        seconds,
-        samples_per_second: (steps_run as f64 * cfg.batch_size as f64).min(samples_seen as f64) / seconds.max(1e-9),
-        final_loss: last_loss,
-        sparsity: per,
-        overall_sparsity: overall,
-        quantized: quant_final && run.has_quant(),
-        distillation: distill.is_some(),
-        one_shot: false,
-        evals,
-        resumed_from_step: resumed_from,
-    };
-    crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
-    Ok(summary)
+}
+
+/// `grad_sampler_kwargs.batch_size` of an OBS modifier.
+pub(super) fn grad_batch_size(recipe: &Recipe, modifier: usize) -> Option<usize> {
+    match &recipe.modifiers[modifier].modifier {
+        Modifier::Pruning(p) => match &p.algorithm {
+            PruningAlgorithm::Obs { grad_sampler_kwargs: Some(k), .. } => {
+                k.get("batch_size").and_then(|b| b.as_u64()).map(|b| b as usize)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The teacher model on ORT.
@@ -868,7 +1136,7 @@ impl TeacherModel {
 }
 
 /// `W ← W ⊙ M` for every masked parameter (SparseML re-applies masks after each optimizer step).
-fn apply_masks(stepper: &mut Stepper, run: &Run) {
+pub(super) fn apply_masks(stepper: &mut Stepper, run: &Run) {
     for m in &run.masks {
         if let Some(p) = stepper.params.iter_mut().find(|p| p.input == m.initializer) {
             p.data.iter_mut().zip(&m.data).for_each(|(w, k)| *w *= k);
@@ -877,7 +1145,7 @@ fn apply_masks(stepper: &mut Stepper, run: &Run) {
 }
 
 /// Parameters, masks, quantization parameters and switch for the eval graph.
-fn eval_bindings(stepper: &Stepper, run: &Run, quant_on: bool) -> Vec<(String, HostTensor)> {
+pub(super) fn eval_bindings(stepper: &Stepper, run: &Run, quant_on: bool) -> Vec<(String, HostTensor)> {
     let mut out: Vec<(String, HostTensor)> =
         stepper.params.iter().map(|p| (p.input.clone(), f32_tensor(&p.shape, p.data.clone()))).collect();
     out.extend(run.bound_inputs(quant_on));
@@ -980,7 +1248,7 @@ pub fn without_fake_quant(model: &Model) -> Result<Model> {
 
 /// Writes `model.onnx` (trained weights, masks, quantization parameters and switch bound as
 /// initializers), and copies tokenizer, config, recipe and plan, into the output folder.
-fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(String, HostTensor)>) -> Result<()> {
+pub(super) fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(String, HostTensor)>) -> Result<()> {
     let mut model = compiled.model.clone();
     let mut values = Vec::new();
     for (name, t) in bound {
@@ -1017,123 +1285,6 @@ fn host_to_tensor(t: &HostTensor) -> Result<Tensor> {
         HostTensor::I64(a) => Tensor::from_i64(dims(a.shape()), &a.iter().copied().collect::<Vec<_>>()),
         HostTensor::I32(_) => bail!("int32 tensors are not bound"),
     })
-}
-
-/// SparseML's one-shot: final-sparsity magnitude masks on the compiled weights and, with
-/// quantization, MinMax calibration of the activation observers on `n` training windows.
-#[allow(clippy::too_many_arguments)]
-fn one_shot(
-    cfg: &TrainConfig,
-    compiled: &Compiled,
-    run: &mut Run,
-    windows: &[TrainWindow],
-    layout: &BatchLayout,
-    n: usize,
-    eval_examples: Option<&[squad::Example]>,
-    tokenizer: &QaTokenizer,
-    examples: usize,
-    progress: &mut dyn Progress,
-) -> Result<TrainSummary> {
-    let started = Instant::now();
-    let g = &compiled.model.graph;
-    let mut params: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for &v in g.inputs() {
-        let Some(t) = g.initializer(v).filter(|t| t.dtype == crate::ir::DType::F32) else { continue };
-        let data = t.as_f32s().context("float initializer")?;
-        params.push((g.value(v).name.clone(), t.dims.iter().map(|&d| d as usize).collect(), data));
-    }
-    let modifiers: Vec<usize> = {
-        let mut m: Vec<usize> = run.masks.iter().map(|m| m.modifier).collect();
-        m.dedup();
-        m
-    };
-    for modifier in modifiers {
-        let weights =
-            |init: &str| -> Vec<f32> { params.iter().find(|p| p.0 == init).map(|p| p.2.clone()).unwrap_or_default() };
-        run.update_masks(modifier, &weights, &|m: &MaskSlot| m.fin);
-    }
-    for m in &run.masks {
-        if let Some(p) = params.iter_mut().find(|p| p.0 == m.initializer) {
-            p.2.iter_mut().zip(&m.data).for_each(|(w, k)| *w *= k);
-        }
-    }
-    let quant = run.has_quant();
-    if quant && !run.sites.is_empty() {
-        let mut bound: Vec<(String, HostTensor)> =
-            params.iter().map(|(n, s, d)| (n.clone(), f32_tensor(s, d.clone()))).collect();
-        bound.extend(run.bound_inputs(false));
-        let mut backend = eval_backend(compiled, bound, cfg.threads)?;
-        let order = epoch_order(windows.len(), cfg.seed, 0);
-        let take = n.min(windows.len()).max(1);
-        progress.start(take.div_ceil(cfg.batch_size) as u64, 0);
-        let sparsity = run.sparsity().1;
-        let names: Vec<String> = backend.output_names().to_vec();
-        for (b, chunk) in order[..take].chunks(cfg.batch_size).enumerate() {
-            let rows: Vec<&TrainWindow> = chunk.iter().map(|&i| &windows[i]).collect();
-            let out = backend.run(&layout.model_inputs(&rows))?;
-            for s in run.sites.iter_mut() {
-                let get = |suffix: &str| -> Result<f32> {
-                    let want = format!("{}.{suffix}", s.base);
-                    let i = names.iter().position(|n| *n == want).with_context(|| format!("no output '{want}'"))?;
-                    Ok(*out[i].1.as_f32()?.iter().next().context("empty observer output")?)
-                };
-                let (lo, hi) = (get("min")?, get("max")?);
-                let o = &mut s.observer;
-                if o.initialized {
-                    o.min = o.min.min(lo);
-                    o.max = o.max.max(hi);
-                } else {
-                    o.observe(lo, hi, 1.0);
-                }
-            }
-            progress.step(&StepLog {
-                step: b as u64,
-                epoch: 0.0,
-                loss: 0.0,
-                loss_span: None,
-                loss_distill: None,
-                lr: 0.0,
-                grad_norm: 0.0,
-                sparsity,
-                qat: false,
-                samples_per_second: 0.0,
-                step_seconds: 0.0,
-            });
-        }
-        progress.finish();
-    }
-    let mut bound: Vec<(String, HostTensor)> =
-        params.iter().map(|(n, s, d)| (n.clone(), f32_tensor(s, d.clone()))).collect();
-    bound.extend(run.bound_inputs(quant));
-    let mut evals = Vec::new();
-    if let Some(ex) = eval_examples {
-        let backend = eval_backend(compiled, bound.clone(), cfg.threads)?;
-        let r = evaluate(Box::new(backend), tokenizer.clone(), cfg, ex)?;
-        evals.push(EvalRecord { epoch: 0.0, step: 0, questions: ex.len(), exact_match: r.exact_match, f1: r.f1 });
-    }
-    write_trained(cfg, compiled, bound)?;
-    let (per, overall) = run.sparsity();
-    let summary = TrainSummary {
-        output_dir: cfg.output_dir.display().to_string(),
-        train_examples: examples,
-        train_windows: windows.len(),
-        steps: 0,
-        steps_per_epoch: 0,
-        epochs: 0.0,
-        samples_seen: if quant { n.min(windows.len()) as u64 } else { 0 },
-        seconds: started.elapsed().as_secs_f64(),
-        samples_per_second: 0.0,
-        final_loss: None,
-        sparsity: per,
-        overall_sparsity: overall,
-        quantized: quant,
-        distillation: false,
-        one_shot: true,
-        evals,
-        resumed_from_step: None,
-    };
-    crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
-    Ok(summary)
 }
 
 /// Warns about training answers that do not match their context (count and first ids), or with

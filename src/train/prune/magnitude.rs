@@ -1,18 +1,23 @@
-//! Magnitude-pruning masks: which weights of a layer (or of all layers together) to zero for a
-//! target sparsity, unstructured, in 2-D blocks (`[1, 4]` along the input dimension, `[4, 1]`
-//! across four output channels), or N:M.
+//! Magnitude pruning (`GMPruningModifier`, `MagnitudePruningModifier`,
+//! `GlobalMagnitudePruningModifier`): which weights of a layer (or of all layers together) to zero
+//! for a target sparsity, unstructured, in `[out, in]` blocks, or N:M, ranked by |w|.
 //!
 //! A mask holds 1.0 (keep) or 0.0 (prune) per weight, in the weight's stored (ONNX) layout.
 
 use std::cmp::Ordering;
+
+use anyhow::Result;
+
+use super::{overall_sparsity, Evidence, Layer, PruneReport, Pruner};
 
 /// How weights are grouped before ranking by magnitude.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaskStructure {
     /// Each weight on its own.
     Unstructured,
-    /// Blocks of `out` consecutive output channels × `inp` consecutive inputs (PyTorch's `[out, in]`
-    /// view), scored by mean |w|: SparseML's `block4` is `[1, 4]`, `mask_type: [4, 1]` is `out: 4, inp: 1`.
+    /// Blocks of `out` consecutive output channels × `inp` consecutive inputs (PyTorch's
+    /// `[out, in]` block shape), scored by mean |w|. SparseML's `block4` is `[1, 4]`; sparsec's
+    /// sparse kernels want `[4, 1]` (four output channels sharing one input index).
     Block { out: usize, inp: usize },
     /// In every run of `m` consecutive weights along the input dimension keep the `n` largest.
     NOfM { n: usize, m: usize },
@@ -29,16 +34,18 @@ pub struct WeightView<'a> {
 }
 
 impl WeightView<'_> {
-    /// Flat indices of each block of `bo` output channels × `bi` inputs (edge blocks smaller).
-    fn groups(&self, bo: usize, bi: usize) -> Vec<Vec<usize>> {
-        let (outs, ins) = if self.input_axis == 0 { (self.cols, self.rows) } else { (self.rows, self.cols) };
-        let mut out = Vec::with_capacity(outs.div_ceil(bo) * ins.div_ceil(bi));
-        for o0 in (0..outs).step_by(bo) {
-            for i0 in (0..ins).step_by(bi) {
+    /// Flat (stored) indices of each `bo × bi` block of PyTorch's `[out, in]` view, blocks in
+    /// row-major order, indices within a block output-major.
+    pub fn groups(&self, bo: usize, bi: usize) -> Vec<Vec<usize>> {
+        let (outer, inner) = if self.input_axis == 0 { (self.cols, self.rows) } else { (self.rows, self.cols) };
+        let at = |o: usize, i: usize| if self.input_axis == 0 { i * self.cols + o } else { o * self.cols + i };
+        let mut out = Vec::with_capacity(outer.div_ceil(bo) * inner.div_ceil(bi));
+        for o0 in (0..outer).step_by(bo) {
+            for i0 in (0..inner).step_by(bi) {
                 let mut idx = Vec::with_capacity(bo * bi);
-                for o in o0..(o0 + bo).min(outs) {
-                    for i in i0..(i0 + bi).min(ins) {
-                        idx.push(if self.input_axis == 0 { i * self.cols + o } else { o * self.cols + i });
+                for o in o0..(o0 + bo).min(outer) {
+                    for i in i0..(i0 + bi).min(inner) {
+                        idx.push(at(o, i));
                     }
                 }
                 out.push(idx);
@@ -63,14 +70,22 @@ fn score(w: &[f32], idx: &[usize]) -> f32 {
 /// Zeroes the lowest-scored groups so that `round(sparsity × weights)` weights are pruned (to
 /// whole groups); ties go to the lower flat index.
 fn prune_lowest(layers: &[WeightView], sparsity: f64, (bo, bi): (usize, usize)) -> Vec<Vec<f32>> {
-    let mut masks: Vec<Vec<f32>> = layers.iter().map(|l| vec![1.0; l.data.len()]).collect();
     let mut cands: Vec<(f32, usize, Vec<usize>)> = Vec::new();
     for (li, l) in layers.iter().enumerate() {
         for g in l.groups(bo, bi) {
             cands.push((score(l.data, &g), li, g));
         }
     }
-    let total: usize = layers.iter().map(|l| l.data.len()).sum();
+    let sizes: Vec<usize> = layers.iter().map(|l| l.data.len()).collect();
+    prune_lowest_scored(&sizes, cands, sparsity)
+}
+
+/// Zeroes the lowest-scored groups `(score, layer, stored indices)` so that
+/// `round(sparsity × weights)` weights are pruned (to whole groups); ties go to the lower layer,
+/// then the lower first index. A NaN score sorts as equal.
+pub fn prune_lowest_scored(sizes: &[usize], mut cands: Vec<(f32, usize, Vec<usize>)>, sparsity: f64) -> Vec<Vec<f32>> {
+    let mut masks: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![1.0; n]).collect();
+    let total: usize = sizes.iter().sum();
     let target = (sparsity.clamp(0.0, 1.0) * total as f64).round() as usize;
     cands
         .sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1)).then(a.2[0].cmp(&b.2[0])));
@@ -126,6 +141,56 @@ pub fn mask_sparsity(mask: &[f32]) -> f64 {
     mask.iter().filter(|&&m| m == 0.0).count() as f64 / mask.len() as f64
 }
 
+/// Magnitude pruning of one modifier's layers, ranked together (`global`) or per layer.
+pub struct Magnitude {
+    pub structure: MaskStructure,
+    pub global: bool,
+}
+
+impl Pruner for Magnitude {
+    fn name(&self) -> &'static str {
+        "magnitude"
+    }
+
+    fn prune(&mut self, layers: &mut [Layer], _evidence: &mut Evidence) -> Result<PruneReport> {
+        let started = std::time::Instant::now();
+        let st = self.structure;
+        let new: Vec<Vec<f32>> = if self.global {
+            let s = layers.first().map(|l| l.sparsity).unwrap_or(0.0);
+            let views: Vec<WeightView> = layers.iter().map(Layer::view).collect();
+            global_masks(&views, s, st)
+        } else {
+            use rayon::prelude::*;
+            layers.par_iter().map(|l| layer_mask(&l.view(), l.sparsity, st)).collect()
+        };
+        for (l, m) in layers.iter_mut().zip(new) {
+            l.mask = m;
+        }
+        Ok(PruneReport {
+            algorithm: self.name().into(),
+            seconds: started.elapsed().as_secs_f64(),
+            sparsity: overall_sparsity(layers),
+            ..PruneReport::default()
+        })
+    }
+}
+
+/// `ConstantPruningModifier`: the mask keeps exactly the weights that are nonzero now.
+pub struct Constant;
+
+impl Pruner for Constant {
+    fn name(&self) -> &'static str {
+        "constant"
+    }
+
+    fn prune(&mut self, layers: &mut [Layer], _evidence: &mut Evidence) -> Result<PruneReport> {
+        for l in layers.iter_mut() {
+            l.mask = l.weight.iter().map(|&w| if w == 0.0 { 0.0 } else { 1.0 }).collect();
+        }
+        Ok(PruneReport { algorithm: self.name().into(), sparsity: overall_sparsity(layers), ..PruneReport::default() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,11 +222,12 @@ mod tests {
     }
 
     #[test]
-    fn block_4x1_zeroes_four_output_channels_of_one_input() {
-        // [in=2, out=8] MatMul layout: a [4, 1] block is 4 consecutive columns of one row.
+    fn block_4x1_zeroes_four_output_channels_at_one_input() {
+        // [in=2, out=8] MatMul layout: stored row r holds input r for all 8 outputs, so a [4, 1]
+        // block is four consecutive entries of one stored row.
         let mut w = vec![1.0f32; 16];
-        for c in 4..8 {
-            w[8 + c] = 0.01;
+        for o in 4..8 {
+            w[8 + o] = 0.01;
         }
         let m = layer_mask(&view(&w, 2, 8, 0), 0.25, MaskStructure::Block { out: 4, inp: 1 });
         let zeros: Vec<usize> = (0..16).filter(|&i| m[i] == 0.0).collect();
