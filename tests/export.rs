@@ -365,7 +365,10 @@ fn qoperator_export_runs_integer_matmuls_that_match_the_fake_quant_graph() {
     let range = fq["start_logits"].iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1.0);
     let (integer, which) = integer_logits(&exported);
     let d_ort = max_diff(&fq, &integer);
-    println!("qoperator integer products on {which}; ORT's own: {:e}", max_diff(&fq, &logits(&exported, EngineKind::Ort, false)));
+    println!(
+        "qoperator integer products on {which}; ORT's own: {:e}",
+        max_diff(&fq, &logits(&exported, EngineKind::Ort, false))
+    );
     let d_tract = max_diff(&fq, &logits(&exported, EngineKind::Tract, false));
     let d_qdq = {
         let qdq = dir.path().join("qdq");
