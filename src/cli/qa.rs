@@ -86,7 +86,8 @@ impl PipelineFlags {
             handle_impossible_answer: self.handle_impossible_answer,
             ..DecodeOptions::default()
         };
-        let engine = EngineOptions { threads: self.threads, sparse: self.kernels.sparse_execution(), ..Default::default() };
+        let engine =
+            EngineOptions { threads: self.threads, sparse: self.kernels.sparse_execution(), ..Default::default() };
         Ok((wopts, dopts, engine))
     }
 }
