@@ -29,6 +29,7 @@ use crate::par::Parallel;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod packed;
 mod scalar;
 
 /// How activations are quantized to u8.
@@ -239,6 +240,23 @@ pub(crate) fn pack_blocks<W: Copy + Default + PartialEq>(w: &[W], k: usize, n: u
         bytes: groups * (GW * std::mem::size_of::<W>() + GROUP * 4) + (n_blocks + 1) * 8,
     };
     Blocks { k, n, group_start, idx, w: packed, stats }
+}
+
+/// `Σ_k w[k, j]` for each output channel `j` (padding weights are zero).
+fn column_sums(b: &Blocks<i8>) -> Vec<i32> {
+    let mut colsum = vec![0i32; b.n];
+    for blk in 0..b.group_start.len() - 1 {
+        for g in b.group_start[blk]..b.group_start[blk + 1] {
+            for c in 0..BLOCK {
+                let j = blk * BLOCK + c;
+                if j < b.n {
+                    colsum[j] +=
+                        b.w[g * GW + c * GROUP..g * GW + (c + 1) * GROUP].iter().map(|&v| v as i32).sum::<i32>();
+                }
+            }
+        }
+    }
+    colsum
 }
 
 /// Token tiles × channel-block ranges, balanced by stored groups.
@@ -539,6 +557,24 @@ impl LinearI8 {
         Self::build(w, k, n, w_scale, bias, isa)
     }
 
+    /// A layer from the stored form of its weights ([`packed`], e.g. `ai.sparsec::SparseLinear`'s
+    /// `weight_format = "block4x1"` initializer): the blocks are copied, not searched again, and
+    /// compute exactly what [`LinearI8::new`] on the dense `W` computes. A malformed stored form
+    /// (wrong length, an index `≥ K`, a non-zero padding weight) is an error.
+    pub fn from_packed(
+        packed: &[i8],
+        k: usize,
+        n: usize,
+        w_scale: &[f32],
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Result<LinearI8, KernelError> {
+        if isa == Isa::Avx512Vnni && isa.supported() {
+            crate::selfcheck::avx512().map_err(KernelError)?;
+        }
+        Self::finish(packed::from_bytes(packed, k, n)?, w_scale, bias, isa)
+    }
+
     /// [`LinearI8::new`] without the AVX-512 start-up self-check (which builds layers itself).
     pub(crate) fn build(
         w: &[i8],
@@ -549,6 +585,16 @@ impl LinearI8 {
         isa: Isa,
     ) -> Result<LinearI8, KernelError> {
         validate_weight_shape(w.len(), k, n)?;
+        Self::finish(pack_blocks(w, k, n), w_scale, bias, isa)
+    }
+
+    fn finish(
+        mut blocks: Blocks<i8>,
+        w_scale: &[f32],
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Result<LinearI8, KernelError> {
+        let n = blocks.n;
         if !isa.supported() || (isa == Isa::Avx512Vnni && !Isa::Avx2.supported()) {
             return Err(kerr!("instruction set {isa} is not supported by this CPU"));
         }
@@ -565,8 +611,7 @@ impl LinearI8 {
             Some(b) if b.len() == n => b.to_vec(),
             Some(b) => return Err(kerr!("bias has {} elements, expected N = {n}", b.len())),
         };
-        let colsum = (0..n).map(|j| (0..k).map(|kk| w[kk * n + j] as i32).sum()).collect();
-        let mut blocks = pack_blocks(w, k, n);
+        let colsum = column_sums(&blocks);
         let w16 = if isa == Isa::Avx2 { blocks.w.iter().map(|&v| v as i16).collect() } else { Vec::new() };
         if isa == Isa::Avx2 {
             blocks.stats.bytes += w16.len() * 2 - blocks.w.len();
