@@ -129,7 +129,7 @@ pub fn lower(model: &mut Model, opts: LowerOptions) -> Result<Vec<PassReport>> {
         .apply(model)?,
     );
     if opts.format == Format::Sparse {
-        reports.extend(crate::passes::lower_for_sparse_execution(model, &Default::default())?);
+        reports.extend(crate::passes::lower_for_sparse_export(model, &Default::default())?);
     }
     infer::infer_facts(model).context("the lowered graph failed validation")?;
     Ok(reports)
@@ -193,6 +193,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 max_seq_length: 384,
                 doc_stride: 128,
                 pad_to_max_length: false,
+                group_by_length: false,
                 teacher: Teacher::Disabled,
                 seed: 42,
                 threads: None,
