@@ -139,7 +139,9 @@ fn layer_reports(model: &Model, pruned: &[String]) -> (Vec<LayerReport>, f64, f6
     let g = &model.graph;
     let mut layers = Vec::new();
     let (mut zeros, mut total, mut pz, mut pt, mut int8) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let unpacked = crate::ir::ops::sparsec::packed_weights_dense(g);
     for (&v, t) in g.initializers() {
+        let t = unpacked.get(&v).unwrap_or(t);
         let name = g.value(v).name.clone();
         let z = match t.dtype {
             DType::F32 => t.as_f32s().map(|d| d.iter().filter(|&&x| x == 0.0).count()),

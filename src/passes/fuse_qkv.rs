@@ -41,7 +41,7 @@ fn proj<'g>(g: &'g Graph, cons: &Consumers, v: ValueId) -> Option<Proj<'g>> {
     if node.input(residual_slot).is_some() {
         return None;
     }
-    if node.attr_str("weight_format").is_some_and(|f| f != "dense") {
+    if node.attr_str("weight_format").is_some_and(|f| f != "dense") || node.attr_float("y_scale").is_some() {
         return None;
     }
     let w = g.constant(node.input(1)?)?.clone();

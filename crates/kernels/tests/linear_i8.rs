@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sparsec_kernels::linear_i8::{dynamic_quant_params, packed, ActQuant, Epilogue, LinearI8, Pattern};
+use sparsec_kernels::linear_i8::{dynamic_quant_params, packed, ActQuant, Epilogue, LinearI8, Pattern, Requant};
 use sparsec_kernels::{Isa, Parallel, Serial};
 
 /// `n` OS threads per `run` (scoped), to exercise the multi-task plans.
@@ -404,4 +404,44 @@ fn corrupt_packed_weights_are_reported() {
     let e = load(&bad_pad, k, n);
     assert!(e.contains("non-zero padding weight in channel block 2"), "{e}");
     assert!(load(&p, 0, n).contains("empty"));
+}
+
+/// With [`Requant`] every output is `clamp(round_half_even(acc·(s_x·s_w)/s_y), lo, hi)·s_y + bias`
+/// bit for bit (ONNX `QLinearMatMul` then `DequantizeLinear` then the bias `Add`, in f32), on
+/// every ISA, for u8 and i8 outputs, saturating outputs included.
+#[test]
+fn requantized_outputs_follow_qlinearmatmul_on_every_isa() {
+    let isas = isas();
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    for (case, &(k, n, t)) in [(33, 13, 17), (64, 36, 40), (130, 70, 5)].iter().enumerate() {
+        let w = weights(&mut rng, k, n, GENS[case * 3]);
+        let scale: Vec<f32> = (0..n).map(|_| rng.random_range(0.001..0.05)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let (sx, zx) = (0.025f32, 131u8);
+        for (ys, yzp, signed) in [(0.05f32, 128, false), (0.2, 0, false), (0.01, -3, true)] {
+            let r = Requant::new(ys, yzp, signed).unwrap();
+            let xq: Vec<u8> = x.iter().map(|&v| quantize_ref(v, sx, zx)).collect();
+            let acc = reference_i32(&xq, &w, t, k, n);
+            let colsum: Vec<i32> = (0..n).map(|j| (0..k).map(|kk| w[kk * n + j] as i32).sum()).collect();
+            let want: Vec<u32> = (0..t * n)
+                .map(|i| {
+                    let j = i % n;
+                    let m = sx * scale[j] / ys;
+                    let v = ((acc[i] - zx as i32 * colsum[j]) as f32 * m).round_ties_even().clamp(r.lo, r.hi);
+                    (v * ys + bias[j]).to_bits()
+                })
+                .collect();
+            for &isa in &isas {
+                let lin = LinearI8::new(&w, k, n, &scale, Some(&bias), isa).unwrap().with_requant(r);
+                let mut y = vec![0f32; t * n];
+                let act = ActQuant::Static { scale: sx, zero_point: zx };
+                lin.forward(&x, t, act, Epilogue::None, None, &mut y, &Threads(2)).unwrap();
+                let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{isa} K={k} N={n} y_scale={ys} zp={yzp} signed={signed}");
+            }
+        }
+    }
+    assert!(Requant::new(0.0, 0, false).is_err());
+    assert!(Requant::new(1.0, 200, true).is_err());
 }

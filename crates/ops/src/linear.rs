@@ -8,7 +8,7 @@ use ort::operator::{
 };
 use ort::value::{TensorElementType as T, ValueType};
 use sparsec_kernels::linear_f32::LinearF32;
-use sparsec_kernels::linear_i8::{ActQuant, Epilogue, LinearI8};
+use sparsec_kernels::linear_i8::{ActQuant, Epilogue, LinearI8, Requant};
 
 use super::{const_input, err, f32_type, guarded, input_names, kernel_isa, present, OrtPool};
 
@@ -19,7 +19,10 @@ pub const SPARSE_LINEAR_F32: &str = "SparseLinearF32";
 /// -> Y f32[..., N]`, attributes `epilogue` (`"none"` or `"gelu"`), `x_scale` (float) and
 /// `x_zero_point` (int, 0–255). With `weight_format = "block4x1"` and `weight_shape = [K, N]`, `W`
 /// is instead the 1-D stored form of the block-sparse weights
-/// (`sparsec_kernels::linear_i8::packed`), which the kernel loads by copying its blocks. With `x_scale` the activation is quantized as `QuantizeLinear(X,
+/// (`sparsec_kernels::linear_i8::packed`), which the kernel loads by copying its blocks. With
+/// `y_scale` (float), `y_zero_point` (int) and `y_signed` (0: uint8, 1: int8) the product is
+/// requantized to that integer output and dequantized before the bias, as ONNX `QLinearMatMul`
+/// followed by `DequantizeLinear` computes it. With `x_scale` the activation is quantized as `QuantizeLinear(X,
 /// x_scale, x_zero_point)`; without it, as `DynamicQuantizeLinear(X)`. `W`, the scales and the bias
 /// must be initializers; the weight zero point is 0. (Activation parameters are attributes and the
 /// bias is always given, so no optional input is ever omitted before another: ORT's custom-op
@@ -159,6 +162,15 @@ impl Operator for SparseLinearOp {
             Some(_) => LinearI8::from_packed(&w, k, n, &w_scale, Some(&bias), kernel_isa()?),
         }
         .map_err(|e| err(format!("{node}: {e}")))?;
+        let lin = match kctx.get::<f32>("y_scale") {
+            None => lin,
+            Some(scale) => {
+                let zp = kctx.get::<i64>("y_zero_point").unwrap_or(0);
+                let signed = kctx.get::<i64>("y_signed").unwrap_or(0) != 0;
+                let zp = i32::try_from(zp).map_err(|_| err(format!("{node}: y_zero_point {zp} is out of range")))?;
+                lin.with_requant(Requant::new(scale, zp, signed).map_err(|e| err(format!("{node}: {e}")))?)
+            }
+        };
         Ok(LinearI8Kernel { epilogue: epilogue(kctx, &node)?, residual: present(&names, 4), node, lin, act })
     }
 

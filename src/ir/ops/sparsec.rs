@@ -31,7 +31,9 @@ pub fn weight_format(node: &Node) -> Result<WeightFormat, String> {
         "dense" => Ok(WeightFormat::Dense),
         BLOCK4X1 => match node.attrs.attr_ints("weight_shape") {
             Some(&[k, n]) if k > 0 && n > 0 => Ok(WeightFormat::Block4x1 { k: k as usize, n: n as usize }),
-            other => Err(format!("weight_format '{BLOCK4X1}' needs weight_shape = [K, N] with K, N > 0, got {other:?}")),
+            other => {
+                Err(format!("weight_format '{BLOCK4X1}' needs weight_shape = [K, N] with K, N > 0, got {other:?}"))
+            }
         },
         other => Err(format!("unknown weight_format '{other}' (dense, {BLOCK4X1})")),
     }
@@ -42,6 +44,21 @@ pub fn weight_format(node: &Node) -> Result<WeightFormat, String> {
 pub fn linear_weight_dense(g: &Graph, node: &Node) -> Option<Result<(usize, usize, Vec<i8>), String>> {
     let t = g.constant(node.input(1)?)?;
     Some(decode_weight(node, t))
+}
+
+/// The dense int8 `[K, N]` tensor of every packed `SparseLinear` weight initializer, by value
+/// (for reports that count zeros per initializer); undecodable weights are left out.
+pub fn packed_weights_dense(g: &Graph) -> std::collections::HashMap<crate::ir::ValueId, Tensor> {
+    let mut out = std::collections::HashMap::new();
+    for (_, node) in g.nodes() {
+        if node.domain != DOMAIN || node.op_type != "SparseLinear" || weight_format(node) == Ok(WeightFormat::Dense) {
+            continue;
+        }
+        if let (Some(v), Some(Ok((k, n, w)))) = (node.input(1), linear_weight_dense(g, node)) {
+            out.insert(v, Tensor::from_i8(vec![k as i64, n as i64], &w));
+        }
+    }
+    out
 }
 
 fn decode_weight(node: &Node, t: &Tensor) -> Result<(usize, usize, Vec<i8>), String> {
