@@ -40,6 +40,11 @@ pub struct EvalArgs {
     kernels: Kernels,
     #[arg(long)]
     threads: Option<usize>,
+    /// ONNX Runtime's basic graph rewrites only (level 1): a QDQ model then dequantizes and
+    /// multiplies in f32, its exact semantics (the fused int8 kernels of the default level
+    /// saturate on CPUs without VNNI).
+    #[arg(long)]
+    ort_basic: bool,
     /// Post-processing: run_qa.py's n-best logit sums (as SQuAD numbers are reported), or the HF pipeline's.
     #[arg(long, value_enum, default_value_t = Decoder::Squad)]
     decoder: Decoder,
@@ -86,7 +91,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut pipeline = QaPipeline::load(
         &model,
         args.engine,
-        &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
+        &EngineOptions {
+            threads: args.threads,
+            sparse: args.kernels.sparse_execution(),
+            basic_optimizations_only: args.ort_basic,
+            ..Default::default()
+        },
     )?;
     let windower = pipeline.windower(WindowOptions {
         max_seq_len: args.max_seq_len,
