@@ -219,8 +219,8 @@ fn python_onnxruntime_runs_the_sparse_export_through_libsparsec_ops() {
         m.graph.nodes().filter(|(_, n)| n.domain == "ai.sparsec").map(|(_, n)| n.op_type.as_str()).collect();
     assert_eq!(
         ops.iter().filter(|o| **o == "SparseLinear").count(),
-        8,
-        "4 linears per layer once Q, K, V are merged: {ops:?}"
+        9,
+        "4 linears per layer once Q, K, V are merged, and the QA head (the export lowers every int8 linear): {ops:?}"
     );
     assert_eq!(ops.iter().filter(|o| **o == "Attention").count(), 2);
     let py = r#"
@@ -356,6 +356,13 @@ fn minilm_80_block4x1_one_shot_lowered_matches_the_qdq_export_up_to_requantizati
     assert!(worst <= 5e-2, "{worst}");
 }
 
+/// The lowering `export --format sparse` applies: every int8 linear, dense ones too.
+fn export_lowering() -> SparseExecution {
+    let mut cfg = SparseExecution::default();
+    cfg.linear.max_int8_density = 1.0;
+    cfg
+}
+
 /// Every logit bit of `a` equals `b`'s.
 fn bit_identical(a: &HashMap<String, ArrayD<f32>>, b: &HashMap<String, ArrayD<f32>>) -> bool {
     assert_eq!(a.len(), 2, "start and end logits");
@@ -399,8 +406,8 @@ fn sparse_linears(path: &Path) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// `export --format sparse` stores every `SparseLinear` weight packed (`weight_format =
-/// block4x1`), and the packed file computes bit for bit what the QDQ export lowered in memory
+/// `export --format sparse` lowers every int8 linear and stores every sparse one's weight packed
+/// (`weight_format = block4x1`; the dense QA head stays a dense matrix), and the packed file computes bit for bit what the QDQ export lowered in memory
 /// (dense weights, packed by the kernels at load) computes, on every fixture and ISA.
 #[test]
 fn packed_sparse_exports_equal_the_lowered_qdq_export_bit_for_bit() {
@@ -414,9 +421,11 @@ fn packed_sparse_exports_equal_the_lowered_qdq_export_bit_for_bit() {
         export_one_shot(&compiled, &qdq, "qdq", &data, "16", false);
         export_one_shot(&compiled, &sparse, "sparse", &data, "16", false);
         let linears = sparse_linears(&sparse.join("model.onnx"));
-        assert!(
-            linears.len() >= 8 && linears.iter().all(|(_, p)| *p),
-            "{m}/{e}: every SparseLinear packed: {linears:?}"
+        let packed = linears.iter().filter(|(_, p)| *p).count();
+        assert_eq!(
+            (linears.len(), packed),
+            (9, 8),
+            "{m}/{e}: every int8 linear lowered, the sparse ones packed: {linears:?}"
         );
         let bytes = |d: &Path| std::fs::metadata(d.join("model.onnx")).unwrap().len();
         println!("{m}/{e}: QDQ export {} bytes, packed sparse export {} bytes", bytes(&qdq), bytes(&sparse));
@@ -424,7 +433,7 @@ fn packed_sparse_exports_equal_the_lowered_qdq_export_bit_for_bit() {
         for isa in Isa::available() {
             std::env::set_var("SPARSEC_ISA", isa.name());
             let (packed, r1) = run(&sparse.join("model.onnx"), Some(SparseExecution::default()));
-            let (unpacked, r2) = run(&qdq.join("model.onnx"), Some(SparseExecution::default()));
+            let (unpacked, r2) = run(&qdq.join("model.onnx"), Some(export_lowering()));
             std::env::remove_var("SPARSEC_ISA");
             assert_eq!(rewritten(&r1, "LowerSparseLinear"), 0, "the packed file is already lowered");
             assert!(rewritten(&r2, "LowerSparseLinear") >= 12);
@@ -509,7 +518,7 @@ except Exception as e:
 }
 
 /// On MiniLM (80% `[4,1]` one-shot, int8 embeddings) the packed export is at most 15 MB and
-/// computes bit for bit what the QDQ export lowered in memory computes.
+/// computes bit for bit what the QDQ export lowered in memory the same way computes.
 #[test]
 fn minilm_packed_sparse_export_is_small_and_equals_the_lowered_qdq_export() {
     let Some(minilm) = shared_minilm() else { return };
@@ -522,13 +531,13 @@ fn minilm_packed_sparse_export_is_small_and_equals_the_lowered_qdq_export() {
     export_one_shot(&compiled, &qdq, "qdq", &data, "8", true);
     export_one_shot(&compiled, &sparse, "sparse", &data, "8", true);
     let linears = sparse_linears(&sparse.join("model.onnx"));
-    assert_eq!(linears.len(), 24, "4 per layer once Q, K, V are merged");
-    assert!(linears.iter().all(|(_, p)| *p));
+    assert_eq!(linears.len(), 25, "4 per layer once Q, K, V are merged, and the QA head");
+    assert_eq!(linears.iter().filter(|(_, p)| *p).count(), 24, "the dense QA head stays dense: {linears:?}");
     let bytes = std::fs::metadata(sparse.join("model.onnx")).unwrap().len();
     println!("MiniLM 80% [4,1] packed sparse export with int8 embeddings: {bytes} bytes");
     assert!(bytes <= 15_000_000, "{bytes}");
     let (packed, _) = run(&sparse.join("model.onnx"), Some(SparseExecution::default()));
-    let (unpacked, _) = run(&qdq.join("model.onnx"), Some(SparseExecution::default()));
+    let (unpacked, _) = run(&qdq.join("model.onnx"), Some(export_lowering()));
     assert!(bit_identical(&packed, &unpacked), "max |Δ| {:e}", max_diff(&packed, &unpacked));
 }
 

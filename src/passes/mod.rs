@@ -176,10 +176,15 @@ pub fn lower_for_sparse_execution(model: &mut Model, cfg: &SparseExecution) -> R
     Ok(reports)
 }
 
-/// The model `sparsec export --format sparse` writes: [`lower_for_sparse_execution`], then
-/// [`PackSparseWeights`] (int8 weights in the packed block-sparse form the kernels load).
+/// The model `sparsec export --format sparse` writes: [`lower_for_sparse_execution`] with every
+/// int8 linear lowered, dense ones too (so the file computes the exact QDQ products on any CPU:
+/// ONNX Runtime's own u8×s8 kernels saturate without VNNI, see
+/// [`crate::runtime::ort_int8_is_exact`]), then [`PackSparseWeights`] (int8 weights in the packed
+/// block-sparse form the kernels load).
 pub fn lower_for_sparse_export(model: &mut Model, cfg: &SparseExecution) -> Result<Vec<PassReport>, PassError> {
-    let mut reports = lower_for_sparse_execution(model, cfg)?;
+    let mut cfg = cfg.clone();
+    cfg.linear.max_int8_density = 1.0;
+    let mut reports = lower_for_sparse_execution(model, &cfg)?;
     reports.push(PackSparseWeights::default().apply(model)?);
     Ok(reports)
 }

@@ -12,7 +12,8 @@ use sparsec_kernels::linear_i8::packed;
 /// Packs the dense weights of `ai.sparsec::SparseLinear` nodes.
 ///
 /// - Matches: `SparseLinear` nodes whose weight (input 1) is a bound int8 `[K, N]` initializer
-///   (the form `LowerSparseLinear` and `FuseQkv` emit) read by no other node.
+///   (the form `LowerSparseLinear` and `FuseQkv` emit) read by no other node, whose stored form
+///   is smaller than the dense matrix (layers the kernel runs densely stay dense on disk).
 /// - Emits: the initializer replaced (same name) by the 1-D int8 stored form
 ///   ([`packed`](sparsec_kernels::linear_i8::packed)) and the node's attributes
 ///   `weight_format = "block4x1"`, `weight_shape = [K, N]`. The stored form holds the blocks,
@@ -49,6 +50,9 @@ impl Pass for PackSparseWeights {
                 let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
                 let dense: Vec<i8> = t.raw().iter().map(|&b| b as i8).collect();
                 let stored = packed::encode(&dense, k, n).map_err(|e| err(e.to_string()))?;
+                if stored.len() >= dense.len() {
+                    continue;
+                }
                 let stored = Tensor::from_i8(vec![stored.len() as i64], &stored);
                 p.set_facts(w, Facts::of_tensor(&stored).type_only());
                 p.set_initializer(w, stored);
