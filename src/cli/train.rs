@@ -47,6 +47,9 @@ pub struct TrainArgs {
     /// Pad every batch to --max-seq-length (HF's default) instead of to its longest window.
     #[arg(long)]
     pad_to_max_length: bool,
+    /// Batch windows of similar length together (HF's `--group_by_length`): far less padding.
+    #[arg(long, alias = "group_by_length")]
+    group_by_length: bool,
     /// Teacher ONNX for the recipe's distillation, or `disable`; default: the model compile started from.
     #[arg(long)]
     distill_teacher: Option<String>,
@@ -160,6 +163,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         max_seq_length: args.max_seq_length,
         doc_stride: args.doc_stride,
         pad_to_max_length: args.pad_to_max_length,
+        group_by_length: args.group_by_length,
         teacher,
         seed: args.seed,
         threads: args.threads,
