@@ -1,6 +1,7 @@
 //! `sparsec train --one-shot` runs the algorithm the recipe names (SparseGPT from calibration
-//! activations, OBS from task-loss gradients), on the tiny BERT fixture; modifiers sparsec does
-//! not carry out are errors, ignored fields loud warnings.
+//! activations, OBS from task-loss gradients), on the tiny BERT fixture; training runs OBS and
+//! movement mask updates; modifiers sparsec does not carry out are errors, ignored fields loud
+//! warnings.
 
 mod common;
 
@@ -182,10 +183,11 @@ fn unsupported_modifiers_fail_and_ignored_fields_warn() {
         "",
     );
     let r = recipe_in(dir.path(), "movement.yaml", &movement);
-    let o = compile(dir.path(), &r, "");
+    ok(&compile(dir.path(), &r, ""));
+    let o = one_shot(dir.path(), "4");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "movement pruning must fail: {err}");
-    assert!(err.contains("MovementPruningModifier") && err.contains("not implemented"), "{err}");
+    assert!(!o.status.success(), "movement pruning cannot run one-shot: {err}");
+    assert!(err.contains("MovementPruningModifier") && err.contains("one-shot"), "{err}");
     let layer = "modifiers:\n  - !LayerPruningModifier\n    layers: ['bert.encoder.layer.0']\n";
     let o = compile(dir.path(), &recipe_in(dir.path(), "layer.yaml", layer), "");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -271,4 +273,135 @@ modifiers:
         .collect();
     let first = log[0]["sparsity"].as_f64().unwrap();
     assert!((first - 0.5).abs() < 0.005, "sparsity after the first update {first}");
+}
+
+fn movement_recipe(algorithm: &str) -> String {
+    format!(
+        r#"
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 3.0
+  - !{algorithm}
+    params: ["re:.*layer\\.\\d+\\..*(query|key|value|dense)\\.weight$"]
+    init_sparsity: 0.2
+    final_sparsity: 0.75
+    start_epoch: 0.0
+    end_epoch: 2.0
+    update_frequency: 0.5
+    inter_func: cubic
+    mask_type: [4, 1]
+  - !LearningRateFunctionModifier
+    start_epoch: 0.0
+    end_epoch: 3.0
+    lr_func: linear
+    init_lr: 1e-3
+    final_lr: 1e-4
+"#
+    )
+}
+
+fn train_tiny(compiled: &Path, out: &Path, env: &[(&str, &str)]) -> Output {
+    let data = root().join("fixtures/squad-tiny.json");
+    Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        .args([
+            "train",
+            "--model",
+            s(compiled),
+            "--train-file",
+            s(&data),
+            "--output-dir",
+            s(out),
+            "--max-seq-length",
+            "64",
+            "--doc-stride",
+            "32",
+            "--per-device-train-batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run sparsec")
+}
+
+#[test]
+fn movement_pruning_trains_from_step_gradients_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mv = dir.path().join("mv");
+    let mg = dir.path().join("mg");
+    std::fs::create_dir_all(&mv).unwrap();
+    std::fs::create_dir_all(&mg).unwrap();
+    ok(&compile(&mv, &recipe_in(&mv, "movement.yaml", &movement_recipe("MovementPruningModifier")), ""));
+    ok(&compile(&mg, &recipe_in(&mg, "gmp.yaml", &movement_recipe("GMPruningModifier")), ""));
+    let (cm, cg) = (mv.join("compiled"), mg.join("compiled"));
+    let summary: Value = serde_json::from_str(&ok(&train_tiny(&cm, &mv.join("full"), &[]))).unwrap();
+    ok(&train_tiny(&cg, &mg.join("full"), &[]));
+    // Updates every 0.5 epoch from 0 to 2 (the first before any step: no scores yet, not
+    // reported); each reports the steps observed so far, the last all steps of epochs 0 and 1.
+    let reports = summary["pruning"].as_array().unwrap();
+    assert_eq!(reports.len(), 4, "{reports:?}");
+    let spe = summary["steps_per_epoch"].as_u64().unwrap() as usize;
+    let seen: Vec<usize> = reports.iter().map(|r| r["samples"].as_u64().unwrap() as usize).collect();
+    assert!(reports.iter().all(|r| r["algorithm"] == "movement"), "{reports:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]) && seen[3] == 2 * spe, "{seen:?}, {spe} steps per epoch");
+    let overall = summary["overall_sparsity"].as_f64().unwrap();
+    assert!((overall - 0.75).abs() < 0.01, "final sparsity {overall}");
+
+    let ts = targets(&cm);
+    let mut differ = 0;
+    for (param, _, transposed) in &ts {
+        let mask_m = init(&mv.join("full/model.onnx"), &format!("{param}.mask")).1;
+        let mask_g = init(&mg.join("full/model.onnx"), &format!("{param}.mask")).1;
+        let (dims, _) = init(&mv.join("full/model.onnx"), &format!("{param}.mask"));
+        // [4, 1] blocks: four consecutive output channels share a mask value per input.
+        let (rows, cols) = (dims[0] as usize, dims[1] as usize);
+        for r in 0..rows {
+            for c in 0..cols {
+                let (o, i) = if *transposed { (c, r) } else { (r, c) };
+                let first = if *transposed { r * cols + (o / 4) * 4 } else { (o / 4) * 4 * cols + i };
+                assert_eq!(mask_m[r * cols + c], mask_m[first], "{param}: a [4, 1] block is split");
+            }
+        }
+        differ += mask_m.iter().zip(&mask_g).filter(|(a, b)| a != b).count();
+    }
+    assert!(differ > 0, "movement masks equal magnitude masks everywhere");
+
+    // Killed in epoch 1; resumed from the checkpoint at the end of epoch 0, the updates at 1.5 and 2
+    // rank the scores restored from it, and the run ends as the uninterrupted one.
+    let part = mv.join("part");
+    let abort = (spe + spe / 2 + 1).to_string();
+    let killed = train_tiny(&cm, &part, &[("SPARSEC_ABORT_AFTER_STEP", abort.as_str())]);
+    assert!(!killed.status.success(), "the run must die");
+    let data = root().join("fixtures/squad-tiny.json");
+    let resumed = sparsec(&[
+        "train",
+        "--model",
+        s(&cm),
+        "--train-file",
+        s(&data),
+        "--output-dir",
+        s(&part),
+        "--max-seq-length",
+        "64",
+        "--doc-stride",
+        "32",
+        "--per-device-train-batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--json",
+        "--resume",
+    ]);
+    let rs: Value = serde_json::from_str(&ok(&resumed)).unwrap();
+    assert_eq!(rs["resumed_from_step"].as_u64().unwrap() as usize, spe);
+    for (param, initializer, _) in &ts {
+        for name in [initializer.clone(), format!("{param}.mask")] {
+            let a = init(&mv.join("full/model.onnx"), &name).1;
+            let b = init(&part.join("model.onnx"), &name).1;
+            assert!(a == b, "'{name}' differs between the uninterrupted and the resumed run");
+        }
+    }
 }

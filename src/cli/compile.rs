@@ -201,7 +201,9 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                         "masks inserted; the trainer scores by OBS (block Fisher inverse from task-loss gradients)"
                             .into()
                     }
-                    PruningAlgorithm::Movement => "not implemented".into(),
+                    PruningAlgorithm::Movement => {
+                        "masks inserted; the trainer scores by movement (-w·grad accumulated every step)".into()
+                    }
                 };
             }
             Modifier::ConstantPruning(c) => {

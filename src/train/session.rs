@@ -819,6 +819,14 @@ impl<'d> Session<'d> {
         }
         restore(&mut self.stepper, &mut self.run, &tensors)
             .with_context(|| format!("checkpoint '{}'", path.display()))?;
+        for (i, p) in self.pruners.iter_mut() {
+            let prefix = format!("pruner/{i}/");
+            let state: Vec<(String, Vec<f32>)> = tensors
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|n| (n.to_string(), t.data.clone())))
+                .collect();
+            p.restore_state(state).with_context(|| format!("checkpoint '{}'", path.display()))?;
+        }
         self.stepper.optimizer.step = state.adam_step;
         self.run.qat_started = state.qat_started;
         self.first_step = state.step;
@@ -990,8 +998,34 @@ impl<'d> Session<'d> {
             batch.push(("teacher_start_logits", s));
             batch.push(("teacher_end_logits", e));
         }
-        let stats =
-            self.stepper.step(&batch, lr, cfg.max_grad_norm).with_context(|| format!("training step {step}"))?;
+        let recipe = &self.data.compiled.recipe;
+        let observing: BTreeMap<usize, ()> = self
+            .pruners
+            .iter()
+            .filter(|(&i, p)| {
+                let m = &recipe.modifiers[i].modifier;
+                p.observes_steps() && epoch_f >= m.start_epoch() && (m.end_epoch() < 0.0 || epoch_f < m.end_epoch())
+            })
+            .map(|(&i, _)| (i, ()))
+            .collect();
+        let stats = if observing.is_empty() {
+            self.stepper.step(&batch, lr, cfg.max_grad_norm)
+        } else {
+            let owner: BTreeMap<&str, usize> = self
+                .run
+                .masks
+                .iter()
+                .filter(|m| observing.contains_key(&m.modifier))
+                .map(|m| (m.initializer.as_str(), m.modifier))
+                .collect();
+            let pruners = &mut self.pruners;
+            self.stepper.step_observed(&batch, lr, cfg.max_grad_norm, &mut |p, g| {
+                if let Some(pr) = owner.get(p.input.as_str()).and_then(|i| pruners.get_mut(i)) {
+                    pr.observe_step(&p.input, &p.data, g);
+                }
+            })
+        }
+        .with_context(|| format!("training step {step}"))?;
         apply_masks(&mut self.stepper, &self.run);
         let observed = &stats.watched[self.loss_parts.len()..];
         for (k, s) in self.run.sites.iter_mut().enumerate() {
@@ -1059,7 +1093,13 @@ impl<'d> Session<'d> {
             fingerprint: self.fingerprint.clone(),
             evals: self.evals.clone(),
         };
-        checkpoint::save(&self.ckpt_dir, &format!("step-{done:09}"), &snapshot(&self.stepper, &self.run), &state)?;
+        let mut tensors = snapshot(&self.stepper, &self.run);
+        for (i, p) in &self.pruners {
+            for (name, data) in p.state() {
+                tensors.push(NamedTensor { name: format!("pruner/{i}/{name}"), shape: vec![data.len()], data });
+            }
+        }
+        checkpoint::save(&self.ckpt_dir, &format!("step-{done:09}"), &tensors, &state)?;
         prune_checkpoints(&self.ckpt_dir, self.cfg.save_total_limit)
     }
 

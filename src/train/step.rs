@@ -174,12 +174,27 @@ impl Stepper {
 
     /// One training step at learning rate `lr`, clipping the global gradient norm to `max_grad_norm`.
     pub fn step(&mut self, batch: &[(&str, HostTensor)], lr: f32, max_grad_norm: Option<f32>) -> Result<StepStats> {
+        self.step_observed(batch, lr, max_grad_norm, &mut |_, _| {})
+    }
+
+    /// [`Stepper::step`], calling `observe(param, clipped gradient)` for every parameter after
+    /// clipping and before the update (where SparseML's scorers read gradients).
+    pub fn step_observed(
+        &mut self,
+        batch: &[(&str, HostTensor)],
+        lr: f32,
+        max_grad_norm: Option<f32>,
+        observe: &mut dyn FnMut(&Param, &[f32]),
+    ) -> Result<StepStats> {
         let (loss, mut grads, watched) = self.loss_and_grads(batch)?;
         let mut grad_refs: Vec<&mut [f32]> = grads.iter_mut().map(Vec::as_mut_slice).collect();
         let grad_norm = match max_grad_norm {
             Some(m) => clip_grad_norm(&mut grad_refs, m),
             None => clip_grad_norm(&mut grad_refs, f32::INFINITY),
         };
+        for (p, g) in self.params.iter().zip(&grads) {
+            observe(p, g);
+        }
         let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
         let mut params: Vec<&mut [f32]> = self.params.iter_mut().map(|p| p.data.as_mut_slice()).collect();
         self.optimizer.step(lr, &mut params, &grads);

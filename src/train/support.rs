@@ -71,13 +71,15 @@ pub fn audit(recipe: &Recipe) -> Vec<Finding> {
             }
             Modifier::Pruning(p) => match &p.algorithm {
                 PruningAlgorithm::Magnitude => {}
-                PruningAlgorithm::Movement => push(
-                    None,
-                    true,
-                    "movement pruning is not implemented in sparsec; use GMPruningModifier (magnitude) or \
-                     OBSPruningModifier (second-order)"
-                        .into(),
-                ),
+                PruningAlgorithm::Movement => {
+                    if matches!(p.mask_type, crate::recipe::MaskType::NM { .. }) {
+                        push(
+                            Some("mask_type"),
+                            true,
+                            "movement pruning supports unstructured and block masks, not N:M".into(),
+                        );
+                    }
+                }
                 PruningAlgorithm::Obs { grad_sampler_kwargs, .. } => {
                     if matches!(p.mask_type, crate::recipe::MaskType::NM { .. }) {
                         push(

@@ -1,5 +1,5 @@
 //! Pruning algorithms behind one trait, one file each: magnitude (GMP and its global variant),
-//! OBS (oBERT's empirical block-Fisher surgeon) and SparseGPT (layer-wise one-shot
+//! movement (scores accumulated from every training step's gradients), OBS (oBERT's empirical block-Fisher surgeon) and SparseGPT (layer-wise one-shot
 //! reconstruction). The trainer's mask-update phase hands a [`Pruner`] the masked weights of one
 //! recipe modifier, each with its target sparsity, and an [`Evidence`] through which the pruner
 //! asks for what it needs (task-loss gradients, layer input activations); the pruner sets the
@@ -10,6 +10,7 @@
 //! groupings.
 
 pub mod magnitude;
+pub mod movement;
 pub mod obs;
 pub mod select;
 pub mod sparsegpt;
@@ -120,7 +121,7 @@ pub struct Evidence<'a> {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PruneReport {
     pub algorithm: String,
-    /// Gradient batches or calibration windows used.
+    /// Gradient batches, calibration windows, or training steps observed (movement).
     pub samples: usize,
     /// Peak memory of the algorithm's own state (Fisher inverses, Hessians), in bytes.
     pub state_bytes: u64,
@@ -140,6 +141,26 @@ pub trait Pruner {
     /// Whether [`Evidence::activations`] must be given.
     fn needs_activations(&self) -> bool {
         false
+    }
+    /// Whether the pruner scores from every training step ([`Pruner::observe_step`]).
+    fn observes_steps(&self) -> bool {
+        false
+    }
+    /// One optimiser step's masked weight (graph input `initializer`, stored layout) and its
+    /// clipped gradient, just before the update; called for each of the modifier's layers at
+    /// every step while the modifier runs.
+    fn observe_step(&mut self, _initializer: &str, _weight: &[f32], _grad: &[f32]) {}
+    /// State carried from step to step (saved in checkpoints), by name.
+    fn state(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+    /// Restores what [`Pruner::state`] returned.
+    fn restore_state(&mut self, state: Vec<(String, Vec<f32>)>) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("the {} pruner keeps no state, but the checkpoint holds some", self.name())
+        }
     }
     fn prune(&mut self, layers: &mut [Layer], evidence: &mut Evidence) -> Result<PruneReport>;
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 
 use super::magnitude::{Constant, Magnitude, MaskStructure};
+use super::movement::Movement;
 use super::obs::{Obs, ObsConfig};
 use super::sparsegpt::{SgptMask, SparseGpt, SparseGptConfig};
 use super::Pruner;
@@ -82,7 +83,16 @@ pub fn pruners(
                         },
                     })
                 }
-                PruningAlgorithm::Movement => bail!("MovementPruningModifier is not implemented in sparsec"),
+                PruningAlgorithm::Movement => {
+                    if one_shot {
+                        bail!(
+                            "MovementPruningModifier (recipe line {}) scores weights from training steps' gradients, \
+                             so it cannot run one-shot: train with it instead",
+                            e.line
+                        );
+                    }
+                    Box::new(Movement::new(structure(&p.mask_type), p.global_sparsity)?)
+                }
             },
             Modifier::SparseGpt(s) => {
                 if !one_shot {

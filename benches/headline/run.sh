@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 13's headline run: 80% [4, 1]-block GMP + int8 QAT + distillation of MiniLM-L6 SQuAD in one
+# pass over the first QUESTIONS training questions (length-grouped batches of 16), on a budget of
+# 3 hours of this 2-core machine in total. Resumable: run the same command again (in a later
+# session) and training continues from the newest checkpoint (every 100 steps). Each invocation's
+# wall time is appended to RUN/budget.tsv, and the total is printed.
+#
+#   benches/headline/run.sh SPARSEC RUN [QUESTIONS=60000] [DEADLINE_SECONDS]
+#
+# DEADLINE_SECONDS stops training (SIGTERM via timeout) after that many seconds of this
+# invocation; the next invocation resumes. After training: export (int8 QDQ with int8 embeddings,
+# standard ONNX) to RUN/deploy-qdq, the packed sparse form to RUN/deploy, and the dev-split
+# EM/F1 of RUN/deploy (sparse kernels) into RUN/eval.json.
+set -euo pipefail
+BIN=$(realpath "$1"); RUN=$2; Q=${3:-60000}; DEADLINE=${4:-0}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+MODEL=$ROOT/../shared/models/minilm-l6-squad/model.onnx
+TRAIN=$ROOT/../shared/data/squad-v1.1-train.json.gz
+DEV=$ROOT/../shared/data/squad-v1.1-dev-split.json.gz
+RECIPE=$ROOT/recipes/gmp80-block4x1-qat-distill-one-epoch.yaml
+ARGS=$(cat "$ROOT/benches/headline/recipe_args.json")
+mkdir -p "$RUN"
+started=$(date +%s)
+account() { echo -e "$(date -u +%FT%TZ)\t$1\t$(( $(date +%s) - started ))" >> "$RUN/budget.tsv"; }
+if [ ! -f "$RUN/compiled/plan.json" ]; then
+  "$BIN" compile "$MODEL" --recipe "$RECIPE" --recipe-args "$ARGS" -o "$RUN/compiled"
+fi
+if [ ! -f "$RUN/train/model.onnx" ]; then
+  resume=()
+  [ -d "$RUN/train/checkpoints" ] && resume=(--resume)
+  cmd=("$BIN" train --model "$RUN/compiled" --train-file "$TRAIN" --output-dir "$RUN/train"
+       --max-train-samples "$Q" --per-device-train-batch-size 16 --group-by-length
+       --save-steps 100 --threads 2 --json "${resume[@]}")
+  set +e
+  if [ "$DEADLINE" -gt 0 ]; then timeout "$DEADLINE" "${cmd[@]}" > "$RUN/train_summary.json"; else "${cmd[@]}" > "$RUN/train_summary.json"; fi
+  rc=$?
+  set -e
+  account train
+  if [ $rc -ne 0 ]; then
+    echo "training stopped (exit $rc); run the same command again to resume" >&2
+    awk -F'\t' '{s+=$3} END {printf "budget used so far: %.0f s (%.2f h)\n", s, s/3600}' "$RUN/budget.tsv" >&2
+    exit $rc
+  fi
+fi
+started=$(date +%s)
+"$BIN" export --model "$RUN/train" -o "$RUN/deploy-qdq" --quantize-embeddings --json > "$RUN/export_qdq.json"
+"$BIN" export --model "$RUN/train" -o "$RUN/deploy" --quantize-embeddings --format sparse --json > "$RUN/export_sparse.json"
+"$BIN" eval --model "$RUN/deploy" --data "$DEV" --threads 2 --json > "$RUN/eval.json"
+account export+eval
+awk -F'\t' '{s+=$3} END {printf "budget used: %.0f s (%.2f h)\n", s, s/3600}' "$RUN/budget.tsv"
+cat "$RUN/eval.json"
