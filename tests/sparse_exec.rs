@@ -407,8 +407,9 @@ fn sparse_linears(path: &Path) -> Vec<(String, bool)> {
 }
 
 /// `export --format sparse` lowers every int8 linear and stores every sparse one's weight packed
-/// (`weight_format = block4x1`; the dense QA head stays a dense matrix), and the packed file computes bit for bit what the QDQ export lowered in memory
-/// (dense weights, packed by the kernels at load) computes, on every fixture and ISA.
+/// (`weight_format = block4x1`; the dense QA head stays a dense matrix), and the packed file
+/// computes bit for bit what the QDQ export lowered in memory the same way (dense weights,
+/// packed by the kernels at load) computes, on every fixture and ISA.
 #[test]
 fn packed_sparse_exports_equal_the_lowered_qdq_export_bit_for_bit() {
     let recipe = root().join("recipes/gmp80-block4x1-qat-distill.yaml");
