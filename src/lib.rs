@@ -7,6 +7,8 @@
 
 pub mod autodiff;
 pub mod cli;
+pub mod compile;
+pub mod export;
 pub mod files;
 pub mod ir;
 pub mod onnx;

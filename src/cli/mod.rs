@@ -2,7 +2,7 @@
 //! codes with the whole context chain on one line.
 
 mod bench;
-pub mod compile;
+mod compile;
 mod eval;
 mod export;
 mod info;
