@@ -6,6 +6,7 @@
 //! `qa`, `train`, [`cli`] and [`serve`] (HTTP) are the applications on top.
 
 pub mod autodiff;
+pub mod bench;
 pub mod cli;
 pub mod compile;
 pub mod export;
