@@ -35,7 +35,7 @@ pub struct BenchModel {
 }
 
 /// Latency and throughput of one model.
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub model: String,
     pub engine: EngineKind,

@@ -18,4 +18,5 @@ pub mod qa;
 pub mod recipe;
 pub mod runtime;
 pub mod serve;
+pub mod sparsify;
 pub mod train;
