@@ -93,11 +93,12 @@ impl RecipeText {
         if path.exists() {
             bail!("recipe '{spec}' is not a file");
         }
+        let stem = spec.trim_end_matches(".yaml");
         let near = BUILTINS
             .iter()
-            .map(|b| (strsim::levenshtein(b.name, spec.trim_end_matches(".yaml")), b.name))
-            .min()
-            .filter(|(d, _)| *d <= 4)
+            .map(|b| (strsim::jaro_winkler(b.name, stem), b.name))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .filter(|(score, _)| *score > 0.85)
             .map(|(_, n)| format!(" (did you mean '{n}'?)"))
             .unwrap_or_default();
         bail!("recipe '{spec}' is neither a file nor a built-in recipe{near}; the built-in recipes are:\n{}", listing())
