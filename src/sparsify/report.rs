@@ -113,8 +113,8 @@ fn layer_bars(layers: &BTreeMap<String, f64>) -> Result<String> {
     if layers.is_empty() {
         return Ok(String::new());
     }
-    let names: Vec<String> = layers.keys().map(|k| k.trim_end_matches(".weight").to_string()).collect();
-    let values: Vec<f64> = layers.values().map(|v| v * 100.0).collect();
+    let names: Vec<String> = layers.keys().rev().map(|k| k.trim_end_matches(".weight").to_string()).collect();
+    let values: Vec<f64> = layers.values().rev().map(|v| v * 100.0).collect();
     let n = names.len();
     let label_px = names.iter().map(|s| s.len()).max().unwrap_or(10) as u32 * 7 + 16;
     let mut svg = String::new();
@@ -136,8 +136,8 @@ fn layer_bars(layers: &BTreeMap<String, f64>) -> Result<String> {
             .x_desc("% zeros")
             .y_label_style(("monospace", 12))
             .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names.get(*i).cloned().unwrap_or_default(),
-                SegmentValue::Last => String::new(),
+                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+                SegmentValue::Exact(_) | SegmentValue::Last => String::new(),
             })
             .draw()
             .map_err(plot_err)?;
@@ -165,7 +165,7 @@ pub fn render(d: &ReportData) -> Result<String> {
     let step = |f: &dyn Fn(&StepLog) -> Option<f64>| -> Vec<(f64, f64)> {
         d.log.iter().filter_map(|l| f(l).map(|y| (l.step as f64, y))).collect()
     };
-    let mut loss = vec![("loss", step(&|l| Some(l.loss as f64)))];
+    let mut loss = Vec::new();
     let span = step(&|l| l.loss_span.map(f64::from));
     if !span.is_empty() {
         loss.push(("loss_span", span));
@@ -174,6 +174,7 @@ pub fn render(d: &ReportData) -> Result<String> {
     if !distill.is_empty() {
         loss.push(("loss_distill", distill));
     }
+    loss.push(("loss (the total, drawn last)", step(&|l| Some(l.loss as f64))));
     let mut charts = vec![
         lines("Training loss", "loss", &loss)?,
         lines("Sparsity of the masked weights", "% zeros", &[("sparsity", step(&|l| Some(l.sparsity * 100.0)))])?,
