@@ -397,3 +397,38 @@ fn bad_flags_and_files_fail_before_any_work() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("downloads no datasets"), "{err}");
 }
+
+#[test]
+fn one_shot_sparsify_prunes_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("oneshot");
+    let (m, d) = (model(), squad());
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&[
+        "sparsify",
+        s(&m),
+        "--recipe",
+        "obs80-oneshot",
+        "--one-shot",
+        "16",
+        "--train-file",
+        s(&d),
+        "--output-dir",
+        s(&out),
+        "--max-seq-length",
+        "64",
+        "--doc-stride",
+        "32",
+        "--threads",
+        "1",
+        "--bench-seconds",
+        "0",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(summary["one_shot"], true);
+    let sparsity = summary["pruned_layers_sparsity"].as_f64().unwrap();
+    assert!((sparsity - 0.8).abs() < 0.005, "{sparsity}");
+    assert!(summary.get("eval").is_none() && summary.get("speed").is_none(), "neither asked for");
+    assert!(out.join("deployment/model.onnx").exists() && out.join("report.html").exists());
+    assert!(!out.join("eval_results.json").exists());
+}

@@ -136,13 +136,17 @@ pub fn run(args: SparsifyArgs) -> Result<()> {
 
 fn print_summary(s: &SparsifySummary) {
     println!("sparsified into {}", s.output_dir);
-    println!(
-        "  trained    {} steps, {} epochs in {:.1} s{}",
-        s.steps,
-        s.epochs,
-        s.train_seconds,
-        s.resumed_from_step.map(|x| format!(" (resumed at step {x})")).unwrap_or_default()
-    );
+    if s.one_shot {
+        println!("  one-shot   pruned once and calibrated, no training ({:.1} s)", s.train_seconds);
+    } else {
+        println!(
+            "  trained    {} steps, {} epochs in {:.1} s{}",
+            s.steps,
+            s.epochs,
+            s.train_seconds,
+            s.resumed_from_step.map(|x| format!(" (resumed at step {x})")).unwrap_or_default()
+        );
+    }
     println!(
         "  sparsity   {:.2}% of the pruned layers' weights ({:.2}% of all weights)",
         s.pruned_layers_sparsity * 100.0,

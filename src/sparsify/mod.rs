@@ -134,6 +134,8 @@ pub struct SparsifySummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipe_note: Option<String>,
     pub resumed_from_step: Option<u64>,
+    /// Pruned once by the recipe's algorithm and calibrated (`--one-shot N`), no training.
+    pub one_shot: bool,
     pub steps: u64,
     pub epochs: f64,
     pub train_seconds: f64,
@@ -302,6 +304,7 @@ pub fn sparsify(cfg: &SparsifyConfig, progress: &mut dyn Progress) -> Result<Spa
         recipe: cfg.recipe.path.display().to_string(),
         recipe_note: cfg.recipe.note.clone(),
         resumed_from_step: trained.resumed_from_step,
+        one_shot: trained.one_shot,
         steps: trained.steps,
         epochs: trained.epochs,
         train_seconds: trained.seconds,
