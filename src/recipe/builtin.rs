@@ -17,50 +17,61 @@ pub struct Builtin {
     pub text: &'static str,
 }
 
-macro_rules! builtin {
-    ($name:literal, $description:literal) => {
-        Builtin {
-            name: $name,
-            description: $description,
-            text: include_str!(concat!("../../recipes/", $name, ".yaml")),
-        }
-    };
-}
+/// `(name, text)` of every `recipes/*.yaml`, in name order (written by build.rs).
+const FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/builtin_recipes.rs"));
 
-/// Every file of `recipes/`, in name order.
-pub const BUILTINS: &[Builtin] = &[
-    builtin!("block4-90-qat", "90% [1, 4]-block GMP + int8 QAT, 12 epochs"),
-    builtin!("dense-finetune", "dense fine-tuning (no pruning, no quantization), 2 epochs: a baseline or a teacher"),
-    builtin!("gmp80-block4x1-qat-distill", "80% [4, 1]-block GMP + int8 QAT + distillation, 10 epochs"),
-    builtin!(
+/// One-line descriptions; a recipe not listed here is described by the first line of its
+/// leading comment.
+const DESCRIPTIONS: &[(&str, &str)] = &[
+    ("block4-90-qat", "90% [1, 4]-block GMP + int8 QAT, 12 epochs"),
+    ("dense-finetune", "dense fine-tuning (no pruning, no quantization), 2 epochs: a baseline or a teacher"),
+    ("gmp80-block4x1-qat-distill", "80% [4, 1]-block GMP + int8 QAT + distillation, 10 epochs"),
+    (
         "gmp80-qat-distill-one-epoch",
-        "80% unstructured GMP + int8 QAT + distillation in one pass over the data (CPU budgets)"
+        "80% unstructured GMP + int8 QAT + distillation in one pass over the data (CPU budgets)",
     ),
-    builtin!("gmp80-unstructured-qat-distill", "80% unstructured GMP + int8 QAT + distillation, 10 epochs"),
-    builtin!("gmp90-block4x1-qat-distill", "90% [4, 1]-block GMP + int8 QAT + distillation, 10 epochs"),
-    builtin!("obs80-oneshot", "one-shot OBS (oBERT) to 80% unstructured, no training (`--one-shot N`)"),
-    builtin!("quantization-only", "int8 QAT of a trained model, no pruning, 2 epochs"),
-    builtin!(
+    ("gmp80-unstructured-qat-distill", "80% unstructured GMP + int8 QAT + distillation, 10 epochs"),
+    ("gmp90-block4x1-qat-distill", "90% [4, 1]-block GMP + int8 QAT + distillation, 10 epochs"),
+    ("obs80-oneshot", "one-shot OBS (oBERT) to 80% unstructured, no training (`--one-shot N`)"),
+    ("quantization-only", "int8 QAT of a trained model, no pruning, 2 epochs"),
+    (
         "sparse-transfer-distill",
-        "sparse transfer: fine-tune a pruned model keeping its zeros, with distillation, 3 epochs"
+        "sparse transfer: fine-tune a pruned model keeping its zeros, with distillation, 3 epochs",
     ),
-    builtin!(
+    (
         "sparse-transfer-qat-distill",
-        "sparse transfer with int8 QAT in the last epoch, keeping the zeros, with distillation, 3 epochs"
+        "sparse transfer with int8 QAT in the last epoch, keeping the zeros, with distillation, 3 epochs",
     ),
-    builtin!("sparsegpt80-oneshot", "one-shot SparseGPT to 80% unstructured, no training (`--one-shot N`)"),
+    ("sparsegpt80-oneshot", "one-shot SparseGPT to 80% unstructured, no training (`--one-shot N`)"),
 ];
 
+fn describe(name: &str, text: &'static str) -> &'static str {
+    if let Some((_, d)) = DESCRIPTIONS.iter().find(|(n, _)| *n == name) {
+        return d;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix('#').map(str::trim))
+        .filter(|l| !l.is_empty())
+        .map(|l| l.trim_end_matches([',', '.', ':']))
+        .unwrap_or("(no description)")
+}
+
+/// Every built-in recipe, in name order.
+pub fn builtins() -> Vec<Builtin> {
+    FILES.iter().map(|&(name, text)| Builtin { name, description: describe(name, text), text }).collect()
+}
+
 /// The built-in recipe called `name` (`.yaml` optional).
-pub fn find(name: &str) -> Option<&'static Builtin> {
+pub fn find(name: &str) -> Option<Builtin> {
     let name = name.strip_suffix(".yaml").unwrap_or(name);
-    BUILTINS.iter().find(|b| b.name == name)
+    builtins().into_iter().find(|b| b.name == name)
 }
 
 /// `  name  description` lines, one per built-in.
 pub fn listing() -> String {
-    let width = BUILTINS.iter().map(|b| b.name.len()).max().unwrap_or(0);
-    BUILTINS.iter().map(|b| format!("  {:<width$}  {}\n", b.name, b.description)).collect()
+    let all = builtins();
+    let width = all.iter().map(|b| b.name.len()).max().unwrap_or(0);
+    all.iter().map(|b| format!("  {:<width$}  {}\n", b.name, b.description)).collect()
 }
 
 /// A recipe's text and the path its errors name (`built-in:NAME.yaml` for a built-in).
@@ -94,8 +105,8 @@ impl RecipeText {
             bail!("recipe '{spec}' is not a file");
         }
         let stem = spec.trim_end_matches(".yaml");
-        let near = BUILTINS
-            .iter()
+        let near = builtins()
+            .into_iter()
             .map(|b| (strsim::jaro_winkler(b.name, stem), b.name))
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .filter(|(score, _)| *score > 0.85)
@@ -104,7 +115,7 @@ impl RecipeText {
         bail!("recipe '{spec}' is neither a file nor a built-in recipe{near}; the built-in recipes are:\n{}", listing())
     }
 
-    pub fn builtin(b: &'static Builtin) -> RecipeText {
+    pub fn builtin(b: Builtin) -> RecipeText {
         RecipeText {
             path: PathBuf::from(format!("built-in:{}.yaml", b.name)),
             text: b.text.to_string(),
@@ -178,7 +189,7 @@ const ZOO_RULES: &[ZooRule] = &[
 
 /// Maps a SparseZoo stub onto the built-in that reproduces its method, with a note saying what
 /// differs; any other stub is an error listing the built-ins.
-fn zoo(stub: &str) -> Result<(&'static Builtin, String)> {
+fn zoo(stub: &str) -> Result<(Builtin, String)> {
     let body = stub.strip_prefix("zoo:").unwrap_or(stub);
     let (path, query) = body.split_once('?').unwrap_or((body, ""));
     let mut recipe_type: Option<&str> = None;
@@ -221,7 +232,8 @@ mod tests {
 
     #[test]
     fn every_builtin_parses() {
-        for b in BUILTINS {
+        assert!(builtins().len() >= 11);
+        for b in builtins() {
             RecipeText::builtin(b).parse(&serde_json::Map::new()).unwrap_or_else(|e| panic!("{}: {e:#}", b.name));
         }
     }
