@@ -84,19 +84,24 @@ def one(args):
     total = args.warmup + args.steps
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=total)
 
-    b, s = args.batch, args.seq
+    b = args.batch
+    lens = [int(x) for x in args.seq_lens.split(",")] if args.seq_lens else [args.seq]
     gen = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(1000, config.vocab_size, (b, s), generator=gen)
-    attention_mask = torch.ones(b, s, dtype=torch.int64)
-    token_type_ids = torch.zeros(b, s, dtype=torch.int64)
-    token_type_ids[:, s // 3 :] = 1
-    start = torch.randint(s // 3, s - 1, (b,), generator=gen)
-    end = torch.minimum(start + torch.randint(0, 10, (b,), generator=gen), torch.tensor(s - 1))
+
+    def batch_of(s):
+        input_ids = torch.randint(1000, config.vocab_size, (b, s), generator=gen)
+        attention_mask = torch.ones(b, s, dtype=torch.int64)
+        token_type_ids = torch.zeros(b, s, dtype=torch.int64)
+        token_type_ids[:, s // 3 :] = 1
+        start = torch.randint(s // 3, s - 1, (b,), generator=gen)
+        end = torch.minimum(start + torch.randint(0, 10, (b,), generator=gen), torch.tensor(s - 1))
+        return input_ids, attention_mask, token_type_ids, start, end
 
     rss_before = rss_mib("VmRSS")
     times = []
     losses = []
     for step in range(total):
+        input_ids, attention_mask, token_type_ids, start, end = batch_of(lens[step % len(lens)])
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         out = model(
@@ -119,7 +124,7 @@ def one(args):
         "model": "BertForQuestionAnswering, minilm-l6-squad config, random init",
         "parameters": sum(p.numel() for p in model.parameters()),
         "batch": b,
-        "seq": s,
+        "seq": args.seq if not args.seq_lens else lens,
         "threads": args.threads,
         "dropout": args.dropout,
         "warmup_steps": args.warmup,
@@ -146,6 +151,7 @@ def main():
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     ap.add_argument("--batch-sizes", default="8,16", help="comma-separated")
     ap.add_argument("--seq", type=int, default=384)
+    ap.add_argument("--seq-lens", help="comma-separated padded length of each step (cycled); overrides --seq")
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
@@ -176,7 +182,7 @@ def main():
             args.dropout,
             "--batch",
             str(batch),
-        ]
+        ] + (["--seq-lens", args.seq_lens] if args.seq_lens else [])
         subprocess.run(cmd, check=True)
 
 

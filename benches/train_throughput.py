@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
-def run_sparsec(args, binary, tmp):
+def run_sparsec(args, binary, tmp, grouped=False):
     model = SHARED / "models/minilm-l6-squad/model.onnx"
     compiled = tmp / "c"
     subprocess.run([binary, "compile", str(model), "--recipe", str(args.recipe), "-o", str(compiled)],
@@ -34,9 +34,10 @@ def run_sparsec(args, binary, tmp):
     steps = args.warmup + args.steps
     cmd = ["/usr/bin/time", "-v", binary, "train", "--model", str(compiled),
            "--train-file", str(SHARED / "data/squad-v1.1-train.json.gz"), "--output-dir", str(out),
-           "--max-train-samples", str(args.batch * steps * 2), "--max-steps", str(steps),
-           "--per-device-train-batch-size", str(args.batch), "--pad-to-max-length", "--distill-teacher", "disable",
-           "--threads", str(args.threads), "--json"]
+           "--max-train-samples", str(args.train_samples or args.batch * steps * 2), "--max-steps", str(steps),
+           "--per-device-train-batch-size", str(args.batch), "--distill-teacher", "disable",
+           "--threads", str(args.threads), "--json"] + (["--group-by-length"] if grouped else
+                                                         [] if args.real_lengths else ["--pad-to-max-length"])
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"sparsec train failed:\n{p.stderr[-3000:]}")
@@ -44,19 +45,21 @@ def run_sparsec(args, binary, tmp):
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     timed = log[args.warmup:]
     secs = sum(r["step_seconds"] for r in timed)
-    return {"system": f"sparsec (ORT) {binary}", "recipe": str(args.recipe), "batch": args.batch,
+    return {"system": f"sparsec (ORT) {binary}" + (" --group-by-length" if grouped else ""),
+            "recipe": str(args.recipe), "batch": args.batch, "seq_lens": [r.get("seq_len") for r in log],
             "qat_steps": sum(1 for r in timed if r["qat"]), "timed_steps": len(timed),
             "samples_per_second": args.batch * len(timed) / secs, "step_seconds": secs / len(timed),
             "peak_rss_mib": rss_kib / 1024}
 
 
-def run_torch(args):
-    p = subprocess.run([sys.executable, str(ROOT / "benches/train_pytorch.py"), "--batch-sizes", str(args.batch),
-                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                        "--dropout", "off"],
-                       capture_output=True, text=True, check=True)
-    r = json.loads(p.stdout.strip().splitlines()[-1])
-    return r
+def run_torch(args, seq_lens=None):
+    cmd = [sys.executable, str(ROOT / "benches/train_pytorch.py"), "--batch-sizes", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+           "--dropout", "off"]
+    if seq_lens:
+        cmd += ["--seq-lens", ",".join(str(x) for x in seq_lens)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -68,7 +71,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recipe", default=str(ROOT / "recipes/dense-finetune.yaml"))
     ap.add_argument("--baseline", help="another sparsec binary to run the same way")
+    ap.add_argument("--real-lengths", action="store_true",
+                    help="train on real SQuAD windows padded per batch, with and without --group-by-length; "
+                         "PyTorch runs the grouped run's batch shapes")
+    ap.add_argument("--train-samples", type=int, help="SQuAD questions to build windows from")
     args = ap.parse_args()
+    if args.real_lengths:
+        return real_lengths(args)
     runs = {}
     for key, binary in [("sparsec", args.sparsec), ("baseline", args.baseline)]:
         if binary:
@@ -87,6 +96,23 @@ def main():
     if "baseline" in runs:
         b = runs["baseline"]["samples_per_second"]
         print(f"sparsec vs baseline: {runs['sparsec']['samples_per_second'] / b:.2f}x")
+
+
+def real_lengths(args):
+    args.train_samples = args.train_samples or 2000
+    runs = {}
+    with tempfile.TemporaryDirectory() as t:
+        runs["sparsec_random_batches"] = run_sparsec(args, args.sparsec, Path(t))
+    with tempfile.TemporaryDirectory() as t:
+        runs["sparsec_grouped"] = run_sparsec(args, args.sparsec, Path(t), grouped=True)
+    lens = runs["sparsec_grouped"]["seq_lens"]
+    runs["pytorch_grouped_shapes"] = run_torch(args, lens)
+    print(json.dumps(runs, indent=1))
+    g, r, p = (runs["sparsec_grouped"]["samples_per_second"], runs["sparsec_random_batches"]["samples_per_second"],
+               runs["pytorch_grouped_shapes"]["samples_per_s"])
+    print(f"grouped vs random batches (sparsec): {g / r:.2f}x; sparsec grouped vs PyTorch on the same shapes: "
+          f"{g / p:.2f}x; peak RSS {runs['sparsec_grouped']['peak_rss_mib']:.0f} MiB vs "
+          f"{runs['pytorch_grouped_shapes']['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

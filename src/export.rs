@@ -113,7 +113,7 @@ pub fn lower(model: &mut Model, opts: LowerOptions) -> Result<Vec<PassReport>> {
         .apply(model)?,
     );
     if opts.format == Format::Sparse {
-        reports.extend(crate::passes::lower_for_sparse_execution(model, &Default::default())?);
+        reports.extend(crate::passes::lower_for_sparse_export(model, &Default::default())?);
     }
     infer::infer_facts(model).context("the lowered graph failed validation")?;
     Ok(reports)
@@ -123,7 +123,9 @@ fn layer_reports(model: &Model, pruned: &[String]) -> (Vec<LayerReport>, f64, f6
     let g = &model.graph;
     let mut layers = Vec::new();
     let (mut zeros, mut total, mut pz, mut pt, mut int8) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let unpacked = crate::ir::ops::sparsec::packed_weights_dense(g);
     for (&v, t) in g.initializers() {
+        let t = unpacked.get(&v).unwrap_or(t);
         let name = g.value(v).name.clone();
         let z = match t.dtype {
             DType::F32 => t.as_f32s().map(|d| d.iter().filter(|&&x| x == 0.0).count()),
@@ -179,6 +181,7 @@ pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
                 max_seq_length: 384,
                 doc_stride: 128,
                 pad_to_max_length: false,
+                group_by_length: false,
                 teacher: Teacher::Disabled,
                 seed: 42,
                 threads: None,

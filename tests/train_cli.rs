@@ -207,6 +207,64 @@ fn killed_mid_epoch_and_resumed_equals_an_uninterrupted_run() {
     }
 }
 
+/// Padded tokens the run's steps fed: rows × `seq_len` per step (rows: the batch size, or what
+/// was left for the last batch of an epoch).
+fn padded_tokens(log: &[Value], windows_per_epoch: u64, batch: u64) -> u64 {
+    let steps_per_epoch = windows_per_epoch.div_ceil(batch);
+    log.iter()
+        .map(|r| {
+            let within = r["step"].as_u64().unwrap() % steps_per_epoch;
+            let rows = batch.min(windows_per_epoch - within * batch);
+            rows * r["seq_len"].as_u64().unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn length_grouped_batches_pad_less_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let data = tiny_squad();
+    let random = dir.path().join("random");
+    let random_summary: Value =
+        serde_json::from_str(&ok(&sparsec(&train_args(&compiled, &random, &data), &[]))).unwrap();
+    let grouped_args = |out: &'static str| {
+        let mut a: Vec<String> =
+            train_args(&compiled, &dir.path().join(out), &data).iter().map(|x| x.to_string()).collect();
+        a.push("--group-by-length".into());
+        a
+    };
+    let run = |args: &[String], env: &[(&str, &str)]| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        sparsec(&a, env)
+    };
+    let full = dir.path().join("full");
+    ok(&run(&grouped_args("full"), &[]));
+    let (lr, lg) = (log(&random), log(&full));
+    assert_eq!(lr.len(), lg.len());
+    let windows = random_summary["train_windows"].as_u64().expect("train_windows in the summary");
+    let (tr, tg) = (padded_tokens(&lr, windows, 8), padded_tokens(&lg, windows, 8));
+    assert!(tg < tr, "grouped batches fed {tg} padded tokens, random batches {tr}");
+    assert!(lr.iter().zip(&lg).any(|(a, b)| a["loss"] != b["loss"]), "grouping changed no batch");
+
+    let part = dir.path().join("part");
+    let killed = run(&grouped_args("part"), &[("SPARSEC_ABORT_AFTER_STEP", "50")]);
+    assert!(!killed.status.success(), "the run must die at step 50");
+    let mut resume = grouped_args("part");
+    resume.push("--resume".into());
+    let summary: Value = serde_json::from_str(&ok(&run(&resume, &[]))).unwrap();
+    assert_eq!(summary["resumed_from_step"], 44);
+    let a = initializers(&full.join("model.onnx"));
+    let b = initializers(&part.join("model.onnx"));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.0 == y.0 && x.2 == y.2, "'{}' differs between the uninterrupted and the resumed run", x.0);
+    }
+    for (x, y) in lg.iter().zip(&log(&part)) {
+        assert_eq!((&x["loss"], &x["seq_len"]), (&y["loss"], &y["seq_len"]), "step {}", x["step"]);
+    }
+}
+
 #[test]
 fn one_shot_prunes_to_the_final_sparsity_and_calibrates() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,6 +38,11 @@ pub struct EvalArgs {
     kernels: Kernels,
     #[arg(long)]
     threads: Option<usize>,
+    /// ONNX Runtime's basic graph rewrites only (level 1): a QDQ model then dequantizes and
+    /// multiplies in f32, its exact semantics (the fused int8 kernels of the default level
+    /// saturate on CPUs without VNNI).
+    #[arg(long)]
+    ort_basic: bool,
     /// Post-processing: run_qa.py's n-best logit sums (as SQuAD numbers are reported), or the HF pipeline's.
     #[arg(long, value_enum, default_value_t = Decoder::Squad)]
     decoder: Decoder,
@@ -65,6 +70,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         engine: args.engine,
         kernels: args.kernels,
         threads: args.threads,
+        ort_basic: args.ort_basic,
         decoder: args.decoder,
         max_seq_len: args.max_seq_len,
         doc_stride: args.doc_stride,

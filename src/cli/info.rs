@@ -143,7 +143,16 @@ fn int8_layers(g: &crate::ir::Graph) -> Vec<Int8LayerInfo> {
             },
             _ => continue,
         };
-        let Some(t) = g.constant(w).filter(|t| t.dtype == crate::ir::DType::I8 && t.dims.len() == 2) else { continue };
+        let unpacked = match form {
+            "sparsec" => crate::ir::ops::sparsec::linear_weight_dense(g, n).and_then(Result::ok),
+            _ => None,
+        };
+        let unpacked = unpacked.map(|(k, cols, w)| crate::ir::Tensor::from_i8(vec![k as i64, cols as i64], &w));
+        let Some(t) =
+            unpacked.as_ref().or(g.constant(w)).filter(|t| t.dtype == crate::ir::DType::I8 && t.dims.len() == 2)
+        else {
+            continue;
+        };
         let (k, cols) = (t.dims[0] as usize, t.dims[1] as usize);
         let raw = t.raw();
         let nonzero = |kk: usize, j: usize| raw[kk * cols + j] != 0;

@@ -58,6 +58,9 @@ pub(crate) struct TrainFlags {
     /// Pad every batch to --max-seq-length (HF's default) instead of to its longest window.
     #[arg(long, alias = "pad_to_max_length")]
     pub pad_to_max_length: bool,
+    /// Batch windows of similar length together (HF's `--group_by_length`): far less padding.
+    #[arg(long, alias = "group_by_length")]
+    pub group_by_length: bool,
     /// Teacher ONNX for the recipe's distillation, or `disable`; default: the model compile started from.
     #[arg(long, alias = "distill_teacher")]
     pub distill_teacher: Option<String>,
@@ -184,6 +187,7 @@ impl TrainFlags {
             max_seq_length: args.max_seq_length,
             doc_stride: args.doc_stride,
             pad_to_max_length: args.pad_to_max_length,
+            group_by_length: args.group_by_length,
             teacher,
             seed: args.seed,
             threads: args.threads,

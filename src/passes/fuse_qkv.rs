@@ -41,7 +41,13 @@ fn proj<'g>(g: &'g Graph, cons: &Consumers, v: ValueId) -> Option<Proj<'g>> {
     if node.input(residual_slot).is_some() {
         return None;
     }
+    if node.attr_str("weight_format").is_some_and(|f| f != "dense") || node.attr_float("y_scale").is_some() {
+        return None;
+    }
     let w = g.constant(node.input(1)?)?.clone();
+    if w.dims.len() != 2 {
+        return None;
+    }
     let scale = if int8 { Some(g.constant(node.input(2)?)?.as_f32s()?) } else { None };
     let bias = g.constant(node.input(bias_slot)?)?.as_f32s()?;
     Some(Proj { id, node, w, scale, bias })

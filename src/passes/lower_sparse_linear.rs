@@ -20,7 +20,11 @@ use crate::ir::{Attribute, Attrs, DType, Graph, Model, Node, NodeId, NodeSpec, P
 ///   - `MatMulInteger(DynamicQuantizeLinear(x), W, zp_x[, 0]) → Cast → Mul(·, Mul(s_x, s_w))` —
 ///     ORT's `quantize_dynamic`;
 ///   - `MatMulInteger(QuantizeLinear(x, s, zp), W, zp) → Cast → Mul(·, r)` with `r` constant —
-///     sparsec's `--format qoperator` (`s_w = r / s`).
+///     sparsec's `--format qoperator` (`s_w = r / s`);
+///   - `DequantizeLinear(QLinearMatMul(QuantizeLinear(x, s, zp), s, zp, W, s_w, 0, s_y, zp_y), s_y, zp_y)`
+///     — ORT's `quantize_static` in `QOperator` format; the node requantizes its product to
+///     `s_y`, `zp_y` (attributes `y_scale`, `y_zero_point`, `y_signed`) before the bias, as
+///     `QLinearMatMul` does, so the integer output is the same.
 ///
 ///   For fp32 (`SparseLinearF32`): `MatMul(x, W)` with `W` a constant f32 `[K, N]`.
 ///   A layer is lowered only when the `[4, 1]`-block kernel would store at most
@@ -71,8 +75,16 @@ enum Act {
     Dynamic,
 }
 
+/// An integer output that `QLinearMatMul` requantizes to: scale, zero point, signedness.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Requant {
+    scale: f32,
+    zero_point: i64,
+    signed: bool,
+}
+
 enum Weights {
-    I8 { scale: Vec<f32>, act: Act },
+    I8 { scale: Vec<f32>, act: Act, requant: Option<Requant> },
     F32,
 }
 
@@ -150,7 +162,7 @@ fn qdq_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
         name: mm.name.clone(),
         x,
         w,
-        weights: Weights::I8 { scale, act: Act::Static { scale: s, zero_point: zp } },
+        weights: Weights::I8 { scale, act: Act::Static { scale: s, zero_point: zp }, requant: None },
         n,
         out: mm.output(0)?,
         dead: vec![id],
@@ -180,20 +192,65 @@ fn integer_site(g: &Graph, cons: &Consumers, id: NodeId, mmi: &Node) -> Option<S
         let s_x = dq.output(1)?;
         let ws = other_input(sm, s_x)?;
         let _ = dq_id;
-        (dq.input(0)?, Weights::I8 { scale: g.constant(ws)?.as_f32s()?, act: Act::Dynamic })
+        (dq.input(0)?, Weights::I8 { scale: g.constant(ws)?.as_f32s()?, act: Act::Dynamic, requant: None })
     } else {
         let (x, s, zp) = static_quant(g, xq)?;
         if zero_point_u8(g, mmi.input(2))? != zp {
             return None;
         }
         let r = g.constant(r)?.as_f32s()?;
-        (x, Weights::I8 { scale: r.iter().map(|&v| v / s).collect(), act: Act::Static { scale: s, zero_point: zp } })
+        let scale = r.iter().map(|&v| v / s).collect();
+        (x, Weights::I8 { scale, act: Act::Static { scale: s, zero_point: zp }, requant: None })
     };
     let Weights::I8 { scale, .. } = &weights else { unreachable!() };
     if !(scale.len() == 1 || scale.len() == n) {
         return None;
     }
     Some(Site { name: mmi.name.clone(), x, w, weights, n, out: mul.output(0)?, dead: vec![id, cast_id, mul_id] })
+}
+
+/// A constant scalar zero point of either 8-bit type: `(value, signed)`.
+fn zero_point_8bit(g: &Graph, v: ValueId) -> Option<(i64, bool)> {
+    let t = g.constant(v).filter(|t| t.numel() == 1)?;
+    match t.dtype {
+        DType::U8 => Some((i64::from(t.raw()[0]), false)),
+        DType::I8 => Some((i64::from(t.raw()[0] as i8), true)),
+        _ => None,
+    }
+}
+
+/// `DequantizeLinear(QLinearMatMul(QuantizeLinear(x, s, zp), s, zp, W, s_w, 0, s_y, zp_y), s_y, zp_y)`
+/// (ORT's `quantize_static` in `QOperator` format): the kernel requantizes to `s_y`, `zp_y`.
+fn qlinear_site(g: &Graph, cons: &Consumers, id: NodeId, qm: &Node) -> Option<Site> {
+    let (x, s, zp) = static_quant(g, qm.input(0)?)?;
+    if const_f32_scalar(g, qm.input(1)?)? != s || zero_point_u8(g, qm.input(2))? != zp {
+        return None;
+    }
+    let w = qm.input(3)?;
+    let (_, n) = int8_weight(g, w)?;
+    let scale = g.constant(qm.input(4)?)?.as_f32s()?;
+    if !(scale.len() == 1 || scale.len() == n) || !zero_or_absent(g, qm.input(5)) {
+        return None;
+    }
+    let y_scale = const_f32_scalar(g, qm.input(6)?)?;
+    let (y_zp, signed) = zero_point_8bit(g, qm.input(7)?)?;
+    let (dq_id, dq, _) = sole_consumer(g, cons, qm.output(0)?).filter(|(_, n, _)| n.op_type == "DequantizeLinear")?;
+    if const_f32_scalar(g, dq.input(1)?)? != y_scale || zero_point_8bit(g, dq.input(2)?)? != (y_zp, signed) {
+        return None;
+    }
+    Some(Site {
+        name: qm.name.clone(),
+        x,
+        w,
+        weights: Weights::I8 {
+            scale,
+            act: Act::Static { scale: s, zero_point: zp },
+            requant: Some(Requant { scale: y_scale, zero_point: y_zp, signed }),
+        },
+        n,
+        out: dq.output(0)?,
+        dead: vec![id, dq_id],
+    })
 }
 
 fn f32_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
@@ -326,6 +383,7 @@ impl Pass for LowerSparseLinear {
                     let site = match node.op_type.as_str() {
                         "MatMul" => qdq_site(g, id, node).or_else(|| f32_site(g, id, node)),
                         "MatMulInteger" => integer_site(g, &cons, id, node),
+                        "QLinearMatMul" => qlinear_site(g, &cons, id, node),
                         _ => None,
                     };
                     let Some(site) = site else { continue };
@@ -368,12 +426,17 @@ fn emit(p: &mut Patch, site: &Site, e: &Epilogue, renamed: &HashMap<ValueId, Val
     let mut inputs: Vec<Option<ValueId>> = vec![Some(now(site.x)), Some(site.w)];
     let mut attrs = vec![Attribute::string("epilogue", if e.gelu { "gelu" } else { "none" })];
     let op = match &site.weights {
-        Weights::I8 { scale, act } => {
+        Weights::I8 { scale, act, requant } => {
             let dims = if scale.len() == 1 { vec![] } else { vec![n] };
             inputs.push(Some(p.add_initializer(&format!("{tag}.w_scale"), Tensor::from_f32(dims, scale))));
             if let Act::Static { scale, zero_point } = act {
                 attrs.push(Attribute::float("x_scale", *scale));
                 attrs.push(Attribute::int("x_zero_point", i64::from(*zero_point)));
+            }
+            if let Some(r) = requant {
+                attrs.push(Attribute::float("y_scale", r.scale));
+                attrs.push(Attribute::int("y_zero_point", r.zero_point));
+                attrs.push(Attribute::int("y_signed", i64::from(r.signed)));
             }
             "SparseLinear"
         }

@@ -17,6 +17,7 @@ mod insert_masks;
 mod lower_fake_quant;
 mod lower_qoperator;
 mod lower_sparse_linear;
+mod pack_sparse_weights;
 mod pattern;
 pub use pattern::weight_structure;
 mod quantize_embeddings;
@@ -34,6 +35,7 @@ pub use insert_masks::{InsertMasks, MaskTarget};
 pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
 pub use lower_qoperator::LowerQOperator;
 pub use lower_sparse_linear::LowerSparseLinear;
+pub use pack_sparse_weights::PackSparseWeights;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 
@@ -122,6 +124,7 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("LowerSparseLinear", |c| build::<LowerSparseLinear>("LowerSparseLinear")(c)),
         ("FuseAttention", |c| build::<FuseAttention>("FuseAttention")(c)),
         ("FuseQkv", |c| build::<FuseQkv>("FuseQkv")(c)),
+        ("PackSparseWeights", |c| build::<PackSparseWeights>("PackSparseWeights")(c)),
     ]
 }
 
@@ -170,5 +173,18 @@ pub fn lower_for_sparse_execution(model: &mut Model, cfg: &SparseExecution) -> R
     {
         model.opset_imports.push((crate::ir::ops::sparsec::DOMAIN.to_string(), 1));
     }
+    Ok(reports)
+}
+
+/// The model `sparsec export --format sparse` writes: [`lower_for_sparse_execution`] with every
+/// int8 linear lowered, dense ones too (so the file computes the exact QDQ products on any CPU:
+/// ONNX Runtime's own u8×s8 kernels saturate without VNNI, see
+/// [`crate::runtime::ort_int8_is_exact`]), then [`PackSparseWeights`] (int8 weights in the packed
+/// block-sparse form the kernels load).
+pub fn lower_for_sparse_export(model: &mut Model, cfg: &SparseExecution) -> Result<Vec<PassReport>, PassError> {
+    let mut cfg = cfg.clone();
+    cfg.linear.max_int8_density = 1.0;
+    let mut reports = lower_for_sparse_execution(model, &cfg)?;
+    reports.push(PackSparseWeights::default().apply(model)?);
     Ok(reports)
 }

@@ -21,6 +21,8 @@ pub struct EvalSettings {
     pub engine: EngineKind,
     pub kernels: Kernels,
     pub threads: Option<usize>,
+    /// ONNX Runtime's basic graph rewrites only (`--ort-basic`).
+    pub ort_basic: bool,
     pub decoder: Decoder,
     pub max_seq_len: usize,
     pub doc_stride: usize,
@@ -74,7 +76,12 @@ pub fn evaluate_file(
     let mut pipeline = QaPipeline::load(
         model,
         args.engine,
-        &EngineOptions { threads: args.threads, sparse: args.kernels.sparse_execution(), ..Default::default() },
+        &EngineOptions {
+            threads: args.threads,
+            sparse: args.kernels.sparse_execution(),
+            basic_optimizations_only: args.ort_basic,
+            ..Default::default()
+        },
     )?;
     let windower = pipeline.windower(WindowOptions {
         max_seq_len: args.max_seq_len,

@@ -340,6 +340,7 @@ fn eval_settings(t: &TrainConfig) -> EvalSettings {
         engine: EngineKind::Ort,
         kernels: Kernels::Auto,
         threads: t.threads,
+        ort_basic: false,
         decoder: Decoder::Squad,
         max_seq_len: t.max_seq_length,
         doc_stride: t.doc_stride,

@@ -109,6 +109,30 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// Windows per length-sorted group, in batches (HF `LengthGroupedSampler`'s megabatch).
+pub const LENGTH_GROUP_BATCHES: usize = 50;
+
+/// The order of epoch `epoch` with length grouping (HF `group_by_length`): the epoch's
+/// permutation ([`epoch_order`]) cut into groups of [`LENGTH_GROUP_BATCHES`] batches, each group
+/// sorted by window length (longest first, ties in permutation order) and cut into batches, and
+/// the full batches shuffled among themselves; a last, partial batch stays last. Each batch is
+/// then padded to nearly its own windows' length. Depends only on `(lengths, batch, seed,
+/// epoch)`, so a resumed run sees the same batches.
+pub fn grouped_epoch_order(lengths: &[usize], batch: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order = epoch_order(lengths.len(), seed, epoch);
+    let batch = batch.max(1);
+    for group in order.chunks_mut(batch * LENGTH_GROUP_BATCHES) {
+        group.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    }
+    let full = order.len() / batch;
+    let mut batches: Vec<usize> = (0..full).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ epoch);
+    batches.shuffle(&mut rng);
+    let mut out: Vec<usize> = batches.iter().flat_map(|&b| order[b * batch..(b + 1) * batch].iter().copied()).collect();
+    out.extend_from_slice(&order[full * batch..]);
+    out
+}
+
 /// Which token inputs the model takes.
 #[derive(Clone, Debug)]
 pub struct BatchLayout {
@@ -168,5 +192,31 @@ mod tests {
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn grouped_orders_pad_less_and_keep_every_window_once() {
+        let lengths: Vec<usize> = (0..1003).map(|i| 20 + (i * 7919) % 365).collect();
+        let batch = 16;
+        let a = grouped_epoch_order(&lengths, batch, 7, 3);
+        assert_eq!(a, grouped_epoch_order(&lengths, batch, 7, 3));
+        assert_ne!(a, grouped_epoch_order(&lengths, batch, 7, 4));
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..lengths.len()).collect::<Vec<_>>());
+        let padded = |o: &[usize]| -> usize {
+            o.chunks(batch).map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum()
+        };
+        let random = epoch_order(lengths.len(), 7, 3);
+        let (grouped, shuffled): (usize, usize) = (padded(&a), padded(&random));
+        let real: usize = lengths.iter().sum();
+        assert!(grouped < shuffled, "grouped {grouped} vs shuffled {shuffled}");
+        assert!((grouped as f64) < 1.1 * real as f64, "grouped {grouped} padded tokens for {real} real");
+        let last = &a[a.len() - lengths.len() % batch..];
+        assert_eq!(last.len(), 1003 % 16);
+        for b in a[..a.len() - last.len()].chunks(batch) {
+            let group = |i: usize| random.iter().position(|&x| x == i).unwrap() / (batch * LENGTH_GROUP_BATCHES);
+            assert!(b.iter().all(|&i| group(i) == group(b[0])), "a batch mixes length groups");
+        }
     }
 }

@@ -133,6 +133,7 @@ pub(super) fn one_shot(
                 qat: false,
                 samples_per_second: 0.0,
                 step_seconds: 0.0,
+                seq_len: 0,
             });
         }
         progress.finish();

@@ -21,7 +21,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, NamedTensor};
-use super::data::{check_answers, epoch_order, train_windows, BatchLayout};
+use super::data::{check_answers, epoch_order, grouped_epoch_order, train_windows, BatchLayout};
 use super::evidence::{ModelState, TaskGradients};
 use super::observers::{MinMaxObserver, AVERAGING_CONSTANT};
 use super::optim::AdamWConfig;
@@ -64,6 +64,8 @@ pub struct TrainConfig {
     pub max_seq_length: usize,
     pub doc_stride: usize,
     pub pad_to_max_length: bool,
+    /// Batches of windows of similar length ([`grouped_epoch_order`]; HF `group_by_length`).
+    pub group_by_length: bool,
     pub teacher: Teacher,
     pub seed: u64,
     pub threads: Option<usize>,
@@ -109,6 +111,9 @@ pub struct StepLog {
     /// Wall time of this step (batch preparation, teacher, forward, backward, update).
     #[serde(default)]
     pub step_seconds: f64,
+    /// Length the step's batch was padded to.
+    #[serde(default)]
+    pub seq_len: usize,
 }
 
 /// What a finished run reports.
@@ -728,7 +733,7 @@ impl<'d> Session<'d> {
                 Some(load_teacher(&original, &opts)?)
             }
         };
-        let fingerprint = serde_json::json!({
+        let mut fingerprint = serde_json::json!({
             "compiled": std::fs::canonicalize(&cfg.compiled).unwrap_or(cfg.compiled.clone()),
             "train_file": cfg.train_file,
             "windows": data.windows.len(),
@@ -739,6 +744,9 @@ impl<'d> Session<'d> {
             "distillation": distill.is_some(),
             "total_steps": total_steps,
         });
+        if cfg.group_by_length {
+            fingerprint["group_by_length"] = true.into();
+        }
         let updates = mask_schedule(&compiled.recipe, spe, schedule_steps);
         let ckpt_dir = cfg.output_dir.join("checkpoints");
         let log_path = cfg.output_dir.join("train_log.jsonl");
@@ -831,7 +839,13 @@ impl<'d> Session<'d> {
         let step_started = Instant::now();
         let epoch_idx = step / self.spe;
         if self.order_epoch != epoch_idx {
-            self.order = epoch_order(self.data.windows.len(), self.cfg.seed, epoch_idx);
+            let windows = &self.data.windows;
+            self.order = if self.cfg.group_by_length {
+                let lengths: Vec<usize> = windows.iter().map(|w| w.window.len()).collect();
+                grouped_epoch_order(&lengths, self.cfg.batch_size, self.cfg.seed, epoch_idx)
+            } else {
+                epoch_order(windows.len(), self.cfg.seed, epoch_idx)
+            };
             self.order_epoch = epoch_idx;
         }
         self.mask_update(step, progress)?;
@@ -1006,6 +1020,7 @@ impl<'d> Session<'d> {
             qat: qat.on,
             samples_per_second: self.since.1 as f64 / self.since.0.elapsed().as_secs_f64(),
             step_seconds: step_started.elapsed().as_secs_f64(),
+            seq_len: rows.iter().map(|w| w.window.len()).max().unwrap_or(0).max(layout.pad_to.unwrap_or(0)),
         };
         if self.since.0.elapsed().as_secs_f64() > 30.0 {
             self.since = (Instant::now(), 0);

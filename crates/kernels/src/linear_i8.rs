@@ -29,6 +29,7 @@ use crate::par::Parallel;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod packed;
 mod scalar;
 
 /// How activations are quantized to u8.
@@ -47,6 +48,30 @@ pub enum Epilogue {
     None,
     /// The exact erf GELU ([`crate::gelu::gelu`]).
     Gelu,
+}
+
+/// Requantization of the output to an integer type and back, as ONNX `QLinearMatMul` followed by
+/// `DequantizeLinear` computes it: `q = clamp(round_half_even(acc · (s_x·s_w[j]) / scale), lo, hi)`
+/// with `lo`, `hi` the output type's range minus the zero point, then `y = q · scale + bias`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Requant {
+    pub scale: f32,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Requant {
+    /// For an output of `u8` (`signed = false`) or `i8` with zero point `zero_point`.
+    pub fn new(scale: f32, zero_point: i32, signed: bool) -> Result<Requant, KernelError> {
+        let (qmin, qmax) = if signed { (-128, 127) } else { (0, 255) };
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(kerr!("output scale {scale} is not a finite positive number"));
+        }
+        if !(qmin..=qmax).contains(&zero_point) {
+            return Err(kerr!("output zero point {zero_point} is outside {qmin}..={qmax}"));
+        }
+        Ok(Requant { scale, lo: (qmin - zero_point) as f32, hi: (qmax - zero_point) as f32 })
+    }
 }
 
 /// A shape or argument mismatch found by a kernel's safe entry point.
@@ -239,6 +264,23 @@ pub(crate) fn pack_blocks<W: Copy + Default + PartialEq>(w: &[W], k: usize, n: u
         bytes: groups * (GW * std::mem::size_of::<W>() + GROUP * 4) + (n_blocks + 1) * 8,
     };
     Blocks { k, n, group_start, idx, w: packed, stats }
+}
+
+/// `Σ_k w[k, j]` for each output channel `j` (padding weights are zero).
+fn column_sums(b: &Blocks<i8>) -> Vec<i32> {
+    let mut colsum = vec![0i32; b.n];
+    for blk in 0..b.group_start.len() - 1 {
+        for g in b.group_start[blk]..b.group_start[blk + 1] {
+            for c in 0..BLOCK {
+                let j = blk * BLOCK + c;
+                if j < b.n {
+                    colsum[j] +=
+                        b.w[g * GW + c * GROUP..g * GW + (c + 1) * GROUP].iter().map(|&v| v as i32).sum::<i32>();
+                }
+            }
+        }
+    }
+    colsum
 }
 
 /// Token tiles × channel-block ranges, balanced by stored groups.
@@ -448,6 +490,8 @@ pub(crate) struct EpiI8<'a> {
     pub bias: &'a [f32],
     pub gelu: bool,
     pub residual: Option<&'a [f32]>,
+    /// With requantization, `mult` is `s_x·s_w[j] / scale`.
+    pub requant: Option<Requant>,
 }
 
 /// Writes `y[t0 + tt, j0 + jj]` for `tt < tvalid`, `jj < ncols` from token-major `acc [tt][ld]`.
@@ -472,8 +516,18 @@ pub(crate) fn epilogue_i8(
         let a = &acc[tt * ld..tt * ld + ncols];
         // SAFETY: the plan gives each (token, channel) to one task.
         let row = unsafe { y.range(t * n + j0, ncols) };
-        for jj in 0..ncols {
-            row[jj] = ((a[jj] - corr[jj]) as f32) * mult[jj] + bias[jj];
+        match e.requant {
+            None => {
+                for jj in 0..ncols {
+                    row[jj] = ((a[jj] - corr[jj]) as f32) * mult[jj] + bias[jj];
+                }
+            }
+            Some(r) => {
+                for jj in 0..ncols {
+                    let q = (((a[jj] - corr[jj]) as f32) * mult[jj]).max(r.lo).min(r.hi).round_ties_even();
+                    row[jj] = q * r.scale + bias[jj];
+                }
+            }
         }
         if e.gelu {
             for v in row.iter_mut() {
@@ -513,6 +567,7 @@ pub struct LinearI8 {
     bias: Vec<f32>,
     /// `Σ_k w[k, j]`.
     colsum: Vec<i32>,
+    requant: Option<Requant>,
     isa: Isa,
 }
 
@@ -539,6 +594,24 @@ impl LinearI8 {
         Self::build(w, k, n, w_scale, bias, isa)
     }
 
+    /// A layer from the stored form of its weights ([`packed`], e.g. `ai.sparsec::SparseLinear`'s
+    /// `weight_format = "block4x1"` initializer): the blocks are copied, not searched again, and
+    /// compute exactly what [`LinearI8::new`] on the dense `W` computes. A malformed stored form
+    /// (wrong length, an index `≥ K`, a non-zero padding weight) is an error.
+    pub fn from_packed(
+        packed: &[i8],
+        k: usize,
+        n: usize,
+        w_scale: &[f32],
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Result<LinearI8, KernelError> {
+        if isa == Isa::Avx512Vnni && isa.supported() {
+            crate::selfcheck::avx512().map_err(KernelError)?;
+        }
+        Self::finish(packed::from_bytes(packed, k, n)?, w_scale, bias, isa)
+    }
+
     /// [`LinearI8::new`] without the AVX-512 start-up self-check (which builds layers itself).
     pub(crate) fn build(
         w: &[i8],
@@ -549,6 +622,16 @@ impl LinearI8 {
         isa: Isa,
     ) -> Result<LinearI8, KernelError> {
         validate_weight_shape(w.len(), k, n)?;
+        Self::finish(pack_blocks(w, k, n), w_scale, bias, isa)
+    }
+
+    fn finish(
+        mut blocks: Blocks<i8>,
+        w_scale: &[f32],
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Result<LinearI8, KernelError> {
+        let n = blocks.n;
         if !isa.supported() || (isa == Isa::Avx512Vnni && !Isa::Avx2.supported()) {
             return Err(kerr!("instruction set {isa} is not supported by this CPU"));
         }
@@ -565,14 +648,19 @@ impl LinearI8 {
             Some(b) if b.len() == n => b.to_vec(),
             Some(b) => return Err(kerr!("bias has {} elements, expected N = {n}", b.len())),
         };
-        let colsum = (0..n).map(|j| (0..k).map(|kk| w[kk * n + j] as i32).sum()).collect();
-        let mut blocks = pack_blocks(w, k, n);
+        let colsum = column_sums(&blocks);
         let w16 = if isa == Isa::Avx2 { blocks.w.iter().map(|&v| v as i16).collect() } else { Vec::new() };
         if isa == Isa::Avx2 {
             blocks.stats.bytes += w16.len() * 2 - blocks.w.len();
             blocks.w = Vec::new();
         }
-        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, isa })
+        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, requant: None, isa })
+    }
+
+    /// The layer with its output requantized before the bias ([`Requant`]: ONNX `QLinearMatMul`).
+    pub fn with_requant(mut self, requant: Requant) -> LinearI8 {
+        self.requant = Some(requant);
+        self
     }
 
     pub fn stats(&self) -> &PackStats {
@@ -613,7 +701,8 @@ impl LinearI8 {
     }
 
     /// `x`: f32 `[T, K]`; `y[t, j] = epi((s_x·s_w[j])·(acc[t, j] − zp_x·colsum_w[j]) + bias[j]) + residual[t, j]`
-    /// with `acc` the exact product of `q = sat_u8(round_half_even(x / s_x) + zp_x)` and `W`.
+    /// with `acc` the exact product of `q = sat_u8(round_half_even(x / s_x) + zp_x)` and `W`
+    /// (with [`Requant`], the product is requantized before the bias).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -644,9 +733,19 @@ impl LinearI8 {
             ActQuant::Dynamic => dynamic_quant_params(x),
         };
         let rows = Rows::F32 { x, scale, zp };
-        let mult: Vec<f32> = self.w_scale.iter().map(|s| scale * s).collect();
+        let mult: Vec<f32> = match self.requant {
+            None => self.w_scale.iter().map(|s| scale * s).collect(),
+            Some(r) => self.w_scale.iter().map(|s| scale * s / r.scale).collect(),
+        };
         let corr: Vec<i32> = self.colsum.iter().map(|c| zp as i32 * c).collect();
-        let e = EpiI8 { mult: &mult, corr: &corr, bias: &self.bias, gelu: epilogue == Epilogue::Gelu, residual };
+        let e = EpiI8 {
+            mult: &mult,
+            corr: &corr,
+            bias: &self.bias,
+            gelu: epilogue == Epilogue::Gelu,
+            residual,
+            requant: self.requant,
+        };
         let out = Out::new(y);
         let isa = self.isa;
         self.run(rows, t, par, &|a, ld, t0, tv, j0, nc| match isa {

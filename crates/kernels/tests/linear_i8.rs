@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sparsec_kernels::linear_i8::{dynamic_quant_params, ActQuant, Epilogue, LinearI8, Pattern};
+use sparsec_kernels::linear_i8::{dynamic_quant_params, packed, ActQuant, Epilogue, LinearI8, Pattern, Requant};
 use sparsec_kernels::{Isa, Parallel, Serial};
 
 /// `n` OS threads per `run` (scoped), to exercise the multi-task plans.
@@ -322,4 +322,126 @@ fn shape_errors_are_reported_not_panicked() {
 fn linear_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<LinearI8>();
+}
+
+/// A layer loaded from the stored form ([`packed`]) computes bit for bit what the layer built from
+/// the dense `W` computes (accumulators and f32 outputs), on every ISA, for every pattern (padded
+/// `[1,4]`/unstructured and the dense fallback included); the stored form decodes back to `W`.
+#[test]
+fn packed_weights_load_to_the_same_layer_on_every_isa() {
+    let isas = isas();
+    let mut rng = ChaCha8Rng::seed_from_u64(44);
+    let ks = [1, 5, 8, 9, 33, 130];
+    let ns = [1, 3, 4, 6, 13, 70];
+    let mut cases = 0;
+    for case in 0..72 {
+        let (k, n, t) = (ks[case % ks.len()], ns[(case / ks.len()) % ns.len()], 1 + case % 37);
+        let g = GENS[case % GENS.len()];
+        let w = weights(&mut rng, k, n, g);
+        let p = packed::encode(&w, k, n).unwrap();
+        assert_eq!(packed::decode_dense(&p, k, n).unwrap(), w, "K={k} N={n} {g:?}");
+        let scale: Vec<f32> = (0..n).map(|_| rng.random_range(0.001..0.1)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-4.0..4.0)).collect();
+        let xq: Vec<u8> = (0..t * k).map(|_| rng.random()).collect();
+        for &isa in &isas {
+            let dense = LinearI8::new(&w, k, n, &scale, Some(&bias), isa).unwrap();
+            let loaded = LinearI8::from_packed(&p, k, n, &scale, Some(&bias), isa).unwrap();
+            assert_eq!(loaded.stats(), dense.stats(), "{isa} K={k} N={n} {g:?}");
+            let (mut a, mut b) = (vec![0i32; t * n], vec![1i32; t * n]);
+            dense.matmul_u8_i32(&xq, t, &mut a, &Threads(2)).unwrap();
+            loaded.matmul_u8_i32(&xq, t, &mut b, &Threads(2)).unwrap();
+            assert_eq!(a, b, "{isa} K={k} N={n} {g:?}");
+            let (mut ya, mut yb) = (vec![0f32; t * n], vec![1f32; t * n]);
+            dense.forward(&x, t, ActQuant::Dynamic, Epilogue::Gelu, None, &mut ya, &Serial).unwrap();
+            loaded.forward(&x, t, ActQuant::Dynamic, Epilogue::Gelu, None, &mut yb, &Serial).unwrap();
+            assert_eq!(
+                ya.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                yb.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            cases += 1;
+        }
+    }
+    eprintln!("{cases} (shape, pattern, ISA) packed cases identical");
+}
+
+/// The stored form of an 80% `[4,1]` MiniLM-sized layer is about 1/4.5 of the dense int8 bytes.
+#[test]
+fn packed_4x1_weights_store_the_kept_weights_and_a_bit_per_block_index() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (k, n) = (384, 1536);
+    let w = weights(&mut rng, k, n, Gen::B4x1(0.8));
+    let p = packed::encode(&w, k, n).unwrap();
+    let nz = w.iter().filter(|&&v| v != 0).count();
+    let mask = packed::mask_len(k, n);
+    assert_eq!(mask, n / 4 * k / 8);
+    assert!(p.len() >= mask + nz && p.len() <= mask + nz + n / 4 * 3 * 4, "{} bytes for {nz} non-zeros", p.len());
+    assert!((p.len() as f64) < 0.25 * (k * n) as f64, "{} bytes", p.len());
+}
+
+/// Corrupt stored forms are errors that say what is wrong, never a panic or a wrong layer.
+#[test]
+fn corrupt_packed_weights_are_reported() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (k, n) = (13, 10);
+    let w = weights(&mut rng, k, n, Gen::B4x1(0.5));
+    let p = packed::encode(&w, k, n).unwrap();
+    let load =
+        |p: &[i8], k, n| LinearI8::from_packed(p, k, n, &[1.0], None, Isa::Scalar).map(|_| ()).unwrap_err().to_string();
+    let e = load(&p[..p.len() - 1], k, n);
+    assert!(e.contains("groups, which need"), "{e}");
+    let mut longer = p.clone();
+    longer.push(0);
+    assert!(load(&longer, k, n).contains("groups, which need"));
+    assert!(load(&p[..3], k, n).contains("fewer than its [13, 10] block mask"), "{}", load(&p[..3], k, n));
+    let mut bad_index = p.clone();
+    bad_index[1] |= 1 << 7; // block 0, input index 15 >= K = 13
+    let e = load(&bad_index, k, n);
+    assert!(e.contains("sets input index 15, K is 13"), "{e}");
+    // The last byte is channel 11 of block 2, which does not exist (N = 10): padding.
+    let mut bad_pad = p.clone();
+    *bad_pad.last_mut().unwrap() = 7;
+    let e = load(&bad_pad, k, n);
+    assert!(e.contains("non-zero padding weight in channel block 2"), "{e}");
+    assert!(load(&p, 0, n).contains("empty"));
+}
+
+/// With [`Requant`] every output is `clamp(round_half_even(acc·(s_x·s_w)/s_y), lo, hi)·s_y + bias`
+/// bit for bit (ONNX `QLinearMatMul` then `DequantizeLinear` then the bias `Add`, in f32), on
+/// every ISA, for u8 and i8 outputs, saturating outputs included.
+#[test]
+fn requantized_outputs_follow_qlinearmatmul_on_every_isa() {
+    let isas = isas();
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    for (case, &(k, n, t)) in [(33, 13, 17), (64, 36, 40), (130, 70, 5)].iter().enumerate() {
+        let w = weights(&mut rng, k, n, GENS[case * 3]);
+        let scale: Vec<f32> = (0..n).map(|_| rng.random_range(0.001..0.05)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let (sx, zx) = (0.025f32, 131u8);
+        for (ys, yzp, signed) in [(0.05f32, 128, false), (0.2, 0, false), (0.01, -3, true)] {
+            let r = Requant::new(ys, yzp, signed).unwrap();
+            let xq: Vec<u8> = x.iter().map(|&v| quantize_ref(v, sx, zx)).collect();
+            let acc = reference_i32(&xq, &w, t, k, n);
+            let colsum: Vec<i32> = (0..n).map(|j| (0..k).map(|kk| w[kk * n + j] as i32).sum()).collect();
+            let want: Vec<u32> = (0..t * n)
+                .map(|i| {
+                    let j = i % n;
+                    let m = sx * scale[j] / ys;
+                    let v = ((acc[i] - zx as i32 * colsum[j]) as f32 * m).round_ties_even().clamp(r.lo, r.hi);
+                    (v * ys + bias[j]).to_bits()
+                })
+                .collect();
+            for &isa in &isas {
+                let lin = LinearI8::new(&w, k, n, &scale, Some(&bias), isa).unwrap().with_requant(r);
+                let mut y = vec![0f32; t * n];
+                let act = ActQuant::Static { scale: sx, zero_point: zx };
+                lin.forward(&x, t, act, Epilogue::None, None, &mut y, &Threads(2)).unwrap();
+                let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{isa} K={k} N={n} y_scale={ys} zp={yzp} signed={signed}");
+            }
+        }
+    }
+    assert!(Requant::new(0.0, 0, false).is_err());
+    assert!(Requant::new(1.0, 200, true).is_err());
 }

@@ -8,7 +8,7 @@ use ort::operator::{
 };
 use ort::value::{TensorElementType as T, ValueType};
 use sparsec_kernels::linear_f32::LinearF32;
-use sparsec_kernels::linear_i8::{ActQuant, Epilogue, LinearI8};
+use sparsec_kernels::linear_i8::{ActQuant, Epilogue, LinearI8, Requant};
 
 use super::{const_input, err, f32_type, guarded, input_names, kernel_isa, present, OrtPool};
 
@@ -17,7 +17,12 @@ pub const SPARSE_LINEAR_F32: &str = "SparseLinearF32";
 
 /// `SparseLinear(X f32[..., K], W int8[K, N], w_scale f32[N] or [], bias f32[N], residual f32[..., N]?)
 /// -> Y f32[..., N]`, attributes `epilogue` (`"none"` or `"gelu"`), `x_scale` (float) and
-/// `x_zero_point` (int, 0–255). With `x_scale` the activation is quantized as `QuantizeLinear(X,
+/// `x_zero_point` (int, 0–255). With `weight_format = "block4x1"` and `weight_shape = [K, N]`, `W`
+/// is instead the 1-D stored form of the block-sparse weights
+/// (`sparsec_kernels::linear_i8::packed`), which the kernel loads by copying its blocks. With
+/// `y_scale` (float), `y_zero_point` (int) and `y_signed` (0: uint8, 1: int8) the product is
+/// requantized to that integer output and dequantized before the bias, as ONNX `QLinearMatMul`
+/// followed by `DequantizeLinear` computes it. With `x_scale` the activation is quantized as `QuantizeLinear(X,
 /// x_scale, x_zero_point)`; without it, as `DynamicQuantizeLinear(X)`. `W`, the scales and the bias
 /// must be initializers; the weight zero point is 0. (Activation parameters are attributes and the
 /// bias is always given, so no optional input is ever omitted before another: ORT's custom-op
@@ -52,7 +57,11 @@ fn infer_linear(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         return Err(err("SparseLinear: inputs must be tensors"));
     };
     let mut dims: Vec<i64> = xs.to_vec();
-    if let (Some(last), Some(&n)) = (dims.last_mut(), ws.get(1)) {
+    let n = match ctx.attr::<Vec<i64>>("weight_shape") {
+        Ok(kn) => kn.get(1).copied(),
+        Err(_) => ws.get(1).copied(),
+    };
+    if let (Some(last), Some(n)) = (dims.last_mut(), n) {
         *last = n;
     }
     ctx.set_output(0, &f32_type(dims, syms.to_vec()))
@@ -129,7 +138,14 @@ impl Operator for SparseLinearOp {
         let node = kctx.node_name().unwrap_or_else(|_| SPARSE_LINEAR.into());
         let names = input_names(kctx)?;
         let (w_shape, w) = const_input::<i8>(kctx, &node, 1, "weight")?;
-        let (k, n) = weight_dims(&node, &w_shape)?;
+        let packed = match kctx.get::<String>("weight_format").as_deref().unwrap_or("dense") {
+            "dense" => None,
+            "block4x1" => Some(kctx.get::<Vec<i64>>("weight_shape").ok_or_else(|| {
+                err(format!("{node}: weight_format 'block4x1' needs the attribute weight_shape = [K, N]"))
+            })?),
+            other => return Err(err(format!("{node}: unknown weight_format '{other}' (dense, block4x1)"))),
+        };
+        let (k, n) = weight_dims(&node, packed.as_deref().unwrap_or(&w_shape))?;
         let (_, w_scale) = const_input::<f32>(kctx, &node, 2, "weight scale")?;
         let (_, bias) = const_input::<f32>(kctx, &node, 3, "bias")?;
         let act = match kctx.get::<f32>("x_scale") {
@@ -141,8 +157,20 @@ impl Operator for SparseLinearOp {
             }
             None => ActQuant::Dynamic,
         };
-        let lin =
-            LinearI8::new(&w, k, n, &w_scale, Some(&bias), kernel_isa()?).map_err(|e| err(format!("{node}: {e}")))?;
+        let lin = match packed {
+            None => LinearI8::new(&w, k, n, &w_scale, Some(&bias), kernel_isa()?),
+            Some(_) => LinearI8::from_packed(&w, k, n, &w_scale, Some(&bias), kernel_isa()?),
+        }
+        .map_err(|e| err(format!("{node}: {e}")))?;
+        let lin = match kctx.get::<f32>("y_scale") {
+            None => lin,
+            Some(scale) => {
+                let zp = kctx.get::<i64>("y_zero_point").unwrap_or(0);
+                let signed = kctx.get::<i64>("y_signed").unwrap_or(0) != 0;
+                let zp = i32::try_from(zp).map_err(|_| err(format!("{node}: y_zero_point {zp} is out of range")))?;
+                lin.with_requant(Requant::new(scale, zp, signed).map_err(|e| err(format!("{node}: {e}")))?)
+            }
+        };
         Ok(LinearI8Kernel { epilogue: epilogue(kctx, &node)?, residual: present(&names, 4), node, lin, act })
     }
 
