@@ -108,7 +108,7 @@ fn zoo_stubs_resolve_to_the_builtin_that_reproduces_them_or_fail_with_the_list()
         assert_eq!(plan["recipe"], format!("built-in:{builtin}.yaml"), "{stub}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(&format!("resolves to the built-in recipe '{builtin}'")), "the note says so: {err}");
-        assert!(err.contains("not SparseZoo's") || err.contains("not necessarily SparseZoo's"), "differences: {err}");
+        assert!(err.contains("not necessarily SparseZoo's"), "differences: {err}");
     }
     for stub in [
         "zoo:nlp/question_answering/bert-base/pytorch/huggingface/squad/pruned-aggressive_98",

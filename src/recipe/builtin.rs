@@ -148,8 +148,8 @@ const ZOO_RULES: &[ZooRule] = &[
         builtin: "gmp80-unstructured-qat-distill",
         differences: "same method (GMP of the encoder linears to 80% unstructured, cubic, then int8 QAT, with \
                       distillation from the dense model); the built-in's schedule is 10 epochs (1 warm-up, 5 \
-                      pruning, 4 fine-tuning with QAT in the last 2), not SparseZoo's epoch count and learning \
-                      rates; change them with --recipe-args",
+                      pruning, 4 fine-tuning with QAT in the last 2), not necessarily SparseZoo's epoch count and \
+                      learning rates (its recipe cannot be fetched to compare); change them with --recipe-args",
     },
     ZooRule {
         domain: "masked_language_modeling",
@@ -157,7 +157,7 @@ const ZOO_RULES: &[ZooRule] = &[
         recipe_type: Some("transfer-question_answering"),
         builtin: "sparse-transfer-qat-distill",
         differences: "same method (fine-tune on SQuAD keeping the pretrained zeros, int8 QAT at the end, with \
-                      distillation); the built-in runs 3 epochs with QAT in the last, not SparseZoo's schedule, \
+                      distillation); the built-in runs 3 epochs with QAT in the last, not necessarily SparseZoo's schedule, \
                       and the sparse pretrained model itself must be a local ONNX (nothing is downloaded)",
     },
     ZooRule {
@@ -166,7 +166,7 @@ const ZOO_RULES: &[ZooRule] = &[
         recipe_type: Some("transfer-question_answering"),
         builtin: "sparse-transfer-distill",
         differences: "same method (fine-tune on SQuAD keeping the pretrained zeros, with distillation); the \
-                      built-in runs 3 epochs, not SparseZoo's schedule, and the sparse pretrained model itself \
+                      built-in runs 3 epochs, not necessarily SparseZoo's schedule, and the sparse pretrained model itself \
                       must be a local ONNX (nothing is downloaded)",
     },
     ZooRule {
