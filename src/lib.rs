@@ -6,7 +6,10 @@
 //! `qa`, `train`, [`cli`] and [`serve`] (HTTP) are the applications on top.
 
 pub mod autodiff;
+pub mod bench;
 pub mod cli;
+pub mod compile;
+pub mod export;
 pub mod files;
 pub mod ir;
 pub mod onnx;
@@ -15,4 +18,5 @@ pub mod qa;
 pub mod recipe;
 pub mod runtime;
 pub mod serve;
+pub mod sparsify;
 pub mod train;

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::*;
 use ndarray::{ArrayD, IxDyn};
-use sparsec::cli::compile::{compile, Plan};
+use sparsec::compile::{compile, Plan};
 use sparsec::ir::{modules, DType, Facts, Model, NodeSpec, Patch, Tensor, ValueId};
 use sparsec::onnx;
 use sparsec::passes::{ExposeTrainableParams, Pass, PassError, QUANT_ENABLED_INPUT};

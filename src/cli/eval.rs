@@ -1,17 +1,15 @@
 //! `sparsec eval`: runs a QA model over a SQuAD file and scores it with the official v1.1 (or
-//! v2.0) metric.
+//! v2.0) metric ([`crate::qa::evaluate`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 
-use crate::qa::metric::{evaluate_v1, evaluate_v2, Scored, V1Result, V2Result};
-use crate::qa::{squad, DecodeOptions, Decoder, QaPipeline, QaRequest, WindowOptions};
-use crate::runtime::{EngineKind, EngineOptions, Kernels};
+use crate::qa::evaluate::{evaluate_file, EvalSettings};
+use crate::qa::Decoder;
+use crate::runtime::{EngineKind, Kernels};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -63,122 +61,43 @@ pub struct EvalArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct EvalReport {
-    model: String,
-    data: String,
-    engine: EngineKind,
-    decoder: Decoder,
-    questions: usize,
-    windows: usize,
-    seconds: f64,
-    features_per_second: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    v1: Option<V1Result>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    v2: Option<V2Result>,
-}
-
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let model = super::resolve_model_path(&args.model);
-    let mut examples = squad::load(&args.data)?;
-    if let Some(n) = args.limit {
-        examples.truncate(n);
-    }
-    let mut pipeline = QaPipeline::load(
-        &model,
-        args.engine,
-        &EngineOptions {
-            threads: args.threads,
-            sparse: args.kernels.sparse_execution(),
-            basic_optimizations_only: args.ort_basic,
-            ..Default::default()
-        },
-    )?;
-    let windower = pipeline.windower(WindowOptions {
+    let settings = EvalSettings {
+        version_2: args.version_2,
+        batch_size: args.batch_size,
+        limit: args.limit,
+        engine: args.engine,
+        kernels: args.kernels,
+        threads: args.threads,
+        ort_basic: args.ort_basic,
+        decoder: args.decoder,
         max_seq_len: args.max_seq_len,
         doc_stride: args.doc_stride,
-        max_question_len: 64,
-    })?;
-    let dopts = DecodeOptions {
-        top_k: if args.version_2 { args.n_best + 1 } else { 1 },
-        max_answer_len: args.max_answer_length,
-        handle_impossible_answer: args.version_2,
-        align_to_words: true,
+        max_answer_length: args.max_answer_length,
         n_best: args.n_best,
         null_score_diff_threshold: args.null_score_diff_threshold,
     };
-
-    let bar = ProgressBar::new(examples.len() as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} questions [{elapsed_precise}<{eta_precise}] {msg}")
             .expect("valid template"),
     );
-    let started = Instant::now();
-    let mut windows = 0usize;
-    let mut predictions: Vec<String> = Vec::with_capacity(examples.len());
-    let mut na_probs: Vec<f64> = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(args.batch_size * 8) {
-        let reqs: Vec<QaRequest> =
-            chunk.iter().map(|e| QaRequest { question: e.question.clone(), context: e.context.clone() }).collect();
-        let results = pipeline.answer(&windower, &reqs, args.batch_size, args.decoder, &dopts, |n| {
-            windows += n;
-            bar.set_message(format!("{:.1} windows/s", windows as f64 / started.elapsed().as_secs_f64()));
-        })?;
-        for (e, r) in chunk.iter().zip(results) {
-            let r = r.with_context(|| format!("question '{}'", e.id))?;
-            let best = r.answers.first().map(|a| a.answer.clone()).unwrap_or_default();
-            let na =
-                r.answers.iter().find(|a| a.answer.is_empty() && a.start == 0 && a.end == 0).map_or(0.0, |a| a.score);
-            predictions.push(best);
-            na_probs.push(na);
-        }
-        bar.inc(chunk.len() as u64);
-        tracing::info!(
-            questions = bar.position(),
-            windows,
-            windows_per_second = windows as f64 / started.elapsed().as_secs_f64(),
-            "eval progress"
-        );
-    }
+    let (report, predictions) = evaluate_file(&model, &args.data, &settings, &mut |done, total, windows, secs| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!("{:.1} windows/s", windows as f64 / secs));
+    })?;
     bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-
-    let references: Vec<Vec<String>> =
-        examples.iter().map(|e| e.answers.iter().map(|a| a.text.clone()).collect()).collect();
-    let scored: Vec<Scored> = examples
-        .iter()
-        .zip(&references)
-        .zip(&predictions)
-        .map(|((e, r), p)| Scored { id: &e.id, references: r, prediction: Some(p) })
-        .collect();
-    let (v1, v2) =
-        if args.version_2 { (None, Some(evaluate_v2(&scored, &na_probs))) } else { (Some(evaluate_v1(&scored)), None) };
-
     if let Some(path) = &args.predictions {
-        let map: BTreeMap<&str, &str> =
-            examples.iter().zip(&predictions).map(|(e, p)| (e.id.as_str(), p.as_str())).collect();
+        let map: BTreeMap<&str, &str> = predictions.iter().map(|(id, p)| (id.as_str(), p.as_str())).collect();
         crate::files::write_atomic(path, &serde_json::to_vec_pretty(&map)?)?;
     }
-    let report = EvalReport {
-        model: model.display().to_string(),
-        data: args.data.display().to_string(),
-        engine: args.engine,
-        decoder: args.decoder,
-        questions: examples.len(),
-        windows,
-        seconds,
-        features_per_second: windows as f64 / seconds,
-        v1,
-        v2,
-    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let (windows, seconds) = (report.windows, report.seconds);
     println!(
         "{} questions, {} windows in {:.1} s ({:.1} windows/s, {})",
         report.questions, windows, seconds, report.features_per_second, args.engine

@@ -2,12 +2,14 @@
 //! codes with the whole context chain on one line.
 
 mod bench;
-pub mod compile;
+mod compile;
 mod eval;
 mod export;
 mod info;
 mod qa;
+mod recipes;
 mod serve;
+mod sparsify;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// SparseML's workflow in one command: compile, train, export, eval, bench and a report.
+    Sparsify(Box<sparsify::SparsifyArgs>),
+    /// List the built-in recipes, or print one (`recipes show NAME`).
+    Recipes(recipes::RecipesArgs),
     /// Summarise a model: opset, ops, parameters and its prunable linear layers.
     Info(info::InfoArgs),
     /// Rewrite a model per a SparseML recipe into a training graph and a plan.
@@ -49,6 +55,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
+        Command::Sparsify(args) => sparsify::run(*args),
+        Command::Recipes(args) => recipes::run(args),
         Command::Info(args) => info::run(args),
         Command::Compile(args) => compile::run(args),
         Command::Qa(args) => qa::run(args),

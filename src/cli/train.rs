@@ -15,84 +15,94 @@ pub struct TrainArgs {
     #[arg(long)]
     model: PathBuf,
     /// SQuAD-format training data (JSON, plain or gzip).
-    #[arg(long)]
+    #[arg(long, alias = "train_file")]
     train_file: PathBuf,
     /// SQuAD-format evaluation data, scored (EM/F1) at the end of every epoch.
     #[arg(long)]
     eval_file: Option<PathBuf>,
-    /// Output folder: checkpoints/, train_log.jsonl, and at the end the trained model.onnx.
-    #[arg(long)]
+    /// Output folder: checkpoints/, train_log.jsonl, tensorboard/, and at the end the trained model.onnx.
+    #[arg(long, alias = "output_dir")]
     output_dir: PathBuf,
-    /// Must equal the recipe's epochs when given; change those with --recipe-args.
-    #[arg(long)]
-    num_train_epochs: Option<f64>,
-    #[arg(long, default_value_t = 16)]
-    per_device_train_batch_size: usize,
-    #[arg(long, default_value_t = 32)]
-    per_device_eval_batch_size: usize,
-    /// Peak learning rate when the recipe has no learning-rate modifier (linear warmup and decay).
-    #[arg(long, default_value_t = 5e-5)]
-    learning_rate: f32,
-    #[arg(long, default_value_t = 0)]
-    warmup_steps: usize,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
-    /// Gradient clipping by global norm (0 disables).
-    #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f32,
-    #[arg(long, default_value_t = 384)]
-    max_seq_length: usize,
-    #[arg(long, default_value_t = 128)]
-    doc_stride: usize,
-    /// Pad every batch to --max-seq-length (HF's default) instead of to its longest window.
-    #[arg(long)]
-    pad_to_max_length: bool,
-    /// Batch windows of similar length together (HF's `--group_by_length`): far less padding.
-    #[arg(long, alias = "group_by_length")]
-    group_by_length: bool,
-    /// Teacher ONNX for the recipe's distillation, or `disable`; default: the model compile started from.
-    #[arg(long)]
-    distill_teacher: Option<String>,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long)]
-    max_train_samples: Option<usize>,
-    /// Fail when a training answer does not match its context (default: warn and train on it).
-    #[arg(long)]
-    strict_data: bool,
-    #[arg(long)]
-    max_eval_samples: Option<usize>,
-    /// JSON object overriding recipe variables, e.g. '{"num_epochs": 2}'.
-    #[arg(long)]
-    recipe_args: Option<String>,
-    /// Continue from the newest checkpoint in --output-dir.
-    #[arg(long)]
-    resume: bool,
-    /// Stop after N optimizer steps (the recipe's schedule is not compressed).
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// Also checkpoint every N steps.
-    #[arg(long)]
-    save_steps: Option<u64>,
-    #[arg(long, default_value_t = 2)]
-    save_total_limit: usize,
-    /// No training: prune each modifier's layers to its final sparsity once with the recipe's
-    /// algorithm (magnitude, OBS, SparseGPT from N calibration windows) and calibrate
-    /// quantization on N training windows (SparseML's one-shot).
-    #[arg(long, value_name = "N")]
-    one_shot: Option<usize>,
-    /// Largest state a pruner may build (OBS Fisher inverses, SparseGPT Hessians), in MB.
-    #[arg(long, default_value_t = 4096)]
-    prune_memory_limit_mb: u64,
+    #[command(flatten)]
+    flags: TrainFlags,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
 }
 
-struct Bar {
+/// The training settings `sparsec train` and `sparsec sparsify` share: same flags, same defaults,
+/// with Hugging Face's / SparseML's underscore spellings as aliases.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct TrainFlags {
+    /// Must equal the recipe's epochs when given; change those with --recipe-args.
+    #[arg(long, alias = "num_train_epochs")]
+    pub num_train_epochs: Option<f64>,
+    #[arg(long, alias = "per_device_train_batch_size", default_value_t = 16)]
+    pub per_device_train_batch_size: usize,
+    #[arg(long, alias = "per_device_eval_batch_size", default_value_t = 32)]
+    pub per_device_eval_batch_size: usize,
+    /// Peak learning rate when the recipe has no learning-rate modifier (linear warmup and decay).
+    #[arg(long, alias = "learning_rate", default_value_t = 5e-5)]
+    pub learning_rate: f32,
+    #[arg(long, alias = "warmup_steps", default_value_t = 0)]
+    pub warmup_steps: usize,
+    #[arg(long, alias = "weight_decay", default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Gradient clipping by global norm (0 disables).
+    #[arg(long, alias = "max_grad_norm", default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    #[arg(long, alias = "max_seq_length", default_value_t = 384)]
+    pub max_seq_length: usize,
+    #[arg(long, alias = "doc_stride", default_value_t = 128)]
+    pub doc_stride: usize,
+    /// Pad every batch to --max-seq-length (HF's default) instead of to its longest window.
+    #[arg(long, alias = "pad_to_max_length")]
+    pub pad_to_max_length: bool,
+    /// Batch windows of similar length together (HF's `--group_by_length`): far less padding.
+    #[arg(long, alias = "group_by_length")]
+    pub group_by_length: bool,
+    /// Teacher ONNX for the recipe's distillation, or `disable`; default: the model compile started from.
+    #[arg(long, alias = "distill_teacher")]
+    pub distill_teacher: Option<String>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, alias = "max_train_samples")]
+    pub max_train_samples: Option<usize>,
+    /// Fail when a training answer does not match its context (default: warn and train on it).
+    #[arg(long, alias = "strict_data")]
+    pub strict_data: bool,
+    #[arg(long, alias = "max_eval_samples")]
+    pub max_eval_samples: Option<usize>,
+    /// JSON object overriding recipe variables, e.g. '{"num_epochs": 2}'.
+    #[arg(long, alias = "recipe_args")]
+    pub recipe_args: Option<String>,
+    /// Continue from the newest checkpoint in --output-dir.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after N optimizer steps (the recipe's schedule is not compressed).
+    #[arg(long, alias = "max_steps")]
+    pub max_steps: Option<u64>,
+    /// Also checkpoint every N steps.
+    #[arg(long, alias = "save_steps")]
+    pub save_steps: Option<u64>,
+    #[arg(long, alias = "save_total_limit", default_value_t = 2)]
+    pub save_total_limit: usize,
+    /// No training: prune each modifier's layers to its final sparsity once with the recipe's
+    /// algorithm (magnitude, OBS, SparseGPT from N calibration windows) and calibrate
+    /// quantization on N training windows (SparseML's one-shot).
+    #[arg(long, alias = "one_shot", value_name = "N")]
+    pub one_shot: Option<usize>,
+    /// Largest state a pruner may build (OBS Fisher inverses, SparseGPT Hessians), in MB.
+    #[arg(long, alias = "prune_memory_limit_mb", default_value_t = 4096)]
+    pub prune_memory_limit_mb: u64,
+}
+
+/// The step progress bar of `train` and `sparsify`.
+#[derive(Default)]
+pub(crate) struct Bar {
     bar: Option<ProgressBar>,
 }
 
@@ -135,51 +145,70 @@ impl Progress for Bar {
     }
 }
 
+impl TrainFlags {
+    /// The run's configuration: these flags with the folders and files it reads and writes.
+    pub fn config(
+        &self,
+        compiled: PathBuf,
+        train_file: PathBuf,
+        eval_file: Option<PathBuf>,
+        output_dir: PathBuf,
+    ) -> Result<TrainConfig> {
+        let args = self;
+        let recipe_args = match &args.recipe_args {
+            None => serde_json::Map::new(),
+            Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
+                Ok(serde_json::Value::Object(m)) => m,
+                Ok(_) => bail!("--recipe-args must be a JSON object like '{{\"num_epochs\": 2}}'"),
+                Err(e) => bail!("--recipe-args is not valid JSON: {e}"),
+            },
+        };
+        let teacher = match args.distill_teacher.as_deref() {
+            None => Teacher::Original,
+            Some("disable") | Some("disabled") => Teacher::Disabled,
+            Some("self") => Teacher::Original,
+            Some(p) if p.starts_with("zoo:") => bail!(
+                "--distill-teacher '{p}': SparseZoo's service is gone and sparsec downloads nothing; pass a local \
+             teacher ONNX (file or folder), `self` (the model compile started from) or `disable`"
+            ),
+            Some(p) => Teacher::Path(super::resolve_model_path(std::path::Path::new(p))),
+        };
+        Ok(TrainConfig {
+            compiled,
+            train_file,
+            eval_file,
+            output_dir,
+            batch_size: args.per_device_train_batch_size,
+            eval_batch_size: args.per_device_eval_batch_size,
+            learning_rate: args.learning_rate,
+            warmup_steps: args.warmup_steps,
+            weight_decay: args.weight_decay,
+            max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+            max_seq_length: args.max_seq_length,
+            doc_stride: args.doc_stride,
+            pad_to_max_length: args.pad_to_max_length,
+            group_by_length: args.group_by_length,
+            teacher,
+            seed: args.seed,
+            threads: args.threads,
+            max_train_samples: args.max_train_samples,
+            strict_data: args.strict_data,
+            max_eval_samples: args.max_eval_samples,
+            recipe_args,
+            resume: args.resume,
+            save_steps: args.save_steps,
+            save_total_limit: args.save_total_limit,
+            one_shot: args.one_shot,
+            prune_memory_limit: args.prune_memory_limit_mb << 20,
+            num_train_epochs: args.num_train_epochs,
+            max_steps: args.max_steps,
+        })
+    }
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
-    let recipe_args = match &args.recipe_args {
-        None => serde_json::Map::new(),
-        Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
-            Ok(serde_json::Value::Object(m)) => m,
-            Ok(_) => bail!("--recipe-args must be a JSON object like '{{\"num_epochs\": 2}}'"),
-            Err(e) => bail!("--recipe-args is not valid JSON: {e}"),
-        },
-    };
-    let teacher = match args.distill_teacher.as_deref() {
-        None => Teacher::Original,
-        Some("disable") | Some("disabled") => Teacher::Disabled,
-        Some(p) => Teacher::Path(super::resolve_model_path(std::path::Path::new(p))),
-    };
-    let cfg = TrainConfig {
-        compiled: args.model,
-        train_file: args.train_file,
-        eval_file: args.eval_file,
-        output_dir: args.output_dir,
-        batch_size: args.per_device_train_batch_size,
-        eval_batch_size: args.per_device_eval_batch_size,
-        learning_rate: args.learning_rate,
-        warmup_steps: args.warmup_steps,
-        weight_decay: args.weight_decay,
-        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
-        max_seq_length: args.max_seq_length,
-        doc_stride: args.doc_stride,
-        pad_to_max_length: args.pad_to_max_length,
-        group_by_length: args.group_by_length,
-        teacher,
-        seed: args.seed,
-        threads: args.threads,
-        max_train_samples: args.max_train_samples,
-        strict_data: args.strict_data,
-        max_eval_samples: args.max_eval_samples,
-        recipe_args,
-        resume: args.resume,
-        save_steps: args.save_steps,
-        save_total_limit: args.save_total_limit,
-        one_shot: args.one_shot,
-        prune_memory_limit: args.prune_memory_limit_mb << 20,
-        num_train_epochs: args.num_train_epochs,
-        max_steps: args.max_steps,
-    };
-    let mut bar = Bar { bar: None };
+    let cfg = args.flags.config(args.model, args.train_file, args.eval_file, args.output_dir)?;
+    let mut bar = Bar::default();
     let summary = session::train(&cfg, &mut bar)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -10,6 +10,7 @@
 //!
 //! [`Backend`]: crate::runtime::Backend
 
+pub mod evaluate;
 pub mod features;
 pub mod metric;
 pub mod pipeline;

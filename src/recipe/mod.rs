@@ -7,6 +7,7 @@
 //! Sits between the user's recipe and `passes/` (which rewrite the graph) and `train/` (which
 //! follows the schedule).
 
+pub mod builtin;
 pub mod error;
 pub mod eval;
 mod fields;

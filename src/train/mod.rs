@@ -11,3 +11,4 @@ pub mod prune;
 pub mod session;
 pub mod step;
 pub mod support;
+pub mod tensorboard;

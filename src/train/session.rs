@@ -647,6 +647,7 @@ struct Session<'d> {
     since: (Instant, u64),
     started: Instant,
     pruning: Vec<PruneReport>,
+    events: Option<super::tensorboard::TrainEvents>,
 }
 
 /// What the QAT phase decided for one step.
@@ -781,6 +782,7 @@ impl<'d> Session<'d> {
             since: (Instant::now(), 0),
             started: Instant::now(),
             pruning: Vec::new(),
+            events: None,
         };
         if cfg.resume {
             s.resume(&log_path, progress)?;
@@ -794,6 +796,8 @@ impl<'d> Session<'d> {
                 .open(&log_path)
                 .with_context(|| format!("cannot write '{}'", log_path.display()))?,
         );
+        let kept = super::tensorboard::read_log(&log_path);
+        s.events = Some(super::tensorboard::TrainEvents::open(&cfg.output_dir, &kept, &s.evals)?);
         for (name, value) in s.run.mask_inputs() {
             s.stepper.set_fixed(&name, value);
         }
@@ -1057,6 +1061,9 @@ impl<'d> Session<'d> {
         }
         let log = self.log.as_mut().context("the step log is not open")?;
         writeln!(log, "{}", serde_json::to_string(&entry)?).context("cannot append to train_log.jsonl")?;
+        if let Some(t) = self.events.as_mut() {
+            t.step(&entry)?;
+        }
         self.last_loss = Some(stats.loss);
         Ok(entry)
     }
@@ -1077,6 +1084,9 @@ impl<'d> Session<'d> {
         };
         progress.message(&format!("epoch {:.2}: exact_match {:.2} f1 {:.2}", rec.epoch, rec.exact_match, rec.f1));
         tracing::info!(epoch = rec.epoch, em = rec.exact_match, f1 = rec.f1, "evaluation");
+        if let Some(t) = self.events.as_mut() {
+            t.eval(&rec)?;
+        }
         self.evals.push(rec);
         Ok(())
     }

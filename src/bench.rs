@@ -1,0 +1,183 @@
+//! Latency and throughput of QA models on synthetic full-length windows, behind `sparsec bench`
+//! and `sparsec sparsify`: several models run alternately in one process, so their ratio is
+//! measured under the same load.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor, Kernels};
+
+/// What every model of one benchmark runs with.
+#[derive(Clone, Debug)]
+pub struct BenchSettings {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub threads: Option<usize>,
+    /// Measured time per model.
+    pub seconds: f64,
+    /// Unmeasured warm-up time per model.
+    pub warmup: f64,
+    /// ONNX Runtime profile prefix for the models that ask for it.
+    pub profile: Option<PathBuf>,
+}
+
+/// One model of a benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchModel {
+    pub path: PathBuf,
+    pub engine: EngineKind,
+    pub kernels: Kernels,
+    pub profile: bool,
+}
+
+/// Latency and throughput of one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub engine: EngineKind,
+    pub kernels: Kernels,
+    /// What the in-memory lowering rewrote (`-` when the model ran as it is).
+    pub lowered: String,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub iterations: usize,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub items_per_second: f64,
+}
+
+/// Synthetic inputs for every declared input: token ids cycling through `[1000, 2000)` (or the
+/// upper half of a smaller vocabulary, read from the `tokenizer.json` beside the model), attention
+/// 1, token types 0 then 1.
+fn inputs(backend: &dyn Backend, vocab: usize, batch: usize, seq: usize) -> Result<Vec<(String, HostTensor)>> {
+    let lo = (vocab / 2).min(1000);
+    let span = (vocab - lo).clamp(1, 1000);
+    backend
+        .input_names()
+        .iter()
+        .map(|name| {
+            let a = match name.as_str() {
+                "input_ids" => Array2::from_shape_fn((batch, seq), |(b, i)| (lo + (b * 31 + i * 7919) % span) as i64),
+                "attention_mask" => Array2::from_elem((batch, seq), 1i64),
+                "token_type_ids" => Array2::from_shape_fn((batch, seq), |(_, i)| (i >= seq / 2) as i64),
+                other => bail!("cannot synthesise model input '{other}'"),
+            };
+            Ok((name.clone(), HostTensor::I64(a.into_dyn())))
+        })
+        .collect()
+}
+
+struct Subject {
+    kernels: Kernels,
+    lowered: String,
+    path: PathBuf,
+    backend: Box<dyn Backend>,
+    feed: Vec<(String, HostTensor)>,
+    times: Vec<Duration>,
+}
+
+impl Subject {
+    fn load(path: &Path, engine: EngineKind, kernels: Kernels, profile: bool, args: &BenchSettings) -> Result<Subject> {
+        let fixed = crate::qa::FixedShape::of_file(path)?;
+        let fits = |dim: Option<usize>, asked: usize| dim.is_none_or(|d| d == asked);
+        if !fits(fixed.batch, args.batch_size) || !fits(fixed.seq, args.seq_len) {
+            bail!(
+                "--batch-size {} --seq-len {} do not fit the inputs of '{}', fixed at {}",
+                args.batch_size,
+                args.seq_len,
+                path.display(),
+                fixed.describe()
+            );
+        }
+        let opts = EngineOptions {
+            threads: args.threads,
+            sparse: kernels.sparse_execution(),
+            profile: args.profile.clone().filter(|_| profile),
+            ..Default::default()
+        };
+        let backend = runtime::load_file(path, engine, &opts)?;
+        let lowered = lowering_summary(backend.as_ref());
+        let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
+        let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;
+        Ok(Subject { path: path.to_path_buf(), backend, feed, times: Vec::new(), kernels, lowered })
+    }
+
+    fn step(&mut self) -> Result<Duration> {
+        let feed: Vec<(&str, HostTensor)> = self.feed.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let t = Instant::now();
+        self.backend.run(&feed)?;
+        Ok(t.elapsed())
+    }
+
+    fn result(&self, args: &BenchSettings) -> BenchResult {
+        let mut ms: Vec<f64> = self.times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            if ms.is_empty() {
+                return 0.0;
+            }
+            let i = ((p / 100.0) * (ms.len() - 1) as f64).round() as usize;
+            ms[i.min(ms.len() - 1)]
+        };
+        let total: f64 = ms.iter().sum();
+        BenchResult {
+            model: self.path.display().to_string(),
+            engine: self.backend.engine(),
+            kernels: self.kernels,
+            lowered: self.lowered.clone(),
+            batch_size: args.batch_size,
+            seq_len: args.seq_len,
+            iterations: ms.len(),
+            mean_ms: total / ms.len().max(1) as f64,
+            p50_ms: pct(50.0),
+            p90_ms: pct(90.0),
+            p99_ms: pct(99.0),
+            items_per_second: (ms.len() * args.batch_size) as f64 / (total / 1e3).max(f64::MIN_POSITIVE),
+        }
+    }
+}
+
+/// `"LowerSparseLinear 36, FuseAttention 6, FuseQkv 6"`, or `-` when nothing was lowered.
+fn lowering_summary(b: &dyn Backend) -> String {
+    match b.lowering() {
+        Some(r) => r
+            .iter()
+            .filter(|r| r.pass != "RemoveDead")
+            .map(|r| format!("{} {}", r.pass, r.rewritten))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "-".into(),
+    }
+}
+
+/// Runs `models` alternately (warm-up, then the measured time) and returns one result each.
+pub fn bench(models: &[BenchModel], args: &BenchSettings) -> Result<Vec<BenchResult>> {
+    if args.batch_size == 0 || args.seq_len == 0 {
+        bail!("--batch-size and --seq-len must be at least 1");
+    }
+    let mut subjects = Vec::new();
+    for m in models {
+        subjects.push(Subject::load(&m.path, m.engine, m.kernels, m.profile, args)?);
+    }
+    let n = subjects.len() as f64;
+    let warm_until = Instant::now() + Duration::from_secs_f64(args.warmup * n);
+    while Instant::now() < warm_until {
+        for s in subjects.iter_mut() {
+            s.step()?;
+        }
+    }
+    let until = Instant::now() + Duration::from_secs_f64(args.seconds * n);
+    while Instant::now() < until || subjects.iter().any(|s| s.times.is_empty()) {
+        for s in subjects.iter_mut() {
+            let d = s.step()?;
+            s.times.push(d);
+        }
+    }
+    Ok(subjects.iter().map(|s| s.result(args)).collect())
+}
