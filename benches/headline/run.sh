@@ -7,6 +7,7 @@
 #
 #   benches/headline/run.sh SPARSEC RUN [QUESTIONS=60000] [DEADLINE_SECONDS]
 #
+# EVAL_LIMIT=N scores only the first N dev questions (for a dry run of the script).
 # DEADLINE_SECONDS stops training (SIGTERM via timeout) after that many seconds of this
 # invocation; the next invocation resumes. After training: export (int8 QDQ with int8 embeddings,
 # standard ONNX) to RUN/deploy-qdq, the packed sparse form to RUN/deploy, and the dev-split
@@ -45,7 +46,9 @@ fi
 started=$(date +%s)
 "$BIN" export --model "$RUN/train" -o "$RUN/deploy-qdq" --quantize-embeddings --json > "$RUN/export_qdq.json"
 "$BIN" export --model "$RUN/train" -o "$RUN/deploy" --quantize-embeddings --format sparse --json > "$RUN/export_sparse.json"
-"$BIN" eval --model "$RUN/deploy" --data "$DEV" --threads 2 --json > "$RUN/eval.json"
+limit=()
+[ -n "${EVAL_LIMIT:-}" ] && limit=(--limit "$EVAL_LIMIT")
+"$BIN" eval --model "$RUN/deploy" --data "$DEV" --threads 2 --json "${limit[@]}" > "$RUN/eval.json"
 account export+eval
 awk -F'\t' '{s+=$3} END {printf "budget used: %.0f s (%.2f h)\n", s, s/3600}' "$RUN/budget.tsv"
 cat "$RUN/eval.json"
