@@ -7,7 +7,8 @@
 #
 #   benches/headline/run.sh SPARSEC RUN [QUESTIONS=60000] [DEADLINE_SECONDS]
 #
-# EVAL_LIMIT=N scores only the first N dev questions (for a dry run of the script).
+# EVAL_LIMIT=N scores only the first N dev questions (for a dry run of the script);
+# RECIPE=PATH trains another one-pass recipe (e.g. recipes/obs80-block4x1-qat-distill-one-epoch.yaml).
 # DEADLINE_SECONDS stops training (SIGTERM via timeout) after that many seconds of this
 # invocation; the next invocation resumes. After training: export (int8 QDQ with int8 embeddings,
 # standard ONNX) to RUN/deploy-qdq, the packed sparse form to RUN/deploy, and the dev-split
@@ -18,7 +19,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODEL=$ROOT/../shared/models/minilm-l6-squad/model.onnx
 TRAIN=$ROOT/../shared/data/squad-v1.1-train.json.gz
 DEV=$ROOT/../shared/data/squad-v1.1-dev-split.json.gz
-RECIPE=$ROOT/recipes/gmp80-block4x1-qat-distill-one-epoch.yaml
+RECIPE=${RECIPE:-$ROOT/recipes/gmp80-block4x1-qat-distill-one-epoch.yaml}
 ARGS=$(cat "$ROOT/benches/headline/recipe_args.json")
 mkdir -p "$RUN"
 started=$(date +%s)
