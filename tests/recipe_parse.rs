@@ -42,7 +42,7 @@ fn every_shipped_recipe_parses() {
             n += 1;
         }
     }
-    assert_eq!(n, 10);
+    assert_eq!(n, 13);
 }
 
 #[test]
