@@ -301,7 +301,7 @@ modifiers:
     )
 }
 
-fn train_tiny(compiled: &Path, out: &Path, env: &[(&str, &str)]) -> Output {
+fn train_tiny(compiled: &Path, out: &Path, env: &[(&str, &str)], extra: &[&str]) -> Output {
     let data = root().join("fixtures/squad-tiny.json");
     Command::new(env!("CARGO_BIN_EXE_sparsec"))
         .args([
@@ -322,6 +322,7 @@ fn train_tiny(compiled: &Path, out: &Path, env: &[(&str, &str)]) -> Output {
             "1",
             "--json",
         ])
+        .args(extra)
         .envs(env.iter().copied())
         .output()
         .expect("run sparsec")
@@ -337,8 +338,8 @@ fn movement_pruning_trains_from_step_gradients_and_resumes_exactly() {
     ok(&compile(&mv, &recipe_in(&mv, "movement.yaml", &movement_recipe("MovementPruningModifier")), ""));
     ok(&compile(&mg, &recipe_in(&mg, "gmp.yaml", &movement_recipe("GMPruningModifier")), ""));
     let (cm, cg) = (mv.join("compiled"), mg.join("compiled"));
-    let summary: Value = serde_json::from_str(&ok(&train_tiny(&cm, &mv.join("full"), &[]))).unwrap();
-    ok(&train_tiny(&cg, &mg.join("full"), &[]));
+    let summary: Value = serde_json::from_str(&ok(&train_tiny(&cm, &mv.join("full"), &[], &[]))).unwrap();
+    ok(&train_tiny(&cg, &mg.join("full"), &[], &[]));
     // Updates every 0.5 epoch from 0 to 2 (the first before any step: no scores yet, not
     // reported); each reports the steps observed so far, the last all steps of epochs 0 and 1.
     let reports = summary["pruning"].as_array().unwrap();
@@ -373,28 +374,9 @@ fn movement_pruning_trains_from_step_gradients_and_resumes_exactly() {
     // rank the scores restored from it, and the run ends as the uninterrupted one.
     let part = mv.join("part");
     let abort = (spe + spe / 2 + 1).to_string();
-    let killed = train_tiny(&cm, &part, &[("SPARSEC_ABORT_AFTER_STEP", abort.as_str())]);
+    let killed = train_tiny(&cm, &part, &[("SPARSEC_ABORT_AFTER_STEP", abort.as_str())], &[]);
     assert!(!killed.status.success(), "the run must die");
-    let data = root().join("fixtures/squad-tiny.json");
-    let resumed = sparsec(&[
-        "train",
-        "--model",
-        s(&cm),
-        "--train-file",
-        s(&data),
-        "--output-dir",
-        s(&part),
-        "--max-seq-length",
-        "64",
-        "--doc-stride",
-        "32",
-        "--per-device-train-batch-size",
-        "8",
-        "--threads",
-        "1",
-        "--json",
-        "--resume",
-    ]);
+    let resumed = train_tiny(&cm, &part, &[], &["--resume"]);
     let rs: Value = serde_json::from_str(&ok(&resumed)).unwrap();
     assert_eq!(rs["resumed_from_step"].as_u64().unwrap() as usize, spe);
     for (param, initializer, _) in &ts {
