@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 13's headline run: 80% [4, 1]-block GMP + int8 QAT + distillation of MiniLM-L6 SQuAD in one
 # pass over the first QUESTIONS training questions (length-grouped batches of 16), on a budget of
-# 3 hours of this 2-core machine in total (45,000 questions ≈ 2,850 steps at ≈ 3.2 s with the
-# teacher on a quiet machine, ≈ 2.5 h, plus export and the dev-split eval). Resumable: run the same command again (in a later
+# 3 hours of this 2-core machine in total (45,000 questions = 2,838 steps, ≈ 3.5 s each with the
+# teacher on a quiet machine, ≈ 5 s during QAT). Resumable: run the same command again (in a later
 # session) and training continues from the newest checkpoint (every 100 steps). Each invocation's
 # wall time is appended to RUN/budget.tsv, and the total is printed.
 #
