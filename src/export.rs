@@ -196,6 +196,7 @@ pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
                 num_train_epochs: None,
                 max_steps: None,
                 prune_memory_limit: session::DEFAULT_PRUNE_MEMORY_LIMIT,
+                stop_on_signals: false,
             };
             session::train(&cfg, &mut Quiet)?;
             trained

@@ -16,19 +16,6 @@ use serde_json::Value;
 use sparsec::ir::DType;
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
 
-fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "sparsec failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Compiles and trains the bert fixture with `recipe` (recipe args `args`); returns the trained folder.
 fn trained(dir: &Path, recipe: &Path, args: &str) -> PathBuf {
     let compiled = dir.join("compiled");

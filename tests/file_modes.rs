@@ -12,16 +12,8 @@ use std::process::{Command, Output};
 
 use common::*;
 
-fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
-}
-
 fn ok(out: Output) {
     assert!(out.status.success(), "sparsec failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn mode(p: &Path) -> u32 {

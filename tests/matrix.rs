@@ -28,17 +28,9 @@ use common::*;
 use ndarray::ArrayD;
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
 
-fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
-}
-
 fn ok(what: &str, out: Output) -> String {
     assert!(out.status.success(), "{what}: sparsec failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The model inputs of `case0` (batch 2 × 24, one padded row) of the fixture's references.

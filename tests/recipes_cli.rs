@@ -11,10 +11,6 @@ use std::process::{Command, Output};
 use common::*;
 use serde_json::Value;
 
-fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
-}
-
 fn stdout(o: &Output) -> String {
     assert!(o.status.success(), "sparsec failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).to_string()

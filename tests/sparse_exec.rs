@@ -16,19 +16,6 @@ use sparsec::passes::{PassReport, SparseExecution};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
 use sparsec_kernels::Isa;
 
-fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "sparsec failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Compiles `model` with `recipe` and exports it one-shot (final-sparsity magnitude masks, int8
 /// calibration on the tiny SQuAD sample): the deployment folder.
 fn one_shot(model: &Path, recipe: &Path, dir: &Path) -> PathBuf {

@@ -196,10 +196,6 @@ fn minilm_lists_37_layers() {
     assert_eq!(got, expected_modules("bert", 6));
 }
 
-fn sparsec(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().unwrap()
-}
-
 fn assert_clean_failure(out: &std::process::Output, must_mention: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");

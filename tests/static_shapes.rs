@@ -12,17 +12,9 @@ use std::process::{Command, Output};
 use common::*;
 use serde_json::Value;
 
-fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
-}
-
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "sparsec failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn bert(file: &str) -> PathBuf {

@@ -11,29 +11,6 @@ use common::*;
 use serde_json::Value;
 use sparsec::ir::DType;
 
-fn sparsec(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sparsec"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run sparsec")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "sparsec failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Compiles the bert fixture with the 80% GMP + QAT + distillation recipe shortened to 6 epochs
 /// (dense epoch 0-1, pruning 1-2, QAT from 4, observers frozen at 5.5).
 fn compile(dir: &Path) -> PathBuf {
@@ -42,7 +19,6 @@ fn compile(dir: &Path) -> PathBuf {
     let recipe = root().join("recipes/gmp80-unstructured-qat-distill.yaml");
     ok(&sparsec(
         &["compile", s(&model), "--recipe", s(&recipe), "--recipe-args", r#"{"num_epochs": 6}"#, "-o", s(&out)],
-        &[],
     ));
     out
 }
@@ -98,7 +74,7 @@ fn recipe_schedule_drives_pruning_qat_and_distillation() {
     let data = tiny_squad();
     let mut args = train_args(&compiled, &out, &data);
     args.extend(["--eval-file", s(&data)]);
-    let summary: Value = serde_json::from_str(&ok(&sparsec(&args, &[]))).unwrap();
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&args))).unwrap();
     assert_eq!(summary["train_windows"], 84, "the fixture's 20 questions give 84 windows at 64/32");
     assert_eq!(summary["steps_per_epoch"], 11);
     assert_eq!(summary["steps"], 66);
@@ -166,7 +142,6 @@ fn recipe_schedule_drives_pruning_qat_and_distillation() {
             "Ada Lovelace wrote the first program.",
             "--json",
         ],
-        &[],
     ));
     let answers: Value = serde_json::from_str(&qa).unwrap();
     assert!(answers.to_string().contains("answer"), "the trained folder answers questions: {qa}");
@@ -178,18 +153,18 @@ fn killed_mid_epoch_and_resumed_equals_an_uninterrupted_run() {
     let compiled = compile(dir.path());
     let data = tiny_squad();
     let full = dir.path().join("full");
-    ok(&sparsec(&train_args(&compiled, &full, &data), &[]));
+    ok(&sparsec(&train_args(&compiled, &full, &data)));
 
     // Killed (abort, no cleanup) after step 50: mid-epoch 4 of 6, after QAT started; the newest
     // checkpoint is the end of epoch 4 (step 44).
     let part = dir.path().join("part");
-    let killed = sparsec(&train_args(&compiled, &part, &data), &[("SPARSEC_ABORT_AFTER_STEP", "50")]);
+    let killed = sparsec_env(&train_args(&compiled, &part, &data), &[("SPARSEC_ABORT_AFTER_STEP", "50")]);
     assert!(!killed.status.success(), "the run must die at step 50");
     assert!(!part.join("model.onnx").exists(), "a killed run leaves no trained model");
     assert_eq!(log(&part).len(), 50);
     let mut resume = train_args(&compiled, &part, &data);
     resume.push("--resume");
-    let summary: Value = serde_json::from_str(&ok(&sparsec(&resume, &[]))).unwrap();
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&resume))).unwrap();
     assert_eq!(summary["resumed_from_step"], 44);
 
     let a = initializers(&full.join("model.onnx"));
@@ -204,6 +179,68 @@ fn killed_mid_epoch_and_resumed_equals_an_uninterrupted_run() {
     for (x, y) in la.iter().zip(&lb) {
         assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
         assert_eq!(x["sparsity"], y["sparsity"]);
+    }
+}
+
+/// SIGTERM (`timeout`, a scheduler) and SIGINT (Ctrl-C) mid-epoch: the run finishes its step,
+/// checkpoints exactly that step, exits non-zero naming the checkpoint, and `--resume` continues
+/// from it to the weights and step losses of an uninterrupted run.
+#[test]
+fn a_signal_checkpoints_the_current_step_and_resume_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let data = tiny_squad();
+    let full = dir.path().join("full");
+    ok(&sparsec(&train_args(&compiled, &full, &data)));
+    let total = log(&full).len() as u64;
+    for (flag, name) in [("-TERM", "SIGTERM"), ("-INT", "SIGINT")] {
+        let part = dir.path().join(name);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sparsec"))
+            .args(train_args(&compiled, &part, &data))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sparsec");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let logged = std::fs::read_to_string(part.join("train_log.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+            if logged >= 15 {
+                break;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "{name}: the run ended before the signal was sent");
+            assert!(std::time::Instant::now() < deadline, "{name}: no 15 steps in 10 minutes");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let sent = Command::new("kill").args([flag, &child.id().to_string()]).status().expect("run kill");
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: an interrupted run must exit non-zero");
+        let at = stderr
+            .split(&format!("training interrupted by {name} after step "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name}: no interruption message in: {stderr}"));
+        let step: u64 = at.split(';').next().unwrap().parse().unwrap();
+        assert!((15..total).contains(&step), "{name}: stopped at step {step} of {total}");
+        let ckpt = part.join("checkpoints").join(format!("step-{step:09}"));
+        assert!(ckpt.is_dir(), "{name}: no checkpoint of step {step}");
+        assert!(stderr.contains(ckpt.to_str().unwrap()) && stderr.contains("--resume"), "{stderr}");
+        assert_eq!(log(&part).len() as u64, step, "{name}: the step log ends at the interrupted step");
+        assert!(!part.join("model.onnx").exists(), "{name}: an interrupted run leaves no trained model");
+
+        let mut resume = train_args(&compiled, &part, &data);
+        resume.push("--resume");
+        let summary: Value = serde_json::from_str(&ok(&sparsec(&resume))).unwrap();
+        assert_eq!(summary["resumed_from_step"], step);
+        let a = initializers(&full.join("model.onnx"));
+        let b = initializers(&part.join("model.onnx"));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!(x.0 == y.0 && x.2 == y.2, "{name}: '{}' differs from the uninterrupted run", x.0);
+        }
+        for (x, y) in log(&full).iter().zip(&log(&part)) {
+            assert_eq!(x["loss"], y["loss"], "{name}: step {}", x["step"]);
+        }
     }
 }
 
@@ -227,7 +264,7 @@ fn length_grouped_batches_pad_less_and_resume_exactly() {
     let data = tiny_squad();
     let random = dir.path().join("random");
     let random_summary: Value =
-        serde_json::from_str(&ok(&sparsec(&train_args(&compiled, &random, &data), &[]))).unwrap();
+        serde_json::from_str(&ok(&sparsec(&train_args(&compiled, &random, &data)))).unwrap();
     let grouped_args = |out: &'static str| {
         let mut a: Vec<String> =
             train_args(&compiled, &dir.path().join(out), &data).iter().map(|x| x.to_string()).collect();
@@ -236,7 +273,7 @@ fn length_grouped_batches_pad_less_and_resume_exactly() {
     };
     let run = |args: &[String], env: &[(&str, &str)]| {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        sparsec(&a, env)
+        sparsec_env(&a, env)
     };
     let full = dir.path().join("full");
     ok(&run(&grouped_args("full"), &[]));
@@ -273,7 +310,7 @@ fn one_shot_prunes_to_the_final_sparsity_and_calibrates() {
     let out = dir.path().join("oneshot");
     let mut args = train_args(&compiled, &out, &data);
     args.extend(["--one-shot", "32"]);
-    let summary: Value = serde_json::from_str(&ok(&sparsec(&args, &[]))).unwrap();
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&args))).unwrap();
     assert_eq!(summary["one_shot"], true);
     assert_eq!(summary["samples_seen"], 32);
     let overall = summary["overall_sparsity"].as_f64().unwrap();
@@ -299,7 +336,7 @@ fn bad_inputs_fail_with_clear_errors() {
     let data = tiny_squad();
     let out = dir.path().join("o");
     let err = |args: &[&str]| {
-        let o = sparsec(args, &[]);
+        let o = sparsec(args);
         assert!(!o.status.success(), "{args:?} must fail");
         let e = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(e.starts_with("error: ") && !e.contains("panicked"), "{e}");
@@ -329,23 +366,22 @@ fn sparse_transfer_keeps_every_zero_of_a_sparse_model() {
     let c = dir.path().join("c");
     let model = fixture_dir("bert").join("model.legacy.onnx");
     let gmp = root().join("tests/data/recipes/gmp50-fp32.yaml");
-    ok(&sparsec(&["compile", s(&model), "--recipe", s(&gmp), "-o", s(&c)], &[]));
+    ok(&sparsec(&["compile", s(&model), "--recipe", s(&gmp), "-o", s(&c)]));
     let t = dir.path().join("t");
-    ok(&sparsec(&train_args(&c, &t, &data), &[]));
+    ok(&sparsec(&train_args(&c, &t, &data)));
     let sparse = dir.path().join("sparse");
-    ok(&sparsec(&["export", "--model", s(&t), "-o", s(&sparse)], &[]));
+    ok(&sparsec(&["export", "--model", s(&t), "-o", s(&sparse)]));
 
     // Sparse transfer: ConstantPruning + distillation from the dense fixture, one epoch.
     let c2 = dir.path().join("c2");
     let recipe = root().join("recipes/sparse-transfer-distill.yaml");
     ok(&sparsec(
         &["compile", s(&sparse), "--recipe", s(&recipe), "--recipe-args", r#"{"num_epochs": 1}"#, "-o", s(&c2)],
-        &[],
     ));
     let out = dir.path().join("st");
     let mut args = train_args(&c2, &out, &data);
     args.extend(["--distill-teacher", s(&model)]);
-    let summary: Value = serde_json::from_str(&ok(&sparsec(&args, &[]))).unwrap();
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&args))).unwrap();
     let overall = summary["overall_sparsity"].as_f64().unwrap();
     assert!((overall - 0.5).abs() < 0.005, "the masks hold the sparse model's zeros: {overall}");
 

@@ -12,14 +12,6 @@ use serde_json::Value;
 use sparsec::qa::{squad, QaTokenizer, WindowOptions};
 use sparsec::train::data::{check_answers, train_windows};
 
-fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `fixtures/squad-tiny.json` with question 0's `answer_start` moved past its context and
 /// question 1's answer text changed; returns the file and those two ids.
 fn broken_squad(dir: &Path) -> (PathBuf, String, String) {

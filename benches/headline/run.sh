@@ -11,7 +11,9 @@
 # EVAL_LIMIT=N scores only the first N dev questions (for a dry run of the script);
 # RECIPE=PATH trains another one-pass recipe (e.g. recipes/obs80-block4x1-qat-distill-one-epoch.yaml).
 # DEADLINE_SECONDS stops training (SIGTERM via timeout) after that many seconds of this
-# invocation; the next invocation resumes. After training: export (int8 QDQ with int8 embeddings,
+# invocation; the next invocation resumes (binaries from 2026-12-01 on checkpoint the step they were
+# in on SIGTERM; older ones, such as the 4a35f33 build this run started with, resume from the last
+# --save-steps checkpoint). After training: export (int8 QDQ with int8 embeddings,
 # standard ONNX) to RUN/deploy-qdq, the packed sparse form to RUN/deploy, and the dev-split
 # EM/F1 of RUN/deploy (sparse kernels) into RUN/eval.json.
 set -euo pipefail

@@ -202,6 +202,7 @@ impl TrainFlags {
             prune_memory_limit: args.prune_memory_limit_mb << 20,
             num_train_epochs: args.num_train_epochs,
             max_steps: args.max_steps,
+            stop_on_signals: true,
         })
     }
 }

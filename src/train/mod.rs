@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod evidence;
+pub mod interrupt;
 pub mod observers;
 mod oneshot;
 pub mod optim;

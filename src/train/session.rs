@@ -87,6 +87,9 @@ pub struct TrainConfig {
     pub max_steps: Option<u64>,
     /// Largest state (Fisher inverses, Hessians) a pruner may build, in bytes.
     pub prune_memory_limit: u64,
+    /// SIGINT / SIGTERM stop the run after the current step with a checkpoint
+    /// ([`super::interrupt`]) instead of ending the process.
+    pub stop_on_signals: bool,
 }
 
 /// The default of [`TrainConfig::prune_memory_limit`]: 4 GiB.
@@ -522,10 +525,17 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSumm
     if let Some(n) = cfg.one_shot {
         return super::oneshot::one_shot(cfg, &data, &mut run, n, progress);
     }
+    let stop = if cfg.stop_on_signals { Some(super::interrupt::StopOnSignals::new()?) } else { None };
     let mut session = Session::open(cfg, &data, run, progress)?;
     progress.start(session.total_steps, session.first_step);
     for step in session.first_step..session.total_steps {
         session.run_step(step, progress)?;
+        let done = step + 1;
+        if let Some(signal) = stop.as_ref().and_then(|s| s.requested()).filter(|_| done < session.total_steps) {
+            let checkpoint = session.interrupt(done)?;
+            progress.finish();
+            return Err(super::interrupt::Interrupted { signal, step: done, checkpoint }.into());
+        }
     }
     progress.finish();
     session.finish()
@@ -637,6 +647,8 @@ struct Session<'d> {
     ckpt_dir: PathBuf,
     log: Option<std::fs::File>,
     abort_at: Option<u64>,
+    /// The step of the newest checkpoint this process wrote.
+    checkpointed: Option<u64>,
     samples_seen: u64,
     evals: Vec<EvalRecord>,
     resumed_from: Option<u64>,
@@ -772,6 +784,7 @@ impl<'d> Session<'d> {
             ckpt_dir,
             log: None,
             abort_at: std::env::var("SPARSEC_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok()),
+            checkpointed: None,
             samples_seen: 0,
             evals: Vec::new(),
             resumed_from: None,
@@ -1110,7 +1123,21 @@ impl<'d> Session<'d> {
             }
         }
         checkpoint::save(&self.ckpt_dir, &format!("step-{done:09}"), &tensors, &state)?;
+        self.checkpointed = Some(done);
         prune_checkpoints(&self.ckpt_dir, self.cfg.save_total_limit)
+    }
+
+    /// Stop phase: checkpoints step `done` (unless that step was just saved) and flushes the step
+    /// log; returns the checkpoint's path.
+    fn interrupt(&mut self, done: u64) -> Result<String> {
+        if self.checkpointed != Some(done) {
+            self.checkpoint(done)?;
+        }
+        if let Some(l) = self.log.as_mut() {
+            let path = self.cfg.output_dir.join("train_log.jsonl");
+            l.flush().with_context(|| format!("cannot write '{}'", path.display()))?;
+        }
+        Ok(self.ckpt_dir.join(format!("step-{done:09}")).display().to_string())
     }
 
     /// Writes the trained folder and the summary.

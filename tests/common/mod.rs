@@ -1,10 +1,43 @@
-//! Shared helpers for the integration tests: fixture paths and reference tensors.
+//! Shared helpers for the integration tests: running the binary, fixture paths and reference
+//! tensors.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use ndarray::ArrayD;
 use sparsec::runtime::HostTensor;
+
+/// Runs this build's `sparsec` binary with `args`.
+pub fn sparsec(args: &[&str]) -> Output {
+    sparsec_env(args, &[])
+}
+
+/// Runs this build's `sparsec` binary with `args` and extra environment variables.
+pub fn sparsec_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sparsec"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run sparsec")
+}
+
+/// Asserts that the command succeeded (showing its stderr and stdout if not); returns its stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "sparsec failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A path as the `&str` a command line takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
 
 pub const FIXTURE_MODELS: &[&str] = &["bert", "distilbert", "roberta"];
 /// torch's TorchScript exporter (opset 17), torch's dynamo exporter at its native opset 18 (bert's
