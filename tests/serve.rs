@@ -520,12 +520,27 @@ fn bad_configs_and_models_are_clear_errors() {
 fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     let cases = cases();
     let want = qa_answers(&bert(), &cases, &["--batch-size", "1"]);
+    // The signal must land while requests are in flight for the test to show anything; on a loaded
+    // machine it can land between batches, so such a round is run again (at most three rounds).
+    for round in 1..=3 {
+        let in_flight = sigterm_round(&cases, &want);
+        if in_flight > 0 {
+            return;
+        }
+        eprintln!("round {round}: the signal landed with no request in flight; running again");
+    }
+    panic!("in three rounds the signal never landed while requests waited in the 150 ms batch window");
+}
+
+/// One server under 8 clients, SIGTERM after 40 answers; asserts every accepted request was answered
+/// correctly and the exit code is 0, and returns how many requests were in flight at the signal.
+fn sigterm_round(cases: &[(String, String, String)], want: &[Value]) -> u64 {
     let mut server = Server::start(&bert(), &["--batch-timeout-ms", "150", "--max-batch-size", "64"]).ready();
     let addr = server.addr;
     let (done_tx, done_rx) = mpsc::channel::<(u16, bool)>();
     let clients: Vec<_> = (0..8)
         .map(|k| {
-            let (cases, want, done) = (cases.clone(), want.clone(), done_tx.clone());
+            let (cases, want, done) = (cases.to_vec(), want.to_vec(), done_tx.clone());
             std::thread::spawn(move || {
                 let mut refused = 0;
                 for n in 0..400 {
@@ -572,6 +587,6 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     assert_eq!(got.len() as u64, answered, "responses the clients read vs the server's count: {stopped}");
     assert!(got.iter().all(|&(s, correct)| s == 200 && correct), "only correct 200s under load: {got:?}");
     assert_eq!(ok, answered, "{stopped}");
-    assert!(in_flight > 0, "the signal should land while requests wait in the 150 ms batch window: {stopping}");
     eprintln!("{stopping}; {stopped}");
+    in_flight
 }

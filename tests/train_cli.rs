@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -17,9 +17,16 @@ fn compile(dir: &Path) -> PathBuf {
     let out = dir.join("compiled");
     let model = fixture_dir("bert").join("model.legacy.onnx");
     let recipe = root().join("recipes/gmp80-unstructured-qat-distill.yaml");
-    ok(&sparsec(
-        &["compile", s(&model), "--recipe", s(&recipe), "--recipe-args", r#"{"num_epochs": 6}"#, "-o", s(&out)],
-    ));
+    ok(&sparsec(&[
+        "compile",
+        s(&model),
+        "--recipe",
+        s(&recipe),
+        "--recipe-args",
+        r#"{"num_epochs": 6}"#,
+        "-o",
+        s(&out),
+    ]));
     out
 }
 
@@ -131,18 +138,16 @@ fn recipe_schedule_drives_pruning_qat_and_distillation() {
     }
     assert_eq!(pruned, 12, "2 layers x 6 linears");
 
-    let qa = ok(&sparsec(
-        &[
-            "qa",
-            "--model",
-            s(&out),
-            "--question",
-            "Who?",
-            "--context",
-            "Ada Lovelace wrote the first program.",
-            "--json",
-        ],
-    ));
+    let qa = ok(&sparsec(&[
+        "qa",
+        "--model",
+        s(&out),
+        "--question",
+        "Who?",
+        "--context",
+        "Ada Lovelace wrote the first program.",
+        "--json",
+    ]));
     let answers: Value = serde_json::from_str(&qa).unwrap();
     assert!(answers.to_string().contains("answer"), "the trained folder answers questions: {qa}");
 }
@@ -263,8 +268,7 @@ fn length_grouped_batches_pad_less_and_resume_exactly() {
     let compiled = compile(dir.path());
     let data = tiny_squad();
     let random = dir.path().join("random");
-    let random_summary: Value =
-        serde_json::from_str(&ok(&sparsec(&train_args(&compiled, &random, &data)))).unwrap();
+    let random_summary: Value = serde_json::from_str(&ok(&sparsec(&train_args(&compiled, &random, &data)))).unwrap();
     let grouped_args = |out: &'static str| {
         let mut a: Vec<String> =
             train_args(&compiled, &dir.path().join(out), &data).iter().map(|x| x.to_string()).collect();
@@ -375,9 +379,16 @@ fn sparse_transfer_keeps_every_zero_of_a_sparse_model() {
     // Sparse transfer: ConstantPruning + distillation from the dense fixture, one epoch.
     let c2 = dir.path().join("c2");
     let recipe = root().join("recipes/sparse-transfer-distill.yaml");
-    ok(&sparsec(
-        &["compile", s(&sparse), "--recipe", s(&recipe), "--recipe-args", r#"{"num_epochs": 1}"#, "-o", s(&c2)],
-    ));
+    ok(&sparsec(&[
+        "compile",
+        s(&sparse),
+        "--recipe",
+        s(&recipe),
+        "--recipe-args",
+        r#"{"num_epochs": 1}"#,
+        "-o",
+        s(&c2),
+    ]));
     let out = dir.path().join("st");
     let mut args = train_args(&c2, &out, &data);
     args.extend(["--distill-teacher", s(&model)]);

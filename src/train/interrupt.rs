@@ -41,8 +41,7 @@ fn handlers() -> Result<&'static Handlers> {
         let which = Arc::new(AtomicUsize::new(0));
         for sig in [SIGINT, SIGTERM] {
             signal_hook::flag::register_conditional_default(sig, Arc::clone(&idle)).map_err(|e| e.to_string())?;
-            signal_hook::flag::register_conditional_default(sig, Arc::clone(&requested))
-                .map_err(|e| e.to_string())?;
+            signal_hook::flag::register_conditional_default(sig, Arc::clone(&requested)).map_err(|e| e.to_string())?;
             signal_hook::flag::register_usize(sig, Arc::clone(&which), sig as usize).map_err(|e| e.to_string())?;
             signal_hook::flag::register(sig, Arc::clone(&requested)).map_err(|e| e.to_string())?;
         }
@@ -74,7 +73,10 @@ impl StopOnSignals {
         if !self.handlers.requested.load(Ordering::SeqCst) {
             return None;
         }
-        Some(signal_hook::low_level::signal_name(self.handlers.which.load(Ordering::SeqCst) as i32).unwrap_or("a signal"))
+        Some(
+            signal_hook::low_level::signal_name(self.handlers.which.load(Ordering::SeqCst) as i32)
+                .unwrap_or("a signal"),
+        )
     }
 }
 
