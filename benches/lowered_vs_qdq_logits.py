@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Logit differences between a packed sparse export (Python onnxruntime + libsparsec_ops.so) and its
+QDQ export on ORT's basic level, on the first N dev windows (needs transformers for the tokenizer).
+
+    python3 benches/lowered_vs_qdq_logits.py SPARSE_DIR QDQ_DIR [LIB] [DEV_JSON_GZ] [N=64]
+"""
+import json, gzip, numpy as np, onnxruntime as ort, sys
+from transformers import AutoTokenizer
+SPARSE, QDQ = sys.argv[1], sys.argv[2]
+LIB = sys.argv[3] if len(sys.argv) > 3 else 'target/debug/libsparsec_ops.so'
+DEV = sys.argv[4] if len(sys.argv) > 4 else '../shared/data/squad-v1.1-dev-split.json.gz'
+N = int(sys.argv[5]) if len(sys.argv) > 5 else 64
+tok = AutoTokenizer.from_pretrained(SPARSE)
+d = json.load(gzip.open(DEV))
+qs=[]
+for art in d['data']:
+    for p in art['paragraphs']:
+        for q in p['qas']:
+            qs.append((q['question'], p['context']))
+qs=qs[:N]
+enc = tok([q for q,_ in qs],[c for _,c in qs], truncation='only_second', max_length=384, padding='max_length', return_tensors='np')
+so=ort.SessionOptions(); so.register_custom_ops_library(LIB); so.intra_op_num_threads=2
+so.graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+low=ort.InferenceSession(SPARSE + '/model.onnx', so, providers=['CPUExecutionProvider'])
+sb=ort.SessionOptions(); sb.intra_op_num_threads=2; sb.graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+qdq=ort.InferenceSession(QDQ + '/model.onnx', sb, providers=['CPUExecutionProvider'])
+names=[i.name for i in low.get_inputs()]
+feed={n: enc[n].astype(np.int64) for n in names}
+a=low.run(None, feed); b=qdq.run(None, feed)
+m=enc['attention_mask'].astype(bool)
+for x,y,name in zip(a,b,['start','end']):
+    dd=np.abs(x-y)[m]
+    print(name, 'max', dd.max(), 'p99', np.quantile(dd,0.99), 'median', np.median(dd), 'frac>1e-3', (dd>1e-3).mean(), 'frac>1e-2', (dd>1e-2).mean())
+    print(' argmax differ', (np.where(m,x,-1e9).argmax(1)!=np.where(m,y,-1e9).argmax(1)).sum(), 'of', len(x))
