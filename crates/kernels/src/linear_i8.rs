@@ -511,34 +511,58 @@ pub(crate) fn epilogue_i8(
     let mult = &e.mult[j0..j0 + ncols];
     let corr = &e.corr[j0..j0 + ncols];
     let bias = &e.bias[j0..j0 + ncols];
+    let rq = e.requant.unwrap_or(Requant { scale: 1.0, lo: 0.0, hi: 0.0 });
     for tt in 0..tvalid {
         let t = t0 + tt;
         let a = &acc[tt * ld..tt * ld + ncols];
         // SAFETY: the plan gives each (token, channel) to one task.
         let row = unsafe { y.range(t * n + j0, ncols) };
-        match e.requant {
-            None => {
-                for jj in 0..ncols {
-                    row[jj] = ((a[jj] - corr[jj]) as f32) * mult[jj] + bias[jj];
-                }
-            }
-            Some(r) => {
-                for jj in 0..ncols {
-                    let q = (((a[jj] - corr[jj]) as f32) * mult[jj]).max(r.lo).min(r.hi).round_ties_even();
-                    row[jj] = q * r.scale + bias[jj];
-                }
-            }
+        let res = e.residual.map(|r| &r[t * n + j0..t * n + j0 + ncols]).unwrap_or(&[]);
+        let c = Cols { a, corr, mult, bias, res, rq };
+        match (e.requant.is_some(), e.gelu, e.residual.is_some()) {
+            (false, false, false) => epi_row::<false, false, false>(&c, row),
+            (false, false, true) => epi_row::<false, false, true>(&c, row),
+            (false, true, false) => epi_row::<false, true, false>(&c, row),
+            (false, true, true) => epi_row::<false, true, true>(&c, row),
+            (true, false, false) => epi_row::<true, false, false>(&c, row),
+            (true, false, true) => epi_row::<true, false, true>(&c, row),
+            (true, true, false) => epi_row::<true, true, false>(&c, row),
+            (true, true, true) => epi_row::<true, true, true>(&c, row),
         }
-        if e.gelu {
-            for v in row.iter_mut() {
-                *v = gelu(*v);
-            }
+    }
+}
+
+/// One output row's inputs, all `ncols` long (`res` empty without a residual).
+struct Cols<'a> {
+    a: &'a [i32],
+    corr: &'a [i32],
+    mult: &'a [f32],
+    bias: &'a [f32],
+    res: &'a [f32],
+    rq: Requant,
+}
+
+/// The epilogue of one row in a single pass (each value is loaded, finished and stored once):
+/// scale and bias (or requantize), then GELU, then the residual, in that order for every ISA.
+#[inline(always)]
+fn epi_row<const RQ: bool, const GELU: bool, const RES: bool>(c: &Cols<'_>, row: &mut [f32]) {
+    let n = row.len();
+    let (a, corr, mult, bias) = (&c.a[..n], &c.corr[..n], &c.mult[..n], &c.bias[..n]);
+    let res = if RES { &c.res[..n] } else { &c.res[..0] };
+    for jj in 0..n {
+        let x = ((a[jj] - corr[jj]) as f32) * mult[jj];
+        let mut v = if RQ {
+            x.max(c.rq.lo).min(c.rq.hi).round_ties_even() * c.rq.scale + bias[jj]
+        } else {
+            x + bias[jj]
+        };
+        if GELU {
+            v = gelu(v);
         }
-        if let Some(r) = e.residual {
-            for (v, r) in row.iter_mut().zip(&r[t * n + j0..t * n + j0 + ncols]) {
-                *v += r;
-            }
+        if RES {
+            v += res[jj];
         }
+        row[jj] = v;
     }
 }
 
