@@ -107,7 +107,15 @@ impl Subject {
         let lowered = lowering_summary(backend.as_ref());
         let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
         let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;
-        Ok(Subject { path: path.to_path_buf(), backend, feed, times: Vec::new(), measured: Duration::ZERO, kernels, lowered })
+        Ok(Subject {
+            path: path.to_path_buf(),
+            backend,
+            feed,
+            times: Vec::new(),
+            measured: Duration::ZERO,
+            kernels,
+            lowered,
+        })
     }
 
     fn step(&mut self) -> Result<Duration> {

@@ -12,6 +12,7 @@ pub mod isa;
 pub mod linear_f32;
 pub mod linear_i8;
 pub mod par;
+mod scratch;
 mod selfcheck;
 
 pub use isa::Isa;

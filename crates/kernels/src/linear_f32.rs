@@ -12,6 +12,7 @@ use crate::linear_i8::{
     check_len, kerr, pack_blocks, per_tile_chunk, validate_weight_shape, Blocks, Out, Plan, BLOCK, BLOCK_STEP,
 };
 use crate::par::Parallel;
+use crate::scratch::Buf;
 
 pub use crate::linear_i8::{Epilogue, KernelError, PackStats, Pattern};
 
@@ -175,7 +176,7 @@ impl LinearF32 {
         // Tasks that own whole tiles prepare them just before use (hot in cache); otherwise all
         // tiles are prepared first and shared.
         let shared = (plan.blocks.len() > 1).then(|| {
-            let mut xt = vec![0f32; n_tiles * k * tw];
+            let mut xt = Buf::<f32>::zeroed(n_tiles * k * tw);
             per_tile_chunk(&mut xt, k * tw, n_tiles, par, &|tiles: Range<usize>, chunk: &mut [f32]| {
                 for (i, tile) in tiles.enumerate() {
                     prep(tile, &mut chunk[i * k * tw..(i + 1) * k * tw]);
@@ -187,8 +188,8 @@ impl LinearF32 {
         let out = Out::new(y);
         par.run(plan.tasks(), &|i| {
             let (tiles, blocks) = plan.task(i);
-            let mut acc = vec![0f32; tw * BLOCK_STEP * BLOCK];
-            let mut own = if shared.is_none() { vec![0f32; k * tw] } else { Vec::new() };
+            let mut acc = Buf::<f32>::zeroed(tw * BLOCK_STEP * BLOCK);
+            let mut own = Buf::<f32>::zeroed(if shared.is_none() { k * tw } else { 0 });
             for tile in tiles {
                 let t0 = tile * tw;
                 let tvalid = tw.min(t - t0);

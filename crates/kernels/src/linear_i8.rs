@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use crate::gelu::gelu;
 use crate::isa::Isa;
 use crate::par::Parallel;
+use crate::scratch::Buf;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -551,11 +552,8 @@ fn epi_row<const RQ: bool, const GELU: bool, const RES: bool>(c: &Cols<'_>, row:
     let res = if RES { &c.res[..n] } else { &c.res[..0] };
     for jj in 0..n {
         let x = ((a[jj] - corr[jj]) as f32) * mult[jj];
-        let mut v = if RQ {
-            x.max(c.rq.lo).min(c.rq.hi).round_ties_even() * c.rq.scale + bias[jj]
-        } else {
-            x + bias[jj]
-        };
+        let mut v =
+            if RQ { x.max(c.rq.lo).min(c.rq.hi).round_ties_even() * c.rq.scale + bias[jj] } else { x + bias[jj] };
         if GELU {
             v = gelu(v);
         }
@@ -578,8 +576,8 @@ fn store_i32(acc: &[i32], ld: usize, t0: usize, tvalid: usize, j0: usize, ncols:
 
 /// The packed activations of one call.
 enum Acts {
-    U8(Vec<u8>),
-    I16(Vec<i16>),
+    U8(Buf<u8>),
+    I16(Buf<i16>),
 }
 
 /// A block-sparse int8 linear layer, packed once; `Send + Sync` and immutable after creation.
@@ -802,8 +800,8 @@ impl LinearI8 {
     fn acts(&self, tiles: usize) -> Acts {
         let len = tiles * self.k() * self.tw();
         match self.isa {
-            Isa::Avx2 => Acts::I16(vec![0; len]),
-            _ => Acts::U8(vec![0; len]),
+            Isa::Avx2 => Acts::I16(Buf::zeroed(len)),
+            _ => Acts::U8(Buf::zeroed(len)),
         }
     }
 
@@ -813,7 +811,7 @@ impl LinearI8 {
         let n_tiles = t.div_ceil(tw);
         let mut acts = self.acts(n_tiles);
         let prep = |tiles: Range<usize>, mut chunk: ActsMut<'_>| {
-            let mut rowbuf = vec![0u8; 16 * k];
+            let mut rowbuf = Buf::<u8>::zeroed(16 * k);
             for (i, tile) in tiles.enumerate() {
                 self.prep_one(rows, t, tile, &mut rowbuf, chunk.tile(i, k * tw));
             }
@@ -843,8 +841,8 @@ impl LinearI8 {
         let shared = (plan.blocks.len() > 1).then(|| self.prepare(rows, t, par));
         par.run(plan.tasks(), &|i| {
             let (tiles, blocks) = plan.task(i);
-            let mut acc = vec![0i32; tw * BLOCK_STEP * BLOCK];
-            let mut own = shared.is_none().then(|| (self.acts(1), vec![0u8; 16 * k]));
+            let mut acc = Buf::<i32>::zeroed(tw * BLOCK_STEP * BLOCK);
+            let mut own = shared.is_none().then(|| (self.acts(1), Buf::<u8>::zeroed(16 * k)));
             for tile in tiles {
                 let acts = match (&shared, &mut own) {
                     (Some(Acts::U8(xt)), _) => ActsRef::U8(&xt[tile * k * tw..(tile + 1) * k * tw]),

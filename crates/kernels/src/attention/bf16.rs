@@ -12,6 +12,7 @@
 use super::f32::{kept_keys, padded_bias, softmax_row, store_out, store_scores};
 use super::simd::{F32x, Lanes};
 use super::{Problem, Task, TILE};
+use crate::scratch::Buf;
 
 /// A bf16 pair dot product into 16 f32 lanes.
 ///
@@ -135,16 +136,16 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
     let dp = d.next_multiple_of(PC * w);
     let base = t.b * p.seq * p.row_stride + t.h * d;
 
-    let mut row = vec![0u16; 2 * dh.max(dp)];
-    let mut kp = vec![0u32; dh * sp];
+    let mut row = Buf::<u16>::zeroed(2 * dh.max(dp));
+    let mut kp = Buf::<u32>::zeroed(dh * sp);
     for (jj, &j) in keys.iter().enumerate() {
         B::to_bf16(p.k.add(base + j * p.row_stride), row.as_mut_ptr(), d);
         for e in 0..dh {
             kp[e * sp + jj] = pair(&row, 2 * e);
         }
     }
-    let mut vp = vec![0u32; sh * dp];
-    let mut row2 = vec![0u16; dp];
+    let mut vp = Buf::<u32>::zeroed(sh * dp);
+    let mut row2 = Buf::<u16>::zeroed(dp);
     for t2 in 0..sh {
         row.fill(0);
         row2.fill(0);
@@ -157,9 +158,9 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
         }
     }
     let bias = padded_bias(p, t.b, &keys, sp);
-    let mut sc = vec![0f32; TILE * sp];
-    let mut qp = vec![0u32; TILE * dh];
-    let mut pp = vec![0u16; TILE * sp];
+    let mut sc = Buf::<f32>::zeroed(TILE * sp);
+    let mut qp = Buf::<u32>::zeroed(TILE * dh);
+    let mut pp = Buf::<u16>::zeroed(TILE * sp);
     let mut inv = [0f32; TILE];
 
     for i0 in t.rows.clone().step_by(TILE) {

@@ -5,6 +5,7 @@
 
 use super::simd::{exp, F32x};
 use super::{Problem, Task, ABSORBING_BIAS, TILE};
+use crate::scratch::Buf;
 use std::ops::Range;
 
 /// Keys per pass of a tile's Q·Kᵀ: all row blocks of the tile reuse this slice of Kᵀ
@@ -26,12 +27,12 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
     let base = t.b * p.seq * p.row_stride + t.h * d;
 
     let kt = transposed_k(p, base, &keys, sp);
-    let mut vp = vec![0f32; nk * dp];
+    let mut vp = Buf::<f32>::zeroed(nk * dp);
     for (jj, &j) in keys.iter().enumerate() {
         std::ptr::copy_nonoverlapping(p.v.add(base + j * p.row_stride), vp.as_mut_ptr().add(jj * dp), d);
     }
     let bias = padded_bias(p, t.b, &keys, sp);
-    let mut sc = vec![0f32; TILE * sp];
+    let mut sc = Buf::<f32>::zeroed(TILE * sp);
     let mut inv = [0f32; TILE];
 
     for i0 in t.rows.clone().step_by(TILE) {
@@ -68,8 +69,8 @@ pub(crate) unsafe fn task<V: F32x, const QR: usize, const QC: usize, const PR: u
 
 /// Kᵀ of the head at `base` over `keys`, `[head_dim][sp]` with zero padding, built 8 keys at a
 /// time so that both the 8 source rows and the destination lines stay in L1.
-unsafe fn transposed_k(p: &Problem, base: usize, keys: &[usize], sp: usize) -> Vec<f32> {
-    let mut kt = vec![0f32; p.head_dim * sp];
+unsafe fn transposed_k(p: &Problem, base: usize, keys: &[usize], sp: usize) -> Buf<f32> {
+    let mut kt = Buf::<f32>::zeroed(p.head_dim * sp);
     for (j0, block) in keys.chunks(8).enumerate().map(|(i, b)| (8 * i, b)) {
         let src: [*const f32; 8] =
             std::array::from_fn(|r| p.k.add(base + block[r.min(block.len() - 1)] * p.row_stride));
@@ -86,8 +87,8 @@ unsafe fn transposed_k(p: &Problem, base: usize, keys: &[usize], sp: usize) -> V
 /// Batch `b`'s biases of `keys`, at least `f32::MIN` (so a -inf bias behaves like `f32::MIN` and a
 /// fully masked row stays finite), padded to `sp` with zeros (the padded keys' scores are
 /// overwritten with -inf).
-pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, keys: &[usize], sp: usize) -> Vec<f32> {
-    let mut bias = vec![0f32; sp];
+pub(crate) unsafe fn padded_bias(p: &Problem, b: usize, keys: &[usize], sp: usize) -> Buf<f32> {
+    let mut bias = Buf::<f32>::zeroed(sp);
     if let Some(m) = p.mask {
         for (x, &j) in bias.iter_mut().zip(keys) {
             let bias = *m.add(b * p.seq + j);
