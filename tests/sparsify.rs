@@ -241,7 +241,7 @@ fn killed_sparsify_resumes_and_ends_equal_to_an_uninterrupted_run() {
     resume.push("--resume".into());
     let summary: Value = serde_json::from_str(&ok(&run(&resume))).unwrap();
     let from = summary["resumed_from_step"].as_u64().expect("the run resumed from a checkpoint");
-    assert!(from >= 22 && from < 66, "resumed mid-run at step {from}");
+    assert!((22..66).contains(&from), "resumed mid-run at step {from}");
     assert_same_run(reference, &out);
     assert_tensorboard_equals_log(&out);
 }

@@ -104,7 +104,7 @@ pub fn weight_structure(nonzero: impl Fn(usize, usize) -> bool, k: usize, n: usi
         return "dense";
     }
     let share = |in_blocks: usize| in_blocks as f64 >= BLOCK_ZERO_SHARE * zeros as f64;
-    let in_4x1: usize = if n % 4 == 0 {
+    let in_4x1: usize = if n.is_multiple_of(4) {
         (0..k).map(|kk| (0..n / 4).filter(|&b| (0..4).all(|i| !nonzero(kk, b * 4 + i))).count() * 4).sum()
     } else {
         0
@@ -112,7 +112,7 @@ pub fn weight_structure(nonzero: impl Fn(usize, usize) -> bool, k: usize, n: usi
     if share(in_4x1) {
         return "[4, 1]";
     }
-    let in_1x4: usize = if k % 4 == 0 {
+    let in_1x4: usize = if k.is_multiple_of(4) {
         (0..n).map(|j| (0..k / 4).filter(|&b| (0..4).all(|i| !nonzero(b * 4 + i, j))).count() * 4).sum()
     } else {
         0

@@ -67,7 +67,7 @@ impl Operator for AttentionOp {
         let head_dim = int("head_dim")?;
         let scale = kctx.get::<f32>("scale").ok_or_else(|| err(format!("{node}: attribute 'scale' is required")))?;
         let fused = kctx.get::<i64>("qkv_fused").unwrap_or(0) != 0;
-        if !fused && !(present(&names, 2) && present(&names, 3)) {
+        if !(fused || present(&names, 2) && present(&names, 3)) {
             return Err(err(format!("{node}: K and V inputs are required unless qkv_fused=1")));
         }
         let precision = match kctx.get::<String>("precision").as_deref().unwrap_or("f32") {
@@ -185,7 +185,7 @@ impl AttentionKernel {
         let mask = match &mask_in {
             Some(m) => {
                 let (ms, md) = m.try_extract_tensor::<f32>()?;
-                key_mask(&ms.to_vec(), md, b, s).map_err(err)?
+                key_mask(ms, md, b, s).map_err(err)?
             }
             None => KeyMask::None,
         };

@@ -60,9 +60,7 @@ impl Parallel for OrtPool<'_> {
         threads()
     }
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        if n <= 1 || threads() <= 1 {
-            (0..n).for_each(f);
-        } else if self.0.par_for(n, n, f).is_err() {
+        if n <= 1 || threads() <= 1 || self.0.par_for(n, n, f).is_err() {
             (0..n).for_each(f);
         }
     }

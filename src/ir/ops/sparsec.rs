@@ -39,9 +39,12 @@ pub fn weight_format(node: &Node) -> Result<WeightFormat, String> {
     }
 }
 
+/// `(K, N, W)`: a dense int8 `[K, N]` weight, row-major.
+pub type DenseWeight = (usize, usize, Vec<i8>);
+
 /// The dense int8 `[K, N]` weight of a `SparseLinear` node whose weight is an initializer, decoded
 /// from the packed form when it is packed: `(K, N, W)`. `None` when the weight is not a constant.
-pub fn linear_weight_dense(g: &Graph, node: &Node) -> Option<Result<(usize, usize, Vec<i8>), String>> {
+pub fn linear_weight_dense(g: &Graph, node: &Node) -> Option<Result<DenseWeight, String>> {
     let t = g.constant(node.input(1)?)?;
     Some(decode_weight(node, t))
 }
@@ -61,7 +64,7 @@ pub fn packed_weights_dense(g: &Graph) -> std::collections::HashMap<crate::ir::V
     out
 }
 
-fn decode_weight(node: &Node, t: &Tensor) -> Result<(usize, usize, Vec<i8>), String> {
+fn decode_weight(node: &Node, t: &Tensor) -> Result<DenseWeight, String> {
     if t.dtype != DType::I8 {
         return Err(format!("weight must be int8, got {}", t.dtype));
     }

@@ -24,6 +24,10 @@ pub struct Movement {
 /// State name suffix of a layer's observed-step count.
 const STEPS: &str = "#steps";
 
+/// A pruning group of one layer: `(mean movement score, layer index, the flat weight indices of the
+/// group)`; already-pruned groups score −∞.
+type Candidate = (f32, usize, Vec<usize>);
+
 impl Movement {
     /// Refuses N:M masks (SparseML's movement scorer ranks blocks, not runs within blocks).
     pub fn new(structure: MaskStructure, global: bool) -> Result<Movement> {
@@ -38,7 +42,7 @@ impl Movement {
         self.scores.get(initializer).map(Vec::as_slice)
     }
 
-    fn candidates(&self, layers: &[Layer]) -> Result<Vec<Vec<(f32, usize, Vec<usize>)>>> {
+    fn candidates(&self, layers: &[Layer]) -> Result<Vec<Vec<Candidate>>> {
         let (bo, bi) = match self.structure {
             MaskStructure::Block { out, inp } => (out.max(1), inp.max(1)),
             _ => (1, 1),
