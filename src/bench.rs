@@ -180,11 +180,15 @@ pub fn bench(models: &[BenchModel], args: &BenchSettings) -> Result<Vec<BenchRes
     if args.batch_size == 0 || args.seq_len == 0 {
         bail!("--batch-size and --seq-len must be at least 1");
     }
+    for (flag, x) in [("--seconds", args.seconds), ("--warmup", args.warmup)] {
+        if !(x.is_finite() && (0.0..=1e6).contains(&x)) {
+            bail!("{flag} must be a number of seconds from 0 to 1000000, got {x}");
+        }
+    }
     let mut subjects = Vec::new();
     for m in models {
         subjects.push(Subject::load(&m.path, m.engine, m.kernels, m.profile, args)?);
     }
-    let slice = SLICE.min(Duration::from_secs_f64(args.seconds.max(args.warmup).max(1e-3)));
     for s in subjects.iter_mut() {
         let until = Instant::now() + Duration::from_secs_f64(args.warmup);
         s.step()?;
@@ -200,7 +204,7 @@ pub fn bench(models: &[BenchModel], args: &BenchSettings) -> Result<Vec<BenchRes
             while Instant::now() < settle {
                 s.step()?;
             }
-            let until = Instant::now() + slice.min(measured.saturating_sub(s.measured));
+            let until = Instant::now() + SLICE.min(measured.saturating_sub(s.measured));
             loop {
                 let d = s.step()?;
                 s.times.push(d);

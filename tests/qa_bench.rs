@@ -29,3 +29,19 @@ fn bench_compare_reports_both_models_and_their_ratio() {
     let ratio = results[0]["items_per_second"].as_f64().unwrap() / results[1]["items_per_second"].as_f64().unwrap();
     assert!((r["speed_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9);
 }
+
+#[test]
+fn bad_times_are_errors_naming_the_flag() {
+    let dir = common::fixture_dir("bert");
+    for (flag, v) in [("--seconds", "-1"), ("--warmup", "nan"), ("--seconds", "inf")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+            .args(["bench", "--model"])
+            .arg(dir.join("model.legacy.onnx"))
+            .arg(format!("{flag}={v}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {v}: {err}");
+        assert!(err.contains(flag) && !err.contains("panicked"), "{flag} {v}: {err}");
+    }
+}
