@@ -287,6 +287,24 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                 }
                 pm.status = "distillation loss in train.onnx; the trainer feeds the teacher's logits".into();
             }
+            Modifier::PerLayerDistillation(d) => {
+                let (student, teacher) = layer_pairs(d, g);
+                for (names, field) in [(&student, "student_layer_names"), (&teacher, "teacher_layer_names")] {
+                    if let Some(bad) = names.iter().find(|n| modules::module_output(g, n).is_none()) {
+                        bail!(crate::recipe::RecipeError::Invalid {
+                            at: recipe.at(e, field),
+                            message: format!(
+                                "no module '{bad}' in the model (a PyTorch module path, e.g. \
+                                 'bert.encoder.layer.0.output')"
+                            ),
+                        });
+                    }
+                }
+                pm.status = format!(
+                    "hidden-state distillation of {} module outputs in train.onnx; the trainer feeds the teacher's",
+                    student.len()
+                );
+            }
             Modifier::LayerPruning(_) => {
                 pm.status = "not implemented".into();
             }
@@ -489,6 +507,7 @@ fn training_graph(model: &Model, model_path: &Path, recipe: &Recipe) -> Result<c
         })
         .unwrap_or(LossSpec::Span);
     let mut spec = TrainingGraphSpec::new(loss);
+    spec.layers = layer_distillation(recipe, &model.graph).map(|(l, _)| l);
     let config = model_path.parent().map(|d| d.join("config.json")).filter(|p| p.exists());
     if let Some(config) = config {
         let text = std::fs::read(&config).with_context(|| format!("cannot read '{}'", config.display()))?;
@@ -498,6 +517,39 @@ fn training_graph(model: &Model, model_path: &Path, recipe: &Recipe) -> Result<c
         spec.zero_grad_rows = hf_padding_rows(&json, names.keys().map(String::as_str));
     }
     build_training_graph(model, &spec).context("cannot build the loss and gradient graph")
+}
+
+/// The student and teacher module names a `PerLayerDistillationModifier` pairs; with no names,
+/// every linear layer of `g` on both sides.
+fn layer_pairs(d: &crate::recipe::PerLayerDistillationModifier, g: &crate::ir::Graph) -> (Vec<String>, Vec<String>) {
+    match (&d.student_layer_names, &d.teacher_layer_names) {
+        (Some(s), Some(t)) => (s.clone(), t.clone()),
+        _ => {
+            let all: Vec<String> = modules::linear_layers(g).into_iter().map(|l| l.module).collect();
+            (all.clone(), all)
+        }
+    }
+}
+
+/// The recipe's hidden-state distillation on graph `g`: the loss term, and the teacher module
+/// paired with each student module.
+pub fn layer_distillation(
+    recipe: &Recipe,
+    g: &crate::ir::Graph,
+) -> Option<(crate::autodiff::LayerDistill, Vec<String>)> {
+    recipe.modifiers.iter().find_map(|e| match &e.modifier {
+        Modifier::PerLayerDistillation(d) => {
+            let (modules, teacher) = layer_pairs(d, g);
+            let loss = crate::autodiff::LayerDistill {
+                modules,
+                gain: d.gain as f32,
+                normalize: d.normalize,
+                epsilon: d.epsilon as f32,
+            };
+            Some((loss, teacher))
+        }
+        _ => None,
+    })
 }
 
 /// Writes everything into a temporary sibling folder, then swaps it in for `out`.

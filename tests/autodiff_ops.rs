@@ -581,3 +581,123 @@ fn an_op_without_a_gradient_rule_is_an_error_naming_the_op_and_the_node() {
     assert!(matches!(err, AutodiffError::NoRule { .. }), "{msg}");
     assert!(msg.contains("CumSum") && msg.contains("encoder/running_total"), "{msg}");
 }
+
+/// Hidden-state distillation (`PerLayerDistillationModifier`) on a module `enc.mix` whose output
+/// is `s + e`: the logged part equals SparseML's formula, the total mixes the parts, and the
+/// gradient matches central differences, normalized or not, with and without logit distillation.
+#[test]
+fn layer_distillation_loss_matches_its_formula_and_finite_differences() {
+    for (loss, normalize, gain) in [
+        (autodiff::LossSpec::Distill { temperature: 2.0, hardness: 0.5 }, true, 1.5),
+        (autodiff::LossSpec::Span, false, 0.7),
+    ] {
+        let start = signed(&[2, 5], 11, 0.1, 2.0);
+        let end = signed(&[2, 5], 12, 0.1, 2.0);
+        let teacher = signed(&[2, 5], 13, 0.1, 2.0);
+        let mut m = Model { ir_version: 8, opset_imports: vec![(String::new(), 17)], ..Model::default() };
+        m.graph
+            .edit(|p| -> Result<_, AutodiffError> {
+                let s = p.add_initializer("s", start.clone());
+                let e = p.add_initializer("e", end.clone());
+                let (_, h) = p.add_node(NodeSpec::new("Add", "/enc/mix/Add", &[s, e]), &[("h", Default::default())]);
+                let (_, so) =
+                    p.add_node(NodeSpec::new("Identity", "s_id", &[s]), &[("start_logits", Default::default())]);
+                let (_, eo) =
+                    p.add_node(NodeSpec::new("Identity", "e_id", &[h[0]]), &[("end_logits", Default::default())]);
+                p.add_output(so[0]);
+                p.add_output(eo[0]);
+                Ok(())
+            })
+            .unwrap();
+        infer::infer_facts(&mut m).unwrap();
+        let names = vec!["s".to_string(), "e".to_string()];
+        let mut ts = autodiff::TrainingGraphSpec::new(loss.clone());
+        ts.params = Some(names.clone());
+        ts.layers = Some(autodiff::LayerDistill { modules: vec!["enc.mix".into()], gain, normalize, epsilon: 1e-6 });
+        let tg = autodiff::build_training_graph(&m, &ts).unwrap();
+        assert!(tg.loss_inputs.iter().any(|n| n == "teacher_layer.0"), "inputs {:?}", tg.loss_inputs);
+        assert!(tg.loss_outputs.iter().any(|n| n == "loss_layer"), "outputs {:?}", tg.loss_outputs);
+        let mut backend = runtime::load_bytes(
+            &onnx::encode_model(&tg.model),
+            EngineKind::Ort,
+            &EngineOptions { threads: Some(1), ..Default::default() },
+        )
+        .unwrap();
+        let sp = HostTensor::I64(ArrayD::from_shape_vec(vec![2], vec![1, 3]).unwrap());
+        let ep = HostTensor::I64(ArrayD::from_shape_vec(vec![2], vec![4, 2]).unwrap());
+        let mut feed_of = |s: &Tensor, e: &Tensor| {
+            let mut feed: Vec<(&str, HostTensor)> = vec![
+                ("s", to_host(s)),
+                ("e", to_host(e)),
+                ("start_positions", sp.clone()),
+                ("end_positions", ep.clone()),
+                ("teacher_layer.0", to_host(&teacher)),
+            ];
+            if tg.loss_inputs.iter().any(|n| n == "teacher_start_logits") {
+                feed.push(("teacher_start_logits", to_host(&signed(&[2, 5], 14, 0.1, 2.0))));
+                feed.push(("teacher_end_logits", to_host(&signed(&[2, 5], 15, 0.1, 2.0))));
+            }
+            backend.run(&feed).unwrap()
+        };
+        let out = feed_of(&start, &end);
+        let part = |n: &str| {
+            out.iter().find(|(k, _)| k == n).map(|(_, t)| t.as_f32().unwrap().iter().next().copied().unwrap() as f64)
+        };
+        let (sv, ev, tv) = (start.to_f32().unwrap(), end.to_f32().unwrap(), teacher.to_f32().unwrap());
+        let mse = sv.iter().zip(&ev).zip(&tv).map(|((a, b), t)| ((a + b - t) as f64).powi(2)).sum::<f64>() / 10.0;
+        let mag = tv.iter().map(|&t| (t as f64).powi(2)).sum::<f64>() / 10.0;
+        let want = if normalize { mse / (mag + 1e-6) } else { mse };
+        let got = part("loss_layer").unwrap();
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "loss_layer {got}, formula {want}");
+        let base = match loss {
+            autodiff::LossSpec::Distill { hardness, .. } => {
+                hardness as f64 * part("loss_distill").unwrap() + (1.0 - hardness as f64) * part("loss_span").unwrap()
+            }
+            autodiff::LossSpec::Span => part("loss_span").unwrap(),
+        };
+        let total = loss_of(&out);
+        assert!((total - (base + gain as f64 * got)).abs() <= 1e-5 * total.abs().max(1.0), "total {total}");
+        let params = [start.clone(), end.clone()];
+        for (i, pname) in names.iter().enumerate() {
+            let entry = tg.grads.by_param(pname).unwrap();
+            let g = out.iter().find(|(n, _)| *n == entry.output).unwrap().1.as_f32().unwrap().clone();
+            for (j, &ga) in g.iter().enumerate() {
+                let mut vp = params[i].to_f32().unwrap();
+                let mut vm = vp.clone();
+                vp[j] += EPS;
+                vm[j] -= EPS;
+                let (mut pp, mut pm) = (params.clone(), params.clone());
+                pp[i] = Tensor::from_f32(vec![2, 5], &vp);
+                pm[i] = Tensor::from_f32(vec![2, 5], &vm);
+                let fd = (loss_of(&feed_of(&pp[0], &pp[1])) - loss_of(&feed_of(&pm[0], &pm[1]))) / (2.0 * EPS as f64);
+                let err = (ga as f64 - fd).abs();
+                assert!(err <= ATOL + RTOL * fd.abs(), "d loss / d {pname}[{j}]: autodiff {ga}, fd {fd}");
+            }
+        }
+    }
+}
+
+#[test]
+fn layer_distillation_of_an_unknown_module_is_an_error_naming_it() {
+    let mut m = Model { ir_version: 8, opset_imports: vec![(String::new(), 17)], ..Model::default() };
+    m.graph
+        .edit(|p| -> Result<_, AutodiffError> {
+            let s = p.add_initializer("s", signed(&[2, 5], 1, 0.1, 2.0));
+            let (_, so) = p.add_node(NodeSpec::new("Identity", "s_id", &[s]), &[("start_logits", Default::default())]);
+            let (_, eo) = p.add_node(NodeSpec::new("Identity", "e_id", &[s]), &[("end_logits", Default::default())]);
+            p.add_output(so[0]);
+            p.add_output(eo[0]);
+            Ok(())
+        })
+        .unwrap();
+    infer::infer_facts(&mut m).unwrap();
+    let mut ts = autodiff::TrainingGraphSpec::new(autodiff::LossSpec::Span);
+    ts.layers = Some(autodiff::LayerDistill {
+        modules: vec!["bert.encoder.layer.9".into()],
+        gain: 1.0,
+        normalize: true,
+        epsilon: 1e-6,
+    });
+    let err = autodiff::build_training_graph(&m, &ts).unwrap_err().to_string();
+    assert!(err.contains("bert.encoder.layer.9"), "{err}");
+}

@@ -418,3 +418,63 @@ fn sparse_transfer_keeps_every_zero_of_a_sparse_model() {
     }
     assert_eq!(checked, 12);
 }
+
+/// `PerLayerDistillationModifier` on the bert fixture's two layer outputs: the step log carries
+/// the hidden-state part, zero before the first update (the student is the teacher), the total
+/// is `distill + gain * layer` (hardness 1.0), and what sparsec cannot do is an error naming the
+/// field.
+#[test]
+fn per_layer_distillation_adds_the_hidden_state_loss_and_names_what_it_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(root().join("recipes/gmp80-unstructured-qat-distill.yaml")).unwrap();
+    let layers = "\nlayer_distillation_modifiers:\n  - !PerLayerDistillationModifier\n    gain: 2.0\n    \
+                  project_features: false\n    student_layer_names: [bert.encoder.layer.0.output, \
+                  bert.encoder.layer.1.output]\n";
+    let recipe = dir.path().join("layers.yaml");
+    std::fs::write(&recipe, format!("{base}{layers}")).unwrap();
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let compiled = dir.path().join("compiled");
+    let compile = |recipe: &Path, out: &Path| {
+        sparsec(&["compile", s(&model), "--recipe", s(recipe), "--recipe-args", r#"{"num_epochs": 6}"#, "-o", s(out)])
+    };
+    ok(&compile(&recipe, &compiled));
+    let out = dir.path().join("run");
+    let data = tiny_squad();
+    let mut args = train_args(&compiled, &out, &data);
+    args.extend(["--max-steps", "24"]);
+    ok(&sparsec(&args));
+    let steps = log(&out);
+    assert_eq!(steps.len(), 24);
+    let layer = |st: &Value| st["loss_layer"].as_f64().expect("loss_layer logged");
+    assert!(layer(&steps[0]) < 1e-6, "before any update the student is the teacher: {}", layer(&steps[0]));
+    for st in &steps {
+        let (loss, distill) = (st["loss"].as_f64().unwrap(), st["loss_distill"].as_f64().unwrap());
+        let want = distill + 2.0 * layer(st);
+        assert!(
+            (loss - want).abs() <= 1e-4 * loss.abs().max(1.0),
+            "step {}: loss {loss}, parts give {want}",
+            st["step"]
+        );
+    }
+    let all: Vec<f64> = steps.iter().map(layer).collect();
+    assert!(
+        all[22..].iter().all(|&l| l > 1e-3),
+        "80% pruning (step 22) moves the hidden states off the teacher's: {all:?}"
+    );
+
+    let bad = |text: &str, name: &str| {
+        let r = dir.path().join(name);
+        std::fs::write(&r, format!("{base}{text}")).unwrap();
+        let o = compile(&r, &dir.path().join(format!("{name}.out")));
+        assert!(!o.status.success(), "{name} must fail");
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(e.starts_with("error: ") && !e.contains("panicked"), "{e}");
+        e
+    };
+    let e = bad(&layers.replace("    project_features: false\n", ""), "projected.yaml");
+    assert!(e.contains("project_features") && e.contains("PerLayerDistillationModifier"), "{e}");
+    let e = bad(&layers.replace("bert.encoder.layer.1.output", "bert.encoder.layer.7.output"), "unknown.yaml");
+    assert!(e.contains("bert.encoder.layer.7.output") && e.contains("student_layer_names"), "{e}");
+    let e = bad(&format!("{layers}    teacher_layer_names: [bert.encoder.layer.1.output]\n"), "unpaired.yaml");
+    assert!(e.contains("teacher_layer_names"), "{e}");
+}

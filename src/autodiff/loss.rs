@@ -10,6 +10,10 @@
 //!   `rows = numel / last_dim`; heads averaged; teacher logits are `[batch, seq]` inputs
 //!   `teacher_start_logits` / `teacher_end_logits`. The total is
 //!   `hardness * distill + (1 - hardness) * span`.
+//! - Hidden-state distillation (SparseML `PerLayerDistillationModifier`, without projection): per
+//!   module pair, `mean((s - t)^2)`, divided by `mean(t^2) + epsilon` when normalized; summed over
+//!   the pairs and added to the loss above times `gain`. The teacher's module outputs are inputs
+//!   `teacher_layer.{i}` of the student module's shape.
 
 use crate::ir::{modules, Attribute, DType, Dim, Facts, Model, NodeSpec, ValueId};
 
@@ -35,6 +39,19 @@ pub struct TrainingGraphSpec {
     pub end_logits: String,
     /// Rows whose gradient is zero, by initializer or PyTorch name (see [`GradOptions`]).
     pub zero_grad_rows: Vec<(String, i64)>,
+    /// Hidden-state distillation added to the loss.
+    pub layers: Option<LayerDistill>,
+}
+
+/// Hidden-state distillation: the outputs of PyTorch modules (see [`modules::module_output`])
+/// pulled towards the teacher's outputs of the same modules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerDistill {
+    /// Student module names; pair `i` is fed the teacher's output as `teacher_layer.{i}`.
+    pub modules: Vec<String>,
+    pub gain: f32,
+    pub normalize: bool,
+    pub epsilon: f32,
 }
 
 impl TrainingGraphSpec {
@@ -45,6 +62,7 @@ impl TrainingGraphSpec {
             start_logits: "start_logits".into(),
             end_logits: "end_logits".into(),
             zero_grad_rows: Vec::new(),
+            layers: None,
         }
     }
 }
@@ -54,10 +72,12 @@ impl TrainingGraphSpec {
 pub struct TrainingGraph {
     pub model: Model,
     pub grads: GradMap,
-    /// Extra inputs a training step feeds: `start_positions`, `end_positions` and, for
-    /// distillation, `teacher_start_logits`, `teacher_end_logits`.
+    /// Extra inputs a training step feeds: `start_positions`, `end_positions`, for
+    /// distillation `teacher_start_logits`, `teacher_end_logits`, and for hidden-state
+    /// distillation `teacher_layer.{i}`.
     pub loss_inputs: Vec<String>,
-    /// Loss outputs: `loss` (what is differentiated), then its parts (`loss_span`, `loss_distill`).
+    /// Loss outputs: `loss` (what is differentiated), then its parts (`loss_span`, `loss_distill`,
+    /// `loss_layer`).
     pub loss_outputs: Vec<String>,
 }
 
@@ -95,6 +115,23 @@ pub fn attach_loss(model: &mut Model, spec: &TrainingGraphSpec) -> Result<(Vec<S
     let g = &model.graph;
     let find = |n: &str| g.value_by_name(n).ok_or_else(|| AutodiffError::UnknownValue(n.to_string()));
     let (start, end) = (find(&spec.start_logits)?, find(&spec.end_logits)?);
+    let mut hidden = Vec::new();
+    for (i, name) in spec.layers.iter().flat_map(|l| l.modules.iter()).enumerate() {
+        let v = modules::module_output(g, name).ok_or_else(|| AutodiffError::Unsupported {
+            reason: format!("hidden-state distillation: no module named '{name}' in the graph"),
+        })?;
+        let f = &g.value(v).facts;
+        if f.dtype != Some(DType::F32) {
+            return Err(AutodiffError::Unsupported {
+                reason: format!("hidden-state distillation: module '{name}' returns {:?}, not float32", f.dtype),
+            });
+        }
+        hidden.push((
+            v,
+            format!("teacher_layer.{i}"),
+            Facts { dtype: f.dtype, shape: f.shape.clone(), ..Facts::default() },
+        ));
+    }
     let mut outputs = Vec::new();
     model.graph.edit(|p| -> Result<(), AutodiffError> {
         let pos_facts = Facts::new(DType::I64, vec![Dim::Sym("batch".into())]);
@@ -108,6 +145,8 @@ pub fn attach_loss(model: &mut Model, spec: &TrainingGraphSpec) -> Result<(Vec<S
             )),
             LossSpec::Span => None,
         };
+        let hidden: Vec<(ValueId, ValueId)> =
+            hidden.iter().map(|(v, name, facts)| (*v, p.add_input(name, facts.clone()))).collect();
         let mut b = Gradient::new(p, opset);
         b.set_scope("loss".into());
         let ce_s = cross_entropy(&mut b, start, sp);
@@ -115,7 +154,7 @@ pub fn attach_loss(model: &mut Model, spec: &TrainingGraphSpec) -> Result<(Vec<S
         let sum = b.add(ce_s, ce_e);
         let span = b.scale(sum, 0.5, DType::F32);
         let mut named = vec![];
-        match (spec.loss.clone(), teachers) {
+        let mut total = match (spec.loss.clone(), teachers) {
             (LossSpec::Distill { temperature, hardness }, Some((ts, te))) => {
                 let kl_s = distill_head(&mut b, start, ts, temperature as f64);
                 let kl_e = distill_head(&mut b, end, te, temperature as f64);
@@ -123,13 +162,33 @@ pub fn attach_loss(model: &mut Model, spec: &TrainingGraphSpec) -> Result<(Vec<S
                 let distill = b.scale(sum, 0.5, DType::F32);
                 let hd = b.scale(distill, hardness as f64, DType::F32);
                 let sp = b.scale(span, 1.0 - hardness as f64, DType::F32);
-                let total = b.add(hd, sp);
-                named.push((total, "loss"));
                 named.push((span, "loss_span"));
                 named.push((distill, "loss_distill"));
+                b.add(hd, sp)
             }
-            _ => named.push((span, "loss")),
+            _ => {
+                if spec.layers.is_some() {
+                    named.push((span, "loss_span"));
+                }
+                span
+            }
+        };
+        if let Some(l) = &spec.layers {
+            let mut layer = None;
+            for &(s, t) in &hidden {
+                let term = layer_term(&mut b, s, t, l.normalize, l.epsilon as f64);
+                layer = Some(match layer {
+                    Some(acc) => b.add(acc, term),
+                    None => term,
+                });
+            }
+            if let Some(layer) = layer {
+                let gained = b.scale(layer, l.gain as f64, DType::F32);
+                total = b.add(total, gained);
+                named.push((layer, "loss_layer"));
+            }
         }
+        named.insert(0, (total, "loss"));
         for (v, name) in named {
             let spec = NodeSpec::new("Identity", format!("loss/{name}"), &[v]);
             let (_, outs) = b.patch().add_node(spec, &[(name, Facts::new(DType::F32, vec![]))]);
@@ -139,7 +198,8 @@ pub fn attach_loss(model: &mut Model, spec: &TrainingGraphSpec) -> Result<(Vec<S
         Ok(())
     })?;
     let g = &model.graph;
-    let input_names = ["start_positions", "end_positions", "teacher_start_logits", "teacher_end_logits"];
+    let input_names =
+        ["start_positions", "end_positions", "teacher_start_logits", "teacher_end_logits", "teacher_layer."];
     let inputs: Vec<String> = g
         .inputs()
         .iter()
@@ -148,6 +208,27 @@ pub fn attach_loss(model: &mut Model, spec: &TrainingGraphSpec) -> Result<(Vec<S
         .collect();
     let outputs = outputs.into_iter().map(|v: ValueId| g.value(v).name.clone()).collect();
     Ok((inputs, outputs))
+}
+
+/// SparseML's per-layer term: `mean((s - t)^2)`, over `mean(t^2) + epsilon` when `normalize`.
+fn layer_term(b: &mut Gradient, student: ValueId, teacher: ValueId, normalize: bool, epsilon: f64) -> ValueId {
+    let mean = |b: &mut Gradient, x: ValueId| {
+        let sum = b.reduce("ReduceSum", x, None, false);
+        let size = b.op("Size", &[x], vec![]);
+        let size = b.cast(size, DType::F32);
+        b.div(sum, size)
+    };
+    let d = b.sub(student, teacher);
+    let sq = b.mul(d, d);
+    let mse = mean(b, sq);
+    if !normalize {
+        return mse;
+    }
+    let tt = b.mul(teacher, teacher);
+    let mag = mean(b, tt);
+    let eps = b.scalar(epsilon, DType::F32);
+    let den = b.add(mag, eps);
+    b.div(mse, den)
 }
 
 /// HF cross-entropy of `[batch, seq]` logits against `[batch]` positions, clamped to `[0, seq]`

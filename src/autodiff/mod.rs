@@ -16,7 +16,7 @@ pub mod rules;
 use std::collections::{HashMap, HashSet};
 
 pub use builder::{float_tensor, Gradient};
-pub use loss::{build_training_graph, LossSpec, TrainingGraph, TrainingGraphSpec};
+pub use loss::{build_training_graph, LayerDistill, LossSpec, TrainingGraph, TrainingGraphSpec};
 pub use rules::{differentiable_ops, NodeGrad};
 
 use crate::ir::{infer, modules, DType, IrError, Model, NodeId, NodeSpec, ValueId};

@@ -193,3 +193,28 @@ pub fn parameter_names(g: &Graph) -> BTreeMap<String, ValueId> {
     }
     by_value.into_iter().map(|(v, n)| (n, v)).collect()
 }
+
+/// The value a PyTorch module returns (what a forward hook on it sees): among the values that
+/// nodes in the module's scope (`name` or below it) produce and that nodes outside it (or the
+/// graph's outputs) read, the one produced last in topological order. `None` when no node is
+/// in that scope or nothing leaves it.
+pub fn module_output(g: &Graph, name: &str) -> Option<ValueId> {
+    let inside =
+        |n: &Node| node_scope(n).is_some_and(|s| s == name || s.strip_prefix(name).is_some_and(|r| r.starts_with('.')));
+    let consumers = g.consumers();
+    let outputs: std::collections::HashSet<ValueId> = g.outputs().iter().copied().collect();
+    let mut found = None;
+    for (_, node) in g.nodes() {
+        if !inside(node) {
+            continue;
+        }
+        for &v in node.outputs.iter().flatten() {
+            let leaves =
+                outputs.contains(&v) || consumers.get(&v).is_some_and(|cs| cs.iter().any(|&(c, _)| !inside(g.node(c))));
+            if leaves {
+                found = Some(v);
+            }
+        }
+    }
+    found
+}

@@ -20,6 +20,7 @@ pub const KNOWN_MODIFIERS: &[&str] = &[
     "ConstantPruningModifier",
     "QuantizationModifier",
     "DistillationModifier",
+    "PerLayerDistillationModifier",
     "TrainableParamsModifier",
     "SetWeightDecayModifier",
     "LayerPruningModifier",
@@ -41,6 +42,7 @@ pub enum Modifier {
     ConstantPruning(ConstantPruningModifier),
     Quantization(Box<QuantizationModifier>),
     Distillation(DistillationModifier),
+    PerLayerDistillation(PerLayerDistillationModifier),
     TrainableParams(TrainableParamsModifier),
     SetWeightDecay(SetWeightDecayModifier),
     LayerPruning(LayerPruningModifier),
@@ -57,6 +59,7 @@ impl Modifier {
             Modifier::ConstantPruning(m) => m.start_epoch,
             Modifier::Quantization(m) => m.start_epoch,
             Modifier::Distillation(m) => m.start_epoch,
+            Modifier::PerLayerDistillation(m) => m.start_epoch,
             Modifier::TrainableParams(m) => m.start_epoch,
             Modifier::SetWeightDecay(m) => m.start_epoch,
             Modifier::LayerPruning(m) => m.start_epoch,
@@ -73,6 +76,7 @@ impl Modifier {
             Modifier::ConstantPruning(m) => m.end_epoch,
             Modifier::Quantization(m) => m.end_epoch,
             Modifier::Distillation(m) => m.end_epoch,
+            Modifier::PerLayerDistillation(m) => m.end_epoch,
             Modifier::TrainableParams(m) => m.end_epoch,
             Modifier::SetWeightDecay(m) => m.end_epoch,
             Modifier::LayerPruning(m) => m.end_epoch,
@@ -250,6 +254,22 @@ pub struct DistillationModifier {
     /// Weight of the distillation loss: `loss = (1 - hardness) * task + hardness * kd` (default 0.5).
     pub hardness: f64,
     pub temperature: f64,
+}
+
+/// SparseML's `PerLayerDistillationModifier`: `loss + gain * Σ mean((s - t)^2)` over pairs of
+/// module outputs of the student and the teacher, each divided by `mean(t^2) + epsilon` when
+/// `normalize`. No names: every linear layer (SparseML: every `Linear`/`Conv2d`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PerLayerDistillationModifier {
+    pub gain: f64,
+    pub start_epoch: f64,
+    pub end_epoch: f64,
+    pub update_frequency: f64,
+    pub normalize: bool,
+    pub student_layer_names: Option<Vec<String>>,
+    pub teacher_layer_names: Option<Vec<String>>,
+    pub project_features: bool,
+    pub epsilon: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -478,6 +498,53 @@ pub(crate) fn parse_modifier(tag: &str, r: &mut FieldReader) -> Result<Modifier,
                 update_frequency,
                 hardness,
                 temperature,
+            })
+        }
+        "PerLayerDistillationModifier" => {
+            let gain = r.f64_or("gain", 1.5)?;
+            if !(gain >= 0.0 && gain.is_finite()) {
+                return Err(r.invalid("gain", format!("gain {gain} must be a finite number >= 0")));
+            }
+            let start_epoch = r.f64_or("start_epoch", -1.0)?;
+            let end_epoch = r.f64_or("end_epoch", -1.0)?;
+            schedule(r, start_epoch, end_epoch, EndRule::GreaterEqualOrNever)?;
+            let update_frequency = r.f64_or("update_frequency", -1.0)?;
+            let normalize = r.bool_or("normalize", true)?;
+            let mut student_layer_names = r.strings_opt("student_layer_names")?;
+            let mut teacher_layer_names = r.strings_opt("teacher_layer_names")?;
+            match (&student_layer_names, &teacher_layer_names) {
+                (Some(s), Some(t)) if s.len() != t.len() => {
+                    return Err(r.invalid(
+                        "teacher_layer_names",
+                        format!(
+                            "student_layer_names has {} names and teacher_layer_names {}: they must pair one to one",
+                            s.len(),
+                            t.len()
+                        ),
+                    ))
+                }
+                (Some(s), None) => teacher_layer_names = Some(s.clone()),
+                (None, Some(t)) => student_layer_names = Some(t.clone()),
+                _ => {}
+            }
+            if student_layer_names.as_ref().is_some_and(|s| s.is_empty()) {
+                return Err(r.invalid("student_layer_names", "the list of layers to distill is empty"));
+            }
+            let project_features = r.bool_or("project_features", true)?;
+            let epsilon = r.f64_or("epsilon", 1e-6)?;
+            if !(epsilon >= 0.0 && epsilon.is_finite()) {
+                return Err(r.invalid("epsilon", format!("epsilon {epsilon} must be a finite number >= 0")));
+            }
+            Modifier::PerLayerDistillation(PerLayerDistillationModifier {
+                gain,
+                start_epoch,
+                end_epoch,
+                update_frequency,
+                normalize,
+                student_layer_names,
+                teacher_layer_names,
+                project_features,
+                epsilon,
             })
         }
         "TrainableParamsModifier" => {

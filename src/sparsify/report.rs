@@ -174,6 +174,10 @@ pub fn render(d: &ReportData) -> Result<String> {
     if !distill.is_empty() {
         loss.push(("loss_distill", distill));
     }
+    let layer = step(&|l| l.loss_layer.map(f64::from));
+    if !layer.is_empty() {
+        loss.push(("loss_layer (before gain)", layer));
+    }
     loss.push(("loss (the total, drawn last)", step(&|l| Some(l.loss as f64))));
     let mut charts = vec![
         lines("Training loss", "loss", &loss)?,

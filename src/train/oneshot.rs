@@ -127,6 +127,7 @@ pub(super) fn one_shot(
                 loss: 0.0,
                 loss_span: None,
                 loss_distill: None,
+                loss_layer: None,
                 lr: 0.0,
                 grad_norm: 0.0,
                 sparsity,

@@ -105,6 +105,9 @@ pub struct StepLog {
     pub loss_span: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_distill: Option<f32>,
+    /// Hidden-state distillation (before `gain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_layer: Option<f32>,
     pub lr: f32,
     pub grad_norm: f32,
     /// Zeros in the masks over all masked weights.
@@ -697,12 +700,16 @@ impl<'d> Session<'d> {
             _ => None,
         });
         let distill = distill.filter(|_| cfg.teacher != Teacher::Disabled);
+        let layers = crate::compile::layer_distillation(&compiled.recipe, &compiled.model.graph)
+            .filter(|_| cfg.teacher != Teacher::Disabled);
         let loss = match &distill {
             Some(d) => LossSpec::Distill { temperature: d.temperature as f32, hardness: d.hardness as f32 },
             None => LossSpec::Span,
         };
         let mut spec = TrainingGraphSpec::new(loss);
         spec.zero_grad_rows = data.zero_grad_rows()?;
+        spec.layers = layers.as_ref().map(|(l, _)| l.clone());
+        let teacher_modules: Vec<String> = layers.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
         let qat = build_training_graph(&compiled.model, &spec).context("cannot build the training graph")?;
         let float = match run.has_quant() {
             true => Some(
@@ -730,10 +737,10 @@ impl<'d> Session<'d> {
             stepper.watch.push(format!("{}.min", s.base));
             stepper.watch.push(format!("{}.max", s.base));
         }
-        let teacher = match (&distill, &cfg.teacher) {
-            (None, _) => None,
-            (Some(_), Teacher::Path(p)) => Some(load_teacher(p, &opts)?),
-            (Some(_), _) => {
+        let teacher = match (distill.is_some() || layers.is_some(), &cfg.teacher) {
+            (false, _) => None,
+            (true, Teacher::Path(p)) => Some(load_teacher(p, &opts, &teacher_modules)?),
+            (true, _) => {
                 let original = PathBuf::from(&compiled.plan.model);
                 if !original.exists() {
                     bail!(
@@ -742,7 +749,7 @@ impl<'d> Session<'d> {
                         original.display()
                     );
                 }
-                Some(load_teacher(&original, &opts)?)
+                Some(load_teacher(&original, &opts, &teacher_modules)?)
             }
         };
         let mut fingerprint = serde_json::json!({
@@ -758,6 +765,9 @@ impl<'d> Session<'d> {
         });
         if cfg.group_by_length {
             fingerprint["group_by_length"] = true.into();
+        }
+        if let Some((l, t)) = &layers {
+            fingerprint["layer_distillation"] = serde_json::json!({"student": l.modules, "teacher": t});
         }
         let updates = mask_schedule(&compiled.recipe, spe, schedule_steps);
         let ckpt_dir = cfg.output_dir.join("checkpoints");
@@ -1009,11 +1019,18 @@ impl<'d> Session<'d> {
             self.order[start..(start + cfg.batch_size).min(self.order.len())].iter().map(|&i| &windows[i]).collect();
         let layout = &self.data.layout;
         let mut batch = layout.training_inputs(&rows);
+        let teacher_names: Vec<String>;
         if let Some(t) = self.teacher.as_mut() {
             let model_inputs: Vec<(&str, HostTensor)> = layout.model_inputs(&rows);
-            let (s, e) = t.logits(&model_inputs)?;
-            batch.push(("teacher_start_logits", s));
-            batch.push(("teacher_end_logits", e));
+            let out = t.run(&model_inputs)?;
+            if self.distill {
+                batch.push(("teacher_start_logits", out.start));
+                batch.push(("teacher_end_logits", out.end));
+            }
+            teacher_names = (0..out.hidden.len()).map(|i| format!("teacher_layer.{i}")).collect();
+            for (name, h) in teacher_names.iter().zip(out.hidden) {
+                batch.push((name.as_str(), h));
+            }
         }
         let recipe = &self.data.compiled.recipe;
         let observing: BTreeMap<usize, ()> = self
@@ -1061,6 +1078,7 @@ impl<'d> Session<'d> {
             loss: stats.loss,
             loss_span: part("loss_span"),
             loss_distill: part("loss_distill"),
+            loss_layer: part("loss_layer"),
             lr,
             grad_norm: stats.grad_norm,
             sparsity: self.sparsity_now,
@@ -1198,32 +1216,67 @@ pub(super) fn grad_batch_size(recipe: &Recipe, modifier: usize) -> Option<usize>
     }
 }
 
-/// The teacher model on ORT.
+/// The teacher model on ORT, with the outputs of the modules that hidden-state distillation reads.
 struct TeacherModel {
     backend: Box<dyn Backend>,
+    /// Output names of the distilled modules, in the recipe's order.
+    hidden: Vec<String>,
 }
 
-fn load_teacher(path: &Path, opts: &EngineOptions) -> Result<TeacherModel> {
-    let backend =
-        runtime::load_file(path, EngineKind::Ort, opts).with_context(|| format!("teacher '{}'", path.display()))?;
+/// What the teacher returns for one batch.
+struct TeacherOutputs {
+    start: HostTensor,
+    end: HostTensor,
+    hidden: Vec<HostTensor>,
+}
+
+fn load_teacher(path: &Path, opts: &EngineOptions, modules: &[String]) -> Result<TeacherModel> {
+    let what = || format!("teacher '{}'", path.display());
+    let (backend, hidden) = if modules.is_empty() {
+        (runtime::load_file(path, EngineKind::Ort, opts).with_context(what)?, Vec::new())
+    } else {
+        let mut model = crate::onnx::load(path).with_context(what)?;
+        infer::infer_facts(&mut model).with_context(what)?;
+        let mut values = Vec::new();
+        for m in modules {
+            let v = modules::module_output(&model.graph, m).with_context(|| {
+                format!("{}: no module '{m}' (PerLayerDistillationModifier teacher_layer_names)", what())
+            })?;
+            values.push(v);
+        }
+        let present: Vec<_> = model.graph.outputs().to_vec();
+        model
+            .graph
+            .edit(|p| -> Result<(), crate::ir::IrError> {
+                for &v in values.iter().filter(|v| !present.contains(v)) {
+                    p.add_output(v);
+                }
+                Ok(())
+            })
+            .with_context(what)?;
+        let hidden = values.iter().map(|&v| model.graph.value(v).name.clone()).collect();
+        let bytes = crate::onnx::encode_model(&model);
+        (runtime::load_bytes(&bytes, EngineKind::Ort, opts).with_context(what)?, hidden)
+    };
     let outs = backend.output_names();
     if !outs.iter().any(|o| o == "start_logits") || !outs.iter().any(|o| o == "end_logits") {
         bail!("teacher '{}' has no start_logits/end_logits outputs (it has {outs:?})", path.display());
     }
-    Ok(TeacherModel { backend })
+    Ok(TeacherModel { backend, hidden })
 }
 
 impl TeacherModel {
-    fn logits(&mut self, inputs: &[(&str, HostTensor)]) -> Result<(HostTensor, HostTensor)> {
+    fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<TeacherOutputs> {
         let names = self.backend.input_names().to_vec();
         let feed: Vec<(&str, HostTensor)> =
             inputs.iter().filter(|(n, _)| names.iter().any(|m| m == n)).cloned().collect();
-        let mut out = self.backend.run(&feed).context("teacher run")?;
-        let mut take = |n: &str| -> Result<HostTensor> {
+        let out = self.backend.run(&feed).context("teacher run")?;
+        let take = |n: &str| -> Result<HostTensor> {
             let i = out.iter().position(|(o, _)| o == n).with_context(|| format!("teacher has no '{n}'"))?;
-            Ok(out.swap_remove(i).1)
+            Ok(out[i].1.clone())
         };
-        Ok((take("start_logits")?, take("end_logits")?))
+        let hidden = self.hidden.iter().map(|n| take(n)).collect::<Result<Vec<_>>>()?;
+        Ok(TeacherOutputs { start: take("start_logits")?, end: take("end_logits")?, hidden })
     }
 }
 

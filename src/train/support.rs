@@ -184,6 +184,27 @@ pub fn audit(recipe: &Recipe) -> Vec<Finding> {
                     );
                 }
             }
+            Modifier::PerLayerDistillation(d) => {
+                if d.project_features {
+                    push(
+                        Some("project_features"),
+                        true,
+                        "project_features: true (SparseML's default) trains a projection of each student layer; \
+                         sparsec distills layers of equal width without one: set project_features: false"
+                            .into(),
+                    );
+                }
+                if d.start_epoch > 0.0 || (d.end_epoch != -1.0 && d.end_epoch < total) {
+                    push(
+                        Some("start_epoch"),
+                        false,
+                        format!(
+                            "hidden-state distillation runs for the whole run, not only epochs {} to {}",
+                            d.start_epoch, d.end_epoch
+                        ),
+                    );
+                }
+            }
             Modifier::TrainableParams(t) => {
                 let whole_run = t.start_epoch <= 0.0 && t.end_epoch == -1.0;
                 if !t.trainable && !whole_run {

@@ -168,6 +168,9 @@ pub fn step_scalars(log: &StepLog) -> Vec<(&'static str, f32)> {
     if let Some(x) = log.loss_distill {
         v.push(("train/loss_distill", x));
     }
+    if let Some(x) = log.loss_layer {
+        v.push(("train/loss_layer", x));
+    }
     v.extend([
         ("train/learning_rate", log.lr),
         ("train/grad_norm", log.grad_norm),
