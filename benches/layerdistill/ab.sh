@@ -35,7 +35,7 @@ for n in logits layers; do
   python3 - "$OUT/$n" <<'PY'
 import json, sys, statistics
 d = sys.argv[1]
-e = json.load(open(f"{d}/eval.json"))
+e = json.load(open(f"{d}/eval.json"))["v1"]
 log = [json.loads(l) for l in open(f"{d}/train/train_log.jsonl")]
 last = log[-100:]
 print(json.dumps({"run": d.split("/")[-1], "exact_match": e.get("exact_match"), "f1": e.get("f1"), "steps": len(log),
