@@ -7,6 +7,9 @@
 # Resumable: run it again and a stopped run continues from its newest checkpoint.
 #
 #   benches/layerdistill/ab.sh SPARSEC OUT [QUESTIONS=4000] [EVAL_Q=1000] [GAIN=1.0]
+#
+# ARMS="logits layers obs" also trains the third arm: the same schedule with gradual OBS pruning
+# (recipes/obs80-block4x1-qat-distill-one-epoch.yaml, oBERT's method) instead of GMP.
 set -euo pipefail
 BIN=$(realpath "$1"); OUT=$2; Q=${3:-4000}; EVAL_Q=${4:-1000}; GAIN=${5:-1.0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,12 +29,20 @@ run() {  # name recipe args
       --max-train-samples "$Q" --per-device-train-batch-size 16 --group-by-length --save-steps 50 --threads 2 --json \
       "${resume[@]}" > "$d/train_summary.json" 2> "$d/train.log"
   fi
+  [ -f "$d/eval.json" ] && return 0
   "$BIN" export --model "$d/train" -o "$d/deploy" --quantize-embeddings --format sparse --json > "$d/export.json"
   "$BIN" eval --model "$d/deploy" --data "$DEV" --threads 2 --limit "$EVAL_Q" --json > "$d/eval.json"
 }
-run logits "$ROOT/recipes/gmp80-block4x1-qat-distill-one-epoch.yaml" "$ARGS"
-run layers "$ROOT/benches/layerdistill/gmp80-block4x1-qat-layerdistill-one-epoch.yaml" "$LARGS"
-for n in logits layers; do
+ARMS=${ARMS:-logits layers}
+for n in $ARMS; do
+  case $n in
+    logits) run logits "$ROOT/recipes/gmp80-block4x1-qat-distill-one-epoch.yaml" "$ARGS" ;;
+    layers) run layers "$ROOT/benches/layerdistill/gmp80-block4x1-qat-layerdistill-one-epoch.yaml" "$LARGS" ;;
+    obs) run obs "$ROOT/recipes/obs80-block4x1-qat-distill-one-epoch.yaml" "$ARGS" ;;
+    *) echo "unknown arm $n" >&2; exit 2 ;;
+  esac
+done
+for n in $ARMS; do
   python3 - "$OUT/$n" <<'PY'
 import json, sys, statistics
 d = sys.argv[1]
