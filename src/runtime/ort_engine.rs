@@ -121,16 +121,6 @@ impl OrtBackend {
         if let Some(t) = opts.threads {
             b = b.with_intra_threads(t).map_err(|e| anyhow!("{e}"))?;
         }
-        if std::env::var("SPARSEC_EXP_MEMPATTERN").as_deref() == Ok("0") {
-            b = b.with_memory_pattern(false).map_err(|e| anyhow!("{e}"))?;
-        }
-        if std::env::var("SPARSEC_EXP_ARENA").as_deref() == Ok("0") {
-            b = b
-                .with_execution_providers([ort::ep::CPU::default()
-                    .with_arena_allocator(false)
-                    .build()])
-                .map_err(|e| anyhow!("{e}"))?;
-        }
         if let Some(prefix) = &opts.profile {
             b = b.with_profiling(prefix).map_err(|e| anyhow!("cannot enable ONNX Runtime profiling: {e}"))?;
         }
