@@ -172,6 +172,56 @@ fn obs_refuses_fisher_inverses_over_the_memory_limit() {
     assert!(err.contains("over the limit"), "{err}");
 }
 
+/// A gradient source that must not be asked.
+struct Refuses;
+
+impl GradientSource for Refuses {
+    fn gradients(
+        &mut self,
+        _layers: &[Layer],
+        _count: usize,
+        _each: &mut dyn FnMut(&[Vec<f32>]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<usize> {
+        panic!("an OBS update that prunes nothing asked for gradients")
+    }
+}
+
+#[test]
+fn an_obs_update_that_prunes_nothing_is_the_identity_and_takes_no_gradients() {
+    let torch: Vec<f64> = (0..96).map(|i| ((i * 37 % 19) as f64 - 9.0) / 7.0).collect();
+    let half: Vec<f64> = (0..96).map(|i| if i % 8 < 4 { 1.0 } else { 0.0 }).collect();
+    for (global, group) in [(true, (1, 1)), (false, (4, 1))] {
+        for (mask, sparsity) in [(vec![1.0; 96], 0.0), (half.clone(), 0.5), (half.clone(), 0.25)] {
+            let masked: Vec<f64> = torch.iter().zip(&mask).map(|(w, m)| w * m).collect();
+            let layers = vec![
+                layer("a", (8, 12), &masked, &mask, 0, sparsity),
+                layer("b", (8, 12), &masked, &mask, 1, sparsity),
+            ];
+            let cfg = ObsConfig {
+                num_grads: 4,
+                damp: 1e-7,
+                fisher_block_size: 16,
+                num_recomputations: 2,
+                group,
+                global,
+                max_state_bytes: 1 << 30,
+            };
+            let mut pruned = layers.clone();
+            let report = Obs { cfg }
+                .prune(&mut pruned, &mut Evidence { gradients: Some(&mut Refuses), activations: None })
+                .unwrap();
+            assert_eq!(report.samples, 0, "global {global}, target {sparsity}");
+            for (a, b) in pruned.iter().zip(&layers) {
+                assert_eq!(a.weight, b.weight, "global {global}, target {sparsity}: weights moved");
+                assert_eq!(a.mask, b.mask, "global {global}, target {sparsity}: masks moved");
+                assert_eq!(a.sparsity, b.sparsity);
+            }
+            let expect = mask.iter().filter(|&&m| m == 0.0).count() as f64 / 96.0;
+            assert!((report.sparsity - expect).abs() < 1e-12, "{}", report.sparsity);
+        }
+    }
+}
+
 #[test]
 fn sparsegpt_equals_the_numpy_reference_on_a_small_layer() {
     let refs = load("sparsegpt_reference.json");

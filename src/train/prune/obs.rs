@@ -20,6 +20,9 @@
 //! so that a group is again k consecutive elements inside one Fisher block; SparseML has no
 //! `[k, 1]` OBS.
 //!
+//! An update whose target does not exceed the current sparsity prunes nothing, so the OBS
+//! update is the identity: it returns at once, without gradients (`samples` 0).
+//!
 //! Memory: the inverses hold ⌈d/B⌉·B² ≈ d·B f32 for d weights; [`Obs::prune`] refuses to start
 //! when that is over [`ObsConfig::max_state_bytes`].
 
@@ -396,13 +399,27 @@ impl Pruner for Obs {
                 cfg.max_state_bytes as f64 / 1e9
             );
         }
+        let targets: Vec<f64> = layers.iter().map(|l| l.sparsity).collect();
+        let starts: Vec<f64> = layers.iter().map(|l| super::mask_sparsity(&l.mask)).collect();
+        let start_global = overall_sparsity(layers);
+        let nothing_to_prune = if cfg.global {
+            targets.first().is_none_or(|&t| t <= start_global)
+        } else {
+            targets.iter().zip(&starts).all(|(t, s)| t <= s)
+        };
+        if nothing_to_prune {
+            return Ok(PruneReport {
+                algorithm: self.name().into(),
+                samples: 0,
+                state_bytes: 0,
+                seconds: started.elapsed().as_secs_f64(),
+                sparsity: start_global,
+            });
+        }
         let source = evidence
             .gradients
             .as_deref_mut()
             .context("OBSPruningModifier needs task-loss gradients, and none are available here")?;
-        let targets: Vec<f64> = layers.iter().map(|l| l.sparsity).collect();
-        let starts: Vec<f64> = layers.iter().map(|l| super::mask_sparsity(&l.mask)).collect();
-        let start_global = overall_sparsity(layers);
         let r = cfg.num_recomputations.max(1);
         let mut samples = 0;
         for j in 1..=r {
