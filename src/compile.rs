@@ -100,10 +100,15 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
     let layers = modules::linear_layers(g);
     let layer_of_weight: BTreeMap<String, &modules::LinearLayer> =
         layers.iter().map(|l| (l.weight_name(), l)).collect();
-    let target = |param: &str| -> PlanTarget {
-        let v = index.params[param];
+    let target = |param: &str| -> Result<PlanTarget> {
+        let v = *index.params.get(param).with_context(|| {
+            format!(
+                "'{param}' has no initializer of its own (a weight shared with another layer?): sparsec prunes and \
+                 quantizes each layer's weight separately"
+            )
+        })?;
         let t = g.initializer(v).expect("parameter is an initializer");
-        PlanTarget {
+        Ok(PlanTarget {
             param: param.to_string(),
             initializer: g.value(v).name.clone(),
             shape: t.dims.clone(),
@@ -111,7 +116,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
             mask_input: None,
             init_sparsity: None,
             final_sparsity: None,
-        }
+        })
     };
     let schedule = Schedule::new(recipe);
     let mut masks: BTreeMap<String, MaskTarget> = BTreeMap::new();
@@ -148,8 +153,16 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                 let names = resolve_each(&index, recipe, e, &p.params)?;
                 let mut pairs = BTreeSet::new();
                 for (param, fin) in &names {
-                    check_prunable(&index, recipe, e, param, &p.mask_type, g)?;
-                    let mut t = target(param);
+                    check_prunable(
+                        &index,
+                        recipe,
+                        e,
+                        param,
+                        &p.mask_type,
+                        layer_of_weight.get(param).is_some_and(|l| l.transposed),
+                        g,
+                    )?;
+                    let mut t = target(param)?;
                     let init = match p.init_sparsity {
                         InitSparsity::Value(v) => v,
                         InitSparsity::FromParam => g.initializer(index.params[param]).unwrap().sparsity(),
@@ -188,7 +201,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
             }
             Modifier::ConstantPruning(c) => {
                 for (param, _) in resolve_each(&index, recipe, e, &c.params)? {
-                    let mut t = target(&param);
+                    let mut t = target(&param)?;
                     let s = g.initializer(index.params[&param]).unwrap().sparsity();
                     t.init_sparsity = Some(s);
                     t.final_sparsity = Some(s);
@@ -214,7 +227,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                             fq_targets
                                 .push(FakeQuantTarget { node: g.node(l.node).name.clone(), module: l.module.clone() });
                         }
-                        pm.targets.push(target(&l.weight_name()));
+                        pm.targets.push(target(&l.weight_name())?);
                     }
                 }
                 if q.quantize_embeddings && !excluded("Embedding") {
@@ -227,7 +240,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                             if in_scope(name.trim_end_matches(".weight")) && fq_embeddings.insert(name.clone()) {
                                 let param = index.params.iter().find(|(_, &v)| v == table).map(|(k, _)| k.clone());
                                 match param {
-                                    Some(p) => pm.targets.push(target(&p)),
+                                    Some(p) => pm.targets.push(target(&p)?),
                                     None => pm.targets.push(PlanTarget {
                                         param: name.clone(),
                                         initializer: name.clone(),
@@ -266,7 +279,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                         .collect()
                 };
                 for n in &names {
-                    pm.targets.push(target(n));
+                    pm.targets.push(target(n)?);
                 }
                 if !t.trainable && t.start_epoch <= 0.0 && t.end_epoch == -1.0 {
                     frozen.extend(names);
@@ -318,7 +331,7 @@ pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<
                     if !index.params.contains_key(&param) {
                         continue;
                     }
-                    let mut t = target(&param);
+                    let mut t = target(&param)?;
                     t.init_sparsity = Some(0.0);
                     t.final_sparsity = Some(sg.sparsity);
                     t.mask_input = Some(format!("{param}.mask"));
@@ -425,6 +438,7 @@ fn check_prunable(
     e: &ModifierEntry,
     param: &str,
     mask: &MaskType,
+    transposed: bool,
     g: &crate::ir::Graph,
 ) -> Result<()> {
     let t = g.initializer(index.params[param]).expect("parameter is an initializer");
@@ -438,9 +452,12 @@ fn check_prunable(
             bail!(invalid(format!("'{param}' has {numel} elements, not a multiple of the group size {m}")))
         }
         MaskType::Block { rows, cols } if t.dims.len() == 2 => {
-            let (out, inp) = (t.dims[0].max(t.dims[1]), t.dims[0].min(t.dims[1]));
-            if (t.dims[0] * t.dims[1]) % (rows * cols) != 0 || out % rows.min(out) != 0 && inp % cols != 0 {
-                bail!(invalid(format!("'{param}' of shape {:?} does not split into {rows}x{cols} blocks", t.dims)));
+            let (out, inp) = if transposed { (t.dims[1], t.dims[0]) } else { (t.dims[0], t.dims[1]) };
+            if rows < 1 || cols < 1 || out % rows != 0 || inp % cols != 0 {
+                bail!(invalid(format!(
+                    "'{param}' of shape {:?} ({out} outputs x {inp} inputs) does not split into [{rows}, {cols}] blocks",
+                    t.dims
+                )));
             }
         }
         _ => {}

@@ -254,7 +254,7 @@ pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
             std::fs::copy(&src, out_tmp.join(f)).with_context(|| format!("cannot copy '{}'", src.display()))?;
         }
     }
-    let bytes = std::fs::read(&out_model)?;
+    let bytes = std::fs::read(&out_model).with_context(|| format!("cannot read '{}'", out_model.display()))?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     gz.write_all(&bytes)?;
     let report = ExportReport {
@@ -275,7 +275,9 @@ pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
                   ORT densifies them at load; the zeros compress (see model_gzip_bytes)"
             .into(),
     };
-    std::fs::write(out_tmp.join("sparsity.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    let summary = out_tmp.join("sparsity.json");
+    std::fs::write(&summary, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("cannot write '{}'", summary.display()))?;
     crate::files::swap_into_place(deployment, &args.output)?;
     Ok(report)
 }

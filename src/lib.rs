@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compile;
 pub mod export;
 pub mod files;
+pub mod info;
 pub mod ir;
 pub mod onnx;
 pub mod passes;

@@ -443,3 +443,58 @@ fn compile_writes_model_plan_recipe_and_tokenizer() {
     let m = onnx::load(dest.join("model.onnx")).unwrap();
     assert!(m.graph.value_by_name(QUANT_ENABLED_INPUT).is_some());
 }
+
+#[test]
+fn block_masks_must_tile_the_outputs_and_inputs_of_each_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    // qa_outputs is 2 outputs x 32 inputs, the intermediate dense 64 x 32 (stored [in, out]).
+    let cases = [
+        ("qa_outputs.weight", "[4, 1]", Some("2 outputs x 32 inputs")),
+        ("qa_outputs.weight", "[1, 4]", None),
+        ("bert.encoder.layer.0.intermediate.dense.weight", "[1, 64]", Some("64 outputs x 32 inputs")),
+        ("bert.encoder.layer.0.intermediate.dense.weight", "[64, 1]", None),
+        ("bert.encoder.layer.0.intermediate.dense.weight", "[4, 32]", None),
+    ];
+    for (param, mask, err) in cases {
+        let text = format!(
+            "modifiers:\n  - !GMPruningModifier\n    params: [\"{param}\"]\n    init_sparsity: 0.0\n    \
+             final_sparsity: 0.5\n    start_epoch: 0.0\n    end_epoch: 1.0\n    update_frequency: 0.5\n    \
+             mask_type: {mask}\n"
+        );
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, text).unwrap();
+        let r = Recipe::load(&path, &serde_json::Map::new()).unwrap();
+        let mut m = onnx::load(&model).unwrap();
+        sparsec::ir::infer::infer_facts(&mut m).unwrap();
+        let got = compile(&mut m, &model, &r).map(|_| ()).map_err(|e| format!("{e:#}"));
+        match err {
+            None => assert!(got.is_ok(), "{param} {mask}: {got:?}"),
+            Some(what) => {
+                let e = got.expect_err(&format!("{param} {mask} must be refused"));
+                assert!(e.contains(param) && e.contains(what) && e.contains(&format!("{mask} blocks")), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_weight_shared_by_two_layers_is_an_error_naming_it_not_a_panic() {
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let mut m = onnx::load(&model).unwrap();
+    let layers = modules::linear_layers(&m.graph);
+    let query = |i: usize| {
+        layers.iter().find(|l| l.module == format!("bert.encoder.layer.{i}.attention.self.query")).unwrap().clone()
+    };
+    let (q0, q1) = (query(0), query(1));
+    let slot = m.graph.node(q1.node).inputs.iter().position(|&v| v == Some(q1.weight)).unwrap();
+    m.graph
+        .edit(|p| -> Result<(), sparsec::ir::IrError> {
+            p.set_node_input(q1.node, slot, Some(q0.weight));
+            Ok(())
+        })
+        .unwrap();
+    sparsec::ir::infer::infer_facts(&mut m).unwrap();
+    let e = format!("{:#}", compile(&mut m, &model, &recipe("gmp80-unstructured-qat-distill.yaml")).unwrap_err());
+    assert!(e.contains("has no initializer of its own") && e.contains("attention.self.query.weight"), "{e}");
+}

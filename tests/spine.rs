@@ -273,3 +273,114 @@ fn unsupported_op_is_named_with_its_node() {
     onnx::save(&m, &path, &SaveOptions::default()).unwrap();
     assert_clean_failure(&sparsec(&["info", path.to_str().unwrap()]), &["custom.onnx", &name, "FancyActivation"]);
 }
+
+/// A one-node graph `y = op(x, s)` with `s` an i64 graph input declared with `s_dims`, `x` f32 `[2, 3]`,
+/// and the given initializers.
+fn crafted(op: &str, s_dims: &[i64], initializers: Vec<onnx::proto::TensorProto>) -> Vec<u8> {
+    use onnx::proto::{tensor_shape_proto::dimension::Value as D, type_proto, *};
+    use prost::Message;
+    let vi = |name: &str, elem: i32, dims: &[i64]| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| tensor_shape_proto::Dimension { value: Some(D::DimValue(d)), ..Default::default() })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let inputs: Vec<String> = if op == "ConstantOfShape" { vec!["s".into()] } else { vec!["x".into(), "s".into()] };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        graph: Some(GraphProto {
+            name: Some("crafted".into()),
+            node: vec![NodeProto {
+                input: inputs,
+                output: vec!["y".into()],
+                name: Some("the_node".into()),
+                op_type: Some(op.into()),
+                ..Default::default()
+            }],
+            initializer: initializers,
+            input: vec![vi("x", 1, &[2, 3]), vi("s", 7, s_dims)],
+            output: vec![ValueInfoProto { name: Some("y".into()), ..Default::default() }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn crafted_sizes_and_declared_shapes_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = onnx::proto::TensorProto {
+        name: Some("giant_weight".into()),
+        dims: vec![1 << 62],
+        data_type: Some(1),
+        raw_data: Some(Vec::new()),
+        ..Default::default()
+    };
+    let path = dir.path().join("giant.onnx");
+    std::fs::write(&path, crafted("Reshape", &[2], vec![huge])).unwrap();
+    assert_clean_failure(&sparsec(&["info", path.to_str().unwrap()]), &["giant.onnx", "giant_weight"]);
+
+    // Shape inputs declared with absurd or negative lengths: the output rank stays unknown.
+    for (op, dims) in [
+        ("Reshape", vec![1_000_000_000_000_000_000]),
+        ("Reshape", vec![-1]),
+        ("Expand", vec![1 << 40]),
+        ("ConstantOfShape", vec![i64::MAX]),
+        ("ConstantOfShape", vec![-7]),
+    ] {
+        let path = dir.path().join(format!("{op}.onnx"));
+        std::fs::write(&path, crafted(op, &dims, vec![])).unwrap();
+        let m = onnx::load(&path).unwrap_or_else(|e| panic!("{op} {dims:?}: {e}"));
+        let out = sparsec(&["info", path.to_str().unwrap(), "--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("panicked"), "{op} {dims:?}: {stderr}");
+        let s = m.graph.inputs().iter().find(|&&v| m.graph.value(v).name == "s").copied().unwrap();
+        let declared = m.graph.value(s).facts.shape.clone().unwrap();
+        assert_eq!(declared.len(), 1);
+        assert_eq!(declared[0].known(), (dims[0] >= 0).then_some(dims[0]), "{op}: a negative dim_value is unknown");
+    }
+}
+
+#[test]
+fn tract_keeps_a_bounded_number_of_shape_plans() {
+    use sparsec::runtime::{Backend, TractBackend, TRACT_PLAN_CACHE as cap};
+    let path = fixture_dir("bert").join("model.legacy.onnx");
+    let mut b = TractBackend::from_file(&path, &EngineOptions::default()).unwrap();
+    let feed = |s: usize| -> Vec<(&'static str, HostTensor)> {
+        let ids = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, s]), |i| (i[1] as i64 * 7 + 3) % 1000);
+        let ones = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1, s]), 1i64);
+        let zeros = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1, s]), 0i64);
+        vec![
+            ("input_ids", HostTensor::I64(ids)),
+            ("attention_mask", HostTensor::I64(ones)),
+            ("token_type_ids", HostTensor::I64(zeros)),
+        ]
+    };
+    let run = |b: &mut TractBackend, s: usize| {
+        let f = feed(s);
+        let inputs: Vec<(&str, HostTensor)> = f.into_iter().collect();
+        b.run(&inputs).unwrap()
+    };
+    let first = run(&mut b, 2);
+    for s in 2..2 + cap + 4 {
+        run(&mut b, s);
+        assert!(b.cached_plans() <= cap, "{} plans cached after length {s}", b.cached_plans());
+    }
+    assert_eq!(b.cached_plans(), cap);
+    let again = run(&mut b, 2);
+    for ((n, x), (_, y)) in first.iter().zip(&again) {
+        assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap(), "{n}: a re-planned shape gives the same outputs");
+    }
+}

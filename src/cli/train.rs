@@ -155,14 +155,7 @@ impl TrainFlags {
         output_dir: PathBuf,
     ) -> Result<TrainConfig> {
         let args = self;
-        let recipe_args = match &args.recipe_args {
-            None => serde_json::Map::new(),
-            Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
-                Ok(serde_json::Value::Object(m)) => m,
-                Ok(_) => bail!("--recipe-args must be a JSON object like '{{\"num_epochs\": 2}}'"),
-                Err(e) => bail!("--recipe-args is not valid JSON: {e}"),
-            },
-        };
+        let recipe_args = crate::compile::parse_recipe_args(args.recipe_args.as_deref())?;
         let teacher = match args.distill_teacher.as_deref() {
             None => Teacher::Original,
             Some("disable") | Some("disabled") => Teacher::Disabled,
@@ -199,7 +192,7 @@ impl TrainFlags {
             save_steps: args.save_steps,
             save_total_limit: args.save_total_limit,
             one_shot: args.one_shot,
-            prune_memory_limit: args.prune_memory_limit_mb << 20,
+            prune_memory_limit: args.prune_memory_limit_mb.saturating_mul(1 << 20),
             num_train_epochs: args.num_train_epochs,
             max_steps: args.max_steps,
             stop_on_signals: true,

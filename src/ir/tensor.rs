@@ -30,6 +30,8 @@ pub enum TensorError {
     DType { expected: DType, got: DType },
     #[error("negative dimension in shape {0:?}")]
     NegativeDim(Vec<i64>),
+    #[error("tensor of dtype {dtype} and shape {dims:?} has more bytes than this machine can address")]
+    TooLarge { dtype: DType, dims: Vec<i64> },
 }
 
 macro_rules! typed_access {
@@ -55,7 +57,9 @@ impl Tensor {
     /// Builds a tensor from raw little-endian bytes, checking the byte count against the shape.
     pub fn from_raw(dtype: DType, dims: Vec<i64>, bytes: Vec<u8>) -> Result<Tensor, TensorError> {
         let numel = numel(&dims)?;
-        let expected = numel * dtype.size().unwrap_or(0);
+        let Some(expected) = numel.checked_mul(dtype.size().unwrap_or(0)) else {
+            return Err(TensorError::TooLarge { dtype, dims });
+        };
         if bytes.len() != expected {
             return Err(TensorError::Size { dtype, dims, expected, got: bytes.len() });
         }
@@ -82,9 +86,9 @@ impl Tensor {
         Tensor { dtype: DType::Bool, dims, data: TensorData::Raw(bytes.into()) }
     }
 
-    /// Number of elements (1 for a scalar).
+    /// Number of elements (1 for a scalar), saturating at `usize::MAX`.
     pub fn numel(&self) -> usize {
-        self.dims.iter().map(|&d| d.max(0) as usize).product()
+        self.dims.iter().fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
     }
 
     /// The packed bytes; empty for string tensors.

@@ -135,7 +135,7 @@ fn value_facts(vi: &proto::ValueInfoProto) -> Result<Facts, String> {
                 s.dim
                     .iter()
                     .map(|d| match &d.value {
-                        Some(proto::tensor_shape_proto::dimension::Value::DimValue(v)) => Dim::Known(*v),
+                        Some(proto::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => Dim::Known(*v),
                         Some(proto::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
                             Dim::Sym(p.clone())
                         }

@@ -129,6 +129,9 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
     let k = key_of(g, kt)?;
     let qdims = g.value(qt).facts.shape.clone()?;
     let [_, h, _, Dim::Known(head_dim)] = &qdims[..] else { return None };
+    if *head_dim <= 0 {
+        return None;
+    }
     // The heads axis may be unknown statically (a `-1` in the exporter's Reshape); then it is
     // the projection's width over the head size.
     let width = g.value(q).facts.shape.as_ref().and_then(|s| s.last()).and_then(Dim::known);

@@ -26,7 +26,8 @@ pub struct LowerFakeQuant {}
 
 /// Per-channel (or per-tensor when `axis` is `None`) symmetric int8 quantization of a 2-D weight.
 pub fn quantize_weight(w: &[f32], dims: &[i64], axis: Option<usize>) -> (Vec<i8>, Vec<f32>) {
-    let (rows, cols) = (dims[0] as usize, dims.get(1).copied().unwrap_or(1) as usize);
+    let (rows, cols) =
+        (dims.first().copied().unwrap_or(1).max(0) as usize, dims.get(1).copied().unwrap_or(1).max(0) as usize);
     let channels = match axis {
         Some(0) => rows,
         Some(_) => cols,
@@ -97,11 +98,15 @@ impl Pass for LowerFakeQuant {
                         .nodes()
                         .find(|(_, q)| q.name == format!("sparsec.fq/{tag}/quantize"))
                         .ok_or_else(|| err("its QuantizeLinear node is missing".into()))?;
-                    let axis = qn.attr_int("axis").map(|a| a as usize);
                     let w = wt.as_f32s().ok_or_else(|| err("the weight is not f32".into()))?;
-                    if wt.dims.len() != 2 && axis.is_some() {
-                        return Err(err(format!("per-channel weight of shape {:?} is not 2-D", wt.dims)));
-                    }
+                    let axis = match qn.attr_int("axis") {
+                        None => None,
+                        Some(_) if wt.dims.len() != 2 => {
+                            return Err(err(format!("per-channel weight of shape {:?} is not 2-D", wt.dims)))
+                        }
+                        Some(a @ -2..=1) => Some(a.rem_euclid(2) as usize),
+                        Some(a) => return Err(err(format!("axis {a} is out of range for a 2-D weight"))),
+                    };
                     let (q, scales) = quantize_weight(&w, &wt.dims, axis);
                     let qv = p.add_initializer(&format!("{tag}.int8"), Tensor::from_i8(wt.dims.clone(), &q));
                     let (sv, zv) = match axis {

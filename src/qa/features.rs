@@ -183,7 +183,7 @@ impl Windower {
         answer_chars: usize,
     ) -> Result<Vec<TrainWindow>> {
         let start_char = answer_start;
-        let end_char = answer_start + answer_chars;
+        let end_char = answer_start.saturating_add(answer_chars);
         let windows = self.windows(question, context)?;
         Ok(windows
             .into_iter()

@@ -44,7 +44,7 @@ pub fn eval_body(s: &str) -> Option<&str> {
 /// Evaluates `expr` with the given numeric variables.
 pub fn evaluate(expr: &str, vars: &HashMap<String, Num>) -> Result<Num, EvalError> {
     let tokens = tokenize(expr)?;
-    let mut p = Parser { tokens, pos: 0, vars };
+    let mut p = Parser { tokens, pos: 0, vars, depth: 0 };
     let v = p.expr()?;
     if p.pos != p.tokens.len() {
         return Err(EvalError::Invalid(format!("unexpected `{}`", p.tokens[p.pos])));
@@ -123,7 +123,11 @@ struct Parser<'a> {
     tokens: Vec<Tok>,
     pos: usize,
     vars: &'a HashMap<String, Num>,
+    depth: usize,
 }
+
+/// The deepest nesting of unary operators, powers, parentheses and calls an expression may have.
+const MAX_DEPTH: usize = 100;
 
 impl Parser<'_> {
     fn peek_op(&self) -> Option<&'static str> {
@@ -163,11 +167,21 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Num, EvalError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(EvalError::Invalid(format!("nested more than {MAX_DEPTH} levels deep")));
+        }
+        let v = self.unary_inner();
+        self.depth -= 1;
+        v
+    }
+
+    fn unary_inner(&mut self) -> Result<Num, EvalError> {
         match self.peek_op() {
             Some("-") => {
                 self.pos += 1;
                 Ok(match self.unary()? {
-                    Num::Int(i) => Num::Int(-i),
+                    Num::Int(i) => Num::Int(i.checked_neg().ok_or_else(|| EvalError::Invalid("overflow".into()))?),
                     Num::Float(f) => Num::Float(-f),
                 })
             }
@@ -232,13 +246,16 @@ fn binary(op: &str, a: Num, b: Num) -> Result<Num, EvalError> {
             if y == 0 {
                 return Err(zero());
             }
-            Int(x.div_euclid(y) - if (x.rem_euclid(y) != 0) && y < 0 { 1 } else { 0 })
+            let overflow = || EvalError::Invalid("overflow".into());
+            let q = x.checked_div_euclid(y).ok_or_else(overflow)?;
+            let r = x.checked_rem_euclid(y).ok_or_else(overflow)?;
+            Int(q.checked_sub(i64::from(r != 0 && y < 0)).ok_or_else(overflow)?)
         }
         ("%", Int(x), Int(y)) => {
             if y == 0 {
                 return Err(zero());
             }
-            let r = x % y;
+            let r = x.checked_rem(y).ok_or_else(|| EvalError::Invalid("overflow".into()))?;
             Int(if r != 0 && ((r < 0) != (y < 0)) { r + y } else { r })
         }
         ("**", Int(x), Int(y)) if y >= 0 => Int(u32::try_from(y)
@@ -283,7 +300,7 @@ fn call(name: &str, args: &[Num]) -> Result<Num, EvalError> {
     };
     match name {
         "abs" => Ok(match one()? {
-            Num::Int(i) => Num::Int(i.abs()),
+            Num::Int(i) => Num::Int(i.checked_abs().ok_or_else(|| EvalError::Invalid("overflow in abs()".into()))?),
             Num::Float(f) => Num::Float(f.abs()),
         }),
         "float" => Ok(Num::Float(one()?.as_f64())),
@@ -355,5 +372,22 @@ mod tests {
         assert!(matches!(evaluate("exp(1)", &vars), Err(EvalError::Invalid(_))));
         assert!(matches!(evaluate("1 +", &vars), Err(EvalError::Invalid(_))));
         assert!(matches!(evaluate("1 / 0", &vars), Err(EvalError::Invalid(_))));
+    }
+
+    #[test]
+    fn integer_overflow_and_deep_nesting_are_errors() {
+        let vars = HashMap::new();
+        let min = "(-9223372036854775807 - 1)";
+        assert_eq!(ev("7 // -2"), Num::Int(-4));
+        assert_eq!(ev("-7 // -2"), Num::Int(3));
+        assert_eq!(ev(&format!("{min} // 2")), Num::Int(i64::MIN / 2));
+        for e in [format!("-{min}"), format!("abs({min})"), format!("{min} // -1"), format!("{min} % -1")] {
+            assert!(matches!(evaluate(&e, &vars), Err(EvalError::Invalid(_))), "{e}");
+        }
+        let deep = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(matches!(evaluate(&deep, &vars), Err(EvalError::Invalid(m)) if m.contains("nested")));
+        let minus = format!("{}1", "-".repeat(100_000));
+        assert!(matches!(evaluate(&minus, &vars), Err(EvalError::Invalid(m)) if m.contains("nested")));
+        assert_eq!(ev(&format!("{}1{}", "(".repeat(50), ")".repeat(50))), Num::Int(1));
     }
 }

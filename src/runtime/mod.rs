@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use ndarray::ArrayD;
 
 pub use ort_engine::{find_onnxruntime, OrtBackend};
-pub use tract_engine::TractBackend;
+pub use tract_engine::{TractBackend, PLAN_CACHE as TRACT_PLAN_CACHE};
 
 /// A host tensor passed to or returned from an engine.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,14 +98,7 @@ pub enum Kernels {
 /// VNNI (`vpdpbusd`) where the CPU has it; without VNNI they use `vpmaddubsw`, whose 16-bit pair
 /// sums saturate (`benches/int8_exactness.py`: 2.4 to 6.4 absolute error on one random layer).
 pub fn ort_int8_is_exact() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512vnni") || std::arch::is_x86_feature_detected!("avxvnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        true
-    }
+    !cfg!(target_arch = "x86_64") || sparsec_kernels::Isa::cpu_has_vnni()
 }
 
 impl Kernels {

@@ -1,5 +1,7 @@
 //! tract: the embedded pure-Rust engine. A model is specialised to the concrete input shapes of
-//! each call (so shape arithmetic folds away) and the optimised plan is cached per shape set.
+//! each call (so shape arithmetic folds away) and the optimised plan is cached per shape set, at
+//! most [`PLAN_CACHE`] of them (the least recently used goes first), so that a server fed every
+//! sequence length keeps bounded memory.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,10 +14,15 @@ use super::{Backend, EngineKind, EngineOptions, HostTensor};
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// The most input-shape plans one backend keeps.
+pub const PLAN_CACHE: usize = 16;
+
 /// A model compiled by tract.
 pub struct TractBackend {
     model: InferenceModel,
-    plans: HashMap<Vec<Vec<usize>>, Plan>,
+    /// Plans by input shapes, with the call counter of their last use.
+    plans: HashMap<Vec<Vec<usize>>, (Plan, u64)>,
+    calls: u64,
     inputs: Vec<String>,
     outputs: Vec<String>,
 }
@@ -47,13 +54,15 @@ impl TractBackend {
             .iter()
             .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
             .collect();
-        Ok(TractBackend { model, plans: HashMap::new(), inputs, outputs })
+        Ok(TractBackend { model, plans: HashMap::new(), calls: 0, inputs, outputs })
     }
 
     /// The plan for these input shapes, built on first use.
     fn plan(&mut self, feed: &TVec<TValue>) -> Result<Plan> {
         let key: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
-        if let Some(p) = self.plans.get(&key) {
+        self.calls += 1;
+        if let Some((p, used)) = self.plans.get_mut(&key) {
+            *used = self.calls;
             return Ok(p.clone());
         }
         let mut model = self.model.clone();
@@ -65,8 +74,19 @@ impl TractBackend {
             .map_err(|e| anyhow!("tract cannot optimise the model for input shapes {key:?}: {e:#}"))?
             .into_runnable()
             .map_err(|e| anyhow!("tract cannot plan the model: {e:#}"))?;
-        self.plans.insert(key, plan.clone());
+        if self.plans.len() >= PLAN_CACHE {
+            let oldest = self.plans.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.plans.remove(&k);
+            }
+        }
+        self.plans.insert(key, (plan.clone(), self.calls));
         Ok(plan)
+    }
+
+    /// How many input-shape plans are cached.
+    pub fn cached_plans(&self) -> usize {
+        self.plans.len()
     }
 }
 
@@ -103,8 +123,10 @@ fn legalize(model: &mut crate::ir::Model) -> Result<usize> {
     model.graph.edit(|p| -> Result<()> {
         for id in targets {
             let node = p.graph().node(id);
-            let (x, axis, y) =
-                (node.input(0).unwrap(), node.input(1).context("CumSum without axis")?, node.output(0).unwrap());
+            let named = |what: &str| format!("CumSum '{}' has no {what}", node.name);
+            let x = node.input(0).with_context(|| named("input"))?;
+            let axis = node.input(1).with_context(|| named("axis"))?;
+            let y = node.output(0).with_context(|| named("output"))?;
             let facts = p.graph().value(x).facts.type_only();
             let i32_facts = Facts { dtype: Some(DType::I32), ..facts.clone() };
             let narrow = p.op(

@@ -86,8 +86,10 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
         if u32::from_le_bytes(head[8..12].try_into().unwrap()) != masked_crc(&head[..8]) {
             return Err(bad("length CRC mismatch", at));
         }
-        let data = bytes.get(at + 12..at + 12 + len).ok_or_else(|| bad("truncated record", at))?;
-        let crc = bytes.get(at + 12 + len..at + 16 + len).ok_or_else(|| bad("truncated record CRC", at))?;
+        let end =
+            (at + 12).checked_add(len).filter(|&e| e <= bytes.len()).ok_or_else(|| bad("truncated record", at))?;
+        let data = &bytes[at + 12..end];
+        let crc = bytes.get(end..end + 4).ok_or_else(|| bad("truncated record CRC", at))?;
         if u32::from_le_bytes(crc.try_into().unwrap()) != masked_crc(data) {
             return Err(bad("data CRC mismatch", at));
         }

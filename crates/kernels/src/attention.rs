@@ -94,14 +94,7 @@ impl std::error::Error for AttnError {}
 
 /// Whether this CPU runs the [`AttentionPrecision::Bf16`] kernel (AVX-512 F/BW with BF16).
 pub fn bf16_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        Isa::Avx512Vnni.supported() && is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::cpu_has_avx512_bf16()
 }
 
 /// What one call computes, with the slices checked against the shape; the kernels index through

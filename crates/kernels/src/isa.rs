@@ -95,6 +95,31 @@ impl Isa {
         }
     }
 
+    /// Whether this CPU has a u8×s8 dot-product instruction (`vpdpbusd`: AVX-512 VNNI or AVX-VNNI),
+    /// whichever path sparsec's own kernels take.
+    pub fn cpu_has_vnni() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512vnni") || is_x86_feature_detected!("avxvnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Whether this CPU runs AVX-512 BF16 (`vdpbf16ps`) besides [`Isa::Avx512Vnni`].
+    pub fn cpu_has_avx512_bf16() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Isa::Avx512Vnni.supported() && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     /// `isa` when this CPU supports it.
     pub fn forced(isa: Isa) -> Result<Isa, IsaError> {
         if isa.supported() {

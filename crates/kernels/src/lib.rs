@@ -3,8 +3,10 @@
 //! plain slices out.
 //!
 //! Every kernel has one safe entry point that checks shapes and runs the ISA chosen once at
-//! creation ([`Isa`]); `unsafe` and `std::arch` live only in the per-ISA kernel files. Every ISA
-//! path is tested against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
+//! creation ([`Isa`]). CPU feature detection lives in `isa.rs`, `std::arch` only in the per-ISA
+//! kernel files; `unsafe` is in those files and in the dispatch code that calls them and hands
+//! tasks disjoint output ranges (`Out`, scratch buffers), each block with its `SAFETY` argument.
+//! Every ISA path is tested against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
 
 pub mod attention;
 pub mod gelu;

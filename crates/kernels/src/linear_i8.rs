@@ -341,19 +341,21 @@ fn split_weighted(group_start: &[usize], parts: usize) -> Vec<Range<usize>> {
     out
 }
 
-/// A shared output that tasks write in disjoint rectangles.
-pub(crate) struct Out<T> {
+/// A shared output that tasks write in disjoint rectangles; it holds the slice's mutable borrow
+/// for its whole life.
+pub(crate) struct Out<'a, T> {
     ptr: *mut T,
     len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
 }
 
 // SAFETY: tasks write disjoint ranges (each (token, channel) belongs to exactly one task of a
 // `Plan`), and the owner of the slice waits in `Parallel::run` for every task.
-unsafe impl<T: Send> Sync for Out<T> {}
+unsafe impl<T: Send> Sync for Out<'_, T> {}
 
-impl<T> Out<T> {
-    pub fn new(s: &mut [T]) -> Out<T> {
-        Out { ptr: s.as_mut_ptr(), len: s.len() }
+impl<'a, T> Out<'a, T> {
+    pub fn new(s: &'a mut [T]) -> Out<'a, T> {
+        Out { ptr: s.as_mut_ptr(), len: s.len(), _borrow: std::marker::PhantomData }
     }
 
     /// `start..start + len` of the output.

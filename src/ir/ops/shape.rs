@@ -6,6 +6,15 @@
 use super::{broadcast, def, facts, norm_axis, InferCtx, OpDef};
 use crate::ir::{Attrs, DType, Dim, Facts};
 
+/// The most dimensions a shape-valued input may declare before its rank is treated as unknown
+/// (ONNX Runtime allows 32 at most; a crafted file may declare billions).
+const MAX_RANK: i64 = 64;
+
+/// A declared length `r` of a 1-D shape input, as a rank: `None` when negative or over [`MAX_RANK`].
+fn rank_of(r: i64) -> Option<usize> {
+    (0..=MAX_RANK).contains(&r).then_some(r as usize)
+}
+
 pub(super) fn register(defs: &mut Vec<OpDef>) {
     defs.push(def("", "Shape", shape));
     defs.push(def("", "Size", size));
@@ -64,8 +73,8 @@ fn reshape(cx: &InferCtx) -> Result<Vec<Facts>, String> {
     let x = cx.input(0)?;
     let allowzero = cx.attr_int("allowzero").unwrap_or(0) != 0;
     let Some(target) = cx.sym(1) else {
-        let rank = cx.shape(1).and_then(|s| s.first()).and_then(Dim::known);
-        return Ok(vec![facts(x.dtype, rank.map(|r| vec![Dim::Unknown; r as usize]))]);
+        let rank = cx.shape(1).and_then(|s| s.first()).and_then(Dim::known).and_then(rank_of);
+        return Ok(vec![facts(x.dtype, rank.map(|r| vec![Dim::Unknown; r]))]);
     };
     let mut out: Vec<Dim> = Vec::with_capacity(target.len());
     let mut infer_at = None;
@@ -378,7 +387,9 @@ fn expand(cx: &InferCtx) -> Result<Vec<Facts>, String> {
     let x = cx.input(0)?;
     let shape = match (&x.shape, cx.sym(1)) {
         (Some(s), Some(t)) => Some(broadcast(&[s, &t])?),
-        (_, None) => cx.shape(1).and_then(|s| s.first()).and_then(Dim::known).map(|r| vec![Dim::Unknown; r as usize]),
+        (_, None) => {
+            cx.shape(1).and_then(|s| s.first()).and_then(Dim::known).and_then(rank_of).map(|r| vec![Dim::Unknown; r])
+        }
         (None, Some(_)) => None,
     };
     Ok(vec![facts(x.dtype, shape)])
@@ -454,16 +465,15 @@ fn gather_elements(cx: &InferCtx) -> Result<Vec<Facts>, String> {
 
 fn constant_of_shape(cx: &InferCtx) -> Result<Vec<Facts>, String> {
     let dtype = cx.node.attr_tensor("value").map(|t| t.dtype).unwrap_or(DType::F32);
-    let shape = cx
-        .sym(0)
-        .or_else(|| cx.shape(0).and_then(|s| s.first()).and_then(Dim::known).map(|r| vec![Dim::Unknown; r as usize]));
+    let shape = cx.sym(0).or_else(|| {
+        cx.shape(0).and_then(|s| s.first()).and_then(Dim::known).and_then(rank_of).map(|r| vec![Dim::Unknown; r])
+    });
     let mut f = facts(Some(dtype), shape.clone());
     if let (Some(s), Some(t)) = (&shape, cx.node.attr_tensor("value")) {
         if s.len() == 1 && dtype.is_integer() {
-            if let (Some(n), Some(v)) = (s[0].known(), t.as_i64s()) {
-                if n <= 64 {
-                    f.sym_value = Some(vec![Dim::Known(v[0]); n as usize]);
-                }
+            let first = t.as_i64s().and_then(|v| v.first().copied());
+            if let (Some(n), Some(v0)) = (s[0].known().and_then(rank_of), first) {
+                f.sym_value = Some(vec![Dim::Known(v0); n]);
             }
         }
     }
