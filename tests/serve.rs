@@ -590,3 +590,19 @@ fn sigterm_round(cases: &[(String, String, String)], want: &[Value]) -> u64 {
     eprintln!("{stopping}; {stopped}");
     in_flight
 }
+
+#[test]
+fn a_fixed_shape_model_is_served_at_its_own_sequence_length() {
+    let model = common::fixture_dir("bert").join("model.static-b128.onnx");
+    let (_, q, c) = cases().remove(0);
+    // Long enough for several 128-token windows, and for more than one at the default 384.
+    let long = [c.as_str(); 6].join(" ");
+    // The default stride (128) does not fit 128-token windows; 64 does, on both sides.
+    let server = Server::start(&model, &["--max-batch-size", "4", "--doc-stride", "64"]).ready();
+    let meta = client::get(server.addr, "/v2/models/question_answering").unwrap().json();
+    assert_eq!(meta["max_seq_len"], 128, "{meta}");
+    let want = qa_answers(&model, &[("long".into(), q.clone(), long.clone())], &["--doc-stride", "64"]);
+    let r = server.predict(&body(&q, &long));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_close("fixed [batch, 128] model", &r.json(), &want[0]);
+}

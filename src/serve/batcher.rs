@@ -139,7 +139,7 @@ impl Batcher {
 
 fn load(cfg: &EndpointConfig) -> Result<(QaPipeline, Loaded)> {
     let pipeline = QaPipeline::load(&cfg.model, cfg.engine, &cfg.engine_options)?;
-    let windower = Arc::new(pipeline.tokenizer.windower(cfg.window)?);
+    let windower = Arc::new(pipeline.windower(cfg.window)?);
     Ok((pipeline, Loaded { windower, sparsity: linear_sparsity(&cfg.model) }))
 }
 

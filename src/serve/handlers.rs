@@ -157,7 +157,7 @@ fn metadata(app: &App, i: usize) -> Response {
         "ready": loaded.is_some(),
         "max_batch_size": e.cfg.max_batch_size,
         "batch_timeout_ms": e.cfg.batch_timeout.as_millis() as u64,
-        "max_seq_len": e.cfg.window.max_seq_len,
+        "max_seq_len": loaded.map_or(e.cfg.window.max_seq_len, |l| l.windower.options().max_seq_len),
         "doc_stride": e.cfg.window.doc_stride,
         "top_k": e.cfg.decode.top_k,
     }))
