@@ -384,10 +384,14 @@ fn bad_flags_and_files_fail_before_any_work() {
 fn one_shot_sparsify_prunes_without_training() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("oneshot");
+    // Over the folder of an earlier run that evaluated: its results must not survive.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("eval_results.json"), r#"{"f1": 99.9}"#).unwrap();
     let (m, d) = (model(), squad());
     let summary: Value = serde_json::from_str(&ok(&sparsec(&[
         "sparsify",
         s(&m),
+        "--overwrite-output-dir",
         "--recipe",
         "obs80-oneshot",
         "--one-shot",
@@ -412,5 +416,5 @@ fn one_shot_sparsify_prunes_without_training() {
     assert!((sparsity - 0.8).abs() < 0.005, "{sparsity}");
     assert!(summary.get("eval").is_none() && summary.get("speed").is_none(), "neither asked for");
     assert!(out.join("deployment/model.onnx").exists() && out.join("report.html").exists());
-    assert!(!out.join("eval_results.json").exists());
+    assert!(!out.join("eval_results.json").exists(), "a stale eval_results.json survived --overwrite-output-dir");
 }

@@ -167,6 +167,36 @@ fn killed_mid_epoch_and_resumed_equals_an_uninterrupted_run() {
     assert!(!killed.status.success(), "the run must die at step 50");
     assert!(!part.join("model.onnx").exists(), "a killed run leaves no trained model");
     assert_eq!(log(&part).len(), 50);
+
+    // A checkpoint whose tensors do not fit the model (one weight and one observer cut short):
+    // an error naming the checkpoint and the tensor, not a panic.
+    for prefix in ["param/", "observer/"] {
+        let bad = dir.path().join("bad");
+        let _ = std::fs::remove_dir_all(&bad);
+        assert!(std::process::Command::new("cp").arg("-r").arg(&part).arg(&bad).status().unwrap().success());
+        let ckpt = std::fs::read_dir(bad.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step-"))
+            .max()
+            .unwrap();
+        let (mut tensors, state): (std::collections::BTreeMap<String, sparsec::train::checkpoint::NamedTensor>, Value) =
+            sparsec::train::checkpoint::load(&ckpt).unwrap();
+        let victim = tensors.keys().find(|k| k.starts_with(prefix)).cloned().expect(prefix);
+        let t = tensors.get_mut(&victim).unwrap();
+        t.data.pop();
+        t.shape = vec![t.data.len()];
+        let list: Vec<_> = tensors.into_values().collect();
+        let name = ckpt.file_name().unwrap().to_str().unwrap().to_string();
+        sparsec::train::checkpoint::save(ckpt.parent().unwrap(), &name, &list, &state).unwrap();
+        let mut args = train_args(&compiled, &bad, &data);
+        args.push("--resume");
+        let o = sparsec(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+        assert!(err.contains(&format!("tensor '{victim}' holds")) && err.contains(&name), "{err}");
+    }
+
     let mut resume = train_args(&compiled, &part, &data);
     resume.push("--resume");
     let summary: Value = serde_json::from_str(&ok(&sparsec(&resume))).unwrap();
@@ -198,7 +228,7 @@ fn a_signal_checkpoints_the_current_step_and_resume_equals_an_uninterrupted_run(
     let full = dir.path().join("full");
     ok(&sparsec(&train_args(&compiled, &full, &data)));
     let total = log(&full).len() as u64;
-    for (flag, name) in [("-TERM", "SIGTERM"), ("-INT", "SIGINT")] {
+    for (flag, name, code) in [("-TERM", "SIGTERM", 143), ("-INT", "SIGINT", 130)] {
         let part = dir.path().join(name);
         let mut child = Command::new(env!("CARGO_BIN_EXE_sparsec"))
             .args(train_args(&compiled, &part, &data))
@@ -220,7 +250,7 @@ fn a_signal_checkpoints_the_current_step_and_resume_equals_an_uninterrupted_run(
         assert!(sent.success());
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}: an interrupted run must exit non-zero");
+        assert_eq!(out.status.code(), Some(code), "{name}: an interrupted run exits 128 + the signal's number");
         let at = stderr
             .split(&format!("training interrupted by {name} after step "))
             .nth(1)

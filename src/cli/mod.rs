@@ -70,8 +70,20 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
+    }
+}
+
+/// 130 / 143 (128 + the signal's number, as a shell reports it) for a training run that stopped on
+/// SIGINT / SIGTERM after writing its checkpoint, so that a scheduler can tell "resume me" from a
+/// failure; 1 for every other error.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let stopped = e.chain().find_map(|c| c.downcast_ref::<crate::train::interrupt::Interrupted>());
+    match stopped.map(|i| i.signal) {
+        Some("SIGINT") => ExitCode::from(130),
+        Some("SIGTERM") => ExitCode::from(143),
+        _ => ExitCode::FAILURE,
     }
 }
 

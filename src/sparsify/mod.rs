@@ -235,7 +235,9 @@ pub fn validate(cfg: &SparsifyConfig) -> Result<()> {
     Ok(())
 }
 
-/// Runs the whole flow per `cfg`; `say` gets one line per stage.
+/// Runs the whole flow per `cfg`; `progress` gets one line per stage. `--overwrite-output-dir`
+/// first removes everything an earlier run wrote there, so that no stale result sits beside new
+/// outputs.
 pub fn sparsify(cfg: &SparsifyConfig, progress: &mut dyn Progress) -> Result<SparsifySummary> {
     validate(cfg)?;
     let d = &cfg.output_dir;
@@ -244,6 +246,12 @@ pub fn sparsify(cfg: &SparsifyConfig, progress: &mut dyn Progress) -> Result<Spa
             let p = d.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove '{}'", p.display()))?;
+            }
+        }
+        for file in [EVAL_RESULTS, REPORT, SUMMARY] {
+            let p = d.join(file);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("cannot remove '{}'", p.display()))?;
             }
         }
     }

@@ -1323,18 +1323,30 @@ fn snapshot(stepper: &Stepper, run: &Run) -> Vec<NamedTensor> {
     out
 }
 
+/// Checkpoint tensors into the run; every tensor must have the element count of the value it
+/// replaces (an error naming it otherwise: the checkpoint is of another model).
 fn restore(stepper: &mut Stepper, run: &mut Run, t: &BTreeMap<String, NamedTensor>) -> Result<()> {
-    let get = |name: String| t.get(&name).with_context(|| format!("has no tensor '{name}'"));
+    let get = |name: String, len: usize| -> Result<Vec<f32>> {
+        let v = t.get(&name).with_context(|| format!("has no tensor '{name}'"))?;
+        if v.data.len() != len {
+            bail!(
+                "tensor '{name}' holds {} values where this model has {len} (a checkpoint of another model?)",
+                v.data.len()
+            );
+        }
+        Ok(v.data.clone())
+    };
     for (p, s) in stepper.params.iter_mut().zip(stepper.optimizer.states.iter_mut()) {
-        p.data = get(format!("param/{}", p.input))?.data.clone();
-        s.exp_avg = get(format!("adam.m/{}", p.input))?.data.clone();
-        s.exp_avg_sq = get(format!("adam.v/{}", p.input))?.data.clone();
+        let n = p.data.len();
+        p.data = get(format!("param/{}", p.input), n)?;
+        s.exp_avg = get(format!("adam.m/{}", p.input), n)?;
+        s.exp_avg_sq = get(format!("adam.v/{}", p.input), n)?;
     }
     for m in run.masks.iter_mut() {
-        m.data = get(format!("mask/{}", m.input))?.data.clone();
+        m.data = get(format!("mask/{}", m.input), m.data.len())?;
     }
     for s in run.sites.iter_mut() {
-        let d = &get(format!("observer/{}", s.base))?.data;
+        let d = &get(format!("observer/{}", s.base), 6)?;
         s.observer = MinMaxObserver { min: d[0], max: d[1], initialized: d[2] != 0.0 };
         s.last = (d[5] != 0.0).then_some((d[3], d[4]));
     }
@@ -1370,13 +1382,17 @@ fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
 }
 
 fn truncate_log(path: &Path, before: u64) -> Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read '{}'", path.display())),
+    };
     let kept: String = text
         .lines()
         .filter(|l| serde_json::from_str::<StepLog>(l).is_ok_and(|s| s.step < before))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, kept).with_context(|| format!("cannot write '{}'", path.display()))
+    crate::files::write_atomic(path, kept.as_bytes())
 }
 
 /// The compiled graph with fake quantization off for good (`sparsec.quant_enabled` bound to
@@ -1402,7 +1418,6 @@ pub(super) fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(
     BindInputs { values }.apply(&mut model).context("cannot bind the trained values")?;
     model.set_metadata("sparsec.trained", "true");
     let dir = &cfg.output_dir;
-    crate::onnx::save(&model, dir.join("model.onnx"), &crate::onnx::SaveOptions::default())?;
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -1414,9 +1429,11 @@ pub(super) fn write_trained(cfg: &TrainConfig, compiled: &Compiled, bound: Vec<(
     ] {
         let src = compiled.dir.join(f);
         if src.exists() {
-            std::fs::copy(&src, dir.join(f)).with_context(|| format!("cannot copy '{}'", src.display()))?;
+            let bytes = std::fs::read(&src).with_context(|| format!("cannot read '{}'", src.display()))?;
+            crate::files::write_atomic(&dir.join(f), &bytes)?;
         }
     }
+    crate::onnx::save(&model, dir.join("model.onnx"), &crate::onnx::SaveOptions::default())?;
     Ok(())
 }
 
