@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Logit differences between a packed sparse export (Python onnxruntime + libsparsec_ops.so) and its
-QDQ export on ORT's basic level, on the first N dev windows (needs transformers for the tokenizer).
+QDQ export on ORT's basic level (LEVEL=all: ORT's default, fully optimised level, whose int8 kernels
+are exact on CPUs with VNNI), on the first N dev windows (needs transformers for the tokenizer).
 
-    python3 benches/lowered_vs_qdq_logits.py SPARSE_DIR QDQ_DIR [LIB] [DEV_JSON_GZ] [N=64]
+    python3 benches/lowered_vs_qdq_logits.py SPARSE_DIR QDQ_DIR [LIB] [DEV_JSON_GZ] [N=64] [LEVEL=basic|all]
 """
 import json, gzip, numpy as np, onnxruntime as ort, sys
 from transformers import AutoTokenizer
@@ -10,6 +11,7 @@ SPARSE, QDQ = sys.argv[1], sys.argv[2]
 LIB = sys.argv[3] if len(sys.argv) > 3 else 'target/debug/libsparsec_ops.so'
 DEV = sys.argv[4] if len(sys.argv) > 4 else '../shared/data/squad-v1.1-dev-split.json.gz'
 N = int(sys.argv[5]) if len(sys.argv) > 5 else 64
+LEVEL = sys.argv[6] if len(sys.argv) > 6 else 'basic'
 tok = AutoTokenizer.from_pretrained(SPARSE)
 d = json.load(gzip.open(DEV))
 qs=[]
@@ -22,7 +24,7 @@ enc = tok([q for q,_ in qs],[c for _,c in qs], truncation='only_second', max_len
 so=ort.SessionOptions(); so.register_custom_ops_library(LIB); so.intra_op_num_threads=2
 so.graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 low=ort.InferenceSession(SPARSE + '/model.onnx', so, providers=['CPUExecutionProvider'])
-sb=ort.SessionOptions(); sb.intra_op_num_threads=2; sb.graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+sb=ort.SessionOptions(); sb.intra_op_num_threads=2; sb.graph_optimization_level={'basic': ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, 'all': ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[LEVEL]
 qdq=ort.InferenceSession(QDQ + '/model.onnx', sb, providers=['CPUExecutionProvider'])
 names=[i.name for i in low.get_inputs()]
 feed={n: enc[n].astype(np.int64) for n in names}

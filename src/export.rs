@@ -185,6 +185,7 @@ pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
                 teacher: Teacher::Disabled,
                 seed: 42,
                 threads: None,
+                ort_memory: Default::default(),
                 max_train_samples: Some(n),
                 strict_data: false,
                 max_eval_samples: None,

@@ -337,6 +337,37 @@ fn length_grouped_batches_pad_less_and_resume_exactly() {
 }
 
 #[test]
+fn lean_ort_memory_trains_exactly_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let data = tiny_squad();
+    let run = |name: &str, memory: &str| {
+        let out = dir.path().join(name);
+        let mut a = train_args(&compiled, &out, &data);
+        a.extend(["--group-by-length", "--max-steps", "30", "--ort-memory", memory]);
+        ok(&sparsec(&a));
+        out
+    };
+    let (arena, lean) = (run("arena", "arena"), run("lean", "lean"));
+    let (la, ll) = (log(&arena), log(&lean));
+    assert_eq!(la.len(), 30);
+    let lengths: std::collections::BTreeSet<u64> = la.iter().filter_map(|x| x["seq_len"].as_u64()).collect();
+    assert!(lengths.len() > 1, "batch shapes must vary: {lengths:?}");
+    for (x, y) in la.iter().zip(&ll) {
+        assert_eq!((&x["loss"], &x["grad_norm"]), (&y["loss"], &y["grad_norm"]), "step {}", x["step"]);
+    }
+    let (a, b) = (initializers(&arena.join("model.onnx")), initializers(&lean.join("model.onnx")));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.0 == y.0 && x.2 == y.2, "'{}' differs between arena and lean memory", x.0);
+    }
+    let bad =
+        sparsec(&[&train_args(&compiled, &dir.path().join("bad"), &data)[..], &["--ort-memory", "tiny"]].concat());
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--ort-memory"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
 fn one_shot_prunes_to_the_final_sparsity_and_calibrates() {
     let dir = tempfile::tempdir().unwrap();
     let compiled = compile(dir.path());

@@ -69,6 +69,10 @@ pub(crate) struct TrainFlags {
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// ONNX Runtime's allocation of each step's tensors: `lean` (no memory pattern, no CPU arena) keeps
+    /// peak memory down when batch shapes vary (`--group-by-length`); `arena` is ONNX Runtime's default.
+    #[arg(long, value_enum, default_value = "arena")]
+    pub ort_memory: crate::runtime::OrtMemory,
     #[arg(long, alias = "max_train_samples")]
     pub max_train_samples: Option<usize>,
     /// Fail when a training answer does not match its context (default: warn and train on it).
@@ -184,6 +188,7 @@ impl TrainFlags {
             teacher,
             seed: args.seed,
             threads: args.threads,
+            ort_memory: args.ort_memory,
             max_train_samples: args.max_train_samples,
             strict_data: args.strict_data,
             max_eval_samples: args.max_eval_samples,

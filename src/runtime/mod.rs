@@ -132,6 +132,23 @@ pub struct EngineOptions {
     pub sparse: Option<crate::passes::SparseExecution>,
     /// ONNX Runtime writes a JSON trace of every node run to a file with this prefix.
     pub profile: Option<std::path::PathBuf>,
+    /// How ONNX Runtime allocates the memory of a run.
+    pub memory: OrtMemory,
+}
+
+/// How ONNX Runtime allocates the intermediate tensors of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrtMemory {
+    /// ONNX Runtime's defaults: a memory pattern planned and cached for each set of input shapes,
+    /// allocated from its CPU arena, which keeps its largest size.
+    #[default]
+    Arena,
+    /// No memory pattern and no CPU arena: every tensor from the system allocator when it is
+    /// needed, freed after its last use. For inputs whose shapes change from run to run
+    /// (length-grouped training batches), where a pattern per shape and an arena sized to the
+    /// largest run keep the peak high.
+    Lean,
 }
 
 /// A loaded model that can be run repeatedly.

@@ -121,6 +121,12 @@ impl OrtBackend {
         if let Some(t) = opts.threads {
             b = b.with_intra_threads(t).map_err(|e| anyhow!("{e}"))?;
         }
+        if opts.memory == super::OrtMemory::Lean {
+            b = b.with_memory_pattern(false).map_err(|e| anyhow!("{e}"))?;
+            b = b
+                .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+                .map_err(|e| anyhow!("cannot configure ONNX Runtime's CPU allocator: {e}"))?;
+        }
         if let Some(prefix) = &opts.profile {
             b = b.with_profiling(prefix).map_err(|e| anyhow!("cannot enable ONNX Runtime profiling: {e}"))?;
         }

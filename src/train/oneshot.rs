@@ -40,7 +40,7 @@ pub(super) fn one_shot(
     }
     let mut pruners =
         super::prune::select::pruners(&compiled.recipe, &run.slot_params(), cfg.prune_memory_limit, true)?;
-    let opts = EngineOptions { threads: cfg.threads, ..Default::default() };
+    let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
     let order = epoch_order(data.windows.len(), cfg.seed, 0);
     let take = n.min(data.windows.len()).max(1);
     let calibration: Vec<&TrainWindow> = order[..take].iter().map(|&i| &data.windows[i]).collect();

@@ -73,9 +73,12 @@ impl AdamW {
 }
 
 /// Scales gradients in place so their global L2 norm is at most `max_norm` (as
-/// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
+/// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping. Per-tensor sums run in
+/// parallel and are added in tensor order, so the result does not depend on how rayon splits the work.
 pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
-    let sq: f64 = grads.par_iter().map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum();
+    let per_tensor: Vec<f64> =
+        grads.par_iter().map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect();
+    let sq: f64 = per_tensor.iter().sum();
     let norm = sq.sqrt() as f32;
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {

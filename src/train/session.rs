@@ -69,6 +69,8 @@ pub struct TrainConfig {
     pub teacher: Teacher,
     pub seed: u64,
     pub threads: Option<usize>,
+    /// ONNX Runtime's allocation for the training, teacher and evaluation sessions.
+    pub ort_memory: runtime::OrtMemory,
     pub max_train_samples: Option<usize>,
     /// Fail (instead of warning) when a training answer does not match its context.
     pub strict_data: bool,
@@ -727,7 +729,7 @@ impl<'d> Session<'d> {
                 _ => None,
             })
             .unwrap_or(cfg.weight_decay);
-        let opts = EngineOptions { threads: cfg.threads, ..Default::default() };
+        let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
         let adamw = AdamWConfig { weight_decay, ..AdamWConfig::default() };
         let mut stepper = Stepper::new(float.as_ref().unwrap_or(&qat), EngineKind::Ort, &opts, adamw)?;
         let graphs = Graphs { on_qat: float.is_none(), qat, float };
