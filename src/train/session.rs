@@ -69,7 +69,7 @@ pub struct TrainConfig {
     pub teacher: Teacher,
     pub seed: u64,
     pub threads: Option<usize>,
-    /// ONNX Runtime's allocation for the training, teacher and evaluation sessions.
+    /// ONNX Runtime's allocation for the training and teacher sessions (and one-shot's); evaluation keeps the default.
     pub ort_memory: runtime::OrtMemory,
     pub max_train_samples: Option<usize>,
     /// Fail (instead of warning) when a training answer does not match its context.
