@@ -9,7 +9,8 @@
 #   benches/headline/run.sh SPARSEC RUN [QUESTIONS=45000] [DEADLINE_SECONDS]
 #
 # EVAL_LIMIT=N scores only the first N dev questions (for a dry run of the script);
-# RECIPE=PATH trains another one-pass recipe (e.g. recipes/obs80-block4x1-qat-distill-one-epoch.yaml).
+# RECIPE=PATH trains another one-pass recipe (e.g. recipes/obs80-block4x1-qat-distill-one-epoch.yaml);
+# RECIPE_ARGS=JSON replaces benches/headline/recipe_args.json (e.g. to set final_sparsity).
 # DEADLINE_SECONDS stops training (SIGTERM via timeout) after that many seconds of this
 # invocation; the next invocation resumes (binaries from 2026-12-01 on checkpoint the step they were
 # in on SIGTERM; older ones, such as the 4a35f33 build this run started with, resume from the last
@@ -23,7 +24,7 @@ MODEL=$ROOT/../shared/models/minilm-l6-squad/model.onnx
 TRAIN=$ROOT/../shared/data/squad-v1.1-train.json.gz
 DEV=$ROOT/../shared/data/squad-v1.1-dev-split.json.gz
 RECIPE=${RECIPE:-$ROOT/recipes/gmp80-block4x1-qat-distill-one-epoch.yaml}
-ARGS=$(cat "$ROOT/benches/headline/recipe_args.json")
+ARGS=${RECIPE_ARGS:-$(cat "$ROOT/benches/headline/recipe_args.json")}
 mkdir -p "$RUN"
 started=$(date +%s)
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)

@@ -13,6 +13,7 @@ mod linear;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use ort::operator::{ComputeContext, KernelContext, OperatorDomain};
 use sparsec_kernels::{Isa, Parallel};
@@ -31,9 +32,14 @@ pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
+/// `THREADS`, or when it is 0 the number of available cores, read once per process:
+/// `available_parallelism` is a `sched_getaffinity` plus cgroup file reads, and the kernels ask
+/// several times per node (62 calls per MiniLM inference at batch 1 in Python onnxruntime, where
+/// nothing calls [`set_threads`]; see `benches/python_syscalls.sh`).
 fn threads() -> usize {
+    static AVAILABLE: OnceLock<usize> = OnceLock::new();
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => *AVAILABLE.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         n => n,
     }
 }
