@@ -49,8 +49,7 @@ cat "$w/eval.json"; echo
 base=$(cat "$ROOT/benches/headline/recipe_args.json")
 for s in "${LEVELS[@]}"; do
   name=obs$s-block4x1-$Q
-  frac=$(python3 -c "print($s/100)")
-  args=$(python3 -c "import json,sys; a=json.loads(sys.argv[1]); a.update(final_sparsity=$frac, mask_update_fraction=$EVERY); print(json.dumps(a))" "$base")
+  args=$(python3 -c "import json,sys; a=json.loads(sys.argv[1]); a.update(final_sparsity=$s/100, mask_update_fraction=$EVERY); print(json.dumps(a))" "$base")
   echo "== $name $(date -u +%T) args $args"
   echo "$args" > "$WORK/$name.args.json"
   RECIPE="$ROOT/recipes/obs80-block4x1-qat-distill-one-epoch.yaml" RECIPE_ARGS="$args" \
