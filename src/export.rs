@@ -64,6 +64,9 @@ pub struct ExportReport {
     pub model_gzip_bytes: u64,
     /// Zeros over all weights of the pruned layers.
     pub pruned_layers_sparsity: f64,
+    /// How many weights had a pruning mask in the source (0 when it holds no masks, e.g. a
+    /// deployment folder exported again).
+    pub pruned_layers: usize,
     /// Zeros over every weight of the model.
     pub overall_sparsity: f64,
     pub int8_weights: usize,
@@ -119,10 +122,10 @@ pub fn lower(model: &mut Model, opts: LowerOptions) -> Result<Vec<PassReport>> {
     Ok(reports)
 }
 
-fn layer_reports(model: &Model, pruned: &[String]) -> (Vec<LayerReport>, f64, f64, usize) {
+fn layer_reports(model: &Model, pruned: &[String]) -> (Vec<LayerReport>, f64, f64, usize, usize) {
     let g = &model.graph;
     let mut layers = Vec::new();
-    let (mut zeros, mut total, mut pz, mut pt, mut int8) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut zeros, mut total, mut pz, mut pt, mut int8, mut np) = (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
     let unpacked = crate::ir::ops::sparsec::packed_weights_dense(g);
     for (&v, t) in g.initializers() {
         let t = unpacked.get(&v).unwrap_or(t);
@@ -145,6 +148,7 @@ fn layer_reports(model: &Model, pruned: &[String]) -> (Vec<LayerReport>, f64, f6
         if pruned.iter().any(|p| p == base) {
             pz += z;
             pt += t.numel();
+            np += 1;
         }
         layers.push(LayerReport {
             name,
@@ -154,7 +158,7 @@ fn layer_reports(model: &Model, pruned: &[String]) -> (Vec<LayerReport>, f64, f6
         });
     }
     let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    (layers, frac(pz, pt), frac(zeros, total), int8)
+    (layers, frac(pz, pt), frac(zeros, total), int8, np)
 }
 
 /// Lowers `args.model` and writes the deployment folder `args.output` atomically; returns what
@@ -232,7 +236,7 @@ pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
 
     let deployment = crate::files::staging_dir(&args.output, ".sparsec-export-")?;
     let out_tmp = deployment.path().to_path_buf();
-    let (layers, pruned_sparsity, overall, int8) = layer_reports(&model, &pruned);
+    let (layers, pruned_sparsity, overall, int8, pruned_layers) = layer_reports(&model, &pruned);
     model.set_metadata(
         "sparsec.sparsity",
         serde_json::json!({
@@ -265,6 +269,7 @@ pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
         dense_model_bytes: plan_model.and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
         model_gzip_bytes: gz.finish()?.len() as u64,
         pruned_layers_sparsity: pruned_sparsity,
+        pruned_layers,
         overall_sparsity: overall,
         int8_weights: int8,
         format: args.format,

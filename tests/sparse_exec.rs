@@ -1,5 +1,5 @@
 //! Sparse execution: models lowered in memory to sparsec's kernels (`LowerSparseLinear`,
-//! `FuseAttention`, `FuseQkv` → `ai.sparsec` ops on ONNX Runtime) compute what the standard export
+//! `FuseAttention`, `FuseQkv`, `LowerLayerNorm` → `ai.sparsec` ops on ONNX Runtime) compute what the standard export
 //! computes on ONNX Runtime (its QDQ semantics: level-1 optimisations), on every fixture and on
 //! every instruction set this CPU has (`SPARSEC_ISA` forced), and layers that are not sparse
 //! enough stay on ORT.
@@ -144,6 +144,63 @@ fn dense_fp32_models_fuse_attention_only() {
         assert!(d <= 1e-4, "{m}/{e}: {d}");
         assert_eq!(rewritten(&reports, "LowerSparseLinear"), 0);
         assert_eq!(rewritten(&reports, "FuseAttention"), 2, "{m}/{e}");
+    }
+}
+
+/// `LowerLayerNorm` alone (linears and attention left on ONNX Runtime): every last-axis
+/// `LayerNormalization` on sparsec's kernel, logits bit-identical to ORT's own, on every fixture
+/// export and on the dense MiniLM when `../shared` is present, on every ISA.
+#[test]
+fn layer_norm_lowering_is_bit_identical_to_ort_on_every_fixture_and_isa() {
+    let only_ln = SparseExecution { no_linear: true, no_attention: true, ..Default::default() };
+    let mut models: Vec<(String, PathBuf)> =
+        fixture_exports().into_iter().map(|(m, e, p)| (format!("{m}/{e}"), p)).collect();
+    if let Some(minilm) = shared_minilm() {
+        models.push(("minilm-l6-squad".into(), minilm.join("model.onnx")));
+    }
+    let mut lowered_in = 0;
+    for (name, path) in &models {
+        let (base, _) = run(path, None);
+        for isa in Isa::available() {
+            // SAFETY of the environment: as in `check_every_isa`.
+            std::env::set_var("SPARSEC_ISA", isa.name());
+            let (lowered, reports) = run(path, Some(only_ln.clone()));
+            std::env::remove_var("SPARSEC_ISA");
+            let n = rewritten(&reports, "LowerLayerNorm");
+            println!("{name} [{isa}]: {n} LayerNormalization lowered");
+            assert_eq!(rewritten(&reports, "LowerSparseLinear") + rewritten(&reports, "FuseAttention"), 0);
+            assert!(bit_identical(&base, &lowered), "{name} [{isa}]: logits differ from ORT's");
+            lowered_in += usize::from(n > 0);
+        }
+        if name == "minilm-l6-squad" {
+            let (_, reports) = run(path, Some(only_ln.clone()));
+            assert_eq!(rewritten(&reports, "LowerLayerNorm"), 13, "embeddings + 2 per layer");
+        }
+    }
+    assert!(lowered_in > 0, "no model had a LayerNormalization to lower");
+}
+
+/// A deployment folder exported again (`export --model DEPLOY --format sparse`: a QDQ deployment
+/// packed, or a packed one given a newer sparsec's lowerings, here `LowerLayerNorm`) computes the
+/// same logits bit for bit, and the report says the source held no pruning masks.
+#[test]
+fn a_deployment_exported_again_as_sparse_equals_the_original_bit_for_bit() {
+    let recipe = root().join("recipes/gmp80-block4x1-qat-distill.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let qdq = one_shot(&fixture_dir("bert").join("model.legacy.onnx"), &recipe, dir.path());
+    let packed = dir.path().join("packed");
+    let out = ok(&sparsec(&["export", "--model", s(&qdq), "-o", s(&packed), "--format", "sparse"]));
+    assert!(out.contains("no pruning masks in the source"), "{out}");
+    let again = dir.path().join("again");
+    ok(&sparsec(&["export", "--model", s(&packed), "-o", s(&again), "--format", "sparse"]));
+    let (base, _) = run(&qdq.join("model.onnx"), Some(export_lowering()));
+    for folder in [&packed, &again] {
+        let m = sparsec::onnx::load(folder.join("model.onnx")).unwrap();
+        let count = |op: &str| m.graph.nodes().filter(|(_, n)| n.op_type == op).count();
+        assert_eq!((count("LayerNorm"), count("LayerNormalization")), (5, 0), "{}", folder.display());
+        let (lowered, reports) = run(&folder.join("model.onnx"), Some(export_lowering()));
+        assert!(reports.iter().filter(|r| r.pass != "RemoveDead").all(|r| r.rewritten == 0), "{reports:?}");
+        assert!(bit_identical(&base, &lowered), "{}", folder.display());
     }
 }
 

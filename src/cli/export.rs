@@ -49,14 +49,18 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let zeros = if report.pruned_layers == 0 {
+            format!("no pruning masks in the source, {:.2}% zeros overall", report.overall_sparsity * 100.0)
+        } else {
+            format!("pruned layers {:.2}% zeros", report.pruned_layers_sparsity * 100.0)
+        };
         println!(
-            "exported {} → {}: {:.1} MB{} ({:.1} MB gzipped), pruned layers {:.2}% zeros, {} int8 weights",
+            "exported {} → {}: {:.1} MB{} ({:.1} MB gzipped), {zeros}, {} int8 weights",
             report.source,
             report.output,
             report.model_bytes as f64 / 1e6,
             report.dense_model_bytes.map(|d| format!(" vs dense {:.1} MB", d as f64 / 1e6)).unwrap_or_default(),
             report.model_gzip_bytes as f64 / 1e6,
-            report.pruned_layers_sparsity * 100.0,
             report.int8_weights
         );
     }

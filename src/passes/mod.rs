@@ -15,6 +15,7 @@ mod fuse_qkv;
 mod insert_fake_quant;
 mod insert_masks;
 mod lower_fake_quant;
+mod lower_layer_norm;
 mod lower_qoperator;
 mod lower_sparse_linear;
 mod pack_sparse_weights;
@@ -33,6 +34,7 @@ pub use fuse_qkv::FuseQkv;
 pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, MIN_SCALE, QUANT_ENABLED_INPUT};
 pub use insert_masks::{InsertMasks, MaskTarget};
 pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
+pub use lower_layer_norm::LowerLayerNorm;
 pub use lower_qoperator::LowerQOperator;
 pub use lower_sparse_linear::LowerSparseLinear;
 pub use pack_sparse_weights::PackSparseWeights;
@@ -124,6 +126,7 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("LowerSparseLinear", |c| build::<LowerSparseLinear>("LowerSparseLinear")(c)),
         ("FuseAttention", |c| build::<FuseAttention>("FuseAttention")(c)),
         ("FuseQkv", |c| build::<FuseQkv>("FuseQkv")(c)),
+        ("LowerLayerNorm", |c| build::<LowerLayerNorm>("LowerLayerNorm")(c)),
         ("PackSparseWeights", |c| build::<PackSparseWeights>("PackSparseWeights")(c)),
     ]
 }
@@ -151,11 +154,14 @@ pub struct SparseExecution {
     /// Lower linears only, leave attention on ONNX Runtime.
     #[serde(default)]
     pub no_attention: bool,
+    /// Leave `LayerNormalization` on ONNX Runtime.
+    #[serde(default)]
+    pub no_layer_norm: bool,
 }
 
 /// The sparse-execution pipeline sparsec applies in memory before running a model on ONNX
-/// Runtime: `LowerSparseLinear`, `FuseAttention`, `FuseQkv`, `RemoveDead`. The result needs the
-/// `ai.sparsec` operators (`sparsec-ops`) registered with the session.
+/// Runtime: `LowerSparseLinear`, `FuseAttention`, `FuseQkv`, `LowerLayerNorm`, `RemoveDead`. The
+/// result needs the `ai.sparsec` operators (`sparsec-ops`) registered with the session.
 pub fn lower_for_sparse_execution(model: &mut Model, cfg: &SparseExecution) -> Result<Vec<PassReport>, PassError> {
     let mut reports = Vec::new();
     if !cfg.no_linear {
@@ -166,6 +172,9 @@ pub fn lower_for_sparse_execution(model: &mut Model, cfg: &SparseExecution) -> R
         // The replaced attention subgraphs still read the projections until they are removed.
         RemoveDead::default().run(model)?;
         reports.push(FuseQkv::default().run(model)?);
+    }
+    if !cfg.no_layer_norm {
+        reports.push(LowerLayerNorm::default().run(model)?);
     }
     reports.push(RemoveDead::default().run(model)?);
     if reports.iter().any(|r| r.rewritten > 0 && r.pass != "RemoveDead")

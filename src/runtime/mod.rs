@@ -83,7 +83,7 @@ impl std::fmt::Display for EngineKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// Sparse linears where a layer is sparse enough, and fused attention.
+    /// Sparse linears where a layer is sparse enough, fused attention, and layer normalization.
     #[default]
     Auto,
     /// None: the model runs on ONNX Runtime's own kernels as it is.
@@ -113,8 +113,8 @@ impl Kernels {
         match self {
             Kernels::Off => None,
             Kernels::Auto => Some(base),
-            Kernels::Linear => Some(crate::passes::SparseExecution { no_attention: true, ..base }),
-            Kernels::Attention => Some(crate::passes::SparseExecution { no_linear: true, ..base }),
+            Kernels::Linear => Some(crate::passes::SparseExecution { no_attention: true, no_layer_norm: true, ..base }),
+            Kernels::Attention => Some(crate::passes::SparseExecution { no_linear: true, no_layer_norm: true, ..base }),
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod attention;
 pub mod gelu;
 pub mod isa;
+pub mod layer_norm;
 pub mod linear_f32;
 pub mod linear_i8;
 pub mod par;

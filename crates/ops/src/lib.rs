@@ -9,6 +9,7 @@
 //! `SessionOptions.register_custom_ops_library("libsparsec_ops.so")`.
 
 mod attention;
+mod layer_norm;
 mod linear;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,6 +20,7 @@ use ort::operator::{ComputeContext, KernelContext, OperatorDomain};
 use sparsec_kernels::{Isa, Parallel};
 
 pub use attention::{AttentionOp, ATTENTION};
+pub use layer_norm::{LayerNormOp, LAYER_NORM};
 pub use linear::{SparseLinearF32Op, SparseLinearOp, SPARSE_LINEAR, SPARSE_LINEAR_F32};
 
 /// The ONNX domain of sparsec's operators.
@@ -46,7 +48,7 @@ fn threads() -> usize {
 
 /// Every sparsec operator in one domain, ready for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(SparseLinearOp)?.add(SparseLinearF32Op)?.add(AttentionOp)
+    OperatorDomain::new(DOMAIN)?.add(SparseLinearOp)?.add(SparseLinearF32Op)?.add(AttentionOp)?.add(LayerNormOp)
 }
 
 /// The instruction set kernels are created with: `SPARSEC_ISA` when set, else the best this CPU has.

@@ -1,5 +1,6 @@
 //! sparsec's own operators, domain `ai.sparsec` (run by the `sparsec-ops` ONNX Runtime kernels):
-//! `SparseLinear`, `SparseLinearF32` and `Attention`, emitted by the sparse-execution lowering passes.
+//! `SparseLinear`, `SparseLinearF32`, `Attention` and `LayerNorm`, emitted by the sparse-execution
+//! lowering passes.
 //!
 //! `SparseLinear`'s weight (input 1) is a dense int8 `[K, N]` initializer, or — with attributes
 //! `weight_format = "block4x1"` and `weight_shape = [K, N]` — the 1-D int8 stored form of its
@@ -85,6 +86,20 @@ pub(super) fn register(defs: &mut Vec<OpDef>) {
     defs.push(def(DOMAIN, "SparseLinear", |cx| linear(cx, DType::I8)));
     defs.push(def(DOMAIN, "SparseLinearF32", |cx| linear(cx, DType::F32)));
     defs.push(def(DOMAIN, "Attention", attention));
+    defs.push(def(DOMAIN, "LayerNorm", layer_norm));
+}
+
+/// `X f32[..., N] -> f32[..., N]` (scale and bias `[N]`).
+fn layer_norm(cx: &InferCtx) -> Result<Vec<Facts>, String> {
+    let x = cx.input(0)?;
+    if let (Some(xs), Some(s)) = (x.shape.as_ref(), cx.shape(1)) {
+        if let (Some(last), [n]) = (xs.last(), &s[..]) {
+            if !last.compatible(n) {
+                return Err(format!("input's last axis {last} differs from the scale's length {n}"));
+            }
+        }
+    }
+    Ok(vec![facts(Some(DType::F32), x.shape.clone())])
 }
 
 /// `X[..., K] · W[K, N] -> f32[..., N]`; a packed weight is checked against its `weight_shape`.
