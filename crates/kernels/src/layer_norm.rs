@@ -102,10 +102,10 @@ fn rows_scalar(x: &[f32], n: usize, scale: &[f32], bias: Option<&[f32]>, eps: f3
     rows_range::<SIDE>(x, n, scale, bias, eps, y, |g, s, q| side_by_side(g, n, s, q))
 }
 
-/// Row by row, in index order.
-fn row_sums(g: &[f32], n: usize, sum: &mut [f32], sq: &mut [f32]) {
+/// Columns `from..n` of each row of `g` added to the row's sums, row by row, in index order.
+fn row_sums(g: &[f32], n: usize, from: usize, sum: &mut [f32], sq: &mut [f32]) {
     for (i, row) in g.chunks(n).enumerate() {
-        for &v in row {
+        for &v in &row[from..] {
             sum[i] += v;
             sq[i] += v * v;
         }
@@ -114,7 +114,7 @@ fn row_sums(g: &[f32], n: usize, sum: &mut [f32], sq: &mut [f32]) {
 
 /// [`SIDE`] rows summed side by side in scalar code (independent chains of additions, each row
 /// in its own index order; [`CHUNK`] values of every row per step, read without bounds checks).
-#[allow(clippy::needless_range_loop)] // c[i][j] and rows[i][h]: the loop order is the point
+#[allow(clippy::needless_range_loop)] // c[i][j]: the loop order is the point
 fn side_by_side(g: &[f32], n: usize, sum: &mut [f32; SIDE], sq: &mut [f32; SIDE]) {
     let rows: [&[f32]; SIDE] = std::array::from_fn(|i| &g[i * n..(i + 1) * n]);
     let whole = n - n % CHUNK;
@@ -129,13 +129,7 @@ fn side_by_side(g: &[f32], n: usize, sum: &mut [f32; SIDE], sq: &mut [f32; SIDE]
             }
         }
     }
-    for h in whole..n {
-        for i in 0..SIDE {
-            let v = rows[i][h];
-            sum[i] += v;
-            sq[i] += v * v;
-        }
-    }
+    row_sums(g, n, whole, sum, sq);
 }
 
 /// Groups of `R` rows: their sums by `full` (a whole group) or [`row_sums`] (the last, short
@@ -155,7 +149,7 @@ fn rows_range<const R: usize>(
         if xg.len() == R * n {
             full(xg, &mut sum, &mut sq);
         } else {
-            row_sums(xg, n, &mut sum, &mut sq);
+            row_sums(xg, n, 0, &mut sum, &mut sq);
         }
         let nf = n as f32;
         for (i, (xr, yr)) in xg.chunks(n).zip(yg.chunks_mut(n)).enumerate() {

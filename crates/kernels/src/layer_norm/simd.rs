@@ -61,7 +61,7 @@ pub(super) unsafe fn sums16(g: &[f32], n: usize, sum: &mut [f32; 16], sq: &mut [
         _mm512_storeu_ps(sum.as_mut_ptr(), s);
         _mm512_storeu_ps(sq.as_mut_ptr(), q);
     }
-    tail(g, n, whole, sum, sq);
+    super::row_sums(g, n, whole, sum, sq);
 }
 
 /// As [`sums16`] for 8 rows.
@@ -110,15 +110,5 @@ pub(super) unsafe fn sums8(g: &[f32], n: usize, sum: &mut [f32; 8], sq: &mut [f3
         _mm256_storeu_ps(sum.as_mut_ptr(), s);
         _mm256_storeu_ps(sq.as_mut_ptr(), q);
     }
-    tail(g, n, whole, sum, sq);
-}
-
-/// Columns `from..n` of every row, added in order.
-fn tail(g: &[f32], n: usize, from: usize, sum: &mut [f32], sq: &mut [f32]) {
-    for (i, row) in g.chunks_exact(n).enumerate() {
-        for &v in &row[from..] {
-            sum[i] += v;
-            sq[i] += v * v;
-        }
-    }
+    super::row_sums(g, n, whole, sum, sq);
 }
