@@ -13,25 +13,12 @@ SECS=${3:-8}
 DENSE=../shared/models/minilm-l6-squad
 SPARSEC=${SPARSEC:-target/release/sparsec}
 QDYN=${QDYN:-benches/results/sparse-e2e/qdyn}
-if [ ! -f "$QDYN/model.onnx" ]; then
-  mkdir -p "$QDYN"
-  python3 - "$DENSE/model.onnx" "$QDYN/model.onnx" <<'PY'
-import sys
-from onnxruntime.quantization import QuantType, quantize_dynamic
-quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8)
-PY
-  cp "$DENSE/tokenizer.json" "$QDYN/"
-fi
+. benches/bench_pair.sh
+make_qdyn "$DENSE" "$QDYN"
 for r in $(seq 1 "$ROUNDS"); do
   for b in 16 1; do
     for c in "$DENSE" "$QDYN"; do
-      "$SPARSEC" bench --model "$MODEL" --compare "$c" --batch-size "$b" --seq-len 384 --threads 2 \
-        --seconds "$SECS" --warmup 1 --json | python3 -c '
-import json, sys
-r = json.load(sys.stdin); a, b = r["results"]
-print(json.dumps({"round": int(sys.argv[1]), "model": a["model"], "lowered": a["lowered"], "vs": b["model"],
-  "batch": a["batch_size"], "seq": a["seq_len"], "items_per_s": round(a["items_per_second"], 2),
-  "vs_items_per_s": round(b["items_per_second"], 2), "ratio": round(r["speed_ratio"], 3)}))' "$r"
+      bench_pair "$MODEL" "$c" auto "$b" 384 "$SECS" "{\"round\": $r}"
     done
   done
 done
