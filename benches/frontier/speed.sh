@@ -9,15 +9,9 @@ cd "$(dirname "$0")/../.."
 SECS=$1; shift
 DENSE=../shared/models/minilm-l6-squad
 SPARSEC=${SPARSEC:-target/release/sparsec}
+. benches/bench_pair.sh
 for b in 16 1; do
   for m in "$@"; do
-    "$SPARSEC" bench --model "$m" --compare "$DENSE" --kernels auto --batch-size "$b" --seq-len 384 --threads 2 \
-      --seconds "$SECS" --warmup 1 --json | python3 -c '
-import json, os, sys
-r = json.load(sys.stdin); a, b = r["results"]
-size = os.path.getsize(os.path.join(sys.argv[1], "model.onnx"))
-print(json.dumps({"model": sys.argv[1], "model_onnx_bytes": size, "lowered": a["lowered"], "vs": b["model"], "batch": a["batch_size"],
-  "seq": a["seq_len"], "items_per_s": round(a["items_per_second"], 2), "vs_items_per_s": round(b["items_per_second"], 2),
-  "ratio": round(r["speed_ratio"], 3)}))' "$m"
+    bench_pair "$m" "$DENSE" auto "$b" 384 "$SECS" "{\"model_onnx_bytes\": $(stat -c %s "$m/model.onnx")}"
   done
 done
