@@ -7,12 +7,10 @@
 //! (1e-4) only matters for tensors whose exact gradient is zero, such as `qa_outputs.bias`
 //! (the softmax rows sum to one), where both sides hold f32 rounding noise of ~1e-8.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use ndarray::ArrayD;
 use sparsec::autodiff::{self, LossSpec, TrainingGraphSpec};
 use sparsec::ir::{infer, modules};

@@ -11,8 +11,6 @@
 //! eps^2 f'''/6 ~ 2e-5. Inputs keep clear of kinks (ReLU at 0, Max ties, Slice bounds) by more
 //! than eps.
 
-mod common;
-
 use ndarray::ArrayD;
 use sparsec::autodiff::{self, AutodiffError, GradOptions};
 use sparsec::ir::{infer, Attribute, DType, Model, NodeSpec, Patch, Tensor, ValueId};

@@ -2,13 +2,11 @@
 //! (masks of ones, quantization off), masks zero exactly the masked weights, fake quantization
 //! matches an independent computation, and targets resolve identically on both exporters.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use ndarray::{ArrayD, IxDyn};
 use sparsec::compile::{compile, Plan};
 use sparsec::ir::{modules, DType, Facts, Model, NodeSpec, Patch, Tensor, ValueId};

@@ -2,7 +2,7 @@
 //! gradient per parameter, and ONNX Runtime runs it. The trainer's variant without fake
 //! quantization (used while QAT is off) computes the same loss, gradients and observer outputs.
 
-mod common;
+use crate::common;
 
 use ndarray::{ArrayD, IxDyn};
 use sparsec::autodiff::{build_training_graph, LossSpec, TrainingGraphSpec};

@@ -4,13 +4,11 @@
 //! runs in ORT (Rust and Python) and tract, passes the ONNX checker, and bad inputs fail clearly;
 //! likewise the `--format qoperator` and `--quantize-embeddings` variants.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use ndarray::ArrayD;
 use serde_json::Value;
 use sparsec::ir::DType;
@@ -110,16 +108,22 @@ onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)
 print("checker ok")
 "#;
     match Command::new("python3").args(["-c", py, s(exported)]).output() {
-        Ok(o) if o.status.success() => println!("python: {}", String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(o) if o.status.success() => {
+            let said = String::from_utf8_lossy(&o.stdout);
+            match said.trim().strip_prefix("SKIPPED: ") {
+                Some(why) => skip(why),
+                None => println!("python: {}", said.trim()),
+            }
+        }
         Ok(o) => {
             let e = String::from_utf8_lossy(&o.stderr);
             if e.contains("No module named 'onnxruntime'") {
-                eprintln!("SKIPPED: python onnxruntime absent");
+                skip("python onnxruntime absent");
             } else {
                 panic!("python onnxruntime/checker failed: {e}");
             }
         }
-        Err(_) => eprintln!("SKIPPED: no python3"),
+        Err(_) => skip("no python3"),
     }
 }
 

@@ -4,13 +4,11 @@
 //! copied to a server can be read by the user who serves it.
 #![cfg(unix)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 fn ok(out: Output) {
     assert!(out.status.success(), "sparsec failed: {}", String::from_utf8_lossy(&out.stderr));

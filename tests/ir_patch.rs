@@ -1,6 +1,6 @@
 //! The patch API: edits apply atomically, and invalid results are refused with the node named.
 
-mod common;
+use crate::common;
 
 use sparsec::ir::{Attribute, DType, Dim, Facts, IrError, NodeSpec};
 use sparsec::onnx;

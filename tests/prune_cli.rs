@@ -3,12 +3,10 @@
 //! movement mask updates; modifiers sparsec does not carry out are errors, ignored fields loud
 //! warnings.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn compile(dir: &Path, recipe: &Path, args: &str) -> Output {

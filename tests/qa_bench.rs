@@ -1,7 +1,7 @@
 //! `sparsec bench --compare`: both models measured, percentiles ordered, the ratio is the
 //! quotient of their throughputs. (Speed itself is measured in BENCHMARKS.md, not asserted.)
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 

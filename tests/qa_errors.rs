@@ -1,7 +1,7 @@
 //! Bad input to `sparsec qa` / `sparsec eval` gives a one-line error and exit code 1 (never a
 //! panic), or a sensible answer.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! `sparsec eval` end to end: the shared MiniLM SQuAD model on the first questions of the shared
 //! dev split (skipped when ../shared is absent), and SQuAD v2 bookkeeping on a fixture model.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

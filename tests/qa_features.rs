@@ -1,7 +1,7 @@
 //! Training features (`run_qa.py`'s `prepare_train_features`): the target tokens cover exactly the
 //! answer's characters in windows that contain it, and point at CLS (0) in windows that do not.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use sparsec::qa::{QaTokenizer, WindowOptions};

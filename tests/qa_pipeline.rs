@@ -4,7 +4,7 @@
 //! pipeline's own PyTorch logits must give its answers; the full pipeline on ONNX must give the
 //! same answers (text, start, end) with scores within 1e-4.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use sparsec::qa::postprocess::{decode, WindowLogits};

@@ -3,12 +3,10 @@
 //! names list the built-ins, and SparseZoo stubs resolve to the built-in that reproduces them (with
 //! a note) or fail with the list.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn stdout(o: &Output) -> String {

@@ -2,9 +2,7 @@
 //! the wrong opset's form is reported with the pass and node names at the step that made it, and
 //! the passes themselves emit valid nodes on torch dynamo's native opset-18 exports.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use sparsec::ir::{check_schemas, Attribute, Facts, Model, NodeSpec, Patch};
 use sparsec::passes::{self, Pass, PassError, PassReport};
 

@@ -6,7 +6,7 @@
 
 #[path = "serve/client.rs"]
 mod client;
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -4,13 +4,11 @@
 //! every instruction set this CPU has (`SPARSEC_ISA` forced), and layers that are not sparse
 //! enough stay on ORT.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use ndarray::{Array2, ArrayD};
 use sparsec::passes::{PassReport, SparseExecution};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
@@ -216,14 +214,14 @@ fn python(script: &str, args: &[&str]) -> Option<String> {
     let out = match Command::new("python3").arg("-c").arg(script).args(args).output() {
         Ok(o) => o,
         Err(_) => {
-            eprintln!("SKIPPED: no python3");
+            skip("no python3");
             return None;
         }
     };
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         if let Some(m) = err.lines().find(|l| l.contains("No module named")) {
-            eprintln!("SKIPPED: python {m}");
+            skip(&format!("python {m}"));
             return None;
         }
         panic!("python failed: {err}");

@@ -3,14 +3,12 @@
 //! equal to an uninterrupted one, TensorBoard reads back exactly the scalars of train_log.jsonl,
 //! report.html is self-contained, and bad flags or files fail before any work starts.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn model() -> PathBuf {
@@ -251,7 +249,7 @@ fn killed_sparsify_resumes_and_ends_equal_to_an_uninterrupted_run() {
 fn assert_tensorboard_equals_log(out: &Path) {
     let probe = Command::new("python3").args(["-c", "import tensorboard"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: Python's tensorboard is not installed (pip install tensorboard); events not read back");
+        skip("Python's tensorboard is not installed (pip install tensorboard); events not read back");
         return;
     }
     let script = r#"

@@ -1,11 +1,9 @@
 //! The spine: ONNX load/save round trips, both engines against PyTorch references, module names,
 //! and clear errors on bad model files.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use sparsec::ir::{infer, modules};
 use sparsec::onnx::{self, SaveOptions};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};

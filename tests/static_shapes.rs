@@ -4,12 +4,10 @@
 //! split at the fixed length and padded to it, and the last batch is padded to the fixed batch
 //! size. Requests the shape cannot take fail with an error naming it.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn ok(out: Output) -> String {

@@ -2,12 +2,10 @@
 //! trained model is sparse and answers questions, a run killed mid-epoch and resumed ends with
 //! exactly the weights of an uninterrupted run, one-shot pruning, and clear errors.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use sparsec::ir::DType;
 

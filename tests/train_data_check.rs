@@ -2,12 +2,10 @@
 //! first ids, trains them as `run_qa.py` does (an answer beyond the context is labelled at CLS in
 //! every window), and with `--strict-data` fails naming the ids.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use sparsec::qa::{squad, QaTokenizer, WindowOptions};
 use sparsec::train::data::{check_answers, train_windows};

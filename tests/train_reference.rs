@@ -2,11 +2,9 @@
 //! masks, warmup/decay schedule, clipping) must reproduce PyTorch's per-step loss within 1e-3
 //! relative, and its final weights (fixtures/train_reference.py made the references).
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use ndarray::{ArrayD, IxDyn};
 use sparsec::autodiff::{build_training_graph, loss::hf_padding_rows, LossSpec, TrainingGraphSpec};
 use sparsec::ir::modules;

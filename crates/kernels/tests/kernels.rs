@@ -1,0 +1,6 @@
+//! The kernels' tests, as one binary: each module checks one kernel family against its scalar
+//! reference on every instruction set this CPU runs.
+
+mod attention;
+mod linear_f32;
+mod linear_i8;
