@@ -8,8 +8,9 @@
 //! registers), which gives the same bits at a multiple of the throughput; the normalization loop
 //! is one body compiled per instruction set. Every ISA gets the same bits.
 
-use crate::linear_i8::Out;
-use crate::{Isa, Parallel};
+use crate::cpu::Isa;
+use crate::par::Parallel;
+use crate::plan::Out;
 
 #[cfg(target_arch = "x86_64")]
 mod simd;

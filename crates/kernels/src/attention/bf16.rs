@@ -10,8 +10,8 @@
 //!   is taken over the rounded values, so the output is an exact convex combination of them.
 
 use super::f32::{kept_keys, padded_bias, softmax_row, store_out, store_scores};
+use super::problem::{Problem, Task, TILE};
 use super::simd::{F32x, Lanes};
-use super::{Problem, Task, TILE};
 use crate::scratch::Buf;
 
 /// A bf16 pair dot product into 16 f32 lanes.

@@ -3,8 +3,8 @@
 //! scores, the softmax and P·V. The score epilogue, the softmax and the output store are shared
 //! with the bf16 task.
 
+use super::problem::{Problem, Task, ABSORBING_BIAS, TILE};
 use super::simd::{exp, F32x};
-use super::{Problem, Task, ABSORBING_BIAS, TILE};
 use crate::scratch::Buf;
 use std::ops::Range;
 

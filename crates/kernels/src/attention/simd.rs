@@ -300,10 +300,10 @@ mod tests {
             unsafe fn avx512() -> (Vec<f32>, Vec<f32>) {
                 exp_all::<Avx512>()
             }
-            if crate::Isa::Avx2.supported() {
+            if crate::cpu::Isa::Avx2.supported() {
                 check("avx2", unsafe { avx2() });
             }
-            if crate::Isa::Avx512Vnni.supported() {
+            if crate::cpu::Isa::Avx512Vnni.supported() {
                 check("avx512", unsafe { avx512() });
             }
         }

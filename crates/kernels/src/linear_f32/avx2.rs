@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::linear_i8::{BLOCK, GROUP, GW};
+use crate::blocks::{BLOCK, GROUP, GW};
 
 const TW: usize = 16;
 

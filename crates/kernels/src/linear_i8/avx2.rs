@@ -4,7 +4,10 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{epilogue_i8, quantize_u8, EpiI8, Out, Rows, BLOCK, GROUP, GW};
+use crate::blocks::{BLOCK, GROUP, GW};
+use crate::epilogue::{epilogue_i8, EpiI8};
+use crate::plan::Out;
+use crate::quant::{quantize_u8, Rows};
 
 const TW: usize = 16;
 
@@ -96,7 +99,7 @@ fn fill_rows(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u
 }
 
 /// The min and max of `x` and 0 (NaNs ignored: `vminps` returns its second operand, the running
-/// value, when the element is NaN), as [`super::min_max_with_zero`].
+/// value, when the element is NaN), as [`crate::quant::min_max_with_zero`].
 ///
 /// # Safety
 /// AVX2 must be available.
