@@ -11,7 +11,7 @@
 //!
 //! Layers, lowest first: `cpu`, `error`, `par`, `scratch`, `gelu`; the linear kernels' shared
 //! infrastructure `blocks` (the packed weight format), `plan` (tasks and shared outputs), `quant`
-//! (activation quantization), `epilogue`; the kernels
+//! (activation quantization), `epilogue`, and the x86 in-register transposes `transpose`; the kernels
 //! `linear_i8`, `linear_f32`, `attention`, `layer_norm`; on top, `isa` (the ISA choice and the
 //! self-check that runs the kernels).
 
@@ -29,6 +29,8 @@ pub mod par;
 mod plan;
 mod quant;
 mod scratch;
+#[cfg(target_arch = "x86_64")]
+mod transpose;
 
 pub use isa::Isa;
 pub use par::{Parallel, Serial};

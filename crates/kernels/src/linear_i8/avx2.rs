@@ -8,6 +8,7 @@ use crate::blocks::{BLOCK, GROUP, GW};
 use crate::epilogue::{epilogue_i8, EpiI8};
 use crate::plan::Out;
 use crate::quant::{quantize_u8, Rows};
+use crate::transpose::store_quads256;
 
 const TW: usize = 16;
 
@@ -51,27 +52,13 @@ pub(super) unsafe fn tile(
                 }
             }
         }
-        // a[c][q] lane l dword i holds token 8l + 4q + i; transpose to token-major quads.
+        // a[c][q] lane l dword i holds token 8l + 4q + i.
         for q in 0..2 {
-            let t0 = _mm256_unpacklo_epi32(a[0][q], a[1][q]);
-            let t1 = _mm256_unpackhi_epi32(a[0][q], a[1][q]);
-            let t2 = _mm256_unpacklo_epi32(a[2][q], a[3][q]);
-            let t3 = _mm256_unpackhi_epi32(a[2][q], a[3][q]);
-            let r = [
-                _mm256_unpacklo_epi64(t0, t2),
-                _mm256_unpackhi_epi64(t0, t2),
-                _mm256_unpacklo_epi64(t1, t3),
-                _mm256_unpackhi_epi64(t1, t3),
-            ];
-            for (i, r) in r.iter().enumerate() {
-                let lo = 4 * q + i;
-                let hi = 8 + 4 * q + i;
-                // SAFETY: tokens < 16 and `bl·4 + 4 ≤ ld`, inside `acc` (asserted above).
-                unsafe {
-                    let p = acc.as_mut_ptr().add(bl * BLOCK);
-                    _mm_storeu_si128(p.add(lo * ld) as *mut __m128i, _mm256_castsi256_si128(*r));
-                    _mm_storeu_si128(p.add(hi * ld) as *mut __m128i, _mm256_extracti128_si256::<1>(*r));
-                }
+            // SAFETY: AVX2 is enabled here; tokens < 16 and `bl·4 + 4 ≤ ld`, so every quad lies
+            // inside `acc` (`acc.len() ≥ 16·ld`, asserted above).
+            unsafe {
+                let col = acc.as_mut_ptr().add(bl * BLOCK);
+                store_quads256([a[0][q], a[1][q], a[2][q], a[3][q]], col, ld, |l, i| 8 * l + 4 * q + i)
             }
         }
     }
