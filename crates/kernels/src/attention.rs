@@ -92,6 +92,11 @@ pub fn bf16_supported() -> bool {
     Isa::cpu_has_avx512_bf16()
 }
 
+/// One (batch, head, rows) task on one ISA.
+///
+/// # Safety
+/// The entry point's ISA must be available, and `(p, t)` must meet `f32::task`'s contract:
+/// `p` as `forward` checks it, `t` inside the shape, its output cells written by no other task.
 type TaskFn = unsafe fn(&Problem, &Task);
 
 /// A fused attention kernel for a fixed head count and head dimension; stateless per call.
@@ -276,11 +281,13 @@ mod kernels {
     pub(super) const BF16_AVX512: TaskFn = bf16_emulated;
 
     unsafe fn f32_scalar(p: &Problem, t: &Task) {
-        f32::task::<Lanes<8>, 2, 2, 2, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<8>, 2, 2, 2, 2>(p, t) }
     }
 
     unsafe fn bf16_emulated(p: &Problem, t: &Task) {
-        bf16::task::<bf16::Emulated, 1, 1, 1, 1>(p, t)
+        // SAFETY: the emulation is portable code; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { bf16::task::<bf16::Emulated, 1, 1, 1, 1>(p, t) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -290,17 +297,21 @@ mod kernels {
 
         #[target_feature(enable = "avx2,fma")]
         pub(crate) unsafe fn f32_avx2(p: &Problem, t: &Task) {
-            f32::task::<Avx2, 6, 2, 6, 2>(p, t)
+            // SAFETY: AVX2 and FMA are enabled here; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+            unsafe { f32::task::<Avx2, 6, 2, 6, 2>(p, t) }
         }
 
         #[target_feature(enable = "avx512f,avx512bw")]
         pub(crate) unsafe fn f32_avx512(p: &Problem, t: &Task) {
-            f32::task::<Avx512, 6, 4, 8, 2>(p, t)
+            // SAFETY: AVX-512 F is enabled here; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+            unsafe { f32::task::<Avx512, 6, 4, 8, 2>(p, t) }
         }
 
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
         pub(crate) unsafe fn bf16_avx512(p: &Problem, t: &Task) {
-            bf16::task::<bf16::Avx512Bf16, 6, 4, 8, 2>(p, t)
+            // SAFETY: AVX-512 F and BF16 are enabled here; `(p, t)` meet `task`'s contract
+            // (`TaskFn`'s).
+            unsafe { bf16::task::<bf16::Avx512Bf16, 6, 4, 8, 2>(p, t) }
         }
     }
 }
@@ -337,19 +348,24 @@ mod tests {
     }
 
     unsafe fn f32_16_avx512_blocks(p: &Problem, t: &Task) {
-        f32::task::<Lanes<16>, 6, 4, 8, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<16>, 6, 4, 8, 2>(p, t) }
     }
     unsafe fn f32_16_unblocked(p: &Problem, t: &Task) {
-        f32::task::<Lanes<16>, 1, 1, 1, 1>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<16>, 1, 1, 1, 1>(p, t) }
     }
     unsafe fn f32_8_avx2_blocks(p: &Problem, t: &Task) {
-        f32::task::<Lanes<8>, 6, 2, 6, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<8>, 6, 2, 6, 2>(p, t) }
     }
     unsafe fn f32_8_unblocked(p: &Problem, t: &Task) {
-        f32::task::<Lanes<8>, 1, 1, 1, 1>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<8>, 1, 1, 1, 1>(p, t) }
     }
     unsafe fn bf16_avx512_blocks(p: &Problem, t: &Task) {
-        bf16::task::<bf16::Emulated, 6, 4, 8, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { bf16::task::<bf16::Emulated, 6, 4, 8, 2>(p, t) }
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub(crate) fn epilogue_i8(
     for tt in 0..tvalid {
         let t = t0 + tt;
         let a = &acc[tt * ld..tt * ld + ncols];
-        // SAFETY: the plan gives each (token, channel) to one task.
+        // SAFETY: the caller's `Plan` gives each (token, channel) to one task, so no other live range
+        // overlaps this row; `Out::range` checks the bounds.
         let row = unsafe { y.range(t * n + j0, ncols) };
         let res = e.residual.map(|r| &r[t * n + j0..t * n + j0 + ncols]).unwrap_or(&[]);
         let c = Cols { a, corr, mult, bias, res, rq };
@@ -134,7 +135,8 @@ pub(crate) fn store_i32(
     out: &Out<i32>,
 ) {
     for tt in 0..tvalid {
-        // SAFETY: the plan gives each (token, channel) to one task.
+        // SAFETY: the caller's `Plan` gives each (token, channel) to one task, so no other live range
+        // overlaps this row; `Out::range` checks the bounds.
         let row = unsafe { out.range((t0 + tt) * n + j0, ncols) };
         row.copy_from_slice(&acc[tt * ld..tt * ld + ncols]);
     }
@@ -160,7 +162,8 @@ pub(crate) fn epilogue_f32(
     let bias = &bias[j0..j0 + ncols];
     for tt in 0..tvalid {
         let t = t0 + tt;
-        // SAFETY: the plan gives each (token, channel) to one task.
+        // SAFETY: the caller's `Plan` gives each (token, channel) to one task, so no other live range
+        // overlaps this row; `Out::range` checks the bounds.
         let row = unsafe { y.range(t * n + j0, ncols) };
         for ((v, &a), &b) in row.iter_mut().zip(&acc[tt * ld..tt * ld + ncols]).zip(bias) {
             *v = a + b;

@@ -15,6 +15,8 @@
 //! `linear_i8`, `linear_f32`, `attention`, `layer_norm`; on top, `isa` (the ISA choice and the
 //! self-check that runs the kernels).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod attention;
 mod blocks;
 mod cpu;

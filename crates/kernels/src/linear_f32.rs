@@ -117,7 +117,8 @@ impl LinearF32 {
             let t0 = tile * tw;
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: the ISA was checked supported at creation (AVX-512 implies AVX2 there).
+                // SAFETY: `new` admitted `isa` only if this CPU supports it, and AVX-512 only with
+                // AVX2; `x` holds T rows of K (checked in `forward`), `out` is one tile of K·tw.
                 Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::prep(x, k, t0, tw.min(t - t0), tw, out) },
                 _ => prep_tile(x, k, t0, tw.min(t - t0), tw, out),
             }
@@ -161,14 +162,15 @@ impl LinearF32 {
                         |acc: &[f32]| epilogue_f32(acc, ld, t0, tvalid, j0, nc, n, &self.bias, gelu_on, residual, &out);
                     match isa {
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the ISA was checked supported at creation; `xt` holds `K·64`
-                        // values, every index is `< K`, `acc` holds `64·ld`.
+                        // SAFETY: `new` admitted AVX-512 only on a CPU that also has AVX2; `xt` is
+                        // one tile of K·64, every stored index is < K (`pack_blocks` takes them
+                        // from 0..K), the weights hold 16 per group; `acc` was cut to 64·ld.
                         Isa::Avx512Vnni => unsafe {
                             avx512::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc);
                             avx2::with_avx2(|| epi(acc))
                         },
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as above with 16-token tiles.
+                        // SAFETY: as for AVX-512 with AVX2 (admitted by `new`) and tiles of K·16.
                         Isa::Avx2 => unsafe {
                             avx2::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc);
                             avx2::with_avx2(|| epi(acc))
@@ -206,7 +208,7 @@ mod tests {
                     let mut want = vec![f32::NAN; k * tw];
                     prep_tile(&x, k, t0, tvalid, tw, &mut want);
                     let mut got = vec![f32::NAN; k * tw];
-                    // SAFETY: AVX2 checked above.
+                    // SAFETY: this test returned early unless the CPU has AVX2.
                     unsafe { avx2::prep(&x, k, t0, tvalid, tw, &mut got) };
                     assert_eq!(got, want, "K={k} T={t} t0={t0} tw={tw}");
                 }

@@ -252,7 +252,8 @@ impl LinearI8 {
         let isa = self.isa;
         self.run(rows, t, par, &|a, ld, t0, tv, j0, nc| match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the ISA was checked supported at creation.
+            // SAFETY: `finish` admitted `isa` only if this CPU supports it, and AVX-512 only with
+            // AVX2; the AVX2 epilogue needs nothing else.
             Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::epilogue(&e, a, ld, t0, tv, j0, nc, n, &out) },
             _ => epilogue_i8(&e, a, ld, t0, tv, j0, nc, n, &out),
         });
@@ -266,10 +267,12 @@ impl LinearI8 {
         let tvalid = tw.min(t - t0);
         match (self.isa, out) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the ISA was checked supported at creation (AVX-512 implies AVX2 there).
+            // SAFETY: `finish` admitted AVX2 only on a CPU that has it; `rowbuf` holds 16·K (every
+            // caller allocates it so) and `out` is one tile of K·16 (`acts` and `run`).
             (Isa::Avx2, ActsMut::I16(out)) => unsafe { avx2::prep_i16(rows, k, t0, tvalid, rowbuf, out) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
+            // SAFETY: `finish` admitted AVX-512 only on a CPU that also has AVX2; `rowbuf` holds
+            // 16·K and `out` is one tile of K·64, 64 a multiple of 16.
             (Isa::Avx512Vnni, ActsMut::U8(out)) => unsafe { avx2::prep_u8(rows, k, t0, tvalid, tw, rowbuf, out) },
             (_, ActsMut::U8(out)) => prep_tile(rows, k, t0, tvalid, tw, rowbuf, out),
             (_, ActsMut::I16(out)) => prep_tile(rows, k, t0, tvalid, tw, rowbuf, out),
@@ -341,13 +344,16 @@ impl LinearI8 {
                     let acc = &mut acc[..tw * ld];
                     match (self.isa, acts) {
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the ISA was checked supported at creation; `xt` holds `K·64`
-                        // values, every index is `< K`, `acc` holds `64·ld`.
+                        // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
+                        // one tile of K·64 and every stored index is < K (`pack_blocks` takes
+                        // them from 0..K, `packed::from_bytes` rejects any other); the weights
+                        // hold 16 per group; `acc` was cut to 64·ld.
                         (Isa::Avx512Vnni, ActsRef::U8(xt)) => unsafe {
                             avx512::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
                         },
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as above with 16-token tiles.
+                        // SAFETY: as for AVX-512 with AVX2 (admitted by `finish`), 16-token tiles of
+                        // K·16 and the i16 weights `w16`, 16 per group.
                         (Isa::Avx2, ActsRef::I16(xt)) => unsafe {
                             avx2::tile(xt, &b.group_start, &b.idx, &self.w16, bs..be, acc)
                         },
@@ -429,7 +435,7 @@ mod tests {
                 })
                 .collect();
             let xq: Vec<u8> = (0..t * k).map(|_| next() as u8).collect();
-            // SAFETY: AVX2 checked above.
+            // SAFETY: this test returned early unless the CPU has AVX2.
             assert_eq!(unsafe { avx2::min_max_with_zero(&x) }, min_max_with_zero(&x), "K={k} T={t}");
             for rows in [Rows::F32 { x: &x, scale: 0.037, zp: 117 }, Rows::U8(&xq)] {
                 for tw in [16, 64] {
@@ -439,12 +445,12 @@ mod tests {
                         prep_tile(rows, k, t0, tvalid, tw, &mut vec![0; k], &mut want);
                         let mut rowbuf = vec![0u8; 16 * k];
                         let mut got = vec![0u8; k * tw];
-                        // SAFETY: AVX2 checked above.
+                        // SAFETY: this test returned early unless the CPU has AVX2.
                         unsafe { avx2::prep_u8(rows, k, t0, tvalid, tw, &mut rowbuf, &mut got) };
                         assert_eq!(got, want, "u8 K={k} T={t} t0={t0} tw={tw}");
                         if tw == 16 {
                             let mut got16 = vec![0i16; k * 16];
-                            // SAFETY: AVX2 checked above.
+                            // SAFETY: this test returned early unless the CPU has AVX2.
                             unsafe { avx2::prep_i16(rows, k, t0, tvalid, &mut rowbuf, &mut got16) };
                             assert!(got16.iter().zip(&want).all(|(&a, &b)| a == b as i16), "i16 K={k} t0={t0}");
                         }

@@ -21,7 +21,8 @@ pub(super) unsafe fn sums16(g: &[f32], n: usize, sum: &mut [f32; 16], sq: &mut [
     for h0 in (0..whole).step_by(16) {
         // SAFETY: row i's columns h0..h0 + 16 lie inside `g` (h0 + 16 ≤ n, asserted length).
         let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(p.add(i * n + h0)) });
-        for v in transpose16x16_ps(r) {
+        // SAFETY: AVX-512 F is available (this function's contract).
+        for v in unsafe { transpose16x16_ps(r) } {
             s = _mm512_add_ps(s, v);
             q = _mm512_add_ps(q, _mm512_mul_ps(v, v));
         }
@@ -47,7 +48,8 @@ pub(super) unsafe fn sums8(g: &[f32], n: usize, sum: &mut [f32; 8], sq: &mut [f3
     for h0 in (0..whole).step_by(8) {
         // SAFETY: row i's columns h0..h0 + 8 lie inside `g` (h0 + 8 ≤ n, asserted length).
         let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(p.add(i * n + h0)) });
-        for v in transpose8x8_ps(r) {
+        // SAFETY: AVX2 (so AVX) is available (this function's contract).
+        for v in unsafe { transpose8x8_ps(r) } {
             s = _mm256_add_ps(s, v);
             q = _mm256_add_ps(q, _mm256_mul_ps(v, v));
         }

@@ -45,7 +45,8 @@ pub(super) unsafe fn prep(x: &[f32], k: usize, t0: usize, tvalid: usize, tw: usi
             let v: [__m256; 8] = std::array::from_fn(|r| unsafe {
                 _mm256_loadu_ps(if rows[r].is_null() { zero.as_ptr() } else { rows[r].add(kb) })
             });
-            let cols = transpose8x8_ps(v);
+            // SAFETY: AVX2 (so AVX) is enabled here.
+            let cols = unsafe { transpose8x8_ps(v) };
             for (i, c) in cols.iter().enumerate() {
                 // SAFETY: kb + i < k and 8·g + 8 ≤ tw, inside `out` (asserted above).
                 unsafe { _mm256_storeu_ps(o.add((kb + i) * tw + 8 * g), *c) };
