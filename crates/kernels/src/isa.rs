@@ -36,3 +36,20 @@ fn admit(isa: Isa) -> Result<Isa, IsaError> {
     }
     Ok(isa)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_admits_what_this_cpu_runs_and_nothing_else() {
+        for isa in Isa::ALL {
+            match Isa::forced(isa) {
+                Ok(got) => assert!(got == isa && isa.supported(), "{isa}"),
+                Err(IsaError::Unsupported(i)) => assert!(i == isa && !isa.supported(), "{isa}"),
+                Err(e) => panic!("{isa}: {e}"),
+            }
+        }
+        assert!(Isa::available().contains(&Isa::from_env().unwrap_or(Isa::Scalar)));
+    }
+}
