@@ -20,19 +20,14 @@
 
 mod bf16;
 mod f32;
+mod problem;
 mod simd;
 
-use crate::{Isa, Parallel};
+use crate::cpu::Isa;
+use crate::par::Parallel;
 use std::fmt;
-use std::ops::Range;
 
-/// Biases at or below this mark padding keys that f32 absorbs exactly (see `f32::kept_keys`);
-/// tasks skip those keys.
-pub(crate) const ABSORBING_BIAS: f32 = -1e30;
-
-/// Query rows per tile: the score tile is `TILE × S` f32 (144 KiB at S = 384, in L2; 48 and 96
-/// measured equal at MiniLM's shapes).
-pub(crate) const TILE: usize = 96;
+use problem::{Problem, Task, TILE};
 
 /// The shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,32 +92,11 @@ pub fn bf16_supported() -> bool {
     Isa::cpu_has_avx512_bf16()
 }
 
-/// What one call computes, with the slices checked against the shape; the kernels index through
-/// these pointers without further checks.
-pub(crate) struct Problem {
-    pub seq: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub row_stride: usize,
-    pub q: *const f32,
-    pub k: *const f32,
-    pub v: *const f32,
-    pub mask: Option<*const f32>,
-    pub scale: f32,
-    /// `[B, S, H·D]`; each task writes only its own (batch, head, rows) cells.
-    pub out: *mut f32,
-}
-
-// SAFETY: the inputs are read-only for the whole call and the tasks write disjoint cells of `out`.
-unsafe impl Sync for Problem {}
-
-/// Query rows `rows` of head `h` in batch item `b`.
-pub(crate) struct Task {
-    pub b: usize,
-    pub h: usize,
-    pub rows: Range<usize>,
-}
-
+/// One (batch, head, rows) task on one ISA.
+///
+/// # Safety
+/// The entry point's ISA must be available, and `(p, t)` must meet `f32::task`'s contract:
+/// `p` as `forward` checks it, `t` inside the shape, its output cells written by no other task.
 type TaskFn = unsafe fn(&Problem, &Task);
 
 /// A fused attention kernel for a fixed head count and head dimension; stateless per call.
@@ -140,19 +114,6 @@ impl Attention {
     /// A kernel for `heads` heads of `head_dim` values on `isa` (which must run on this CPU); Bf16
     /// needs `isa == Isa::Avx512Vnni` and [`bf16_supported`], else [`AttnError::Bf16Unavailable`].
     pub fn new(heads: usize, head_dim: usize, precision: AttentionPrecision, isa: Isa) -> Result<Attention, AttnError> {
-        if isa == Isa::Avx512Vnni && isa.supported() {
-            crate::selfcheck::avx512().map_err(AttnError::BadInput)?;
-        }
-        Self::build(heads, head_dim, precision, isa)
-    }
-
-    /// [`Attention::new`] without the AVX-512 start-up self-check.
-    pub(crate) fn build(
-        heads: usize,
-        head_dim: usize,
-        precision: AttentionPrecision,
-        isa: Isa,
-    ) -> Result<Attention, AttnError> {
         if heads == 0 || head_dim == 0 {
             return Err(AttnError::BadDims { heads, head_dim });
         }
@@ -320,11 +281,13 @@ mod kernels {
     pub(super) const BF16_AVX512: TaskFn = bf16_emulated;
 
     unsafe fn f32_scalar(p: &Problem, t: &Task) {
-        f32::task::<Lanes<8>, 2, 2, 2, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<8>, 2, 2, 2, 2>(p, t) }
     }
 
     unsafe fn bf16_emulated(p: &Problem, t: &Task) {
-        bf16::task::<bf16::Emulated, 1, 1, 1, 1>(p, t)
+        // SAFETY: the emulation is portable code; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { bf16::task::<bf16::Emulated, 1, 1, 1, 1>(p, t) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -334,17 +297,21 @@ mod kernels {
 
         #[target_feature(enable = "avx2,fma")]
         pub(crate) unsafe fn f32_avx2(p: &Problem, t: &Task) {
-            f32::task::<Avx2, 6, 2, 6, 2>(p, t)
+            // SAFETY: AVX2 and FMA are enabled here; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+            unsafe { f32::task::<Avx2, 6, 2, 6, 2>(p, t) }
         }
 
         #[target_feature(enable = "avx512f,avx512bw")]
         pub(crate) unsafe fn f32_avx512(p: &Problem, t: &Task) {
-            f32::task::<Avx512, 6, 4, 8, 2>(p, t)
+            // SAFETY: AVX-512 F is enabled here; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+            unsafe { f32::task::<Avx512, 6, 4, 8, 2>(p, t) }
         }
 
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
         pub(crate) unsafe fn bf16_avx512(p: &Problem, t: &Task) {
-            bf16::task::<bf16::Avx512Bf16, 6, 4, 8, 2>(p, t)
+            // SAFETY: AVX-512 F and BF16 are enabled here; `(p, t)` meet `task`'s contract
+            // (`TaskFn`'s).
+            unsafe { bf16::task::<bf16::Avx512Bf16, 6, 4, 8, 2>(p, t) }
         }
     }
 }
@@ -357,7 +324,7 @@ mod tests {
     //! to the unblocked kernel of the same lane width.
     use super::simd::Lanes;
     use super::*;
-    use crate::Serial;
+    use crate::par::Serial;
 
     fn run(task: TaskFn, batch: usize, seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
         let att =
@@ -381,19 +348,24 @@ mod tests {
     }
 
     unsafe fn f32_16_avx512_blocks(p: &Problem, t: &Task) {
-        f32::task::<Lanes<16>, 6, 4, 8, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<16>, 6, 4, 8, 2>(p, t) }
     }
     unsafe fn f32_16_unblocked(p: &Problem, t: &Task) {
-        f32::task::<Lanes<16>, 1, 1, 1, 1>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<16>, 1, 1, 1, 1>(p, t) }
     }
     unsafe fn f32_8_avx2_blocks(p: &Problem, t: &Task) {
-        f32::task::<Lanes<8>, 6, 2, 6, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<8>, 6, 2, 6, 2>(p, t) }
     }
     unsafe fn f32_8_unblocked(p: &Problem, t: &Task) {
-        f32::task::<Lanes<8>, 1, 1, 1, 1>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { f32::task::<Lanes<8>, 1, 1, 1, 1>(p, t) }
     }
     unsafe fn bf16_avx512_blocks(p: &Problem, t: &Task) {
-        bf16::task::<bf16::Emulated, 6, 4, 8, 2>(p, t)
+        // SAFETY: portable lanes run on every CPU; `(p, t)` meet `task`'s contract (`TaskFn`'s).
+        unsafe { bf16::task::<bf16::Emulated, 6, 4, 8, 2>(p, t) }
     }
 
     #[test]

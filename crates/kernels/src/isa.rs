@@ -1,133 +1,40 @@
-//! Instruction-set selection: detected once at kernel creation, forcible for tests and A/B runs
-//! through the `SPARSEC_ISA` environment variable (`avx512vnni`, `avx2`, `scalar`).
+//! Choosing the instruction set kernels are created with: `SPARSEC_ISA` when set (for tests and
+//! A/B runs: `avx512vnni`, `avx2`, `scalar`), else the best this CPU has ([`Isa`], `cpu.rs`). The
+//! AVX-512 kernels are admitted only after they pass a self-check against the scalar kernels, run
+//! once per process the first time AVX-512 is chosen: a wrong result on a CPU the test suite never
+//! ran on is an error at the choice instead of wrong answers. Kernel constructors take the chosen
+//! [`Isa`] and only check that the CPU supports it.
 
-use std::fmt;
+use std::sync::OnceLock;
 
-/// The instruction sets a kernel can run on, best first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// AVX-512 F/BW with VNNI (`vpdpbusd`): Intel Ice Lake and later, AMD Zen 4 and later.
-    Avx512Vnni,
-    /// AVX2 + FMA (integer products through `vpmaddwd`, exact, no saturation).
-    Avx2,
-    /// Portable Rust; the fallback on every CPU.
-    Scalar,
-}
+pub use crate::cpu::{Isa, IsaError, ISA_ENV};
 
-/// The environment variable that forces an ISA (`avx512vnni`, `avx2`, `scalar`).
-pub const ISA_ENV: &str = "SPARSEC_ISA";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IsaError {
-    Unknown(String),
-    Unsupported(Isa),
-}
-
-impl fmt::Display for IsaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IsaError::Unknown(s) => {
-                write!(f, "{ISA_ENV}='{s}' is not an instruction set sparsec knows (avx512vnni, avx2, scalar)")
-            }
-            IsaError::Unsupported(isa) => write!(f, "{ISA_ENV} forces {isa}, which this CPU does not support"),
-        }
-    }
-}
-
-impl std::error::Error for IsaError {}
-
-impl fmt::Display for Isa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+mod selfcheck;
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx512Vnni => "avx512vnni",
-            Isa::Avx2 => "avx2",
-            Isa::Scalar => "scalar",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Isa, IsaError> {
-        Isa::ALL
-            .into_iter()
-            .find(|i| i.name() == s.trim().to_ascii_lowercase())
-            .ok_or_else(|| IsaError::Unknown(s.into()))
-    }
-
-    /// Whether this CPU can run `self`.
-    pub fn supported(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-
-    /// The instruction sets this CPU supports, best first.
-    pub fn available() -> Vec<Isa> {
-        Isa::ALL.into_iter().filter(|i| i.supported()).collect()
-    }
-
-    /// The best instruction set of this CPU, ignoring `SPARSEC_ISA`.
-    pub fn detect() -> Isa {
-        Isa::ALL.into_iter().find(|i| i.supported()).unwrap_or(Isa::Scalar)
-    }
-
-    /// `SPARSEC_ISA` when set (an error when it names an unknown or unsupported ISA), else [`Isa::detect`].
+    /// `SPARSEC_ISA` when set (an error when it names an unknown ISA or one this CPU lacks), else
+    /// [`Isa::detect`]; admitted as [`Isa::forced`] admits it.
     pub fn from_env() -> Result<Isa, IsaError> {
-        match std::env::var(ISA_ENV) {
-            Ok(s) if !s.trim().is_empty() => Isa::forced(Isa::parse(&s)?),
-            _ => Ok(Isa::detect()),
-        }
+        admit(Isa::requested()?)
     }
 
-    /// Whether this CPU has a u8×s8 dot-product instruction (`vpdpbusd`: AVX-512 VNNI or AVX-VNNI),
-    /// whichever path sparsec's own kernels take.
-    pub fn cpu_has_vnni() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx512vnni") || is_x86_feature_detected!("avxvnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    /// Whether this CPU runs AVX-512 BF16 (`vdpbf16ps`) besides [`Isa::Avx512Vnni`].
-    pub fn cpu_has_avx512_bf16() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            Isa::Avx512Vnni.supported() && is_x86_feature_detected!("avx512bf16")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    /// `isa` when this CPU supports it.
+    /// `isa` when this CPU supports it and, for [`Isa::Avx512Vnni`], the AVX-512 kernels pass
+    /// their start-up self-check.
     pub fn forced(isa: Isa) -> Result<Isa, IsaError> {
-        if isa.supported() {
-            Ok(isa)
-        } else {
-            Err(IsaError::Unsupported(isa))
+        if !isa.supported() {
+            return Err(IsaError::Unsupported(isa));
         }
+        admit(isa)
     }
+}
+
+/// `isa`, once the self-check (run at most once per process) has passed where it applies.
+fn admit(isa: Isa) -> Result<Isa, IsaError> {
+    static AVX512: OnceLock<Result<(), String>> = OnceLock::new();
+    if isa == Isa::Avx512Vnni {
+        AVX512.get_or_init(selfcheck::avx512).clone().map_err(IsaError::SelfCheck)?;
+    }
+    Ok(isa)
 }
 
 #[cfg(test)]
@@ -135,12 +42,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip_and_scalar_is_always_available() {
+    fn forced_admits_what_this_cpu_runs_and_nothing_else() {
         for isa in Isa::ALL {
-            assert_eq!(Isa::parse(isa.name()), Ok(isa));
+            match Isa::forced(isa) {
+                Ok(got) => assert!(got == isa && isa.supported(), "{isa}"),
+                Err(IsaError::Unsupported(i)) => assert!(i == isa && !isa.supported(), "{isa}"),
+                Err(e) => panic!("{isa}: {e}"),
+            }
         }
-        assert!(Isa::available().contains(&Isa::Scalar));
-        assert!(matches!(Isa::parse("sse9"), Err(IsaError::Unknown(_))));
-        assert_eq!(Isa::detect(), Isa::available()[0]);
+        assert!(Isa::available().contains(&Isa::from_env().unwrap_or(Isa::Scalar)));
     }
 }

@@ -8,8 +8,9 @@
 //! registers), which gives the same bits at a multiple of the throughput; the normalization loop
 //! is one body compiled per instruction set. Every ISA gets the same bits.
 
-use crate::linear_i8::Out;
-use crate::{Isa, Parallel};
+use crate::cpu::Isa;
+use crate::par::Parallel;
+use crate::plan::Out;
 
 #[cfg(target_arch = "x86_64")]
 mod simd;
@@ -68,10 +69,11 @@ pub fn layer_norm(
         let y = unsafe { out.range(r0 * n, (r1 - r0) * n) };
         let x = &x[r0 * n..r1 * n];
         match isa {
-            // SAFETY: `isa.supported()` was checked above.
+            // SAFETY: `layer_norm` returned an error unless `isa.supported()`, and AVX-512 VNNI
+            // includes AVX-512 F.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => unsafe { rows_avx512(x, n, scale, bias, epsilon, y) },
-            // SAFETY: as above.
+            // SAFETY: `layer_norm` returned an error unless `isa.supported()`.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { rows_avx2(x, n, scale, bias, epsilon, y) },
             _ => rows_scalar(x, n, scale, bias, epsilon, y),

@@ -3,20 +3,36 @@
 //! plain slices out.
 //!
 //! Every kernel has one safe entry point that checks shapes and runs the ISA chosen once at
-//! creation ([`Isa`]). CPU feature detection lives in `isa.rs`, `std::arch` only in the per-ISA
-//! kernel files; `unsafe` is in those files and in the dispatch code that calls them and hands
-//! tasks disjoint output ranges (`Out`, scratch buffers), each block with its `SAFETY` argument.
-//! Every ISA path is tested against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
+//! creation ([`Isa`]; `isa.rs` chooses it, admitting AVX-512 after a start-up self-check). CPU
+//! feature detection lives in `cpu.rs`, `std::arch` only in the per-ISA kernel files; `unsafe` is
+//! in those files and in the dispatch code that calls them and hands tasks disjoint output ranges
+//! (`Out`, scratch buffers), each block with its `SAFETY` argument. Every ISA path is tested
+//! against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
+//!
+//! Layers, lowest first: `cpu`, `error`, `par`, `scratch`, `gelu`; the linear kernels' shared
+//! infrastructure `blocks` (the packed weight format), `plan` (tasks and shared outputs), `quant`
+//! (activation quantization), `epilogue`, and the x86 in-register transposes `transpose`; the kernels
+//! `linear_i8`, `linear_f32`, `attention`, `layer_norm`; on top, `isa` (the ISA choice and the
+//! self-check that runs the kernels).
+
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod attention;
+mod blocks;
+mod cpu;
+mod epilogue;
+mod error;
 pub mod gelu;
 pub mod isa;
 pub mod layer_norm;
 pub mod linear_f32;
 pub mod linear_i8;
 pub mod par;
+mod plan;
+mod quant;
 mod scratch;
-mod selfcheck;
+#[cfg(target_arch = "x86_64")]
+mod transpose;
 
 pub use isa::Isa;
 pub use par::{Parallel, Serial};

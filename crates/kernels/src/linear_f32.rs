@@ -6,15 +6,17 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::gelu::gelu;
-use crate::isa::Isa;
-use crate::linear_i8::{
-    check_len, kerr, pack_blocks, per_tile_chunk, validate_weight_shape, Blocks, Out, Plan, BLOCK, BLOCK_STEP,
-};
+use crate::blocks::{pack_blocks, validate_weight_shape, Blocks, BLOCK};
+use crate::cpu::Isa;
+use crate::epilogue::epilogue_f32;
+use crate::error::{check_len, kerr};
 use crate::par::Parallel;
+use crate::plan::{per_tile_chunk, Out, Plan, BLOCK_STEP};
 use crate::scratch::Buf;
 
-pub use crate::linear_i8::{Epilogue, KernelError, PackStats, Pattern};
+pub use crate::blocks::{PackStats, Pattern};
+pub use crate::epilogue::Epilogue;
+pub use crate::error::KernelError;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -52,60 +54,9 @@ fn prep_tile(x: &[f32], k: usize, t0: usize, tvalid: usize, tw: usize, out: &mut
     }
 }
 
-/// Writes `y[t0 + tt, j0 + jj]` from token-major `acc [tt][ld]`: bias, GELU, residual.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn epilogue(
-    acc: &[f32],
-    ld: usize,
-    t0: usize,
-    tvalid: usize,
-    j0: usize,
-    ncols: usize,
-    n: usize,
-    bias: &[f32],
-    gelu_on: bool,
-    residual: Option<&[f32]>,
-    y: &Out<f32>,
-) {
-    let bias = &bias[j0..j0 + ncols];
-    for tt in 0..tvalid {
-        let t = t0 + tt;
-        // SAFETY: the plan gives each (token, channel) to one task.
-        let row = unsafe { y.range(t * n + j0, ncols) };
-        for ((v, &a), &b) in row.iter_mut().zip(&acc[tt * ld..tt * ld + ncols]).zip(bias) {
-            *v = a + b;
-        }
-        if gelu_on {
-            for v in row.iter_mut() {
-                *v = gelu(*v);
-            }
-        }
-        if let Some(r) = residual {
-            for (v, r) in row.iter_mut().zip(&r[t * n + j0..t * n + j0 + ncols]) {
-                *v += r;
-            }
-        }
-    }
-}
-
 impl LinearF32 {
     /// `w`: `[K, N]` row-major (`y = x·W`); `bias`: optional `[N]`. Fails on an ISA this CPU lacks.
     pub fn new(w: &[f32], k: usize, n: usize, bias: Option<&[f32]>, isa: Isa) -> Result<LinearF32, KernelError> {
-        if isa == Isa::Avx512Vnni && isa.supported() {
-            crate::selfcheck::avx512().map_err(KernelError)?;
-        }
-        Self::build(w, k, n, bias, isa)
-    }
-
-    /// [`LinearF32::new`] without the AVX-512 start-up self-check.
-    pub(crate) fn build(
-        w: &[f32],
-        k: usize,
-        n: usize,
-        bias: Option<&[f32]>,
-        isa: Isa,
-    ) -> Result<LinearF32, KernelError> {
         validate_weight_shape(w.len(), k, n)?;
         if !isa.supported() || (isa == Isa::Avx512Vnni && !Isa::Avx2.supported()) {
             return Err(kerr!("instruction set {isa} is not supported by this CPU"));
@@ -166,7 +117,8 @@ impl LinearF32 {
             let t0 = tile * tw;
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: the ISA was checked supported at creation (AVX-512 implies AVX2 there).
+                // SAFETY: `new` admitted `isa` only if this CPU supports it, and AVX-512 only with
+                // AVX2; `x` holds T rows of K (checked in `forward`), `out` is one tile of K·tw.
                 Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::prep(x, k, t0, tw.min(t - t0), tw, out) },
                 _ => prep_tile(x, k, t0, tw.min(t - t0), tw, out),
             }
@@ -207,17 +159,18 @@ impl LinearF32 {
                     let j0 = bs * BLOCK;
                     let nc = (be * BLOCK).min(n) - j0;
                     let epi =
-                        |acc: &[f32]| epilogue(acc, ld, t0, tvalid, j0, nc, n, &self.bias, gelu_on, residual, &out);
+                        |acc: &[f32]| epilogue_f32(acc, ld, t0, tvalid, j0, nc, n, &self.bias, gelu_on, residual, &out);
                     match isa {
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the ISA was checked supported at creation; `xt` holds `K·64`
-                        // values, every index is `< K`, `acc` holds `64·ld`.
+                        // SAFETY: `new` admitted AVX-512 only on a CPU that also has AVX2; `xt` is
+                        // one tile of K·64, every stored index is < K (`pack_blocks` takes them
+                        // from 0..K), the weights hold 16 per group; `acc` was cut to 64·ld.
                         Isa::Avx512Vnni => unsafe {
                             avx512::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc);
                             avx2::with_avx2(|| epi(acc))
                         },
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as above with 16-token tiles.
+                        // SAFETY: as for AVX-512 with AVX2 (admitted by `new`) and tiles of K·16.
                         Isa::Avx2 => unsafe {
                             avx2::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc);
                             avx2::with_avx2(|| epi(acc))
@@ -255,7 +208,7 @@ mod tests {
                     let mut want = vec![f32::NAN; k * tw];
                     prep_tile(&x, k, t0, tvalid, tw, &mut want);
                     let mut got = vec![f32::NAN; k * tw];
-                    // SAFETY: AVX2 checked above.
+                    // SAFETY: this test returned early unless the CPU has AVX2.
                     unsafe { avx2::prep(&x, k, t0, tvalid, tw, &mut got) };
                     assert_eq!(got, want, "K={k} T={t} t0={t0} tw={tw}");
                 }

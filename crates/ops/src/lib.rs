@@ -145,15 +145,24 @@ pub unsafe extern "C" fn RegisterCustomOps(
     options: *mut ort::sys::OrtSessionOptions,
     api_base: *const ort::sys::OrtApiBase,
 ) -> ort::sys::OrtStatusPtr {
-    let api =
-        if api_base.is_null() { std::ptr::null() } else { unsafe { ((*api_base).GetApi)(ort::sys::ORT_API_VERSION) } };
+    let api = if api_base.is_null() {
+        std::ptr::null()
+    } else {
+        // SAFETY: `api_base` is not null (checked just above) and ORT passes its own `OrtApiBase`
+        // (this function's contract), whose `GetApi` may be called with any version.
+        unsafe { ((*api_base).GetApi)(ort::sys::ORT_API_VERSION) }
+    };
     if api.is_null() {
         // No API of the version sparsec-ops was built for: nothing can even report the error.
         return ort::sys::OrtStatusPtr(std::ptr::null_mut());
     }
+    // SAFETY: not null (checked just above): `GetApi` returned ORT's static API table, which lives
+    // as long as the process.
     let api = unsafe { &*api };
     let fail = |msg: String| {
         let msg = std::ffi::CString::new(format!("sparsec-ops: {msg}")).unwrap_or_default();
+        // SAFETY: `CreateStatus` comes from ORT's API table; `msg` is a NUL-terminated string that
+        // lives across the call (ORT copies it into the status).
         unsafe { (api.CreateStatus)(ort::sys::OrtErrorCode::ORT_FAIL, msg.as_ptr()) }
     };
     let made = catch_unwind(|| {
@@ -166,6 +175,8 @@ pub unsafe extern "C" fn RegisterCustomOps(
             let ptr = ort::AsPointer::ptr(&domain).cast_mut();
             // The domain must outlive every session that uses it: the library is never unloaded.
             std::mem::forget(domain);
+            // SAFETY: `options` is ORT's session options (this function's contract) and `ptr` the
+            // domain just built and forgotten, so it outlives every session that uses it.
             unsafe { (api.AddCustomOpDomain)(options, ptr) }
         }
         Ok(Err(e)) => fail(e.to_string()),

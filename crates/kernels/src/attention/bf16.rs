@@ -10,8 +10,8 @@
 //!   is taken over the rounded values, so the output is an exact convex combination of them.
 
 use super::f32::{kept_keys, padded_bias, softmax_row, store_out, store_scores};
+use super::problem::{Problem, Task, TILE};
 use super::simd::{F32x, Lanes};
-use super::{Problem, Task, TILE};
 use crate::scratch::Buf;
 
 /// A bf16 pair dot product into 16 f32 lanes.
@@ -61,7 +61,8 @@ impl Bf16Dot for Emulated {
         let (a_lo, a_hi) = (daz(a & 0xffff), daz(a >> 16));
         let mut r = acc.0;
         for (l, r) in r.iter_mut().enumerate() {
-            let bl = *b.add(l);
+            // SAFETY: `b` points at 16 readable pairs (the trait's contract), `l < 16`.
+            let bl = unsafe { *b.add(l) };
             let x = ftz(*r + a_hi * daz(bl >> 16));
             *r = ftz(x + a_lo * daz(bl & 0xffff));
         }
@@ -70,9 +71,12 @@ impl Bf16Dot for Emulated {
     unsafe fn to_bf16(src: *const f32, dst: *mut u16, n: usize) -> f32 {
         let mut sum = 0.0;
         for i in 0..n {
-            let h = bf16_bits(*src.add(i));
-            *dst.add(i) = h;
-            sum += bf16_value(h);
+            // SAFETY: `i < n`, and `src`/`dst` hold `n` values (the trait's contract).
+            unsafe {
+                let h = bf16_bits(*src.add(i));
+                *dst.add(i) = h;
+                sum += bf16_value(h);
+            }
         }
         sum
     }
@@ -94,34 +98,50 @@ mod x86 {
         type V = Avx512;
         #[inline(always)]
         unsafe fn dot(acc: Avx512, a: u32, b: *const u32) -> Avx512 {
-            let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(a as i32));
-            let b: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const __m512i));
-            Avx512(_mm512_dpbf16_ps(acc.0, a, b))
+            // SAFETY: AVX-512 F and BF16 are available and `b` points at 16 readable pairs (the
+            // trait's contract); the transmutes reinterpret 512 bits as 32 bf16.
+            unsafe {
+                let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(a as i32));
+                let b: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const __m512i));
+                Avx512(_mm512_dpbf16_ps(acc.0, a, b))
+            }
         }
         #[inline(always)]
         unsafe fn to_bf16(src: *const f32, dst: *mut u16, n: usize) -> f32 {
-            let mut sum = _mm512_setzero_ps();
+            // SAFETY: AVX-512 F is available (the trait's contract).
+            let mut sum = unsafe { _mm512_setzero_ps() };
             let mut i = 0;
             while i + 16 <= n {
-                let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(i))));
-                _mm256_storeu_si256(dst.add(i) as *mut __m256i, h);
-                let back = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
-                sum = _mm512_add_ps(sum, _mm512_castsi512_ps(back));
+                // SAFETY: AVX-512 F and BF16 are available; `i + 16 ≤ n` and `src`/`dst` hold `n`
+                // values (the trait's contract); the transmute reinterprets 16 bf16 as 256 bits.
+                unsafe {
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(i))));
+                    _mm256_storeu_si256(dst.add(i) as *mut __m256i, h);
+                    let back = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+                    sum = _mm512_add_ps(sum, _mm512_castsi512_ps(back));
+                }
                 i += 16;
             }
             let mut tail = 0.0;
             while i < n {
-                let h = bf16_bits(*src.add(i));
-                *dst.add(i) = h;
-                tail += bf16_value(h);
+                // SAFETY: `i < n`, and `src`/`dst` hold `n` values (the trait's contract).
+                unsafe {
+                    let h = bf16_bits(*src.add(i));
+                    *dst.add(i) = h;
+                    tail += bf16_value(h);
+                }
                 i += 1;
             }
-            _mm512_reduce_add_ps(sum) + tail
+            // SAFETY: AVX-512 F is available (the trait's contract).
+            unsafe { _mm512_reduce_add_ps(sum) + tail }
         }
     }
 }
 
 /// As [`super::f32::task`], with the products in bf16.
+///
+/// # Safety
+/// As [`super::f32::task`], with `B`'s ISA available.
 #[inline(always)]
 pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR: usize, const PC: usize>(
     p: &Problem,
@@ -129,17 +149,23 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
 ) {
     let d = p.head_dim;
     let w = B::V::W;
-    let keys = kept_keys(p, t.b);
+    // SAFETY: `t.b < B` and the mask holds `B·S` biases (this function's contract).
+    let keys = unsafe { kept_keys(p, t.b) };
     let nk = keys.len();
     let (dh, sh) = (d.div_ceil(2), nk.div_ceil(2));
     let sp = nk.next_multiple_of(QC * w);
     let dp = d.next_multiple_of(PC * w);
+    // Row `i` of this head in any of q, k, v starts at `base + i·row_stride` and holds `d` values
+    // there: `b < B`, `i < S`, `h·D + D ≤ H·D ≤ row_stride` (this function's contract).
     let base = t.b * p.seq * p.row_stride + t.h * d;
 
+    // `row` holds `2·dh ≥ d` values: a whole converted row, read in pairs up to `2·dh`.
     let mut row = Buf::<u16>::zeroed(2 * dh.max(dp));
     let mut kp = Buf::<u32>::zeroed(dh * sp);
     for (jj, &j) in keys.iter().enumerate() {
-        B::to_bf16(p.k.add(base + j * p.row_stride), row.as_mut_ptr(), d);
+        // SAFETY: `B`'s ISA is available (this function's contract); key `j < S`, so its `d` K
+        // values lie inside `k` (see `base`); `row` holds at least `d`.
+        unsafe { B::to_bf16(p.k.add(base + j * p.row_stride), row.as_mut_ptr(), d) };
         for e in 0..dh {
             kp[e * sp + jj] = pair(&row, 2 * e);
         }
@@ -149,15 +175,20 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
     for t2 in 0..sh {
         row.fill(0);
         row2.fill(0);
-        B::to_bf16(p.v.add(base + keys[2 * t2] * p.row_stride), row.as_mut_ptr(), d);
-        if 2 * t2 + 1 < nk {
-            B::to_bf16(p.v.add(base + keys[2 * t2 + 1] * p.row_stride), row2.as_mut_ptr(), d);
+        // SAFETY: `B`'s ISA is available (this function's contract); kept keys are `< S`, so their
+        // `d` V values lie inside `v` (see `base`); `row` and `row2` (`dp ≥ d`) hold at least `d`.
+        unsafe {
+            B::to_bf16(p.v.add(base + keys[2 * t2] * p.row_stride), row.as_mut_ptr(), d);
+            if 2 * t2 + 1 < nk {
+                B::to_bf16(p.v.add(base + keys[2 * t2 + 1] * p.row_stride), row2.as_mut_ptr(), d);
+            }
         }
         for (dd, x) in vp[t2 * dp..(t2 + 1) * dp].iter_mut().enumerate() {
             *x = row[dd] as u32 | (row2[dd] as u32) << 16;
         }
     }
-    let bias = padded_bias(p, t.b, &keys, sp);
+    // SAFETY: as for `kept_keys`.
+    let bias = unsafe { padded_bias(p, t.b, &keys, sp) };
     let mut sc = Buf::<f32>::zeroed(TILE * sp);
     let mut qp = Buf::<u32>::zeroed(TILE * dh);
     let mut pp = Buf::<u16>::zeroed(TILE * sp);
@@ -167,31 +198,47 @@ pub(crate) unsafe fn task<B: Bf16Dot, const QR: usize, const QC: usize, const PR
         let n = TILE.min(t.rows.end - i0);
         row.fill(0);
         for r in 0..n {
-            B::to_bf16(p.q.add(base + (i0 + r) * p.row_stride), row.as_mut_ptr(), d);
+            // SAFETY: `B`'s ISA is available (this function's contract); query row `i0 + r` lies
+            // in `t.rows ⊆ 0..S`, so its `d` values lie inside `q` (see `base`).
+            unsafe { B::to_bf16(p.q.add(base + (i0 + r) * p.row_stride), row.as_mut_ptr(), d) };
             for e in 0..dh {
                 qp[r * dh + e] = pair(&row, 2 * e);
             }
         }
         let mut r = 0;
         while r + QR <= n {
-            qk_block::<B, QR, QC>(p, &qp[r * dh..], dh, &kp, sp, &bias, sc.as_mut_ptr().add(r * sp));
+            // SAFETY: `B`'s ISA is available (this function's contract); `qp` from row `r` holds
+            // `QR` rows of `dh` pairs (`r + QR ≤ n ≤ TILE`); `kp` is `[dh][sp]`, `bias` `sp` long;
+            // rows `r .. r + QR` of `sc` (`TILE·sp`) take the scores.
+            unsafe { qk_block::<B, QR, QC>(p, &qp[r * dh..], dh, &kp, sp, &bias, sc.as_mut_ptr().add(r * sp)) };
             r += QR;
         }
         while r < n {
-            qk_block::<B, 1, QC>(p, &qp[r * dh..], dh, &kp, sp, &bias, sc.as_mut_ptr().add(r * sp));
+            // SAFETY: as above for the single row `r`.
+            unsafe { qk_block::<B, 1, QC>(p, &qp[r * dh..], dh, &kp, sp, &bias, sc.as_mut_ptr().add(r * sp)) };
             r += 1;
         }
         for (r, inv) in inv.iter_mut().enumerate().take(n) {
-            softmax_row::<B::V>(sc.as_mut_ptr().add(r * sp), nk, sp);
-            *inv = 1.0 / B::to_bf16(sc.as_ptr().add(r * sp), pp.as_mut_ptr().add(r * sp), sp);
+            // SAFETY: `B`'s ISA is available (this function's contract); row `r < TILE` of `sc`
+            // and of `pp` (both `TILE·sp`) hold `sp` values, `nk ≤ sp`, `sp` a multiple of `W`.
+            *inv = 1.0
+                / unsafe {
+                    softmax_row::<B::V>(sc.as_mut_ptr().add(r * sp), nk, sp);
+                    B::to_bf16(sc.as_ptr().add(r * sp), pp.as_mut_ptr().add(r * sp), sp)
+                };
         }
         let mut r = 0;
         while r + PR <= n {
-            pv_block::<B, PR, PC>(p, t, i0 + r, pp.as_ptr().add(r * sp), sp, sh, &vp, dp, &inv[r..]);
+            // SAFETY: `B`'s ISA is available and this task alone writes rows `i0 + r ..
+            // i0 + r + PR ⊆ t.rows` of head `t.h` (this function's contract); rows `r .. r + PR`
+            // of `pp` (`TILE·sp`) hold `sp ≥ 2·sh` probabilities; `vp` is `[sh][dp]`; `inv` has
+            // `PR` entries from `r`.
+            unsafe { pv_block::<B, PR, PC>(p, t, i0 + r, pp.as_ptr().add(r * sp), sp, sh, &vp, dp, &inv[r..]) };
             r += PR;
         }
         while r < n {
-            pv_block::<B, 1, PC>(p, t, i0 + r, pp.as_ptr().add(r * sp), sp, sh, &vp, dp, &inv[r..]);
+            // SAFETY: as above for the single row `i0 + r`.
+            unsafe { pv_block::<B, 1, PC>(p, t, i0 + r, pp.as_ptr().add(r * sp), sp, sh, &vp, dp, &inv[r..]) };
             r += 1;
         }
     }
@@ -202,6 +249,12 @@ fn pair(h: &[u16], i: usize) -> u32 {
     h[i] as u32 | (h[i + 1] as u32) << 16
 }
 
+/// Scores of `R` query rows (`qp`, `dh` pairs each) against every key of `kp` (`[dh][sp]`
+/// pairs): `scale·q·k + bias`, written row-major with row stride `sp`.
+///
+/// # Safety
+/// `B`'s ISA must be available; `qp.len() ≥ R·dh`, `kp.len() ≥ dh·sp`, `bias.len() ≥ sp`, `sp` a
+/// multiple of `C·W`; `dst` is valid for writes of `R` rows of `sp` values.
 #[inline(always)]
 unsafe fn qk_block<B: Bf16Dot, const R: usize, const C: usize>(
     p: &Problem,
@@ -214,20 +267,31 @@ unsafe fn qk_block<B: Bf16Dot, const R: usize, const C: usize>(
 ) {
     let w = B::V::W;
     for j0 in (0..sp).step_by(C * w) {
-        let mut acc = [[B::V::splat(0.0); C]; R];
-        for e in 0..dh {
-            let kr = kp.as_ptr().add(e * sp + j0);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let a = *qp.get_unchecked(r * dh + e);
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = B::dot(*acc, a, kr.add(c * w));
+        // SAFETY: `B`'s ISA is available (this function's contract). Key pairs `j0 + c·W ..
+        // + W`, `c < C`, end at `j0 + C·W ≤ sp`, inside row `e < dh` of `kp`; `r·dh + e < R·dh ≤
+        // qp.len()`; bias `j0..j0 + C·W` and the `R` destination rows lie inside `bias` and `dst`.
+        unsafe {
+            let mut acc = [[B::V::splat(0.0); C]; R];
+            for e in 0..dh {
+                let kr = kp.as_ptr().add(e * sp + j0);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = *qp.get_unchecked(r * dh + e);
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = B::dot(*acc, a, kr.add(c * w));
+                    }
                 }
             }
+            store_scores::<B::V, R, C>(p.scale, &acc, bias.as_ptr().add(j0), dst.add(j0), sp);
         }
-        store_scores::<B::V, R, C>(p.scale, &acc, bias.as_ptr().add(j0), dst.add(j0), sp);
     }
 }
 
+/// `out[row] = inv · Σ_t2 p[row][2·t2..2·t2 + 2] · v[t2]` for `R` rows of bf16 probabilities
+/// (`pr`, stride `sp`) against the `[sh][dp]` value pairs `vp`, `C` vectors of d at a time.
+///
+/// # Safety
+/// `B`'s ISA must be available; `pr` points at `R` rows (stride `sp`) of `2·sh` readable values;
+/// `vp.len() ≥ sh·dp` with `dp` a multiple of `C·W`; and as `store_out` for rows `i..i + R`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn pv_block<B: Bf16Dot, const R: usize, const C: usize>(
@@ -243,16 +307,22 @@ unsafe fn pv_block<B: Bf16Dot, const R: usize, const C: usize>(
 ) {
     let w = B::V::W;
     for d0 in (0..dp).step_by(C * w) {
-        let mut acc = [[B::V::splat(0.0); C]; R];
-        for t2 in 0..sh {
-            let vr = vp.as_ptr().add(t2 * dp + d0);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let a = (pr.add(r * sp + 2 * t2) as *const u32).read_unaligned();
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = B::dot(*acc, a, vr.add(c * w));
+        // SAFETY: `B`'s ISA is available (this function's contract). Value pairs `t2·dp + d0 +
+        // c·W .. + W`, `c < C`, end at `(t2 + 1)·dp ≤ vp.len()`; the probability pair at
+        // `2·t2 + 1 < 2·sh` of row `r < R` is readable (unaligned read); the store is as
+        // `store_out`'s contract.
+        unsafe {
+            let mut acc = [[B::V::splat(0.0); C]; R];
+            for t2 in 0..sh {
+                let vr = vp.as_ptr().add(t2 * dp + d0);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = (pr.add(r * sp + 2 * t2) as *const u32).read_unaligned();
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = B::dot(*acc, a, vr.add(c * w));
+                    }
                 }
             }
+            store_out::<B::V, R, C>(p, t, i, d0, &acc, inv);
         }
-        store_out::<B::V, R, C>(p, t, i, d0, &acc, inv);
     }
 }

@@ -4,7 +4,8 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::linear_i8::{BLOCK, GROUP, GW};
+use crate::blocks::{BLOCK, GROUP, GW};
+use crate::transpose::{store_quads256, transpose8x8_ps};
 
 const TW: usize = 16;
 
@@ -44,32 +45,8 @@ pub(super) unsafe fn prep(x: &[f32], k: usize, t0: usize, tvalid: usize, tw: usi
             let v: [__m256; 8] = std::array::from_fn(|r| unsafe {
                 _mm256_loadu_ps(if rows[r].is_null() { zero.as_ptr() } else { rows[r].add(kb) })
             });
-            let u0 = _mm256_unpacklo_ps(v[0], v[1]);
-            let u1 = _mm256_unpackhi_ps(v[0], v[1]);
-            let u2 = _mm256_unpacklo_ps(v[2], v[3]);
-            let u3 = _mm256_unpackhi_ps(v[2], v[3]);
-            let u4 = _mm256_unpacklo_ps(v[4], v[5]);
-            let u5 = _mm256_unpackhi_ps(v[4], v[5]);
-            let u6 = _mm256_unpacklo_ps(v[6], v[7]);
-            let u7 = _mm256_unpackhi_ps(v[6], v[7]);
-            let s0 = _mm256_shuffle_ps::<0x44>(u0, u2);
-            let s1 = _mm256_shuffle_ps::<0xEE>(u0, u2);
-            let s2 = _mm256_shuffle_ps::<0x44>(u1, u3);
-            let s3 = _mm256_shuffle_ps::<0xEE>(u1, u3);
-            let s4 = _mm256_shuffle_ps::<0x44>(u4, u6);
-            let s5 = _mm256_shuffle_ps::<0xEE>(u4, u6);
-            let s6 = _mm256_shuffle_ps::<0x44>(u5, u7);
-            let s7 = _mm256_shuffle_ps::<0xEE>(u5, u7);
-            let cols = [
-                _mm256_permute2f128_ps::<0x20>(s0, s4),
-                _mm256_permute2f128_ps::<0x20>(s1, s5),
-                _mm256_permute2f128_ps::<0x20>(s2, s6),
-                _mm256_permute2f128_ps::<0x20>(s3, s7),
-                _mm256_permute2f128_ps::<0x31>(s0, s4),
-                _mm256_permute2f128_ps::<0x31>(s1, s5),
-                _mm256_permute2f128_ps::<0x31>(s2, s6),
-                _mm256_permute2f128_ps::<0x31>(s3, s7),
-            ];
+            // SAFETY: AVX2 (so AVX) is enabled here.
+            let cols = unsafe { transpose8x8_ps(v) };
             for (i, c) in cols.iter().enumerate() {
                 // SAFETY: kb + i < k and 8·g + 8 ≤ tw, inside `out` (asserted above).
                 unsafe { _mm256_storeu_ps(o.add((kb + i) * tw + 8 * g), *c) };
@@ -124,27 +101,12 @@ pub(super) unsafe fn tile(
                 }
             }
         }
-        // a[c][q] lane l float i holds token 8q + 4l + i; transpose to token-major quads.
+        // a[c][q] lane l float i holds token 8q + 4l + i.
         for q in 0..2 {
-            let [a0, a1, a2, a3] = [0, 1, 2, 3].map(|c| _mm256_castps_si256(a[c][q]));
-            let t0 = _mm256_unpacklo_epi32(a0, a1);
-            let t1 = _mm256_unpackhi_epi32(a0, a1);
-            let t2 = _mm256_unpacklo_epi32(a2, a3);
-            let t3 = _mm256_unpackhi_epi32(a2, a3);
-            let r = [
-                _mm256_unpacklo_epi64(t0, t2),
-                _mm256_unpackhi_epi64(t0, t2),
-                _mm256_unpacklo_epi64(t1, t3),
-                _mm256_unpackhi_epi64(t1, t3),
-            ];
-            for (i, r) in r.iter().enumerate() {
-                // SAFETY: tokens < 16 and `bl·4 + 4 ≤ ld`, inside `acc` (asserted above).
-                unsafe {
-                    let p = acc.as_mut_ptr().add(bl * BLOCK);
-                    _mm_storeu_si128(p.add((8 * q + i) * ld) as *mut __m128i, _mm256_castsi256_si128(*r));
-                    _mm_storeu_si128(p.add((8 * q + 4 + i) * ld) as *mut __m128i, _mm256_extracti128_si256::<1>(*r));
-                }
-            }
+            let quad = [0, 1, 2, 3].map(|c| _mm256_castps_si256(a[c][q]));
+            // SAFETY: AVX2 is enabled here; tokens < 16 and `bl·4 + 4 ≤ ld`, so every quad lies
+            // inside `acc` (`acc.len() ≥ 16·ld`, asserted above).
+            unsafe { store_quads256(quad, acc.as_mut_ptr().add(bl * BLOCK), ld, |l, i| 8 * q + 4 * l + i) }
         }
     }
 }

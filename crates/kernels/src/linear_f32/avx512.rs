@@ -4,7 +4,8 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::linear_i8::{BLOCK, GROUP, GW};
+use crate::blocks::{BLOCK, GROUP, GW};
+use crate::transpose::store_quads512;
 
 const TW: usize = 64;
 
@@ -47,34 +48,12 @@ pub(super) unsafe fn tile(
                 }
             }
         }
-        // a[c][q] lane l float i holds token 16q + 4l + i; transpose to token-major quads.
+        // a[c][q] lane l float i holds token 16q + 4l + i.
         for q in 0..4 {
-            let [a0, a1, a2, a3] = [0, 1, 2, 3].map(|c| _mm512_castps_si512(a[c][q]));
-            let t0 = _mm512_unpacklo_epi32(a0, a1);
-            let t1 = _mm512_unpackhi_epi32(a0, a1);
-            let t2 = _mm512_unpacklo_epi32(a2, a3);
-            let t3 = _mm512_unpackhi_epi32(a2, a3);
-            let r = [
-                _mm512_unpacklo_epi64(t0, t2),
-                _mm512_unpackhi_epi64(t0, t2),
-                _mm512_unpacklo_epi64(t1, t3),
-                _mm512_unpackhi_epi64(t1, t3),
-            ];
-            for (i, r) in r.iter().enumerate() {
-                let lanes = [
-                    _mm512_castsi512_si128(*r),
-                    _mm512_extracti32x4_epi32::<1>(*r),
-                    _mm512_extracti32x4_epi32::<2>(*r),
-                    _mm512_extracti32x4_epi32::<3>(*r),
-                ];
-                for (l, lane) in lanes.iter().enumerate() {
-                    let token = 16 * q + 4 * l + i;
-                    // SAFETY: token < 64 and `bl·4 + 4 ≤ ld`, inside `acc` (asserted above).
-                    unsafe {
-                        _mm_storeu_si128(acc.as_mut_ptr().add(token * ld + bl * BLOCK) as *mut __m128i, *lane);
-                    }
-                }
-            }
+            let quad = [0, 1, 2, 3].map(|c| _mm512_castps_si512(a[c][q]));
+            // SAFETY: AVX-512 F is enabled here; tokens < 64 and `bl·4 + 4 ≤ ld`, so every quad
+            // lies inside `acc` (`acc.len() ≥ 64·ld`, asserted above).
+            unsafe { store_quads512(quad, acc.as_mut_ptr().add(bl * BLOCK), ld, |l, i| 16 * q + 4 * l + i) }
         }
     }
 }

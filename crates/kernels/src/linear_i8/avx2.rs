@@ -4,7 +4,11 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{epilogue_i8, quantize_u8, EpiI8, Out, Rows, BLOCK, GROUP, GW};
+use crate::blocks::{BLOCK, GROUP, GW};
+use crate::epilogue::{epilogue_i8, EpiI8};
+use crate::plan::Out;
+use crate::quant::{quantize_u8, Rows};
+use crate::transpose::store_quads256;
 
 const TW: usize = 16;
 
@@ -48,35 +52,24 @@ pub(super) unsafe fn tile(
                 }
             }
         }
-        // a[c][q] lane l dword i holds token 8l + 4q + i; transpose to token-major quads.
+        // a[c][q] lane l dword i holds token 8l + 4q + i.
         for q in 0..2 {
-            let t0 = _mm256_unpacklo_epi32(a[0][q], a[1][q]);
-            let t1 = _mm256_unpackhi_epi32(a[0][q], a[1][q]);
-            let t2 = _mm256_unpacklo_epi32(a[2][q], a[3][q]);
-            let t3 = _mm256_unpackhi_epi32(a[2][q], a[3][q]);
-            let r = [
-                _mm256_unpacklo_epi64(t0, t2),
-                _mm256_unpackhi_epi64(t0, t2),
-                _mm256_unpacklo_epi64(t1, t3),
-                _mm256_unpackhi_epi64(t1, t3),
-            ];
-            for (i, r) in r.iter().enumerate() {
-                let lo = 4 * q + i;
-                let hi = 8 + 4 * q + i;
-                // SAFETY: tokens < 16 and `bl·4 + 4 ≤ ld`, inside `acc` (asserted above).
-                unsafe {
-                    let p = acc.as_mut_ptr().add(bl * BLOCK);
-                    _mm_storeu_si128(p.add(lo * ld) as *mut __m128i, _mm256_castsi256_si128(*r));
-                    _mm_storeu_si128(p.add(hi * ld) as *mut __m128i, _mm256_extracti128_si256::<1>(*r));
-                }
+            // SAFETY: AVX2 is enabled here; tokens < 16 and `bl·4 + 4 ≤ ld`, so every quad lies
+            // inside `acc` (`acc.len() ≥ 16·ld`, asserted above).
+            unsafe {
+                let col = acc.as_mut_ptr().add(bl * BLOCK);
+                store_quads256([a[0][q], a[1][q], a[2][q], a[3][q]], col, ld, |l, i| 8 * l + 4 * q + i)
             }
         }
     }
 }
 
 /// Fills `rowbuf [16][K]` with quantized (or copied) tokens `t0..t0 + 16`, rows past `tvalid` with `pad`.
+///
+/// # Safety
+/// AVX2 must be available.
 #[inline(always)]
-fn fill_rows(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u8]) {
+unsafe fn fill_rows(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u8]) {
     let pad = match rows {
         Rows::F32 { zp, .. } => zp,
         Rows::U8(_) => 0,
@@ -88,7 +81,7 @@ fn fill_rows(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u
         }
         let t = t0 + r;
         match rows {
-            // SAFETY: AVX2 is enabled in every caller.
+            // SAFETY: AVX2 is available (this function's contract).
             Rows::F32 { x, scale, zp } => unsafe { quantize_row(&x[t * k..(t + 1) * k], scale, zp, dst) },
             Rows::U8(xq) => dst.copy_from_slice(&xq[t * k..(t + 1) * k]),
         }
@@ -96,7 +89,7 @@ fn fill_rows(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u
 }
 
 /// The min and max of `x` and 0 (NaNs ignored: `vminps` returns its second operand, the running
-/// value, when the element is NaN), as [`super::min_max_with_zero`].
+/// value, when the element is NaN), as [`crate::quant::min_max_with_zero`].
 ///
 /// # Safety
 /// AVX2 must be available.
@@ -130,15 +123,26 @@ pub(super) unsafe fn min_max_with_zero(x: &[f32]) -> (f32, f32) {
 /// [`quantize_u8`] of each element, 32 at a time: `vdivps` (a true division, as ONNX), round to
 /// nearest even, add the zero point, clamp to [0, 255] (NaN → 0, as `max` returns its second
 /// operand), convert and pack.
+///
+/// # Safety
+/// AVX2 must be available.
 #[inline(always)]
 unsafe fn quantize_row(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
     let n = x.len().min(out.len());
-    let (vs, vz) = (_mm256_set1_ps(scale), _mm256_set1_ps(zp as f32));
-    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // SAFETY: AVX2 is available (this function's contract); register-only intrinsics.
+    let (vs, vz, lo, hi, order) = unsafe {
+        (
+            _mm256_set1_ps(scale),
+            _mm256_set1_ps(zp as f32),
+            _mm256_setzero_ps(),
+            _mm256_set1_ps(255.0),
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+        )
+    };
     let mut i = 0;
     while i + 32 <= n {
-        // SAFETY: i + 32 ≤ n ≤ both lengths.
+        // SAFETY: AVX2 is available (this function's contract); i + 32 ≤ n ≤ both lengths, so the
+        // 32 floats read and the 32 bytes written lie inside `x` and `out`.
         unsafe {
             let q: [__m256i; 4] = std::array::from_fn(|j| {
                 let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), vs);
@@ -158,32 +162,41 @@ unsafe fn quantize_row(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
 /// Transposes `rowbuf [16][K]` (u8) into `store(kk, tokens)` calls, 16 tokens per input index:
 /// two 16×16 byte transposes per 32 indices (4 rounds of in-lane `vpunpck{l,h}bw`), the tail
 /// index by index.
+///
+/// # Safety
+/// AVX2 must be available.
 #[inline(always)]
 unsafe fn transpose16(rowbuf: &[u8], k: usize, mut store: impl FnMut(usize, __m128i)) {
     assert!(rowbuf.len() >= 16 * k);
     let p = rowbuf.as_ptr();
     let mut kb = 0;
     while kb + 32 <= k {
-        // SAFETY: rows r < 16 and bytes kb..kb + 32 ≤ k lie inside `rowbuf` (asserted above).
+        // SAFETY: AVX2 is available (this function's contract); rows r < 16 and bytes
+        // kb..kb + 32 ≤ k lie inside `rowbuf` (asserted above).
         let mut v: [__m256i; 16] =
             std::array::from_fn(|r| unsafe { _mm256_loadu_si256(p.add(r * k + kb) as *const __m256i) });
         for _ in 0..4 {
-            let mut nv = [_mm256_setzero_si256(); 16];
-            for i in 0..8 {
-                nv[2 * i] = _mm256_unpacklo_epi8(v[i], v[i + 8]);
-                nv[2 * i + 1] = _mm256_unpackhi_epi8(v[i], v[i + 8]);
-            }
-            v = nv;
+            // SAFETY: AVX2 is available (this function's contract); register-only intrinsics.
+            v = unsafe {
+                let mut nv = [_mm256_setzero_si256(); 16];
+                for i in 0..8 {
+                    nv[2 * i] = _mm256_unpacklo_epi8(v[i], v[i + 8]);
+                    nv[2 * i + 1] = _mm256_unpackhi_epi8(v[i], v[i + 8]);
+                }
+                nv
+            };
         }
         for (i, v) in v.iter().enumerate() {
-            store(kb + i, _mm256_castsi256_si128(*v));
-            store(kb + 16 + i, _mm256_extracti128_si256::<1>(*v));
+            // SAFETY: AVX2 is available (this function's contract); register-only intrinsics.
+            let (lo, hi) = unsafe { (_mm256_castsi256_si128(*v), _mm256_extracti128_si256::<1>(*v)) };
+            store(kb + i, lo);
+            store(kb + 16 + i, hi);
         }
         kb += 32;
     }
     for kk in kb..k {
         let col: [u8; 16] = std::array::from_fn(|r| rowbuf[r * k + kk]);
-        // SAFETY: reads 16 bytes from a 16-byte array.
+        // SAFETY: AVX2 is available (this function's contract); reads 16 bytes from a 16-byte array.
         store(kk, unsafe { _mm_loadu_si128(col.as_ptr() as *const __m128i) });
     }
 }
@@ -195,9 +208,11 @@ unsafe fn transpose16(rowbuf: &[u8], k: usize, mut store: impl FnMut(usize, __m1
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn prep_i16(rows: Rows<'_>, k: usize, t0: usize, tvalid: usize, rowbuf: &mut [u8], out: &mut [i16]) {
     assert!(out.len() >= 16 * k);
-    fill_rows(rows, k, t0, tvalid, rowbuf);
+    // SAFETY: AVX2 is enabled here.
+    unsafe { fill_rows(rows, k, t0, tvalid, rowbuf) };
     let o = out.as_mut_ptr();
-    // SAFETY: kk < K, so the 16 i16 at kk·16 lie inside `out` (asserted above).
+    // SAFETY: AVX2 is enabled here; kk < K, so the 16 i16 at kk·16 lie inside `out` (asserted
+    // above).
     unsafe {
         transpose16(rowbuf, k, |kk, v| _mm256_storeu_si256(o.add(kk * 16) as *mut __m256i, _mm256_cvtepu8_epi16(v)))
     }
@@ -220,8 +235,9 @@ pub(super) unsafe fn prep_u8(
     assert!(out.len() >= tw * k && tw.is_multiple_of(16));
     let o = out.as_mut_ptr();
     for g in 0..tw / 16 {
-        fill_rows(rows, k, t0 + 16 * g, tvalid.saturating_sub(16 * g), rowbuf);
-        // SAFETY: kk < K and 16·g + 16 ≤ tw, inside `out` (asserted above).
+        // SAFETY: AVX2 is enabled here.
+        unsafe { fill_rows(rows, k, t0 + 16 * g, tvalid.saturating_sub(16 * g), rowbuf) };
+        // SAFETY: AVX2 is enabled here; kk < K and 16·g + 16 ≤ tw, inside `out` (asserted above).
         unsafe { transpose16(rowbuf, k, |kk, v| _mm_storeu_si128(o.add(kk * tw + 16 * g) as *mut __m128i, v)) }
     }
 }

@@ -4,7 +4,8 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{BLOCK, GROUP, GW};
+use crate::blocks::{BLOCK, GROUP, GW};
+use crate::transpose::store_quads512;
 
 const TW: usize = 64;
 
@@ -55,32 +56,13 @@ pub(super) unsafe fn tile(
                 }
             }
         }
-        // a[c][q] lane l dword i holds token 16l + 4q + i; transpose to token-major quads.
+        // a[c][q] lane l dword i holds token 16l + 4q + i.
         for q in 0..4 {
-            let t0 = _mm512_unpacklo_epi32(a[0][q], a[1][q]);
-            let t1 = _mm512_unpackhi_epi32(a[0][q], a[1][q]);
-            let t2 = _mm512_unpacklo_epi32(a[2][q], a[3][q]);
-            let t3 = _mm512_unpackhi_epi32(a[2][q], a[3][q]);
-            let r = [
-                _mm512_unpacklo_epi64(t0, t2),
-                _mm512_unpackhi_epi64(t0, t2),
-                _mm512_unpacklo_epi64(t1, t3),
-                _mm512_unpackhi_epi64(t1, t3),
-            ];
-            for (i, r) in r.iter().enumerate() {
-                let lanes = [
-                    _mm512_castsi512_si128(*r),
-                    _mm512_extracti32x4_epi32::<1>(*r),
-                    _mm512_extracti32x4_epi32::<2>(*r),
-                    _mm512_extracti32x4_epi32::<3>(*r),
-                ];
-                for (l, lane) in lanes.iter().enumerate() {
-                    let token = 16 * l + 4 * q + i;
-                    // SAFETY: token < 64 and `bl·4 + 4 ≤ ld`, inside `acc` (asserted above).
-                    unsafe {
-                        _mm_storeu_si128(acc.as_mut_ptr().add(token * ld + bl * BLOCK) as *mut __m128i, *lane);
-                    }
-                }
+            // SAFETY: AVX-512 F is enabled here; tokens < 64 and `bl·4 + 4 ≤ ld`, so every quad
+            // lies inside `acc` (`acc.len() ≥ 64·ld`, asserted above).
+            unsafe {
+                let col = acc.as_mut_ptr().add(bl * BLOCK);
+                store_quads512([a[0][q], a[1][q], a[2][q], a[3][q]], col, ld, |l, i| 16 * l + 4 * q + i)
             }
         }
     }

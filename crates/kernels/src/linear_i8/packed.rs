@@ -12,7 +12,8 @@
 //! That is exactly the kernel's packed format ([`Blocks::idx`] is the mask's set bits, grouped), so
 //! decoding only expands the mask into index lists: no pattern search, no pass over `K·N`.
 
-use super::{kerr, pack_blocks, Blocks, KernelError, PackStats, BLOCK, GROUP, GW};
+use crate::blocks::{detect_pattern, pack_blocks, validate_weight_shape, Blocks, PackStats, BLOCK, GROUP, GW};
+use crate::error::{kerr, KernelError};
 
 /// Bytes of the block mask of a `[K, N]` weight.
 pub fn mask_len(k: usize, n: usize) -> usize {
@@ -22,7 +23,7 @@ pub fn mask_len(k: usize, n: usize) -> usize {
 /// Packs `W [K, N]` (row-major int8) into the stored form, choosing the same blocks, groups and
 /// dense fallback as a kernel built from `W` does.
 pub fn encode(w: &[i8], k: usize, n: usize) -> Result<Vec<i8>, KernelError> {
-    super::validate_weight_shape(w.len(), k, n)?;
+    validate_weight_shape(w.len(), k, n)?;
     Ok(to_bytes(&pack_blocks(w, k, n)))
 }
 
@@ -116,7 +117,7 @@ pub(crate) fn from_bytes(p: &[i8], k: usize, n: usize) -> Result<Blocks<i8>, Ker
     }
     let nz = nonzero_map(&group_start, &idx, values, k, n);
     let stats = PackStats {
-        pattern: super::detect_pattern(&nz, k, n),
+        pattern: detect_pattern(&nz, k, n),
         k,
         n,
         nonzeros,

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{BLOCK, GROUP, GW};
+use crate::blocks::{BLOCK, GROUP, GW};
 
 /// `acc [tw][ld]` (token-major, `ld = 4·blocks.len()`) = `xt [K][tw]` × the blocks' weights.
 pub(super) fn tile(

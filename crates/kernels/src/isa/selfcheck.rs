@@ -1,26 +1,67 @@
-//! A start-up self-check of the AVX-512 kernels against the scalar ones, run once per process the
-//! first time an AVX-512 kernel is created: a wrong result on a CPU the test suite never ran on
-//! stops kernel creation with an error (naming `SPARSEC_ISA=avx2` as the way around it) instead
-//! of computing wrong answers.
-
-use std::sync::OnceLock;
+//! The start-up self-check of the AVX-512 kernels against the scalar ones that `isa.rs` runs
+//! (once per process) before it chooses AVX-512: small problems of every kernel kind on both ISAs.
 
 use crate::attention::{Attention, AttentionPrecision};
+use crate::cpu::Isa;
 use crate::linear_f32::LinearF32;
 use crate::linear_i8::{ActQuant, Epilogue, LinearI8};
-use crate::{Isa, Serial};
+use crate::par::Serial;
 
 /// `Ok` when the AVX-512 kernels compute what the scalar kernels compute on small problems of
-/// every kind (integer products bit for bit; f32 outputs within 1e-5 relative).
-pub(crate) fn avx512() -> Result<(), String> {
-    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
-    RESULT
-        .get_or_init(|| {
-            check().map_err(|e| {
-                format!("the AVX-512 kernels failed their start-up self-check against the scalar kernels ({e}); set SPARSEC_ISA=avx2 to run on AVX2")
-            })
-        })
-        .clone()
+/// every kind (integer products bit for bit; f32 outputs within 1e-5 relative); else what differs.
+pub(super) fn avx512() -> Result<(), String> {
+    let (k, n, t) = (70, 36, 67);
+    let raw = values(k * n, 1);
+    // [4, 1] blocks at about 50%, plus a dense layer.
+    let sparse: Vec<i8> =
+        raw.iter().enumerate().map(|(i, &v)| if (i / 4 + i / n) % 2 == 0 { (v * 127.0) as i8 } else { 0 }).collect();
+    let dense: Vec<i8> = raw.iter().map(|&v| (v * 127.0) as i8).collect();
+    let scale = values(n, 2).iter().map(|v| 0.01 + v.abs() * 0.01).collect::<Vec<_>>();
+    let x = values(t * k, 3);
+    let xq: Vec<u8> = x.iter().map(|&v| ((v + 1.0) * 127.5) as u8).collect();
+    for w in [&sparse, &dense] {
+        let fast = LinearI8::new(w, k, n, &scale, None, Isa::Avx512Vnni).map_err(|e| e.to_string())?;
+        let slow = LinearI8::new(w, k, n, &scale, None, Isa::Scalar).map_err(|e| e.to_string())?;
+        let (mut a, mut b) = (vec![0i32; t * n], vec![0i32; t * n]);
+        fast.matmul_u8_i32(&xq, t, &mut a, &Serial).map_err(|e| e.to_string())?;
+        slow.matmul_u8_i32(&xq, t, &mut b, &Serial).map_err(|e| e.to_string())?;
+        if a != b {
+            return Err("int8 products differ".into());
+        }
+        let (mut ya, mut yb) = (vec![0f32; t * n], vec![0f32; t * n]);
+        for act in [ActQuant::Static { scale: 0.01, zero_point: 127 }, ActQuant::Dynamic] {
+            fast.forward(&x, t, act, Epilogue::Gelu, None, &mut ya, &Serial).map_err(|e| e.to_string())?;
+            slow.forward(&x, t, act, Epilogue::Gelu, None, &mut yb, &Serial).map_err(|e| e.to_string())?;
+            if !close(&ya, &yb) {
+                return Err("int8 layer outputs differ".into());
+            }
+        }
+    }
+    let wf: Vec<f32> = sparse.iter().map(|&v| v as f32 / 127.0).collect();
+    let fast = LinearF32::new(&wf, k, n, None, Isa::Avx512Vnni).map_err(|e| e.to_string())?;
+    let slow = LinearF32::new(&wf, k, n, None, Isa::Scalar).map_err(|e| e.to_string())?;
+    let (mut ya, mut yb) = (vec![0f32; t * n], vec![0f32; t * n]);
+    fast.forward(&x, t, Epilogue::None, None, &mut ya, &Serial).map_err(|e| e.to_string())?;
+    slow.forward(&x, t, Epilogue::None, None, &mut yb, &Serial).map_err(|e| e.to_string())?;
+    if !close(&ya, &yb) {
+        return Err("fp32 layer outputs differ".into());
+    }
+    let (heads, d, s) = (3, 16, 37);
+    let qkv = values(s * 3 * heads * d, 4);
+    let mut mask = vec![0f32; s];
+    mask[s - 5..].iter_mut().for_each(|m| *m = f32::MIN);
+    let run = |isa: Isa| -> Result<Vec<f32>, String> {
+        let a = Attention::new(heads, d, AttentionPrecision::F32, isa).map_err(|e| e.to_string())?;
+        let hd = heads * d;
+        let mut out = vec![0f32; s * hd];
+        a.forward(1, s, &qkv, &qkv[hd..], &qkv[2 * hd..], 3 * hd, Some(&mask), 0.25, &mut out, &Serial)
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    if !close(&run(Isa::Avx512Vnni)?, &run(Isa::Scalar)?) {
+        return Err("attention outputs differ".into());
+    }
+    Ok(())
 }
 
 /// Deterministic values in `[-1, 1)`.
@@ -38,67 +79,14 @@ fn close(a: &[f32], b: &[f32]) -> bool {
     a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(y.abs()) + 1e-6)
 }
 
-fn check() -> Result<(), String> {
-    let (k, n, t) = (70, 36, 67);
-    let raw = values(k * n, 1);
-    // [4, 1] blocks at about 50%, plus a dense layer.
-    let sparse: Vec<i8> =
-        raw.iter().enumerate().map(|(i, &v)| if (i / 4 + i / n) % 2 == 0 { (v * 127.0) as i8 } else { 0 }).collect();
-    let dense: Vec<i8> = raw.iter().map(|&v| (v * 127.0) as i8).collect();
-    let scale = values(n, 2).iter().map(|v| 0.01 + v.abs() * 0.01).collect::<Vec<_>>();
-    let x = values(t * k, 3);
-    let xq: Vec<u8> = x.iter().map(|&v| ((v + 1.0) * 127.5) as u8).collect();
-    for w in [&sparse, &dense] {
-        let fast = LinearI8::build(w, k, n, &scale, None, Isa::Avx512Vnni).map_err(|e| e.to_string())?;
-        let slow = LinearI8::build(w, k, n, &scale, None, Isa::Scalar).map_err(|e| e.to_string())?;
-        let (mut a, mut b) = (vec![0i32; t * n], vec![0i32; t * n]);
-        fast.matmul_u8_i32(&xq, t, &mut a, &Serial).map_err(|e| e.to_string())?;
-        slow.matmul_u8_i32(&xq, t, &mut b, &Serial).map_err(|e| e.to_string())?;
-        if a != b {
-            return Err("int8 products differ".into());
-        }
-        let (mut ya, mut yb) = (vec![0f32; t * n], vec![0f32; t * n]);
-        for act in [ActQuant::Static { scale: 0.01, zero_point: 127 }, ActQuant::Dynamic] {
-            fast.forward(&x, t, act, Epilogue::Gelu, None, &mut ya, &Serial).map_err(|e| e.to_string())?;
-            slow.forward(&x, t, act, Epilogue::Gelu, None, &mut yb, &Serial).map_err(|e| e.to_string())?;
-            if !close(&ya, &yb) {
-                return Err("int8 layer outputs differ".into());
-            }
-        }
-    }
-    let wf: Vec<f32> = sparse.iter().map(|&v| v as f32 / 127.0).collect();
-    let fast = LinearF32::build(&wf, k, n, None, Isa::Avx512Vnni).map_err(|e| e.to_string())?;
-    let slow = LinearF32::build(&wf, k, n, None, Isa::Scalar).map_err(|e| e.to_string())?;
-    let (mut ya, mut yb) = (vec![0f32; t * n], vec![0f32; t * n]);
-    fast.forward(&x, t, Epilogue::None, None, &mut ya, &Serial).map_err(|e| e.to_string())?;
-    slow.forward(&x, t, Epilogue::None, None, &mut yb, &Serial).map_err(|e| e.to_string())?;
-    if !close(&ya, &yb) {
-        return Err("fp32 layer outputs differ".into());
-    }
-    let (heads, d, s) = (3, 16, 37);
-    let qkv = values(s * 3 * heads * d, 4);
-    let mut mask = vec![0f32; s];
-    mask[s - 5..].iter_mut().for_each(|m| *m = f32::MIN);
-    let run = |isa: Isa| -> Result<Vec<f32>, String> {
-        let a = Attention::build(heads, d, AttentionPrecision::F32, isa).map_err(|e| e.to_string())?;
-        let hd = heads * d;
-        let mut out = vec![0f32; s * hd];
-        a.forward(1, s, &qkv, &qkv[hd..], &qkv[2 * hd..], 3 * hd, Some(&mask), 0.25, &mut out, &Serial)
-            .map_err(|e| e.to_string())?;
-        Ok(out)
-    };
-    if !close(&run(Isa::Avx512Vnni)?, &run(Isa::Scalar)?) {
-        return Err("attention outputs differ".into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use crate::cpu::Isa;
+
     #[test]
     fn avx512_kernels_pass_their_self_check_where_the_cpu_has_them() {
-        if crate::Isa::Avx512Vnni.supported() {
-            assert_eq!(super::check(), Ok(()));
+        if Isa::Avx512Vnni.supported() {
+            assert_eq!(super::avx512(), Ok(()));
         } else {
             eprintln!("SKIPPED: this CPU has no AVX-512 VNNI; the self-check runs where it does");
         }
