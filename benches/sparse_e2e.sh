@@ -7,14 +7,15 @@
 #
 #   benches/sparse_e2e.sh [SECONDS]   (default 5 s per model and configuration)
 #
-# Writes its exports to benches/results/sparse-e2e/ (not committed: large) and prints JSON lines.
+# Writes its exports to out/sparse-e2e/ (OUT=DIR to change; out/ is git-ignored) and prints JSON
+# lines; benches/results/e2e-*.json hold the committed summaries of such runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
 DENSE=../shared/models/minilm-l6-squad
 DATA=../shared/data/squad-v1.1-train.json.gz
 SPARSEC=${SPARSEC:-target/release/sparsec}
-OUT=${OUT:-benches/results/sparse-e2e}
+OUT=${OUT:-out/sparse-e2e}
 . benches/bench_pair.sh
 mkdir -p "$OUT"
 for sp in 80 90; do

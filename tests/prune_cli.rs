@@ -118,7 +118,11 @@ fn one_shot_sparsegpt_4x1_blocks_are_four_output_channels() {
     let dir = tempfile::tempdir().unwrap();
     // With a QuantizationModifier: SparseGPT runs on the graph without fake quantization, then
     // the int8 observers are calibrated.
-    ok(&compile(dir.path(), &root().join("benches/oneshot/sparsegpt80-4x1-int8.yaml"), ""));
+    ok(&compile(
+        dir.path(),
+        &root().join("benches/oneshot/sparsegpt-int8.yaml"),
+        r#"{"final_sparsity": 0.8, "mask_type": [4, 1]}"#,
+    ));
     let summary: Value = serde_json::from_str(&ok(&one_shot(dir.path(), "8"))).unwrap();
     check_pruned(dir.path(), &summary, "sparsegpt");
     assert_eq!(summary["quantized"], true);
@@ -141,8 +145,8 @@ fn one_shot_obs_prunes_from_task_loss_gradients() {
     let dir = tempfile::tempdir().unwrap();
     let o = compile(
         dir.path(),
-        &root().join("benches/oneshot/obs80-unstructured-int8.yaml"),
-        r#"{"num_grads": 6, "damp": 1e-4}"#,
+        &root().join("benches/oneshot/obs-int8.yaml"),
+        r#"{"final_sparsity": 0.8, "mask_type": "unstructured", "num_grads": 6, "damp": 1e-4}"#,
     );
     ok(&o);
     let out = one_shot(dir.path(), "8");

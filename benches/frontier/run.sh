@@ -5,8 +5,10 @@
 # learning rates (benches/headline/recipe_args.json) and final_sparsity = SPARSITY / 100, on the first
 # QUESTIONS training questions, masks every MASK_EVERY of the pass; before them the 0% point (int8
 # only: one-shot calibration on 128 windows, no training). Each run's small artefacts (budget, eval,
-# summary, log, export reports, deployment file sizes) are copied to OUT/<run>/; the checkpoints and
-# deployments stay in WORK.
+# summary, log, export reports, deployment file sizes) are copied to OUT/<run>/, with
+# OUT/<run>/summary.json (benches/summarize.py run); the checkpoints and deployments stay in WORK. Put
+# OUT and WORK under out/ (git-ignored), e.g. out/frontier-4k out/frontier-work; benches/results/
+# frontier-4k.json is the committed summary of the 2026-12-02 run.
 #
 #   benches/frontier/run.sh SPARSEC OUT WORK [QUESTIONS=4000] [MASK_EVERY=0.1] [SPARSITY...=90 70 50]
 set -euo pipefail
@@ -56,4 +58,7 @@ for s in "${LEVELS[@]}"; do
     "$ROOT/benches/headline/run.sh" "$BIN" "$WORK/$name" "$Q" 2>&1 | tee "$WORK/$name.log" | tail -3
   keep "$WORK/$name" "$OUT/$name"
   cp "$WORK/$name.args.json" "$OUT/$name/recipe_args.json"
+done
+for d in "$OUT"/*/; do
+  python3 "$ROOT/benches/summarize.py" run "$d" > "$d/summary.json"
 done

@@ -8,6 +8,8 @@
 #
 #   benches/headline/run.sh SPARSEC RUN [QUESTIONS=45000] [DEADLINE_SECONDS]
 #
+# RUN holds every raw output (checkpoints, train_log.jsonl, exports): put it under out/ (git-ignored).
+#
 # EVAL_LIMIT=N scores only the first N dev questions (for a dry run of the script);
 # RECIPE=PATH trains another one-pass recipe (e.g. recipes/obs80-block4x1-qat-distill-one-epoch.yaml);
 # RECIPE_ARGS=JSON replaces benches/headline/recipe_args.json (e.g. to set final_sparsity).
@@ -16,7 +18,9 @@
 # in on SIGTERM; older ones, such as the 4a35f33 build this run started with, resume from the last
 # --save-steps checkpoint). After training: export (int8 QDQ with int8 embeddings,
 # standard ONNX) to RUN/deploy-qdq, the packed sparse form to RUN/deploy, and the dev-split
-# EM/F1 of RUN/deploy (sparse kernels) into RUN/eval.json.
+# EM/F1 of RUN/deploy (sparse kernels) into RUN/eval.json. Last, RUN/summary.json: the small summary
+# (benches/summarize.py run RUN: EM/F1, budget, training summary, loss per 100/200 steps, export
+# reports) that benches/results/ keeps next to a committed deployment.
 set -euo pipefail
 BIN=$(realpath "$1"); RUN=$2; Q=${3:-45000}; DEADLINE=${4:-0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -56,5 +60,6 @@ limit=()
 [ -n "${EVAL_LIMIT:-}" ] && limit=(--limit "$EVAL_LIMIT")
 "$BIN" eval --model "$RUN/deploy" --data "$DEV" --threads 2 --json "${limit[@]}" > "$RUN/eval.json"
 account export+eval
+python3 "$ROOT/benches/summarize.py" run "$RUN" > "$RUN/summary.json"
 awk -F'\t' '{s+=$3} END {printf "budget used: %.0f s (%.2f h)\n", s, s/3600}' "$RUN/budget.tsv"
 cat "$RUN/eval.json"

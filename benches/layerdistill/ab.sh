@@ -8,6 +8,10 @@
 #
 #   benches/layerdistill/ab.sh SPARSEC OUT [QUESTIONS=4000] [EVAL_Q=1000] [GAIN=1.0]
 #
+# OUT holds every raw output (checkpoints, logs, deployments): put it under out/ (git-ignored);
+# `python3 benches/summarize.py run OUT/<arm>` gives a run's small summary
+# (benches/results/layerdistill-ab-4k.json holds those of the 2026-12-01 runs).
+#
 # ARMS="logits layers obs" also trains the third arm: the same schedule with gradual OBS pruning
 # (recipes/obs80-block4x1-qat-distill-one-epoch.yaml, oBERT's method) instead of GMP.
 set -euo pipefail
