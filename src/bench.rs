@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use ndarray::Array2;
 use serde::Serialize;
 
-use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor, Kernels};
+use crate::runtime::{Backend, EngineKind, EngineOptions, HostTensor, Kernels};
 
 /// What every model of one benchmark runs with.
 #[derive(Clone, Debug)]
@@ -86,7 +86,8 @@ struct Subject {
 
 impl Subject {
     fn load(path: &Path, engine: EngineKind, kernels: Kernels, profile: bool, args: &BenchSettings) -> Result<Subject> {
-        let fixed = crate::qa::FixedShape::of_file(path)?;
+        let mut file = crate::qa::ModelFile::open(path)?;
+        let fixed = file.fixed;
         let fits = |dim: Option<usize>, asked: usize| dim.is_none_or(|d| d == asked);
         if !fits(fixed.batch, args.batch_size) || !fits(fixed.seq, args.seq_len) {
             bail!(
@@ -99,12 +100,12 @@ impl Subject {
         }
         let opts = EngineOptions {
             threads: args.threads,
-            sparse: kernels.sparse_execution(),
             profile: args.profile.clone().filter(|_| profile),
             ..Default::default()
         };
-        let backend = runtime::load_file(path, engine, &opts)?;
-        let lowered = lowering_summary(backend.as_ref());
+        file.lower(engine, kernels)?;
+        let backend = file.load(engine, &opts)?;
+        let lowered = lowering_summary(file.lowering());
         let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
         let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;
         Ok(Subject {
@@ -154,8 +155,8 @@ impl Subject {
 }
 
 /// `"LowerSparseLinear 36, FuseAttention 6, FuseQkv 6"`, or `-` when nothing was lowered.
-fn lowering_summary(b: &dyn Backend) -> String {
-    match b.lowering() {
+fn lowering_summary(reports: Option<&[crate::passes::PassReport]>) -> String {
+    match reports {
         Some(r) => r
             .iter()
             .filter(|r| r.pass != "RemoveDead")

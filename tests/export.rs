@@ -55,7 +55,12 @@ fn inputs() -> Vec<(String, HostTensor)> {
 }
 
 fn logits(path: &Path, engine: EngineKind, basic: bool) -> HashMap<String, ArrayD<f32>> {
-    logits_with(path, engine, EngineOptions { basic_optimizations_only: basic, threads: Some(1), ..Default::default() })
+    logits_with(
+        path,
+        engine,
+        None,
+        EngineOptions { basic_optimizations_only: basic, threads: Some(1), ..Default::default() },
+    )
 }
 
 /// The logits of ORT's own int8 kernels when they are exact on this CPU (VNNI); else of the same
@@ -66,12 +71,17 @@ fn integer_logits(path: &Path) -> (HashMap<String, ArrayD<f32>>, &'static str) {
         return (logits(path, EngineKind::Ort, false), "ORT's int8 kernels");
     }
     let sparse = runtime::Kernels::Auto.sparse_execution();
-    let opts = EngineOptions { threads: Some(1), sparse, ..Default::default() };
-    (logits_with(path, EngineKind::Ort, opts), "sparsec's int8 kernels (ORT's saturate without VNNI)")
+    let opts = EngineOptions { threads: Some(1), ..Default::default() };
+    (logits_with(path, EngineKind::Ort, sparse, opts), "sparsec's int8 kernels (ORT's saturate without VNNI)")
 }
 
-fn logits_with(path: &Path, engine: EngineKind, opts: EngineOptions) -> HashMap<String, ArrayD<f32>> {
-    let mut b = runtime::load_file(path, engine, &opts).unwrap();
+fn logits_with(
+    path: &Path,
+    engine: EngineKind,
+    sparse: Option<sparsec::passes::SparseExecution>,
+    opts: EngineOptions,
+) -> HashMap<String, ArrayD<f32>> {
+    let (mut b, _) = load_lowered(path, engine, sparse, &opts);
     let owned = inputs();
     let feeds: Vec<(&str, HostTensor)> = owned.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     b.run(&feeds)

@@ -9,7 +9,7 @@ use crate::common;
 use serde_json::Value;
 use sparsec::qa::postprocess::{decode, WindowLogits};
 use sparsec::qa::{DecodeOptions, Decoder, QaPipeline, QaTokenizer, WindowOptions};
-use sparsec::runtime::{EngineKind, EngineOptions};
+use sparsec::runtime::{EngineKind, EngineOptions, Kernels};
 
 const SCORE_TOL: f64 = 1e-4;
 
@@ -143,8 +143,9 @@ fn run_engine(engine: EngineKind) {
     let mut checked = 0;
     for (model, exporter, path) in common::fixture_exports() {
         let reference = reference(&model);
-        let mut pipe = QaPipeline::load(&path, engine, &EngineOptions { threads: Some(1), ..Default::default() })
-            .unwrap_or_else(|e| panic!("{model}/{exporter} on {engine}: {e:#}"));
+        let mut pipe =
+            QaPipeline::load(&path, engine, Kernels::Off, &EngineOptions { threads: Some(1), ..Default::default() })
+                .unwrap_or_else(|e| panic!("{model}/{exporter} on {engine}: {e:#}"));
         for case in reference["cases"].as_array().unwrap() {
             let name = format!("{model}/{exporter}/{engine}/{}", case["name"].as_str().unwrap());
             let kw = &case["kwargs"];

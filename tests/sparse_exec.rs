@@ -56,12 +56,10 @@ fn run(path: &Path, sparse: Option<SparseExecution>) -> (HashMap<String, ArrayD<
     // ORT's basic level on both sides: its fused int8 kernels (level 3) on a CPU without VNNI
     // saturate u8×s8 pair sums (`vpmaddubsw`) and are not the QDQ semantics the export means
     // (benches/int8_exactness.py measures it); at level 1 it dequantizes and multiplies in f32.
-    let opts = EngineOptions { threads: Some(2), sparse, basic_optimizations_only: true, ..Default::default() };
-    let mut b =
-        runtime::load_file(path, EngineKind::Ort, &opts).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let opts = EngineOptions { threads: Some(2), basic_optimizations_only: true, ..Default::default() };
+    let (mut b, reports) = load_lowered(path, EngineKind::Ort, sparse, &opts);
     let owned = feeds(b.input_names());
     let f: Vec<(&str, HostTensor)> = owned.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let reports = b.lowering().map(<[PassReport]>::to_vec).unwrap_or_default();
     let out = b.run(&f).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     (
         out.into_iter().filter(|(n, _)| n.ends_with("_logits")).map(|(n, t)| (n, t.into_f32().unwrap())).collect(),
@@ -324,8 +322,8 @@ print("ok")
 
 /// The hidden states after every LayerNorm and the logits of `path`, at ORT's basic level.
 fn hidden_states(path: &Path, sparse: Option<SparseExecution>) -> Vec<(String, ArrayD<f32>)> {
-    let opts = EngineOptions { threads: Some(2), sparse, basic_optimizations_only: true, ..Default::default() };
-    let mut b = runtime::load_file(path, EngineKind::Ort, &opts).unwrap();
+    let opts = EngineOptions { threads: Some(2), basic_optimizations_only: true, ..Default::default() };
+    let (mut b, _) = load_lowered(path, EngineKind::Ort, sparse, &opts);
     let owned = feeds(b.input_names());
     let f: Vec<(&str, HostTensor)> = owned.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     b.run(&f).unwrap().into_iter().map(|(n, t)| (n, t.into_f32().unwrap())).collect()

@@ -86,8 +86,7 @@ impl PipelineFlags {
             handle_impossible_answer: self.handle_impossible_answer,
             ..DecodeOptions::default()
         };
-        let engine =
-            EngineOptions { threads: self.threads, sparse: self.kernels.sparse_execution(), ..Default::default() };
+        let engine = EngineOptions { threads: self.threads, ..Default::default() };
         Ok((wopts, dopts, engine))
     }
 }
@@ -116,7 +115,7 @@ pub fn run(args: QaArgs) -> Result<()> {
             },
         )],
     };
-    let mut pipeline = QaPipeline::load(&model, args.pipeline.engine, &engine_opts)?;
+    let mut pipeline = QaPipeline::load(&model, args.pipeline.engine, args.pipeline.kernels, &engine_opts)?;
     let windower = pipeline.windower(wopts)?;
     let reqs: Vec<QaRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
     let results = pipeline.answer(&windower, &reqs, args.batch_size, args.pipeline.decoder, &dopts, |_| {})?;

@@ -73,6 +73,7 @@ fn resolve(args: &ServeArgs) -> Result<ServeConfig> {
             routes,
             model: super::resolve_model_path(&model),
             engine: flags.engine,
+            kernels: flags.kernels,
             engine_options,
             window,
             decode,

@@ -76,12 +76,8 @@ pub fn evaluate_file(
     let mut pipeline = QaPipeline::load(
         model,
         args.engine,
-        &EngineOptions {
-            threads: args.threads,
-            sparse: args.kernels.sparse_execution(),
-            basic_optimizations_only: args.ort_basic,
-            ..Default::default()
-        },
+        args.kernels,
+        &EngineOptions { threads: args.threads, basic_optimizations_only: args.ort_basic, ..Default::default() },
     )?;
     let windower = pipeline.windower(WindowOptions {
         max_seq_len: args.max_seq_len,

@@ -1,7 +1,8 @@
 //! Question answering on top of the runtime: the application layer that turns (question, context)
 //! pairs into model windows and model logits back into answers.
 //!
-//! [`tokenize`] loads the model's `tokenizer.json` → [`features`] builds the question/context
+//! [`model`] decodes a model file once (its fixed shape, its sparsity, the sparse lowering the
+//! caller asks for) → [`tokenize`] loads the model's `tokenizer.json` → [`features`] builds the question/context
 //! windows exactly like the Hugging Face question-answering pipeline (and the training features
 //! `sparsec train` needs) → [`pipeline`] batches windows through a runtime [`Backend`] →
 //! [`postprocess`] decodes spans (the HF pipeline's probability scoring, or `run_qa.py`'s n-best
@@ -13,12 +14,14 @@
 pub mod evaluate;
 pub mod features;
 pub mod metric;
+pub mod model;
 pub mod pipeline;
 pub mod postprocess;
 pub mod squad;
 pub mod tokenize;
 
 pub use features::{Window, WindowOptions};
+pub use model::ModelFile;
 pub use pipeline::{FixedShape, QaPipeline, QaRequest};
 pub use postprocess::{Answer, DecodeOptions, Decoder};
 pub use tokenize::QaTokenizer;

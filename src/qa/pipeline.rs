@@ -12,10 +12,11 @@ use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 
 use super::features::{Window, WindowOptions, Windower};
+use super::model::ModelFile;
 use super::postprocess::{decode, Answer, DecodeOptions, Decoder, WindowLogits};
 use super::tokenize::QaTokenizer;
 use crate::ir::{Dim, Model};
-use crate::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor};
+use crate::runtime::{Backend, EngineKind, EngineOptions, HostTensor, Kernels};
 
 /// The input dims a QA model fixes: `None` where a dim is dynamic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,12 +54,6 @@ impl FixedShape {
             }
         }
         Ok(shape.map(|(_, s)| s).unwrap_or_default())
-    }
-
-    /// As [`of_model`](Self::of_model), reading the model file.
-    pub fn of_file(path: &Path) -> Result<FixedShape> {
-        let model = crate::onnx::load(path)?;
-        Self::of_model(&model).with_context(|| format!("model '{}'", path.display()))
     }
 
     pub fn is_dynamic(&self) -> bool {
@@ -106,16 +101,25 @@ pub struct Answered {
 }
 
 impl QaPipeline {
-    /// Loads `model` on `engine` and the `tokenizer.json` beside it.
-    pub fn load(model: &Path, engine: EngineKind, opts: &EngineOptions) -> Result<QaPipeline> {
+    /// Decodes `model` once, lowers it to sparsec's kernels as `kernels` asks, and loads it on
+    /// `engine` with the `tokenizer.json` beside it.
+    pub fn load(model: &Path, engine: EngineKind, kernels: Kernels, opts: &EngineOptions) -> Result<QaPipeline> {
         let tokenizer = QaTokenizer::for_model(model)?;
-        if !model.exists() {
-            bail!("model '{}' not found", model.display());
-        }
-        let fixed = FixedShape::of_file(model)?;
-        let backend = runtime::load_file(model, engine, opts)?;
-        let mut p = Self::new(backend, tokenizer).with_context(|| format!("model '{}'", model.display()))?;
-        p.fixed = fixed;
+        let mut file = ModelFile::open(model)?;
+        file.lower(engine, kernels)?;
+        Self::from_model(&file, tokenizer, engine, opts)
+    }
+
+    /// Loads an already-decoded (and perhaps lowered) model on `engine`.
+    pub fn from_model(
+        file: &ModelFile,
+        tokenizer: QaTokenizer,
+        engine: EngineKind,
+        opts: &EngineOptions,
+    ) -> Result<QaPipeline> {
+        let backend = file.load(engine, opts)?;
+        let mut p = Self::new(backend, tokenizer).with_context(|| format!("model '{}'", file.path.display()))?;
+        p.fixed = file.fixed;
         Ok(p)
     }
 

@@ -7,7 +7,7 @@ mod tract_engine;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ndarray::ArrayD;
 
 pub use ort_engine::{find_onnxruntime, OrtBackend};
@@ -127,9 +127,6 @@ pub struct EngineOptions {
     /// Only ORT's basic (semantics-preserving) graph rewrites, none of the fusions that change
     /// float rounding; for tests comparing two graphs value for value.
     pub basic_optimizations_only: bool,
-    /// On ONNX Runtime, lower the model in memory to sparsec's sparse kernels first
-    /// ([`crate::passes::lower_for_sparse_execution`]); `None` runs the model as it is.
-    pub sparse: Option<crate::passes::SparseExecution>,
     /// ONNX Runtime writes a JSON trace of every node run to a file with this prefix.
     pub profile: Option<std::path::PathBuf>,
     /// How ONNX Runtime allocates the memory of a run.
@@ -159,28 +156,19 @@ pub trait Backend: Send {
     fn output_names(&self) -> &[String];
     /// Runs the model on named inputs; returns every output, in model order.
     fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>>;
-    /// What the in-memory sparse lowering did when the model was loaded (`None`: not lowered).
-    fn lowering(&self) -> Option<&[crate::passes::PassReport]> {
-        None
-    }
 }
 
-/// Loads a model file on the chosen engine.
+/// Loads a model file on the chosen engine, as it is (the engine decodes it).
 pub fn load_file(path: &Path, engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
-    if let (EngineKind::Ort, Some(cfg)) = (engine, &opts.sparse) {
-        let mut model = crate::onnx::load(path)?;
-        crate::ir::infer::infer_facts(&mut model).with_context(|| format!("'{}'", path.display()))?;
-        let reports = crate::passes::lower_for_sparse_execution(&mut model, cfg)
-            .with_context(|| format!("lowering '{}' to sparse kernels", path.display()))?;
-        let bytes = crate::onnx::encode_model(&model);
-        let backend = OrtBackend::from_bytes(&bytes, opts)
-            .with_context(|| format!("ONNX Runtime cannot load '{}' lowered to sparse kernels", path.display()))?;
-        return Ok(Box::new(backend.with_lowering(reports)));
-    }
     Ok(match engine {
         EngineKind::Ort => Box::new(OrtBackend::from_file(path, opts)?),
         EngineKind::Tract => Box::new(TractBackend::from_file(path, opts)?),
     })
+}
+
+/// Loads an already-decoded model (a lowered one, say) on the chosen engine.
+pub fn load_model(model: &crate::ir::Model, engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
+    load_bytes(&crate::onnx::encode_model(model), engine, opts)
 }
 
 /// Loads a serialized model (all tensors inline) on the chosen engine.

@@ -103,7 +103,6 @@ pub struct OrtBackend {
     session: Session,
     inputs: Vec<String>,
     outputs: Vec<String>,
-    lowering: Option<Vec<crate::passes::PassReport>>,
 }
 
 impl OrtBackend {
@@ -153,12 +152,7 @@ impl OrtBackend {
     fn wrap(session: Session) -> OrtBackend {
         let inputs = session.inputs().iter().map(|o| o.name().to_string()).collect();
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        OrtBackend { session, inputs, outputs, lowering: None }
-    }
-
-    pub(crate) fn with_lowering(mut self, reports: Vec<crate::passes::PassReport>) -> OrtBackend {
-        self.lowering = Some(reports);
-        self
+        OrtBackend { session, inputs, outputs }
     }
 }
 
@@ -199,9 +193,6 @@ impl Backend for OrtBackend {
     }
     fn output_names(&self) -> &[String] {
         &self.outputs
-    }
-    fn lowering(&self) -> Option<&[crate::passes::PassReport]> {
-        self.lowering.as_deref()
     }
 
     fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {

@@ -19,7 +19,7 @@ use super::config::EndpointConfig;
 use super::metrics::{lock, Histogram, BATCH_BOUNDS};
 use crate::qa::features::Windower;
 use crate::qa::pipeline::StartEnd;
-use crate::qa::{QaPipeline, Window};
+use crate::qa::{ModelFile, QaPipeline, QaTokenizer, Window};
 
 /// A request's windows, handed back with their logits once they ran.
 pub struct Ran {
@@ -138,21 +138,12 @@ impl Batcher {
 }
 
 fn load(cfg: &EndpointConfig) -> Result<(QaPipeline, Loaded)> {
-    let pipeline = QaPipeline::load(&cfg.model, cfg.engine, &cfg.engine_options)?;
+    let tokenizer = QaTokenizer::for_model(&cfg.model)?;
+    let mut file = ModelFile::open(&cfg.model)?;
+    file.lower(cfg.engine, cfg.kernels)?;
+    let pipeline = QaPipeline::from_model(&file, tokenizer, cfg.engine, &cfg.engine_options)?;
     let windower = Arc::new(pipeline.windower(cfg.window)?);
-    Ok((pipeline, Loaded { windower, sparsity: linear_sparsity(&cfg.model) }))
-}
-
-/// Fraction of zeros over the weights of the model's prunable linear layers.
-fn linear_sparsity(model: &std::path::Path) -> Option<f64> {
-    let m = crate::onnx::load(model).ok()?;
-    let (mut zeros, mut total) = (0.0, 0.0);
-    for l in crate::ir::modules::linear_layers(&m.graph) {
-        let t = m.graph.initializer(l.weight)?;
-        zeros += t.sparsity() * t.numel() as f64;
-        total += t.numel() as f64;
-    }
-    (total > 0.0).then(|| zeros / total)
+    Ok((pipeline, Loaded { windower, sparsity: file.linear_sparsity }))
 }
 
 impl Worker {

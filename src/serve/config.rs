@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::qa::{DecodeOptions, Decoder, WindowOptions};
-use crate::runtime::{EngineKind, EngineOptions};
+use crate::runtime::{EngineKind, EngineOptions, Kernels};
 
 /// The endpoint name of a server started with `--model` (DeepSparse's task name).
 pub const DEFAULT_ENDPOINT: &str = "question_answering";
@@ -61,6 +61,8 @@ pub struct EndpointConfig {
     /// The `model.onnx` (with `tokenizer.json` beside it).
     pub model: PathBuf,
     pub engine: EngineKind,
+    /// Which of sparsec's kernels the model is lowered to (on ONNX Runtime).
+    pub kernels: Kernels,
     pub engine_options: EngineOptions,
     pub window: WindowOptions,
     pub decode: DecodeOptions,

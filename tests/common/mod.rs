@@ -141,3 +141,22 @@ pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shape mismatch");
     a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// Loads `path` on `engine`: as it is with `sparse` `None`, else decoded once and lowered to
+/// sparsec's kernels with those settings (what `qa`, `eval` and `bench` do with `--kernels`).
+/// Returns the backend and what the lowering did.
+pub fn load_lowered(
+    path: &Path,
+    engine: sparsec::runtime::EngineKind,
+    sparse: Option<sparsec::passes::SparseExecution>,
+    opts: &sparsec::runtime::EngineOptions,
+) -> (Box<dyn sparsec::runtime::Backend>, Vec<sparsec::passes::PassReport>) {
+    let Some(cfg) = sparse else {
+        let b = sparsec::runtime::load_file(path, engine, opts).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        return (b, Vec::new());
+    };
+    let mut file = sparsec::qa::ModelFile::open(path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let reports = file.lower_with(&cfg).unwrap_or_else(|e| panic!("{}: {e:#}", path.display())).to_vec();
+    let b = file.load(engine, opts).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    (b, reports)
+}
