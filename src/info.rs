@@ -18,6 +18,8 @@ pub struct ModelInfo {
     pub outputs: Vec<(String, String)>,
     pub nodes: usize,
     pub op_histogram: BTreeMap<String, usize>,
+    /// Elements of the float and the quantized (8-bit, int32) initializers; int64 shape
+    /// constants are not parameters.
     pub parameters: usize,
     pub parameter_bytes: usize,
     pub layers: Vec<LayerInfo>,
@@ -35,6 +37,8 @@ pub struct Int8LayerInfo {
     pub initializer: String,
     /// PyTorch layout `[out, in]`.
     pub weight_shape: Vec<i64>,
+    /// Share of the weights equal to the zero point (0 for int8 with zero point 0; SparseML stores
+    /// its pruned uint8 weights as 128, their zero point).
     pub sparsity: f64,
     /// `[4, 1]`, `[1, 4]`, `unstructured` or `dense`.
     pub structure: String,
@@ -59,8 +63,10 @@ pub fn model_info(model: &Model, path: &str) -> ModelInfo {
         let key = if n.domain.is_empty() { n.op_type.clone() } else { format!("{}::{}", n.domain, n.op_type) };
         *op_histogram.entry(key).or_insert(0) += 1;
     }
-    let float_params = g.initializers().values().filter(|t| t.dtype.is_float());
-    let parameters = float_params.clone().map(|t| t.numel()).sum();
+    let is_param = |t: &&crate::ir::Tensor| {
+        t.dtype.is_float() || matches!(t.dtype, crate::ir::DType::I8 | crate::ir::DType::U8 | crate::ir::DType::I32)
+    };
+    let parameters = g.initializers().values().filter(is_param).map(|t| t.numel()).sum();
     let parameter_bytes = g.initializers().values().map(|t| t.byte_len()).sum();
     let layers = modules::linear_layers(g)
         .into_iter()
@@ -136,10 +142,12 @@ pub fn int8_layers(g: &crate::ir::Graph) -> Vec<Int8LayerInfo> {
             _ => continue,
         };
         let unpacked = match form {
-            "sparsec" => crate::ir::ops::sparsec::linear_weight_dense(g, n).and_then(Result::ok),
+            "sparsec" => crate::ir::ops::sparsec::linear_weight_dense(g, n)
+                .and_then(Result::ok)
+                .map(|(k, cols, w)| crate::ir::Tensor::from_i8(vec![k as i64, cols as i64], &w)),
+            "matmul_integer" => crate::passes::matmul_integer_weight(g, n),
             _ => None,
         };
-        let unpacked = unpacked.map(|(k, cols, w)| crate::ir::Tensor::from_i8(vec![k as i64, cols as i64], &w));
         let Some(t) =
             unpacked.as_ref().or(g.constant(w)).filter(|t| t.dtype == crate::ir::DType::I8 && t.dims.len() == 2)
         else {

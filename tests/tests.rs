@@ -26,6 +26,7 @@ mod runtime_errors;
 mod schema_validation;
 mod serve;
 mod sparse_exec;
+mod sparseml_exports;
 mod sparsify;
 mod spine;
 mod static_shapes;

@@ -19,8 +19,15 @@ use crate::ir::{Attribute, Attrs, DType, Graph, Model, Node, NodeId, NodeSpec, P
 ///     scalars (uint8 or int8 zero point) — sparsec's own QDQ export and ORT's `quantize_static`;
 ///   - `MatMulInteger(DynamicQuantizeLinear(x), W, zp_x[, 0]) → Cast → Mul(·, Mul(s_x, s_w))` —
 ///     ORT's `quantize_dynamic`;
-///   - `MatMulInteger(QuantizeLinear(x, s, zp), W, zp) → Cast → Mul(·, r)` with `r` constant —
-///     sparsec's `--format qoperator` (`s_w = r / s`);
+///   - `MatMulInteger(QuantizeLinear(x, s, zp), W, zp[, zp_w]) [→ Add(·, b)] → Cast → Mul(·, r)` with
+///     `r` constant (one or `[N]`) — sparsec's `--format qoperator` and SparseML's exporter
+///     (`convert_qat`: uint8 `W` with `zp_w = 128`, an int32 bias `b`). `s_w` is chosen so that
+///     `s · s_w == r` in f32 where such an f32 exists (else `r / s`, within one ulp of `r`);
+///     `b` is added to the exact int32 product inside the kernel (attribute `bias_i32`), as the
+///     graph's int32 `Add` does, so the rescale is the graph's `Cast` and `Mul` bit for bit;
+///     a following `QuantizeLinear → DequantizeLinear` pair with constant scalar parameters is
+///     fused as the kernel's requantization after the rescale (`y_rounding = "quantize_linear"`:
+///     a true division by the scale, as `QuantizeLinear` computes it);
 ///   - `DequantizeLinear(QLinearMatMul(QuantizeLinear(x, s, zp), s, zp, W, s_w, 0, s_y, zp_y), s_y, zp_y)`
 ///     — ORT's `quantize_static` in `QOperator` format; the node requantizes its product to
 ///     `s_y`, `zp_y` (attributes `y_scale`, `y_zero_point`, `y_signed`) before the bias, as
@@ -36,9 +43,15 @@ use crate::ir::{Attribute, Attrs, DType, Graph, Model, Node, NodeId, NodeSpec, P
 ///   GELU (`Div(√2)`/`Erf`/`Add(1)`/`Mul`/`Mul(0.5)`, or `Gelu`) and then, without GELU, an `Add`
 ///   of another tensor of the output's shape (the residual) are folded into the node.
 ///   Replaced nodes are removed; quantize/dequantize nodes left unused are for `RemoveDead`.
-/// - Assumes: the weight zero point is 0. The kernels compute the same integer products exactly
-///   and rescale in f32, so outputs equal the QDQ graph's up to f32 rounding (and a rare
-///   one-step difference where `x / s` lands within rounding of a half-integer).
+/// - Weights: int8 with zero point 0 (or none) as they are. A `MatMulInteger` weight of uint8 or
+///   int8 with a constant zero point — one, or one per output column — becomes a new int8
+///   initializer `W − zp_w` when every value fits int8 (always, for uint8 with `zp_w = 128`);
+///   the integer products `(x − zp_x)·(W − zp_w)` are unchanged, so this is exact. Other zero
+///   points do not match. Sparsity and the density limit count weights equal to the zero point.
+/// - Assumes: the kernels compute the same integer products exactly and rescale in f32, so outputs
+///   equal the QDQ graph's up to f32 rounding (and a rare one-step difference where `x / s` lands
+///   within rounding of a half-integer); the `MatMulInteger → [Add] → Cast → Mul` forms equal the
+///   graph bit for bit where `s · s_w == r` holds (the fused GELU is within 1.5e-6 of erf's).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LowerSparseLinear {
     #[serde(default = "default_int8_density")]
@@ -93,6 +106,13 @@ struct Site {
     name: String,
     x: ValueId,
     w: ValueId,
+    /// `w` converted to int8 with zero point 0, when it is not already ([`integer_weight`]).
+    w_i8: Option<Vec<i8>>,
+    /// An int32 bias added to the integer product before the rescale.
+    int_bias: Option<Vec<i32>>,
+    /// Whether a `QuantizeLinear → DequantizeLinear` pair on the output may be fused as a
+    /// requantization after the rescale.
+    requant_tail: bool,
     weights: Weights,
     n: usize,
     /// The value the kernel's plain product replaces.
@@ -102,6 +122,8 @@ struct Site {
 
 #[derive(Default)]
 struct Epilogue {
+    /// Requantization after the rescale (`QuantizeLinear → DequantizeLinear`).
+    requant: Option<Requant>,
     bias: Option<Vec<f32>>,
     gelu: bool,
     residual: Option<ValueId>,
@@ -162,6 +184,9 @@ fn qdq_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
         name: mm.name.clone(),
         x,
         w,
+        w_i8: None,
+        int_bias: None,
+        requant_tail: false,
         weights: Weights::I8 { scale, act: Act::Static { scale: s, zero_point: zp }, requant: None },
         n,
         out: mm.output(0)?,
@@ -169,13 +194,84 @@ fn qdq_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
     })
 }
 
+/// A constant `[K, N]` `MatMulInteger` weight as the kernel's int8 with zero point 0:
+/// `(K, N, W − zp)` with `None` for the values when `W` is int8 and `zp` is 0 or absent (used as
+/// it is), else the converted values. `None` when `W` is not a constant 8-bit matrix, `zp` is not
+/// a constant of one or `N` values, or some `W − zp` does not fit int8.
+fn integer_weight(g: &Graph, w: ValueId, zp: Option<ValueId>) -> Option<(usize, usize, Option<Vec<i8>>)> {
+    let t = g.constant(w).filter(|t| t.dims.len() == 2)?;
+    let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    let widen = |t: &Tensor| -> Option<Vec<i16>> {
+        match t.dtype {
+            DType::I8 => Some(t.raw().iter().map(|&b| i16::from(b as i8)).collect()),
+            DType::U8 => Some(t.raw().iter().map(|&b| i16::from(b)).collect()),
+            _ => None,
+        }
+    };
+    let values = widen(t)?;
+    let zp = match zp {
+        None => vec![0],
+        Some(z) => {
+            let zt = g.constant(z).filter(|zt| zt.dtype == t.dtype && zt.dims.len() <= 1)?;
+            widen(zt).filter(|v| v.len() == 1 || v.len() == n)?
+        }
+    };
+    if t.dtype == DType::I8 && zp.iter().all(|&z| z == 0) {
+        return Some((k, n, None));
+    }
+    let converted = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| i8::try_from(v - zp[if zp.len() == 1 { 0 } else { i % n }]).ok())
+        .collect::<Option<Vec<i8>>>()?;
+    Some((k, n, Some(converted)))
+}
+
+/// The weight of a `MatMulInteger` node as int8 `[K, N]` with zero point 0 ([`integer_weight`]),
+/// for reports: its zeros are the weights equal to the zero point. `None` when the weight is not a
+/// constant 8-bit matrix with a zero point that keeps `W − zp` within int8.
+pub(crate) fn matmul_integer_weight(g: &Graph, n: &Node) -> Option<Tensor> {
+    let w = n.input(1)?;
+    let (k, cols, converted) = integer_weight(g, w, n.input(3))?;
+    Some(match converted {
+        Some(v) => Tensor::from_i8(vec![k as i64, cols as i64], &v),
+        None => g.constant(w)?.clone(),
+    })
+}
+
+/// An f32 `s_w` with `s_x · s_w == r` in f32, searched a few ulps around `r / s_x` (the kernel
+/// rescales by `s_x · s_w`, so the rescale then equals the graph's `Mul` by `r`); `r / s_x` when
+/// there is none.
+fn weight_scale_for(r: f32, s_x: f32) -> f32 {
+    let guess = r / s_x;
+    let mut c = guess;
+    for _ in 0..8 {
+        let p = s_x * c;
+        if p == r || !p.is_finite() {
+            return if p == r { c } else { guess };
+        }
+        c = if p < r { c.next_up() } else { c.next_down() };
+    }
+    guess
+}
+
 fn integer_site(g: &Graph, cons: &Consumers, id: NodeId, mmi: &Node) -> Option<Site> {
     let (xq, w) = (mmi.input(0)?, mmi.input(1)?);
-    let (_, n) = int8_weight(g, w)?;
-    if !zero_or_absent(g, mmi.input(3)) {
-        return None;
+    let (_, n, w_i8) = integer_weight(g, w, mmi.input(3))?;
+    let mut dead = vec![id];
+    let mut y = mmi.output(0)?;
+    let mut int_bias = None;
+    let (add_id, add, _) = sole_consumer(g, cons, y)?;
+    if add.op_type == "Add" {
+        let b = other_input(add, y).and_then(|b| g.constant(b))?;
+        if b.dtype != DType::I32 || b.numel() != n || b.dims.len() != 1 {
+            return None;
+        }
+        int_bias = Some(b.to_i32().ok()?);
+        dead.push(add_id);
+        y = add.output(0)?;
     }
-    let (cast_id, cast, _) = sole_consumer(g, cons, mmi.output(0)?)?;
+    let (cast_id, cast, _) = sole_consumer(g, cons, y)?;
     if cast.op_type != "Cast" || cast.attr_int("to") != Some(DType::F32.onnx_code() as i64) {
         return None;
     }
@@ -199,14 +295,26 @@ fn integer_site(g: &Graph, cons: &Consumers, id: NodeId, mmi: &Node) -> Option<S
             return None;
         }
         let r = g.constant(r)?.as_f32s()?;
-        let scale = r.iter().map(|&v| v / s).collect();
+        let scale = r.iter().map(|&v| weight_scale_for(v, s)).collect();
         (x, Weights::I8 { scale, act: Act::Static { scale: s, zero_point: zp }, requant: None })
     };
     let Weights::I8 { scale, .. } = &weights else { unreachable!() };
     if !(scale.len() == 1 || scale.len() == n) {
         return None;
     }
-    Some(Site { name: mmi.name.clone(), x, w, weights, n, out: mul.output(0)?, dead: vec![id, cast_id, mul_id] })
+    dead.extend([cast_id, mul_id]);
+    Some(Site {
+        name: mmi.name.clone(),
+        x,
+        w,
+        w_i8,
+        int_bias,
+        requant_tail: true,
+        weights,
+        n,
+        out: mul.output(0)?,
+        dead,
+    })
 }
 
 /// A constant scalar zero point of either 8-bit type: `(value, signed)`.
@@ -242,6 +350,9 @@ fn qlinear_site(g: &Graph, cons: &Consumers, id: NodeId, qm: &Node) -> Option<Si
         name: qm.name.clone(),
         x,
         w,
+        w_i8: None,
+        int_bias: None,
+        requant_tail: false,
         weights: Weights::I8 {
             scale,
             act: Act::Static { scale: s, zero_point: zp },
@@ -263,6 +374,9 @@ fn f32_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
         name: mm.name.clone(),
         x,
         w,
+        w_i8: None,
+        int_bias: None,
+        requant_tail: false,
         weights: Weights::F32,
         n: t.dims[1] as usize,
         out: mm.output(0)?,
@@ -270,9 +384,12 @@ fn f32_site(g: &Graph, id: NodeId, mm: &Node) -> Option<Site> {
     })
 }
 
-fn density(g: &Graph, w: ValueId) -> f64 {
-    let t = g.constant(w).expect("matched weights are constants");
+fn density(g: &Graph, site: &Site) -> f64 {
+    let t = g.constant(site.w).expect("matched weights are constants");
     let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    if let Some(w) = &site.w_i8 {
+        return stored_density_4x1(|kk, j| w[kk * n + j] != 0, k, n);
+    }
     match t.dtype {
         DType::I8 => {
             let raw = t.raw();
@@ -332,9 +449,33 @@ fn gelu_tail(g: &Graph, cons: &Consumers, y: ValueId) -> Option<(ValueId, Vec<No
     Some((mul.output(0)?, vec![div_id, erf_id, add_id, half_id, mul_id]))
 }
 
+/// `DequantizeLinear(QuantizeLinear(y, s, zp), s, zp)` with the same constant scalar 8-bit
+/// parameters on both and `s` finite and positive: the requantization, the dequantized value and
+/// the two nodes.
+fn fake_quant_tail(g: &Graph, cons: &Consumers, y: ValueId) -> Option<(Requant, ValueId, Vec<NodeId>)> {
+    let (q_id, q, _) = sole_consumer(g, cons, y).filter(|(_, n, _)| n.op_type == "QuantizeLinear")?;
+    let scale = const_f32_scalar(g, q.input(1)?)?;
+    let (zero_point, signed) = zero_point_8bit(g, q.input(2)?)?;
+    let (dq_id, dq, _) = sole_consumer(g, cons, q.output(0)?).filter(|(_, n, _)| n.op_type == "DequantizeLinear")?;
+    if !(scale.is_finite() && scale > 0.0)
+        || const_f32_scalar(g, dq.input(1)?)? != scale
+        || zero_point_8bit(g, dq.input(2)?)? != (zero_point, signed)
+    {
+        return None;
+    }
+    Some((Requant { scale, zero_point, signed }, dq.output(0)?, vec![q_id, dq_id]))
+}
+
 fn epilogue(g: &Graph, cons: &Consumers, site: &Site) -> Epilogue {
     let mut e = Epilogue::default();
     let mut y = site.out;
+    if site.requant_tail {
+        if let Some((r, out, dead)) = fake_quant_tail(g, cons, y) {
+            e.requant = Some(r);
+            e.dead.extend(dead);
+            y = out;
+        }
+    }
     if let Some((id, add, _)) = sole_consumer(g, cons, y).filter(|(_, n, _)| n.op_type == "Add") {
         let b = other_input(add, y).and_then(|b| g.constant(b).filter(|t| t.numel() == site.n && t.dims.len() <= 1));
         if let Some(b) = b.and_then(|t| t.as_f32s()) {
@@ -387,7 +528,7 @@ impl Pass for LowerSparseLinear {
                         _ => None,
                     };
                     let Some(site) = site else { continue };
-                    let d = density(g, site.w);
+                    let d = density(g, &site);
                     let limit = match site.weights {
                         Weights::I8 { .. } => self.max_int8_density,
                         Weights::F32 => self.max_f32_density,
@@ -423,7 +564,11 @@ fn emit(p: &mut Patch, site: &Site, e: &Epilogue, renamed: &HashMap<ValueId, Val
     let tag = format!("sparsec.sparse/{}", site.name);
     let bias = e.bias.clone().unwrap_or_else(|| vec![0.0; site.n]);
     let bias = p.add_initializer(&format!("{tag}.bias"), Tensor::from_f32(vec![n], &bias));
-    let mut inputs: Vec<Option<ValueId>> = vec![Some(now(site.x)), Some(site.w)];
+    let w = match &site.w_i8 {
+        Some(w) => p.add_initializer(&format!("{tag}.weight"), Tensor::from_i8(vec![w.len() as i64 / n, n], w)),
+        None => site.w,
+    };
+    let mut inputs: Vec<Option<ValueId>> = vec![Some(now(site.x)), Some(w)];
     let mut attrs = vec![Attribute::string("epilogue", if e.gelu { "gelu" } else { "none" })];
     let op = match &site.weights {
         Weights::I8 { scale, act, requant } => {
@@ -433,10 +578,16 @@ fn emit(p: &mut Patch, site: &Site, e: &Epilogue, renamed: &HashMap<ValueId, Val
                 attrs.push(Attribute::float("x_scale", *scale));
                 attrs.push(Attribute::int("x_zero_point", i64::from(*zero_point)));
             }
-            if let Some(r) = requant {
+            if let Some(r) = requant.or(e.requant) {
                 attrs.push(Attribute::float("y_scale", r.scale));
                 attrs.push(Attribute::int("y_zero_point", r.zero_point));
                 attrs.push(Attribute::int("y_signed", i64::from(r.signed)));
+                if requant.is_none() {
+                    attrs.push(Attribute::string("y_rounding", "quantize_linear"));
+                }
+            }
+            if let Some(b) = &site.int_bias {
+                attrs.push(Attribute::ints("bias_i32", b.iter().map(|&v| i64::from(v)).collect()));
             }
             "SparseLinear"
         }

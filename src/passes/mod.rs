@@ -36,6 +36,7 @@ pub use insert_masks::{InsertMasks, MaskTarget};
 pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
 pub use lower_layer_norm::LowerLayerNorm;
 pub use lower_qoperator::LowerQOperator;
+pub(crate) use lower_sparse_linear::matmul_integer_weight;
 pub use lower_sparse_linear::LowerSparseLinear;
 pub use pack_sparse_weights::PackSparseWeights;
 pub use quantize_embeddings::QuantizeEmbeddings;

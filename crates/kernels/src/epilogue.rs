@@ -17,12 +17,19 @@ pub enum Epilogue {
 
 /// Requantization of the output to an integer type and back, as ONNX `QLinearMatMul` followed by
 /// `DequantizeLinear` computes it: `q = clamp(round_half_even(acc · (s_x·s_w[j]) / scale), lo, hi)`
-/// with `lo`, `hi` the output type's range minus the zero point, then `y = q · scale + bias`.
+/// with `lo`, `hi` the output type's range minus the zero point, then `y = q · scale + bias`
+/// (`acc · ((s_x·s_w[j]) / scale)`: one multiplier, as `QLinearMatMul` rounds it). With
+/// [`after_scale`](Requant::after_scale), as `QuantizeLinear` then `DequantizeLinear` after the f32
+/// rescale compute it instead: `q = clamp(round_half_even((acc · (s_x·s_w[j])) / scale), lo, hi)`,
+/// a true division of the rescaled product.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Requant {
     pub scale: f32,
     pub lo: f32,
     pub hi: f32,
+    /// Divide the rescaled product by `scale` (`QuantizeLinear`) instead of multiplying the
+    /// accumulator by one combined multiplier (`QLinearMatMul`).
+    pub divide: bool,
 }
 
 impl Requant {
@@ -35,7 +42,13 @@ impl Requant {
         if !(qmin..=qmax).contains(&zero_point) {
             return Err(kerr!("output zero point {zero_point} is outside {qmin}..={qmax}"));
         }
-        Ok(Requant { scale, lo: (qmin - zero_point) as f32, hi: (qmax - zero_point) as f32 })
+        Ok(Requant { scale, lo: (qmin - zero_point) as f32, hi: (qmax - zero_point) as f32, divide: false })
+    }
+
+    /// The same output, quantized as ONNX `QuantizeLinear` does after the f32 rescale (a
+    /// `MatMulInteger → Cast → Mul → QuantizeLinear → DequantizeLinear` chain).
+    pub fn after_scale(self) -> Requant {
+        Requant { divide: true, ..self }
     }
 }
 
@@ -43,12 +56,12 @@ impl Requant {
 pub(crate) struct EpiI8<'a> {
     /// `s_x · s_w[j]`.
     pub mult: &'a [f32],
-    /// `zp_x · colsum_w[j]`.
+    /// `zp_x · colsum_w[j] − int_bias[j]`.
     pub corr: &'a [i32],
     pub bias: &'a [f32],
     pub gelu: bool,
     pub residual: Option<&'a [f32]>,
-    /// With requantization, `mult` is `s_x·s_w[j] / scale`.
+    /// With requantization (not [`after_scale`](Requant::after_scale)), `mult` is `s_x·s_w[j] / scale`.
     pub requant: Option<Requant>,
 }
 
@@ -69,7 +82,7 @@ pub(crate) fn epilogue_i8(
     let mult = &e.mult[j0..j0 + ncols];
     let corr = &e.corr[j0..j0 + ncols];
     let bias = &e.bias[j0..j0 + ncols];
-    let rq = e.requant.unwrap_or(Requant { scale: 1.0, lo: 0.0, hi: 0.0 });
+    let rq = e.requant.unwrap_or(Requant { scale: 1.0, lo: 0.0, hi: 0.0, divide: false });
     for tt in 0..tvalid {
         let t = t0 + tt;
         let a = &acc[tt * ld..tt * ld + ncols];
@@ -109,9 +122,16 @@ fn epi_row<const RQ: bool, const GELU: bool, const RES: bool>(c: &Cols<'_>, row:
     let (a, corr, mult, bias) = (&c.a[..n], &c.corr[..n], &c.mult[..n], &c.bias[..n]);
     let res = if RES { &c.res[..n] } else { &c.res[..0] };
     for jj in 0..n {
-        let x = ((a[jj] - corr[jj]) as f32) * mult[jj];
-        let mut v =
-            if RQ { x.max(c.rq.lo).min(c.rq.hi).round_ties_even() * c.rq.scale + bias[jj] } else { x + bias[jj] };
+        let mut x = (a[jj].wrapping_sub(corr[jj]) as f32) * mult[jj];
+        if RQ && c.rq.divide {
+            x /= c.rq.scale;
+        }
+        // `+ 0.0`: a requantized output is dequantized from an integer, so its zero is +0.0.
+        let mut v = if RQ {
+            (x.max(c.rq.lo).min(c.rq.hi).round_ties_even() + 0.0) * c.rq.scale + bias[jj]
+        } else {
+            x + bias[jj]
+        };
         if GELU {
             v = gelu(v);
         }

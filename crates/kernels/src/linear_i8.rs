@@ -87,6 +87,8 @@ pub struct LinearI8 {
     bias: Vec<f32>,
     /// `Σ_k w[k, j]`.
     colsum: Vec<i32>,
+    /// An integer bias added to the exact accumulators (empty: none).
+    int_bias: Vec<i32>,
     requant: Option<Requant>,
     isa: Isa,
 }
@@ -156,13 +158,24 @@ impl LinearI8 {
             blocks.stats.bytes += w16.len() * 2 - blocks.w.len();
             blocks.w = Vec::new();
         }
-        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, requant: None, isa })
+        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, int_bias: Vec::new(), requant: None, isa })
     }
 
     /// The layer with its output requantized before the bias ([`Requant`]: ONNX `QLinearMatMul`).
     pub fn with_requant(mut self, requant: Requant) -> LinearI8 {
         self.requant = Some(requant);
         self
+    }
+
+    /// The layer with an int32 bias `[N]` added to the exact accumulators before the rescale, as
+    /// an ONNX `Add` of an int32 bias between `MatMulInteger` and its `Cast` computes it (i32
+    /// arithmetic wraps on overflow, as ONNX Runtime's does).
+    pub fn with_int_bias(mut self, bias: &[i32]) -> Result<LinearI8, KernelError> {
+        if bias.len() != self.n() {
+            return Err(kerr!("integer bias has {} elements, expected N = {}", bias.len(), self.n()));
+        }
+        self.int_bias = bias.to_vec();
+        Ok(self)
     }
 
     pub fn stats(&self) -> &PackStats {
@@ -202,9 +215,10 @@ impl LinearI8 {
         Ok(())
     }
 
-    /// `x`: f32 `[T, K]`; `y[t, j] = epi((s_x·s_w[j])·(acc[t, j] − zp_x·colsum_w[j]) + bias[j]) + residual[t, j]`
-    /// with `acc` the exact product of `q = sat_u8(round_half_even(x / s_x) + zp_x)` and `W`
-    /// (with [`Requant`], the product is requantized before the bias).
+    /// `x`: f32 `[T, K]`; `y[t, j] = epi((s_x·s_w[j])·(acc[t, j] − zp_x·colsum_w[j] + ib[j]) + bias[j]) + residual[t, j]`
+    /// with `acc` the exact product of `q = sat_u8(round_half_even(x / s_x) + zp_x)` and `W`, `ib`
+    /// the integer bias ([`with_int_bias`](LinearI8::with_int_bias), else 0), the integer sum in
+    /// i32 and converted to f32 once (with [`Requant`], the product is requantized before the bias).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -236,10 +250,13 @@ impl LinearI8 {
         };
         let rows = Rows::F32 { x, scale, zp };
         let mult: Vec<f32> = match self.requant {
-            None => self.w_scale.iter().map(|s| scale * s).collect(),
-            Some(r) => self.w_scale.iter().map(|s| scale * s / r.scale).collect(),
+            Some(r) if !r.divide => self.w_scale.iter().map(|s| scale * s / r.scale).collect(),
+            _ => self.w_scale.iter().map(|s| scale * s).collect(),
         };
-        let corr: Vec<i32> = self.colsum.iter().map(|c| zp as i32 * c).collect();
+        let mut corr: Vec<i32> = self.colsum.iter().map(|c| zp as i32 * c).collect();
+        for (c, b) in corr.iter_mut().zip(&self.int_bias) {
+            *c = c.wrapping_sub(*b);
+        }
         let e = EpiI8 {
             mult: &mult,
             corr: &corr,

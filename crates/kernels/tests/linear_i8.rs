@@ -445,3 +445,54 @@ fn requantized_outputs_follow_qlinearmatmul_on_every_isa() {
     assert!(Requant::new(0.0, 0, false).is_err());
     assert!(Requant::new(1.0, 200, true).is_err());
 }
+
+/// SparseML's int8 linear (`MatMulInteger → Add(int32 bias) → Cast → Mul(r)`, then optionally
+/// `QuantizeLinear → DequantizeLinear`): with an integer bias and [`Requant::after_scale`] every
+/// output is `f32(acc − zp_x·colsum + ib)·r`, and requantized `clamp(round_half_even(that / s_y),
+/// lo, hi)·s_y`, bit for bit on every ISA (`r = s_x·s_w` in f32, one scale per layer or per
+/// channel).
+#[test]
+fn integer_bias_and_quantize_after_scale_follow_matmul_integer_chains_on_every_isa() {
+    let isas = isas();
+    let mut rng = ChaCha8Rng::seed_from_u64(78);
+    for (case, &(k, n, t)) in [(33, 13, 17), (64, 36, 70), (384, 68, 5)].iter().enumerate() {
+        let w = weights(&mut rng, k, n, [Gen::B1x4(0.8), Gen::Unstructured(0.7), Gen::B4x1(0.8)][case]);
+        let scale: Vec<f32> =
+            if case == 1 { vec![0.0123] } else { (0..n).map(|_| rng.random_range(0.001..0.05)).collect() };
+        let ib: Vec<i32> = (0..n).map(|_| rng.random_range(-40_000..40_000)).collect();
+        let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let (sx, zx) = (0.025f32, 94u8);
+        let xq: Vec<u8> = x.iter().map(|&v| quantize_ref(v, sx, zx)).collect();
+        let acc = reference_i32(&xq, &w, t, k, n);
+        let colsum: Vec<i32> = (0..n).map(|j| (0..k).map(|kk| w[kk * n + j] as i32).sum()).collect();
+        let rescaled = |i: usize| {
+            let j = i % n;
+            (acc[i] - zx as i32 * colsum[j] + ib[j]) as f32 * (sx * scale[j % scale.len()])
+        };
+        for requant in [None, Some((0.05f32, 104, false)), Some((0.3, 0, false)), Some((0.01, -3, true))] {
+            let r = requant.map(|(ys, yzp, signed)| Requant::new(ys, yzp, signed).unwrap().after_scale());
+            let want: Vec<u32> = (0..t * n)
+                .map(|i| match r {
+                    None => rescaled(i).to_bits(),
+                    Some(r) => {
+                        let q = (rescaled(i) / r.scale).round_ties_even().clamp(r.lo, r.hi) as i32;
+                        (q as f32 * r.scale).to_bits()
+                    }
+                })
+                .collect();
+            for &isa in &isas {
+                let mut lin = LinearI8::new(&w, k, n, &scale, None, isa).unwrap().with_int_bias(&ib).unwrap();
+                if let Some(r) = r {
+                    lin = lin.with_requant(r);
+                }
+                let mut y = vec![0f32; t * n];
+                let act = ActQuant::Static { scale: sx, zero_point: zx };
+                lin.forward(&x, t, act, Epilogue::None, None, &mut y, &Threads(2)).unwrap();
+                let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{isa} K={k} N={n} requant={requant:?}");
+            }
+        }
+    }
+    let lin = LinearI8::new(&[1i8; 12], 3, 4, &[1.0], None, Isa::Scalar).unwrap();
+    assert!(lin.with_int_bias(&[1, 2, 3]).unwrap_err().to_string().contains("expected N = 4"));
+}

@@ -22,7 +22,10 @@ pub const SPARSE_LINEAR_F32: &str = "SparseLinearF32";
 /// (`sparsec_kernels::linear_i8::packed`), which the kernel loads by copying its blocks. With
 /// `y_scale` (float), `y_zero_point` (int) and `y_signed` (0: uint8, 1: int8) the product is
 /// requantized to that integer output and dequantized before the bias, as ONNX `QLinearMatMul`
-/// followed by `DequantizeLinear` computes it. With `x_scale` the activation is quantized as `QuantizeLinear(X,
+/// followed by `DequantizeLinear` computes it; with `y_rounding = "quantize_linear"` instead as
+/// `QuantizeLinear` after the f32 rescale computes it (the rescaled product divided by `y_scale`).
+/// With `bias_i32` (ints, `N` values) that integer bias is added to the exact int32 product before
+/// the rescale, as an int32 `Add` between `MatMulInteger` and its `Cast` computes it. With `x_scale` the activation is quantized as `QuantizeLinear(X,
 /// x_scale, x_zero_point)`; without it, as `DynamicQuantizeLinear(X)`. `W`, the scales and the bias
 /// must be initializers; the weight zero point is 0. (Activation parameters are attributes and the
 /// bias is always given, so no optional input is ever omitted before another: ORT's custom-op
@@ -168,7 +171,26 @@ impl Operator for SparseLinearOp {
                 let zp = kctx.get::<i64>("y_zero_point").unwrap_or(0);
                 let signed = kctx.get::<i64>("y_signed").unwrap_or(0) != 0;
                 let zp = i32::try_from(zp).map_err(|_| err(format!("{node}: y_zero_point {zp} is out of range")))?;
-                lin.with_requant(Requant::new(scale, zp, signed).map_err(|e| err(format!("{node}: {e}")))?)
+                let r = Requant::new(scale, zp, signed).map_err(|e| err(format!("{node}: {e}")))?;
+                match kctx.get::<String>("y_rounding").as_deref().unwrap_or("qlinear_matmul") {
+                    "qlinear_matmul" => lin.with_requant(r),
+                    "quantize_linear" => lin.with_requant(r.after_scale()),
+                    other => {
+                        return Err(err(format!(
+                            "{node}: unknown y_rounding '{other}' (qlinear_matmul, quantize_linear)"
+                        )))
+                    }
+                }
+            }
+        };
+        let lin = match kctx.get::<Vec<i64>>("bias_i32") {
+            None => lin,
+            Some(b) => {
+                let b: Vec<i32> = b
+                    .iter()
+                    .map(|&v| i32::try_from(v).map_err(|_| err(format!("{node}: bias_i32 value {v} is not an int32"))))
+                    .collect::<ort::Result<_>>()?;
+                lin.with_int_bias(&b).map_err(|e| err(format!("{node}: {e}")))?
             }
         };
         Ok(LinearI8Kernel { epilogue: epilogue(kctx, &node)?, residual: present(&names, 4), node, lin, act })
