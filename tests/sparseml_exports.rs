@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 use ndarray::{Array2, ArrayD};
 use sparsec::passes::{PassReport, SparseExecution};
-use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
+use sparsec::runtime::{EngineKind, EngineOptions, HostTensor};
 use sparsec_kernels::Isa;
 
 /// (folder, sequence length).
@@ -59,12 +59,10 @@ type Outputs = HashMap<String, ArrayD<f32>>;
 /// sides (no fusions that change float rounding); its `MatMulInteger` on uint8 × uint8 is exact on
 /// every CPU.
 fn run(path: &Path, seq: usize, sparse: Option<SparseExecution>) -> (Outputs, Vec<PassReport>) {
-    let opts = EngineOptions { threads: Some(2), sparse, basic_optimizations_only: true, ..Default::default() };
-    let mut b =
-        runtime::load_file(path, EngineKind::Ort, &opts).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let opts = EngineOptions { threads: Some(2), basic_optimizations_only: true, ..Default::default() };
+    let (mut b, reports) = load_lowered(path, EngineKind::Ort, sparse, &opts);
     let owned = feeds(b.input_names(), seq);
     let f: Vec<(&str, HostTensor)> = owned.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let reports = b.lowering().map(<[PassReport]>::to_vec).unwrap_or_default();
     let out = b.run(&f).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     (out.into_iter().filter_map(|(n, t)| t.into_f32().ok().map(|t| (n, t))).collect(), reports)
 }
