@@ -2,7 +2,7 @@
 //! and `sparsec sparsify`: several models run alternately in one process, so their ratio is
 //! measured under the same load.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -32,6 +32,9 @@ pub struct BenchModel {
     pub engine: EngineKind,
     pub kernels: Kernels,
     pub profile: bool,
+    /// Sessions sharing the threads, each running one sequence of the batch at a time
+    /// ([`crate::runtime::Streams`]); 0 or 1: one session runs the whole batch.
+    pub streams: usize,
 }
 
 /// Latency and throughput of one model.
@@ -42,6 +45,8 @@ pub struct BenchResult {
     pub kernels: Kernels,
     /// What the in-memory lowering rewrote (`-` when the model ran as it is).
     pub lowered: String,
+    /// Sessions running the batch's sequences at once (1: the whole batch in one session).
+    pub streams: usize,
     pub batch_size: usize,
     pub seq_len: usize,
     pub iterations: usize,
@@ -75,6 +80,7 @@ fn inputs(backend: &dyn Backend, vocab: usize, batch: usize, seq: usize) -> Resu
 
 struct Subject {
     kernels: Kernels,
+    streams: usize,
     lowered: String,
     path: PathBuf,
     backend: Box<dyn Backend>,
@@ -85,7 +91,8 @@ struct Subject {
 }
 
 impl Subject {
-    fn load(path: &Path, engine: EngineKind, kernels: Kernels, profile: bool, args: &BenchSettings) -> Result<Subject> {
+    fn load(m: &BenchModel, args: &BenchSettings) -> Result<Subject> {
+        let (path, engine, kernels) = (m.path.as_path(), m.engine, m.kernels);
         let mut file = crate::qa::ModelFile::open(path)?;
         let fixed = file.fixed;
         let fits = |dim: Option<usize>, asked: usize| dim.is_none_or(|d| d == asked);
@@ -98,9 +105,18 @@ impl Subject {
                 fixed.describe()
             );
         }
+        if m.streams > 1 && fixed.batch.is_some_and(|b| b > 1) {
+            bail!(
+                "--streams {} runs one sequence per session, but '{}' fixes its batch at {}",
+                m.streams,
+                path.display(),
+                fixed.describe()
+            );
+        }
         let opts = EngineOptions {
             threads: args.threads,
-            profile: args.profile.clone().filter(|_| profile),
+            profile: args.profile.clone().filter(|_| m.profile),
+            streams: m.streams,
             ..Default::default()
         };
         file.lower(engine, kernels)?;
@@ -109,6 +125,7 @@ impl Subject {
         let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
         let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;
         Ok(Subject {
+            streams: m.streams.max(1),
             path: path.to_path_buf(),
             backend,
             feed,
@@ -142,6 +159,7 @@ impl Subject {
             engine: self.backend.engine(),
             kernels: self.kernels,
             lowered: self.lowered.clone(),
+            streams: self.streams,
             batch_size: args.batch_size,
             seq_len: args.seq_len,
             iterations: ms.len(),
@@ -188,7 +206,7 @@ pub fn bench(models: &[BenchModel], args: &BenchSettings) -> Result<Vec<BenchRes
     }
     let mut subjects = Vec::new();
     for m in models {
-        subjects.push(Subject::load(&m.path, m.engine, m.kernels, m.profile, args)?);
+        subjects.push(Subject::load(m, args)?);
     }
     for s in subjects.iter_mut() {
         let until = Instant::now() + Duration::from_secs_f64(args.warmup);

@@ -30,6 +30,7 @@ mod sparseml_exports;
 mod sparsify;
 mod spine;
 mod static_shapes;
+mod streams;
 mod train_cli;
 mod train_data_check;
 mod train_reference;

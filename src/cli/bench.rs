@@ -25,6 +25,14 @@ pub struct BenchArgs {
     /// sparsec's sparse linear and fused attention kernels on ONNX Runtime (`off` for A/B runs).
     #[arg(long, value_enum, default_value_t = Kernels::Auto)]
     kernels: Kernels,
+    /// Run the batch as one-sequence pieces on this many single-thread sessions at once, so each
+    /// sequence's activations stay in its core's cache through every layer (0 or 1: one session
+    /// runs the whole batch with all threads).
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
+    /// --streams for the --compare model.
+    #[arg(long, default_value_t = 0)]
+    compare_streams: usize,
     /// Measured time (per model).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -69,6 +77,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         path: super::resolve_model_path(&args.model),
         engine: args.engine,
         kernels: args.kernels,
+        streams: args.streams,
         profile: true,
     }];
     if let Some(other) = &args.compare {
@@ -76,6 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             path: super::resolve_model_path(other),
             engine: args.compare_engine.unwrap_or(args.engine),
             kernels: args.compare_kernels,
+            streams: args.compare_streams,
             profile: false,
         });
     }

@@ -3,6 +3,7 @@
 //! The only module that imports `ort` or `tract`.
 
 mod ort_engine;
+mod streams;
 mod tract_engine;
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use anyhow::Result;
 use ndarray::ArrayD;
 
 pub use ort_engine::{find_onnxruntime, OrtBackend};
+pub use streams::Streams;
 pub use tract_engine::{TractBackend, PLAN_CACHE as TRACT_PLAN_CACHE};
 
 /// A host tensor passed to or returned from an engine.
@@ -127,6 +129,10 @@ pub struct EngineOptions {
     /// Only ORT's basic (semantics-preserving) graph rewrites, none of the fusions that change
     /// float rounding; for tests comparing two graphs value for value.
     pub basic_optimizations_only: bool,
+    /// With 2 or more: a batch runs as pieces of one sequence each through the whole model, on this
+    /// many sessions of one thread each at once ([`Streams`]), instead of the whole batch through
+    /// every node with all threads. 0 or 1: one session.
+    pub streams: usize,
     /// ONNX Runtime writes a JSON trace of every node run to a file with this prefix.
     pub profile: Option<std::path::PathBuf>,
     /// How ONNX Runtime allocates the memory of a run.
@@ -160,9 +166,11 @@ pub trait Backend: Send {
 
 /// Loads a model file on the chosen engine, as it is (the engine decodes it).
 pub fn load_file(path: &Path, engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
-    Ok(match engine {
-        EngineKind::Ort => Box::new(OrtBackend::from_file(path, opts)?),
-        EngineKind::Tract => Box::new(TractBackend::from_file(path, opts)?),
+    with_streams(opts, |o| {
+        Ok(match engine {
+            EngineKind::Ort => Box::new(OrtBackend::from_file(path, o)?),
+            EngineKind::Tract => Box::new(TractBackend::from_file(path, o)?),
+        })
     })
 }
 
@@ -173,10 +181,26 @@ pub fn load_model(model: &crate::ir::Model, engine: EngineKind, opts: &EngineOpt
 
 /// Loads a serialized model (all tensors inline) on the chosen engine.
 pub fn load_bytes(bytes: &[u8], engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
-    Ok(match engine {
-        EngineKind::Ort => Box::new(OrtBackend::from_bytes(bytes, opts)?),
-        EngineKind::Tract => Box::new(TractBackend::from_bytes(bytes, opts)?),
+    with_streams(opts, |o| {
+        Ok(match engine {
+            EngineKind::Ort => Box::new(OrtBackend::from_bytes(bytes, o)?),
+            EngineKind::Tract => Box::new(TractBackend::from_bytes(bytes, o)?),
+        })
     })
+}
+
+/// One session, or with `opts.streams` ≥ 2 that many sessions sharing the threads, as [`Streams`].
+fn with_streams(
+    opts: &EngineOptions,
+    open: impl Fn(&EngineOptions) -> Result<Box<dyn Backend>>,
+) -> Result<Box<dyn Backend>> {
+    if opts.streams < 2 {
+        return open(opts);
+    }
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let each = EngineOptions { threads: Some((threads / opts.streams).max(1)), streams: 0, ..opts.clone() };
+    let sessions = (0..opts.streams).map(|_| open(&each)).collect::<Result<Vec<_>>>()?;
+    Ok(Box::new(Streams::new(sessions, 1)?))
 }
 
 /// A backend with some inputs bound to fixed values (weights, masks, quantization parameters of

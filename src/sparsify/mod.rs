@@ -403,9 +403,16 @@ fn bench_both(
             path: deployment.join("model.onnx"),
             engine: EngineKind::Ort,
             kernels: Kernels::Auto,
+            streams: 0,
             profile: false,
         },
-        BenchModel { path: cfg.model.clone(), engine: EngineKind::Ort, kernels: Kernels::Off, profile: false },
+        BenchModel {
+            path: cfg.model.clone(),
+            engine: EngineKind::Ort,
+            kernels: Kernels::Off,
+            profile: false,
+            streams: 0,
+        },
     ];
     let results = crate::bench::bench(&models, settings)?;
     let (s, dn) = (results[0].items_per_second, results[1].items_per_second);
