@@ -7,6 +7,7 @@ mod autodiff_fixtures;
 mod autodiff_ops;
 mod compile_fixtures;
 mod compile_train_graph;
+mod explain;
 mod export;
 mod file_modes;
 mod ir_patch;

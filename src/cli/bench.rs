@@ -52,6 +52,13 @@ pub struct BenchArgs {
     /// Kernels of the --compare model; `off` by default, so it is the plain ONNX Runtime baseline.
     #[arg(long, value_enum, default_value_t = Kernels::Off)]
     compare_kernels: Kernels,
+    /// Instead of timing: which kernel runs each node of the model (sparsec's or ONNX Runtime's),
+    /// why each node that stays on ONNX Runtime stays, and the share of the node time spent in
+    /// sparsec's kernels, from ONNX Runtime's profile of --explain-runs runs.
+    #[arg(long)]
+    explain: bool,
+    #[arg(long, default_value_t = 5)]
+    explain_runs: usize,
     #[arg(long)]
     json: bool,
 }
@@ -65,6 +72,9 @@ struct Report {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.explain {
+        return explain(&args);
+    }
     let settings = BenchSettings {
         batch_size: args.batch_size,
         seq_len: args.seq_len,
@@ -104,6 +114,53 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(x) = report.speed_ratio {
         println!("speed ratio (first / --compare): {x:.3}x");
+    }
+    Ok(())
+}
+
+fn explain(args: &BenchArgs) -> Result<()> {
+    if args.engine != EngineKind::Ort {
+        anyhow::bail!("--explain profiles the model on ONNX Runtime (--engine ort), where sparsec's kernels run");
+    }
+    let path = super::resolve_model_path(&args.model);
+    let e = crate::bench::explain::explain(
+        &path,
+        args.kernels,
+        args.batch_size,
+        args.seq_len,
+        args.threads,
+        args.explain_runs,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
+    println!(
+        "{} (kernels {:?}, batch {} seq {}, {} profiled runs): {} of {} nodes on sparsec's kernels, {:.1}% of {:.2} ms node time per run",
+        e.model,
+        e.kernels,
+        e.batch_size,
+        e.seq_len,
+        e.runs,
+        e.sparsec_nodes,
+        e.nodes,
+        100.0 * e.sparsec_time_share,
+        e.node_ms_per_run
+    );
+    println!(
+        "{:>6} {:>9}  {:<12} {:<22} {:>5}  why it stays on ONNX Runtime",
+        "share", "ms/run", "runs on", "op", "nodes"
+    );
+    for g in &e.groups {
+        println!(
+            "{:>5.1}% {:>9.3}  {:<12} {:<22} {:>5}  {}",
+            100.0 * g.share,
+            g.ms_per_run,
+            g.runs_on,
+            g.op,
+            g.nodes,
+            g.reason.as_deref().unwrap_or("-")
+        );
     }
     Ok(())
 }

@@ -534,14 +534,17 @@ impl Pass for LowerSparseLinear {
                         Weights::F32 => self.max_f32_density,
                     };
                     if d > limit {
-                        tracing::debug!(
-                            "{pass}: '{}' stays on ONNX Runtime: stored density {d:.3} > {limit}",
-                            site.name
+                        let why = format!(
+                            "its weights are too dense for the sparse kernel: stored [4,1] density {d:.3} > {limit} \
+                             (ONNX Runtime's dense kernels are faster there)"
                         );
+                        tracing::debug!("{pass}: '{}' stays on ONNX Runtime: {why}", site.name);
+                        report.kept.push((site.name.clone(), why));
                         continue;
                     }
                     let e = if self.fuse_epilogues { epilogue(g, &cons, &site) } else { Epilogue::default() };
                     if g.outputs().contains(&e.out.unwrap_or(site.out)) {
+                        report.kept.push((site.name.clone(), "its output is a graph output".into()));
                         continue;
                     }
                     let (old, new) = emit(p, &site, &e, &renamed);

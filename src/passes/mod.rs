@@ -84,6 +84,10 @@ pub struct PassReport {
     pub rewritten: usize,
     pub new_inputs: Vec<String>,
     pub new_outputs: Vec<String>,
+    /// Nodes the pass matched but left as they were, each with the reason (for `sparsec bench
+    /// --explain`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<(String, String)>,
 }
 
 /// One graph rewrite.

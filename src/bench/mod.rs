@@ -1,6 +1,8 @@
 //! Latency and throughput of QA models on synthetic full-length windows, behind `sparsec bench`
 //! and `sparsec sparsify`: several models run alternately in one process, so their ratio is
-//! measured under the same load.
+//! measured under the same load. [`explain`] says what runs where.
+
+pub mod explain;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -55,6 +57,17 @@ pub struct BenchResult {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub items_per_second: f64,
+}
+
+/// [`inputs`] with the vocabulary size of the `tokenizer.json` beside `model` (2000 without one).
+fn synthetic_inputs(
+    backend: &dyn Backend,
+    model: &std::path::Path,
+    batch: usize,
+    seq: usize,
+) -> Result<Vec<(String, HostTensor)>> {
+    let vocab = crate::qa::QaTokenizer::for_model(model).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
+    inputs(backend, vocab, batch, seq)
 }
 
 /// Synthetic inputs for every declared input: token ids cycling through `[1000, 2000)` (or the
@@ -122,8 +135,7 @@ impl Subject {
         file.lower(engine, kernels)?;
         let backend = file.load(engine, &opts)?;
         let lowered = lowering_summary(file.lowering());
-        let vocab = crate::qa::QaTokenizer::for_model(path).map(|t| t.inner().get_vocab_size(true)).unwrap_or(2000);
-        let feed = inputs(backend.as_ref(), vocab, args.batch_size, args.seq_len)?;
+        let feed = synthetic_inputs(backend.as_ref(), path, args.batch_size, args.seq_len)?;
         Ok(Subject {
             streams: m.streams.max(1),
             path: path.to_path_buf(),
