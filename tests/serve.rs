@@ -2,10 +2,15 @@
 //! fixture. Answers must equal `sparsec qa` on the same inputs (value for value when both run
 //! each window alone or a request's windows together; text and span equal and scores within
 //! 1e-5 when concurrent requests share padded batches), every request shape and error status,
-//! health while loading, metrics, a YAML config with two models, and SIGTERM under load.
+//! health while loading, metrics, a YAML config with two models, and SIGTERM under load; the
+//! Open Inference Protocol in [`v2`], the bounds on clients in [`hardening`].
 
 #[path = "serve/client.rs"]
 mod client;
+#[path = "serve/hardening.rs"]
+mod hardening;
+#[path = "serve/v2.rs"]
+mod v2;
 use crate::common;
 
 use std::collections::BTreeMap;

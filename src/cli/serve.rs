@@ -1,5 +1,6 @@
-//! `sparsec serve`: the QA pipeline as an HTTP server (DeepSparse server's routes and config),
-//! with the same question-answering flags and defaults as `sparsec qa`.
+//! `sparsec serve`: the QA pipeline as an HTTP server (the Open Inference Protocol's routes and
+//! DeepSparse server's, and its config), with the same question-answering flags and defaults as
+//! `sparsec qa`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -47,6 +48,17 @@ pub struct ServeArgs {
     /// Seconds a request body may take to arrive (then 408).
     #[arg(long, default_value_t = 10)]
     body_timeout_s: u64,
+    /// Seconds a request's headers may take to arrive (also the longest a kept-alive connection
+    /// idles); then the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Open connections served fully; up to 16 more get the health and metrics routes (others
+    /// answer 503), further ones are closed at once.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// More questions in one request get 413.
+    #[arg(long, default_value_t = 64)]
+    max_questions_per_request: usize,
     /// Waits this long before loading the models (for tests of /health while loading).
     #[arg(long, default_value_t = 0, hide = true)]
     load_delay_ms: u64,
@@ -128,6 +140,9 @@ fn resolve(args: &ServeArgs) -> Result<ServeConfig> {
             max_context_chars: args.max_context_chars,
             max_pending: args.queue_size,
             body_timeout: Duration::from_secs(args.body_timeout_s),
+            header_timeout: Duration::from_secs(args.header_timeout_s),
+            max_connections: args.max_connections,
+            max_questions: args.max_questions_per_request,
         },
         endpoints,
         load_delay: Duration::from_millis(args.load_delay_ms),
