@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// A model.onnx with tokenizer.json beside it, or a folder holding both.
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
     model: Option<PathBuf>,
+    /// The model's name with --model (`/v2/models/{name}/...`); KServe passes its
+    /// InferenceService's name here. A server.yaml names each endpoint itself.
+    #[arg(long, default_value = DEFAULT_ENDPOINT, conflicts_with = "config")]
+    name: String,
     /// A DeepSparse-style server.yaml (`endpoints: - task, model, route, name, batch_size,
     /// kwargs`) serving several models; the flags below are every endpoint's defaults.
     #[arg(long)]
@@ -96,13 +100,7 @@ fn resolve(args: &ServeArgs) -> Result<ServeConfig> {
     };
     let endpoints = match (&args.model, &args.config) {
         (Some(model), _) => {
-            vec![endpoint(
-                DEFAULT_ENDPOINT.to_string(),
-                model.clone(),
-                Vec::new(),
-                &args.pipeline,
-                args.max_batch_size,
-            )?]
+            vec![endpoint(args.name.clone(), model.clone(), Vec::new(), &args.pipeline, args.max_batch_size)?]
         }
         (None, Some(path)) => {
             let file = ConfigFile::load(path)?;
