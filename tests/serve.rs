@@ -2,10 +2,18 @@
 //! fixture. Answers must equal `sparsec qa` on the same inputs (value for value when both run
 //! each window alone or a request's windows together; text and span equal and scores within
 //! 1e-5 when concurrent requests share padded batches), every request shape and error status,
-//! health while loading, metrics, a YAML config with two models, and SIGTERM under load.
+//! health while loading, metrics, a YAML config with two models, and SIGTERM under load; the
+//! Open Inference Protocol in [`v2`], the bounds on clients in [`hardening`], the manifests and
+//! image layout of `deploy/` in [`deploy`].
 
 #[path = "serve/client.rs"]
 mod client;
+#[path = "serve/deploy.rs"]
+mod deploy;
+#[path = "serve/hardening.rs"]
+mod hardening;
+#[path = "serve/v2.rs"]
+mod v2;
 use crate::common;
 
 use std::collections::BTreeMap;
@@ -40,14 +48,14 @@ impl Server {
     }
 
     fn start_raw(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sparsec"))
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sparsec serve");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparsec"));
+        cmd.arg("serve").args(["--port", "0"]).args(args);
+        Server::start_command(cmd)
+    }
+
+    /// Starts `cmd`, a `sparsec serve` that prints its `listening on` line.
+    fn start_command(mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start sparsec serve");
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {

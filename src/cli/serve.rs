@@ -1,5 +1,6 @@
-//! `sparsec serve`: the QA pipeline as an HTTP server (DeepSparse server's routes and config),
-//! with the same question-answering flags and defaults as `sparsec qa`.
+//! `sparsec serve`: the QA pipeline as an HTTP server (the Open Inference Protocol's routes and
+//! DeepSparse server's, and its config), with the same question-answering flags and defaults as
+//! `sparsec qa`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,6 +18,10 @@ pub struct ServeArgs {
     /// A model.onnx with tokenizer.json beside it, or a folder holding both.
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
     model: Option<PathBuf>,
+    /// The model's name with --model (`/v2/models/{name}/...`); KServe passes its
+    /// InferenceService's name here. A server.yaml names each endpoint itself.
+    #[arg(long, default_value = DEFAULT_ENDPOINT, conflicts_with = "config")]
+    name: String,
     /// A DeepSparse-style server.yaml (`endpoints: - task, model, route, name, batch_size,
     /// kwargs`) serving several models; the flags below are every endpoint's defaults.
     #[arg(long)]
@@ -47,6 +52,17 @@ pub struct ServeArgs {
     /// Seconds a request body may take to arrive (then 408).
     #[arg(long, default_value_t = 10)]
     body_timeout_s: u64,
+    /// Seconds a request's headers may take to arrive (also the longest a kept-alive connection
+    /// idles); then the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Open connections served fully; up to 16 more get the health and metrics routes (others
+    /// answer 503), further ones are closed at once.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// More questions in one request get 413.
+    #[arg(long, default_value_t = 64)]
+    max_questions_per_request: usize,
     /// Waits this long before loading the models (for tests of /health while loading).
     #[arg(long, default_value_t = 0, hide = true)]
     load_delay_ms: u64,
@@ -84,13 +100,7 @@ fn resolve(args: &ServeArgs) -> Result<ServeConfig> {
     };
     let endpoints = match (&args.model, &args.config) {
         (Some(model), _) => {
-            vec![endpoint(
-                DEFAULT_ENDPOINT.to_string(),
-                model.clone(),
-                Vec::new(),
-                &args.pipeline,
-                args.max_batch_size,
-            )?]
+            vec![endpoint(args.name.clone(), model.clone(), Vec::new(), &args.pipeline, args.max_batch_size)?]
         }
         (None, Some(path)) => {
             let file = ConfigFile::load(path)?;
@@ -128,6 +138,9 @@ fn resolve(args: &ServeArgs) -> Result<ServeConfig> {
             max_context_chars: args.max_context_chars,
             max_pending: args.queue_size,
             body_timeout: Duration::from_secs(args.body_timeout_s),
+            header_timeout: Duration::from_secs(args.header_timeout_s),
+            max_connections: args.max_connections,
+            max_questions: args.max_questions_per_request,
         },
         endpoints,
         load_delay: Duration::from_millis(args.load_delay_ms),

@@ -38,6 +38,14 @@ pub struct Limits {
     pub max_pending: usize,
     /// A request body that has not fully arrived after this long gets 408.
     pub body_timeout: Duration,
+    /// A request's headers must arrive within this long of the connection's turn to read them
+    /// (so it is also the longest a kept-alive connection idles); then the connection is closed.
+    pub header_timeout: Duration,
+    /// Open connections served fully; the ones past it get only health and metrics routes (see
+    /// [`listen`](super::listen)).
+    pub max_connections: usize,
+    /// A request holding more questions than this gets 413.
+    pub max_questions: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +55,9 @@ impl Default for Limits {
             max_context_chars: 100_000,
             max_pending: 64,
             body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            max_questions: 64,
         }
     }
 }
@@ -82,6 +93,15 @@ impl ServeConfig {
         if self.limits.max_pending == 0 {
             bail!("--queue-size must be at least 1");
         }
+        if self.limits.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if self.limits.max_questions == 0 {
+            bail!("--max-questions-per-request must be at least 1");
+        }
+        if self.limits.header_timeout.is_zero() || self.limits.body_timeout.is_zero() {
+            bail!("--header-timeout-s and --body-timeout-s must be at least 1");
+        }
         let mut routes: Vec<String> = Vec::new();
         for e in &self.endpoints {
             if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
@@ -90,9 +110,14 @@ impl ServeConfig {
             if e.max_batch_size == 0 {
                 bail!("endpoint '{}': the max batch size must be at least 1", e.name);
             }
-            let own = [format!("/v2/models/{}/infer", e.name), format!("/v2/models/{}", e.name)];
-            for r in own.iter().chain(&e.routes) {
+            if self.endpoints.iter().filter(|o| o.name == e.name).count() > 1 {
+                bail!("endpoint name '{}' is taken twice", e.name);
+            }
+            for r in &e.routes {
                 check_route(r).with_context(|| format!("endpoint '{}'", e.name))?;
+                if r == "/v2" || r.starts_with("/v2/") {
+                    bail!("endpoint '{}': route '{r}': the /v2 routes are the Open Inference Protocol's", e.name);
+                }
                 if routes.contains(r) || ["/health", "/metrics", "/predict"].contains(&r.as_str()) {
                     bail!("endpoint '{}': route '{r}' is taken twice", e.name);
                 }

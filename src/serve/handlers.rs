@@ -1,17 +1,19 @@
-//! The HTTP routes: request bodies → QA requests (one `{question, context}`, a list of them, or
-//! Hugging Face's `{inputs: ...}`) → windows → the endpoint's [`Batcher`] → answers decoded like
+//! The HTTP routes: request bodies → QA requests (one `{question, context}`, a list of them,
+//! Hugging Face's `{inputs: ...}`, or an Open Inference Protocol tensor request, see [`v2`]) →
+//! windows → the endpoint's [`Batcher`] → answers decoded like
 //! [`QaPipeline::answer`](crate::qa::QaPipeline::answer). Every failure is a JSON `{error}` with
-//! its status: 400 malformed, 408 slow body, 413 too large, 422 unanswerable, 503 loading or
-//! busy (with `Retry-After`), 500 a failed model run.
+//! its status: 400 malformed, 404 unknown model, 408 slow body, 413 too large, 422 unanswerable
+//! (400 for a tensor request, as the protocol has it), 503 loading or busy (with `Retry-After`),
+//! 500 a failed model run.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{any, get, post, MethodRouter};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -20,7 +22,8 @@ use tokio::sync::Semaphore;
 
 use super::batcher::{Batcher, Loaded, Ran, Rejected};
 use super::config::{EndpointConfig, Limits};
-use super::metrics::{self, EndpointSample, HttpMetrics};
+use super::metrics::{self, Connections, EndpointSample, HttpMetrics};
+use super::v2;
 use crate::qa::postprocess::{decode, WindowLogits};
 use crate::qa::{Answer, QaRequest, Window};
 
@@ -48,6 +51,7 @@ pub struct App {
     pub endpoints: Vec<Endpoint>,
     pub limits: Limits,
     pub http: HttpMetrics,
+    pub connections: Arc<Connections>,
 }
 
 impl App {
@@ -77,35 +81,78 @@ impl IntoResponse for ApiError {
     }
 }
 
+type AppState = State<Arc<App>>;
+
 /// Every route of `app`, with request metrics around them.
 pub fn router(app: Arc<App>) -> Router {
     let mut r = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
-        .route("/predict", infer_route(0));
+        .route("/predict", infer_route(0))
+        .route("/v2", get(|| async { Json(v2::server_metadata()) }))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready));
     for (i, e) in app.endpoints.iter().enumerate() {
-        r = r.route(&format!("/v2/models/{}/infer", e.cfg.name), infer_route(i));
-        r = r.route(
-            &format!("/v2/models/{}", e.cfg.name),
-            get(move |axum::extract::State(app): axum::extract::State<Arc<App>>| async move { metadata(&app, i) }),
-        );
+        let base = format!("/v2/models/{}", e.cfg.name);
+        let versioned = format!("{base}/versions/{{version}}");
+        r = r
+            .route(&format!("{base}/infer"), infer_route(i))
+            .route(&base, get(move |State(app): AppState| async move { metadata(&app, i) }))
+            .route(&format!("{base}/ready"), get(move |State(app): AppState| async move { model_ready(&app, i) }))
+            .route(
+                &format!("{versioned}/infer"),
+                post(move |State(app): AppState, Path(v): Path<String>, req: Request| async move {
+                    check_version(&app, i, &v)?;
+                    infer(&app, i, req).await
+                })
+                .fallback(|| async { err(StatusCode::METHOD_NOT_ALLOWED, "use POST with a JSON body") }),
+            )
+            .route(
+                &versioned,
+                get(move |State(app): AppState, Path(v): Path<String>| async move {
+                    check_version(&app, i, &v).map(|()| metadata(&app, i))
+                }),
+            )
+            .route(
+                &format!("{versioned}/ready"),
+                get(move |State(app): AppState, Path(v): Path<String>| async move {
+                    check_version(&app, i, &v).map(|()| model_ready(&app, i))
+                }),
+            );
         for route in &e.cfg.routes {
             r = r.route(route, infer_route(i));
         }
     }
-    r.fallback(|| async { err(StatusCode::NOT_FOUND, "no such route") })
+    r.route("/v2/models/{model}", any(unknown_model))
+        .route("/v2/models/{model}/{*rest}", any(unknown_model))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn_with_state(app.clone(), track))
+        .with_state(app)
+}
+
+/// The routes of a connection past `--max-connections`: health and metrics as usual, 503 else.
+pub fn limited_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .fallback(|State(app): AppState| async move {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the server holds --max-connections {} connections; retry", app.limits.max_connections),
+            )
+        })
         .layer(middleware::from_fn_with_state(app.clone(), track))
         .with_state(app)
 }
 
 fn infer_route(endpoint: usize) -> MethodRouter<Arc<App>> {
-    post(move |axum::extract::State(app): axum::extract::State<Arc<App>>, req: Request| async move {
-        infer(&app, endpoint, req).await
-    })
-    .fallback(|| async { err(StatusCode::METHOD_NOT_ALLOWED, "use POST with a JSON body") })
+    post(move |State(app): AppState, req: Request| async move { infer(&app, endpoint, req).await })
+        .fallback(|| async { err(StatusCode::METHOD_NOT_ALLOWED, "use POST with a JSON body") })
 }
 
-async fn track(axum::extract::State(app): axum::extract::State<Arc<App>>, req: Request, next: Next) -> Response {
+async fn track(State(app): AppState, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let route = route.unwrap_or_else(|| "unmatched".to_string());
     let t0 = Instant::now();
@@ -115,7 +162,7 @@ async fn track(axum::extract::State(app): axum::extract::State<Arc<App>>, req: R
     resp
 }
 
-async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
+async fn health(State(app): AppState) -> Response {
     let names: Vec<&str> = app.endpoints.iter().map(|e| e.cfg.name.as_str()).collect();
     if app.ready() {
         (StatusCode::OK, Json(json!({ "status": "ready", "endpoints": names }))).into_response()
@@ -127,9 +174,10 @@ async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Re
     }
 }
 
-async fn metrics_text(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
+async fn metrics_text(State(app): AppState) -> Response {
     let mut out = String::new();
     app.http.render(&mut out);
+    app.connections.render(&mut out);
     let samples: Vec<EndpointSample> = app
         .endpoints
         .iter()
@@ -144,11 +192,48 @@ async fn metrics_text(axum::extract::State(app): axum::extract::State<Arc<App>>)
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// 200 while the process answers at all: the liveness probe.
+async fn live() -> Response {
+    Json(json!({ "live": true })).into_response()
+}
+
+/// 200 once every model is loaded, 503 before: the readiness probe.
+async fn ready(State(app): AppState) -> Response {
+    let ready = app.ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+fn model_ready(app: &App, i: usize) -> Response {
+    let e = &app.endpoints[i];
+    let ready = e.loaded.get().is_some();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "name": e.cfg.name, "ready": ready }))).into_response()
+}
+
+async fn unknown_model(State(app): AppState, Path(params): Path<Vec<(String, String)>>) -> ApiError {
+    let name = params.into_iter().find(|(k, _)| k == "model").map(|(_, v)| v).unwrap_or_default();
+    let served: Vec<&str> = app.endpoints.iter().map(|e| e.cfg.name.as_str()).collect();
+    if served.contains(&name.as_str()) {
+        return err(StatusCode::NOT_FOUND, "no such route");
+    }
+    err(StatusCode::NOT_FOUND, format!("unknown model '{name}'; this server serves {}", served.join(", ")))
+}
+
+fn check_version(app: &App, i: usize, version: &str) -> Result<(), ApiError> {
+    if version == v2::VERSION {
+        return Ok(());
+    }
+    let name = &app.endpoints[i].cfg.name;
+    Err(err(StatusCode::NOT_FOUND, format!("model '{name}' has no version '{version}'; its one version is '1'")))
+}
+
+/// The protocol's model metadata with sparsec's own fields beside it (clients read the fields
+/// they know; tritonclient returns the whole object).
 fn metadata(app: &App, i: usize) -> Response {
     let e = &app.endpoints[i];
     let loaded = e.loaded.get();
-    Json(json!({
-        "name": e.cfg.name,
+    let Value::Object(extra) = json!({
         "task": "question_answering",
         "model": e.cfg.model.display().to_string(),
         "engine": e.cfg.engine.to_string(),
@@ -160,14 +245,25 @@ fn metadata(app: &App, i: usize) -> Response {
         "max_seq_len": loaded.map_or(e.cfg.window.max_seq_len, |l| l.windower.options().max_seq_len),
         "doc_stride": e.cfg.window.doc_stride,
         "top_k": e.cfg.decode.top_k,
-    }))
-    .into_response()
+    }) else {
+        unreachable!("an object")
+    };
+    Json(v2::model_metadata(&e.cfg.name, e.cfg.decode.top_k, extra)).into_response()
 }
 
-/// The questions of a request body and whether it was a list (answered with a list).
+/// The questions of a request body and how the answers are shaped.
 struct Parsed {
     items: Vec<QaRequest>,
-    list: bool,
+    form: Form,
+}
+
+enum Form {
+    /// One `{question, context}`: one answer value.
+    One,
+    /// A list, columns or Hugging Face's list: a list of answer values.
+    List,
+    /// An Open Inference Protocol tensor request.
+    Tensor(v2::TensorRequest),
 }
 
 async fn infer(app: &App, endpoint: usize, req: Request) -> Result<Response, ApiError> {
@@ -181,8 +277,29 @@ async fn infer(app: &App, endpoint: usize, req: Request) -> Result<Response, Api
             format!("the server is busy: {} requests pending on '{}'", app.limits.max_pending, e.cfg.name),
         ));
     };
+    let header_len = binary_header_len(&req)?;
     let body = read_body(req, &app.limits).await?;
-    let parsed = parse_body(&body)?;
+    let parsed = parse_body(&body, header_len)?;
+    let tensor = matches!(parsed.form, Form::Tensor(_));
+    answer(app, e, loaded, parsed).await.map_err(|mut x| {
+        if tensor && x.status == StatusCode::UNPROCESSABLE_ENTITY {
+            x.status = StatusCode::BAD_REQUEST;
+        }
+        x
+    })
+}
+
+/// `Inference-Header-Content-Length`: the binary tensor extension's JSON header length.
+fn binary_header_len(req: &Request) -> Result<Option<usize>, ApiError> {
+    let Some(v) = req.headers().get("inference-header-content-length") else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, "Inference-Header-Content-Length must be a byte count"))
+}
+
+async fn answer(app: &App, e: &Endpoint, loaded: &Loaded, parsed: Parsed) -> Result<Response, ApiError> {
     check_items(&parsed.items, &app.limits)?;
     let windower = loaded.windower.clone();
     let items = parsed.items;
@@ -207,8 +324,12 @@ async fn infer(app: &App, endpoint: usize, req: Request) -> Result<Response, Api
         .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "the inference worker has stopped"))?
         .map_err(|m| err(StatusCode::INTERNAL_SERVER_ERROR, m))?;
     let answers = decode_all(&e.cfg, &items, &counts, ran);
-    let shaped: Vec<Value> = answers.iter().map(|a| shape_answers(a, e.cfg.decode.top_k)).collect();
-    let out = if parsed.list { Value::Array(shaped) } else { shaped.into_iter().next().expect("one item") };
+    let top_k = e.cfg.decode.top_k;
+    let out = match parsed.form {
+        Form::Tensor(req) => v2::response(&e.cfg.name, &req, &answers, top_k),
+        Form::List => Value::Array(answers.iter().map(|a| shape_answers(a, top_k)).collect()),
+        Form::One => shape_answers(&answers[0], top_k),
+    };
     Ok(Json(out).into_response())
 }
 
@@ -235,12 +356,27 @@ async fn read_body(req: Request, limits: &Limits) -> Result<Bytes, ApiError> {
     }
 }
 
-const SHAPES: &str = "expected {\"question\": ..., \"context\": ...}, a list of them, or {\"inputs\": ...}";
+const SHAPES: &str = "expected {\"question\": ..., \"context\": ...}, a list of them, {\"inputs\": ...}, or \
+                      {\"inputs\": [tensors]} (the Open Inference Protocol)";
 
-fn parse_body(body: &[u8]) -> Result<Parsed, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("the request body is not valid JSON: {e}")))?;
-    parse_value(&v).map_err(|m| err(StatusCode::BAD_REQUEST, m))
+/// A body of any accepted shape; `header_len` splits a binary-extension body into its JSON
+/// header and tensor bytes.
+fn parse_body(body: &[u8], header_len: Option<usize>) -> Result<Parsed, ApiError> {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, m);
+    let (json_part, binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(bad(format!("Inference-Header-Content-Length {n} is over the body's {} bytes", body.len())))
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let v: Value =
+        serde_json::from_slice(json_part).map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
+    if header_len.is_some() || v2::is_tensor_request(&v) {
+        let mut t = v2::parse(&v, binary).map_err(bad)?;
+        return Ok(Parsed { items: std::mem::take(&mut t.items), form: Form::Tensor(t) });
+    }
+    parse_value(&v).map_err(bad)
 }
 
 fn parse_value(v: &Value) -> Result<Parsed, String> {
@@ -259,23 +395,23 @@ fn parse_value(v: &Value) -> Result<Parsed, String> {
                         Ok(QaRequest { question: string(q, "question", i)?, context: string(c, "context", i)? })
                     })
                     .collect::<Result<Vec<_>, String>>()?;
-                non_empty(items, true)
+                non_empty(items)
             }
-            _ => Ok(Parsed { items: vec![item(v, None)?], list: false }),
+            _ => Ok(Parsed { items: vec![item(v, None)?], form: Form::One }),
         },
         Value::Array(a) => {
             let items = a.iter().enumerate().map(|(i, x)| item(x, Some(i))).collect::<Result<Vec<_>, String>>()?;
-            non_empty(items, true)
+            non_empty(items)
         }
         _ => Err(SHAPES.to_string()),
     }
 }
 
-fn non_empty(items: Vec<QaRequest>, list: bool) -> Result<Parsed, String> {
+fn non_empty(items: Vec<QaRequest>) -> Result<Parsed, String> {
     if items.is_empty() {
         return Err("the request holds no questions".to_string());
     }
-    Ok(Parsed { items, list })
+    Ok(Parsed { items, form: Form::List })
 }
 
 fn item(v: &Value, index: Option<usize>) -> Result<QaRequest, String> {
@@ -312,8 +448,16 @@ fn at(i: usize, n: usize, m: &str) -> String {
     }
 }
 
-/// 422 for an empty question or context, 413 for a context over the limit.
+/// 413 for too many questions or a context over the limit, 422 for an empty question or context.
 fn check_items(items: &[QaRequest], limits: &Limits) -> Result<(), ApiError> {
+    if items.len() > limits.max_questions {
+        let m = format!(
+            "the request holds {} questions, over --max-questions-per-request {}",
+            items.len(),
+            limits.max_questions
+        );
+        return Err(err(StatusCode::PAYLOAD_TOO_LARGE, m));
+    }
     for (i, r) in items.iter().enumerate() {
         if r.question.trim().is_empty() {
             return Err(err(StatusCode::UNPROCESSABLE_ENTITY, at(i, items.len(), "the question is empty")));

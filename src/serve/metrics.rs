@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -101,6 +101,25 @@ impl HttpMetrics {
         for (route, h) in lock(&self.latency).iter() {
             h.render(out, "sparsec_request_duration_seconds", &format!("route=\"{route}\""));
         }
+    }
+}
+
+/// Open connections, kept by the accept loop ([`listen`](super::listen)).
+#[derive(Debug, Default)]
+pub struct Connections {
+    pub open: AtomicUsize,
+    /// Connections accepted past `--max-connections` (served health and metrics only, or closed).
+    pub over_limit: AtomicU64,
+}
+
+impl Connections {
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP sparsec_open_connections Open client connections.\n");
+        out.push_str("# TYPE sparsec_open_connections gauge\n");
+        let _ = writeln!(out, "sparsec_open_connections {}", self.open.load(Ordering::SeqCst));
+        out.push_str("# HELP sparsec_connections_over_limit_total Connections accepted past --max-connections.\n");
+        out.push_str("# TYPE sparsec_connections_over_limit_total counter\n");
+        let _ = writeln!(out, "sparsec_connections_over_limit_total {}", self.over_limit.load(Ordering::SeqCst));
     }
 }
 

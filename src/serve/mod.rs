@@ -2,15 +2,18 @@
 //!
 //! [`config`] holds the limits and endpoints (from flags or a DeepSparse-shaped `server.yaml`) →
 //! [`run`] binds, starts one [`batcher`] inference thread per endpoint (which loads its model
-//! while the server already answers `/health` with 503) → [`handlers`] turn bodies into windows,
-//! queue them for dynamic batching and decode the logits → [`metrics`] renders Prometheus text.
-//! SIGINT/SIGTERM stop accepting connections, let every admitted request finish, drain the
-//! queues and return.
+//! while the server already answers `/health` with 503) → [`listen`] accepts connections under
+//! a header deadline and a connection cap → [`handlers`] turn bodies (DeepSparse's shapes or the
+//! Open Inference Protocol's tensors, [`v2`]) into windows, queue them for dynamic batching and
+//! decode the logits → [`metrics`] renders Prometheus text. SIGINT/SIGTERM stop accepting
+//! connections, let every admitted request finish, drain the queues and return.
 
 pub mod batcher;
 pub mod config;
 pub mod handlers;
+pub mod listen;
 pub mod metrics;
+pub mod v2;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,7 +63,12 @@ async fn serve(config: ServeConfig, on_event: Arc<dyn Fn(Event) + Send + Sync>) 
         threads.push(thread);
         loads.push(loaded);
     }
-    let app = Arc::new(App { endpoints, limits: config.limits.clone(), http: Default::default() });
+    let app = Arc::new(App {
+        endpoints,
+        limits: config.limits.clone(),
+        http: Default::default(),
+        connections: Default::default(),
+    });
     on_event(Event::Listening(addr));
 
     let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
@@ -99,8 +107,8 @@ async fn serve(config: ServeConfig, on_event: Arc<dyn Fn(Event) + Send + Sync>) 
             }
         }
     };
-    let router = handlers::router(app.clone());
-    let served = axum::serve(listener, router).with_graceful_shutdown(stopping).await;
+    let (full, limited) = (handlers::router(app.clone()), handlers::limited_router(app.clone()));
+    listen::serve(listener, full, limited, &app.limits, app.connections.clone(), stopping).await;
     loader.await.context("the model loader panicked")?;
     let totals = app.http.totals();
     for e in &app.endpoints {
@@ -112,7 +120,6 @@ async fn serve(config: ServeConfig, on_event: Arc<dyn Fn(Event) + Send + Sync>) 
     if let Some(e) = metrics::lock(&failure).take() {
         return Err(e);
     }
-    served.context("the server failed")?;
     on_event(Event::Stopped(totals));
     Ok(())
 }
