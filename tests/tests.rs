@@ -32,6 +32,7 @@ mod sparsify;
 mod spine;
 mod static_shapes;
 mod streams;
+mod tidy;
 mod train_cli;
 mod train_data_check;
 mod train_reference;

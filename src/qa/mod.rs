@@ -21,7 +21,7 @@ pub mod squad;
 pub mod tokenize;
 
 pub use features::{Window, WindowOptions};
-pub use model::ModelFile;
-pub use pipeline::{FixedShape, QaPipeline, QaRequest};
+pub use model::{FixedShape, ModelFile};
+pub use pipeline::{QaPipeline, QaRequest};
 pub use postprocess::{Answer, DecodeOptions, Decoder};
 pub use tokenize::QaTokenizer;

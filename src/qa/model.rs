@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::pipeline::FixedShape;
-use crate::ir::Model;
+use crate::ir::{Dim, Model};
 use crate::passes::{PassReport, SparseExecution};
 use crate::runtime::{self, Backend, EngineKind, EngineOptions, Kernels};
 
@@ -75,4 +74,53 @@ fn linear_sparsity(m: &Model) -> Option<f64> {
         total += t.numel() as f64;
     }
     (total > 0.0).then(|| zeros / total)
+}
+
+/// The input dims a QA model fixes: `None` where a dim is dynamic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FixedShape {
+    pub batch: Option<usize>,
+    pub seq: Option<usize>,
+}
+
+impl FixedShape {
+    /// The fixed dims of the model's `input_ids`/`attention_mask`/`token_type_ids` (rank 2,
+    /// `[batch, sequence]`); an error when the inputs disagree.
+    pub fn of_model(model: &Model) -> Result<FixedShape> {
+        let g = &model.graph;
+        let mut shape: Option<(String, FixedShape)> = None;
+        for v in g.runtime_inputs() {
+            let value = g.value(v);
+            if !["input_ids", "attention_mask", "token_type_ids"].contains(&value.name.as_str()) {
+                continue;
+            }
+            let Some(dims) = &value.facts.shape else { continue };
+            if dims.len() != 2 {
+                bail!("input '{}' has rank {}, a QA model takes [batch, sequence]", value.name, dims.len());
+            }
+            let fixed = |d: &Dim| d.known().and_then(|n| usize::try_from(n).ok());
+            let this = FixedShape { batch: fixed(&dims[0]), seq: fixed(&dims[1]) };
+            match &shape {
+                Some((other, s)) if *s != this => bail!(
+                    "inputs '{other}' ({}) and '{}' ({}) have different fixed dims",
+                    s.describe(),
+                    value.name,
+                    this.describe()
+                ),
+                Some(_) => {}
+                None => shape = Some((value.name.clone(), this)),
+            }
+        }
+        Ok(shape.map(|(_, s)| s).unwrap_or_default())
+    }
+
+    pub fn is_dynamic(&self) -> bool {
+        self.batch.is_none() && self.seq.is_none()
+    }
+
+    /// `[batch, 384]`, `[1, 384]`, ….
+    pub fn describe(&self) -> String {
+        let d = |x: Option<usize>, name: &str| x.map_or(name.to_string(), |n| n.to_string());
+        format!("[{}, {}]", d(self.batch, "batch"), d(self.seq, "sequence"))
+    }
 }
