@@ -159,7 +159,7 @@ impl TrainFlags {
         output_dir: PathBuf,
     ) -> Result<TrainConfig> {
         let args = self;
-        let recipe_args = crate::compile::parse_recipe_args(args.recipe_args.as_deref())?;
+        let recipe_args = super::parse_recipe_args(args.recipe_args.as_deref())?;
         let teacher = match args.distill_teacher.as_deref() {
             None => Teacher::Original,
             Some("disable") | Some("disabled") => Teacher::Disabled,

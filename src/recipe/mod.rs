@@ -15,6 +15,7 @@ pub mod modifiers;
 pub mod resolve;
 pub mod schedule;
 mod source;
+pub mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -263,7 +263,8 @@ pub fn sparsify(cfg: &SparsifyConfig, progress: &mut dyn Progress) -> Result<Spa
         progress.message(&format!("compile: reusing '{}'", compiled.display()));
     } else {
         progress.message(&format!("compile: {} with {}", cfg.model.display(), cfg.recipe.path.display()));
-        crate::compile::compile_folder(&cfg.model, &cfg.recipe, &cfg.recipe_args, &compiled)?;
+        let mut warn = |f: &crate::recipe::support::Finding| progress.message(&format!("warning: {f}"));
+        crate::compile::compile_folder(&cfg.model, &cfg.recipe, &cfg.recipe_args, &compiled, &mut warn)?;
     }
 
     progress.message("train");

@@ -11,5 +11,4 @@ pub mod optim;
 pub mod prune;
 pub mod session;
 pub mod step;
-pub mod support;
 pub mod tensorboard;

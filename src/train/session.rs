@@ -27,7 +27,9 @@ use super::observers::{MinMaxObserver, AVERAGING_CONSTANT};
 use super::optim::AdamWConfig;
 use super::prune::{mask_sparsity, Evidence, Layer, PruneReport, Pruner};
 use super::step::{linear_warmup_decay, Stepper};
-use crate::autodiff::{build_training_graph, loss::hf_padding_rows, LossSpec, TrainingGraphSpec};
+use crate::autodiff::build_training_graph;
+use crate::compile::loss::Loss;
+use crate::compile::Compiled;
 use crate::ir::{infer, modules, Model, Tensor};
 use crate::passes::{BindInputs, LowerFakeQuant, Pass, RemoveDead, QUANT_ENABLED_INPUT};
 use crate::qa::features::TrainWindow;
@@ -160,31 +162,6 @@ pub struct EvalRecord {
     pub f1: f64,
 }
 
-/// The part of plan.json the trainer reads.
-#[derive(Deserialize)]
-pub(super) struct PlanFile {
-    pub model: String,
-    modifiers: Vec<PlanModifierFile>,
-    graph_inputs: Vec<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct PlanModifierFile {
-    index: usize,
-    targets: Vec<PlanTargetFile>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct PlanTargetFile {
-    param: String,
-    initializer: String,
-    shape: Vec<i64>,
-    transposed: bool,
-    mask_input: Option<String>,
-    init_sparsity: Option<f64>,
-    final_sparsity: Option<f64>,
-}
-
 /// One mask fed to the graph.
 #[derive(Clone, Debug)]
 pub(super) struct MaskSlot {
@@ -219,47 +196,6 @@ struct CheckpointState {
     qat_started: bool,
     fingerprint: serde_json::Value,
     evals: Vec<EvalRecord>,
-}
-
-/// The compiled folder: eval graph, plan, recipe.
-pub(super) struct Compiled {
-    pub dir: PathBuf,
-    pub model: Model,
-    pub plan: PlanFile,
-    pub recipe: Recipe,
-}
-
-impl Compiled {
-    fn load(dir: &Path, recipe_args: &serde_json::Map<String, serde_json::Value>) -> Result<Compiled> {
-        let need = |f: &str| -> Result<PathBuf> {
-            let p = dir.join(f);
-            if !p.exists() {
-                bail!("'{}' has no {f}: pass a folder written by `sparsec compile`", dir.display());
-            }
-            Ok(p)
-        };
-        let plan_path = need("plan.json")?;
-        let plan: PlanFile = serde_json::from_slice(
-            &std::fs::read(&plan_path).with_context(|| format!("cannot read '{}'", plan_path.display()))?,
-        )
-        .with_context(|| format!("'{}' is not a sparsec plan", plan_path.display()))?;
-        let mut args = serde_json::Map::new();
-        let compiled_args = dir.join("recipe_args.json");
-        if compiled_args.exists() {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&compiled_args)?)
-                .with_context(|| format!("'{}' is not valid JSON", compiled_args.display()))?;
-            if let serde_json::Value::Object(m) = v {
-                args.extend(m);
-            }
-        }
-        args.extend(recipe_args.clone());
-        let recipe = Recipe::load(&need("recipe.yaml")?, &args)?;
-        let model_path = need("model.onnx")?;
-        let mut model = crate::onnx::load(&model_path)?;
-        infer::infer_facts(&mut model).with_context(|| format!("'{}'", model_path.display()))?;
-        need("tokenizer.json")?;
-        Ok(Compiled { dir: dir.to_path_buf(), model, plan, recipe })
-    }
 }
 
 fn f32_tensor(shape: &[usize], data: Vec<f32>) -> HostTensor {
@@ -521,7 +457,7 @@ pub trait Progress {
 pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSummary> {
     let data = Data::load(cfg)?;
     let mut run = Run::new(&data.compiled)?;
-    for w in super::prune::select::recipe_warnings(&data.compiled.recipe) {
+    for w in crate::recipe::support::warnings(&data.compiled.recipe) {
         tracing::warn!("{w}");
         progress.message(&format!("warning: {w}"));
     }
@@ -561,7 +497,7 @@ impl Data {
         if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
             bail!("batch sizes must be at least 1");
         }
-        let compiled = Compiled::load(&cfg.compiled, &cfg.recipe_args)?;
+        let compiled = Compiled::open(&cfg.compiled, &cfg.recipe_args)?;
         check_fixed_shape(cfg, &compiled.model)?;
         let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
         let windower = tokenizer.windower(WindowOptions {
@@ -608,14 +544,7 @@ impl Data {
 
     /// `zero_grad_rows` from config.json (embedding rows HF keeps at zero gradient).
     pub fn zero_grad_rows(&self) -> Result<Vec<(String, i64)>> {
-        let config_json = self.compiled.dir.join("config.json");
-        if !config_json.exists() {
-            return Ok(Vec::new());
-        }
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_json)?)
-            .with_context(|| format!("'{}' is not valid JSON", config_json.display()))?;
-        let names = modules::parameter_names(&self.compiled.model.graph);
-        Ok(hf_padding_rows(&json, names.keys().map(String::as_str)))
+        crate::compile::loss::padding_rows(&self.compiled.dir, &self.compiled.model.graph)
     }
 }
 
@@ -697,25 +626,14 @@ impl<'d> Session<'d> {
         let spe = data.windows.len().div_ceil(cfg.batch_size) as u64;
         let schedule_steps = (epochs * spe as f64).ceil() as u64;
         let total_steps = cfg.max_steps.map_or(schedule_steps, |m| m.min(schedule_steps));
-        let distill = compiled.recipe.modifiers.iter().find_map(|e| match &e.modifier {
-            Modifier::Distillation(d) => Some(d.clone()),
-            _ => None,
-        });
-        let distill = distill.filter(|_| cfg.teacher != Teacher::Disabled);
-        let layers = crate::compile::layer_distillation(&compiled.recipe, &compiled.model.graph)
-            .filter(|_| cfg.teacher != Teacher::Disabled);
-        let loss = match &distill {
-            Some(d) => LossSpec::Distill { temperature: d.temperature as f32, hardness: d.hardness as f32 },
-            None => LossSpec::Span,
-        };
-        let mut spec = TrainingGraphSpec::new(loss);
-        spec.zero_grad_rows = data.zero_grad_rows()?;
-        spec.layers = layers.as_ref().map(|(l, _)| l.clone());
-        let teacher_modules: Vec<String> = layers.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
-        let qat = build_training_graph(&compiled.model, &spec).context("cannot build the training graph")?;
+        let loss =
+            Loss::of(&compiled.recipe, &compiled.model.graph, cfg.teacher != Teacher::Disabled, data.zero_grad_rows()?);
+        let spec = &loss.spec;
+        let teacher_modules = &loss.teacher_modules;
+        let qat = build_training_graph(&compiled.model, spec).context("cannot build the training graph")?;
         let float = match run.has_quant() {
             true => Some(
-                build_training_graph(&without_fake_quant(&compiled.model)?, &spec)
+                build_training_graph(&without_fake_quant(&compiled.model)?, spec)
                     .context("cannot build the training graph without fake quantization")?,
             ),
             false => None,
@@ -739,9 +657,9 @@ impl<'d> Session<'d> {
             stepper.watch.push(format!("{}.min", s.base));
             stepper.watch.push(format!("{}.max", s.base));
         }
-        let teacher = match (distill.is_some() || layers.is_some(), &cfg.teacher) {
+        let teacher = match (loss.needs_teacher(), &cfg.teacher) {
             (false, _) => None,
-            (true, Teacher::Path(p)) => Some(load_teacher(p, &opts, &teacher_modules)?),
+            (true, Teacher::Path(p)) => Some(load_teacher(p, &opts, teacher_modules)?),
             (true, _) => {
                 let original = PathBuf::from(&compiled.plan.model);
                 if !original.exists() {
@@ -751,7 +669,7 @@ impl<'d> Session<'d> {
                         original.display()
                     );
                 }
-                Some(load_teacher(&original, &opts, &teacher_modules)?)
+                Some(load_teacher(&original, &opts, teacher_modules)?)
             }
         };
         let mut fingerprint = serde_json::json!({
@@ -762,14 +680,14 @@ impl<'d> Session<'d> {
             "seed": cfg.seed,
             "max_seq_length": cfg.max_seq_length,
             "doc_stride": cfg.doc_stride,
-            "distillation": distill.is_some(),
+            "distillation": loss.distill,
             "total_steps": total_steps,
         });
         if cfg.group_by_length {
             fingerprint["group_by_length"] = true.into();
         }
-        if let Some((l, t)) = &layers {
-            fingerprint["layer_distillation"] = serde_json::json!({"student": l.modules, "teacher": t});
+        if let Some(l) = &spec.layers {
+            fingerprint["layer_distillation"] = serde_json::json!({"student": l.modules, "teacher": teacher_modules});
         }
         let updates = mask_schedule(&compiled.recipe, spe, schedule_steps);
         let ckpt_dir = cfg.output_dir.join("checkpoints");
@@ -789,7 +707,7 @@ impl<'d> Session<'d> {
             stepper,
             loss_parts,
             teacher,
-            distill: distill.is_some(),
+            distill: loss.distill,
             pruners,
             updates,
             fingerprint,
