@@ -48,7 +48,9 @@ pub fn compile_folder(
     let recipe = recipe_src.parse(overrides)?;
     let mut model = crate::onnx::load(model_path)?;
     infer::infer_facts(&mut model).with_context(|| format!("'{}'", model_path.display()))?;
-    check(&model, model_path, &recipe)?.iter().for_each(|f| warn(f));
+    for f in &check(&model, model_path, &recipe)? {
+        warn(f);
+    }
     let mut plan = rewrite(&mut model, model_path, &recipe)?;
     let training = loss::training_graph(&model, model_path, &recipe)?;
     plan.autodiff = format!(
