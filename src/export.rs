@@ -2,7 +2,8 @@
 //! `sparsec train`, or `train --one-shot`) to an inference ONNX — masks folded into the weights, fake quantization
 //! lowered to int8 QDQ, observer outputs and dead nodes removed — and writes a deployment folder:
 //! `model.onnx`, tokenizer and config files, `recipe.yaml`, and `sparsity.json` (per-layer zeros,
-//! bytes). With `--one-shot N --calibration-file F` it starts from a `sparsec compile` folder.
+//! bytes). `sparsec export --one-shot` first prunes a `sparsec compile` folder by
+//! [`crate::sparsify::one_shot_export`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,17 +14,14 @@ use serde::Serialize;
 use crate::ir::{infer, DType, Model};
 use crate::onnx::{self, SaveOptions};
 use crate::passes::{FoldMasks, LowerFakeQuant, LowerQOperator, Pass, PassReport, QuantizeEmbeddings, RemoveDead};
-use crate::train::session::{self, Progress, StepLog, Teacher, TrainConfig};
 
 /// What `export_folder` is asked to do (the flags of `sparsec export`).
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
-    /// A trained folder, or with `one_shot` a compiled folder.
+    /// A trained folder.
     pub model: PathBuf,
     /// The deployment folder, replaced atomically.
     pub output: PathBuf,
-    pub one_shot: Option<usize>,
-    pub calibration_file: Option<PathBuf>,
     pub quantize_embeddings: bool,
     pub format: Format,
 }
@@ -74,17 +72,6 @@ pub struct ExportReport {
     pub passes: Vec<PassReport>,
     pub layers: Vec<LayerReport>,
     pub storage: String,
-}
-
-struct Quiet;
-
-impl Progress for Quiet {
-    fn start(&mut self, _: u64, _: u64) {}
-    fn step(&mut self, _: &StepLog) {}
-    fn message(&mut self, text: &str) {
-        eprintln!("{text}");
-    }
-    fn finish(&mut self) {}
 }
 
 /// Lowers a trained model (all training inputs bound) to the deployable graph.
@@ -164,49 +151,7 @@ fn layer_reports(model: &Model, pruned: &[String]) -> (Vec<LayerReport>, f64, f6
 /// Lowers `args.model` and writes the deployment folder `args.output` atomically; returns what
 /// `sparsity.json` holds.
 pub fn export_folder(args: &ExportOptions) -> Result<ExportReport> {
-    let staging = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let source = match args.one_shot {
-        None => args.model.clone(),
-        Some(n) => {
-            let data =
-                args.calibration_file.clone().context("--one-shot needs --calibration-file (SQuAD-format data)")?;
-            let trained = staging.path().join("one-shot");
-            let cfg = TrainConfig {
-                compiled: args.model.clone(),
-                train_file: data,
-                eval_file: None,
-                output_dir: trained.clone(),
-                batch_size: 16,
-                eval_batch_size: 32,
-                learning_rate: 0.0,
-                warmup_steps: 0,
-                weight_decay: 0.0,
-                max_grad_norm: None,
-                max_seq_length: 384,
-                doc_stride: 128,
-                pad_to_max_length: false,
-                group_by_length: false,
-                teacher: Teacher::Disabled,
-                seed: 42,
-                threads: None,
-                ort_memory: Default::default(),
-                max_train_samples: Some(n),
-                strict_data: false,
-                max_eval_samples: None,
-                recipe_args: serde_json::Map::new(),
-                resume: false,
-                save_steps: None,
-                save_total_limit: 1,
-                one_shot: Some(n),
-                num_train_epochs: None,
-                max_steps: None,
-                prune_memory_limit: session::DEFAULT_PRUNE_MEMORY_LIMIT,
-                stop_on_signals: false,
-            };
-            session::train(&cfg, &mut Quiet)?;
-            trained
-        }
-    };
+    let source = args.model.clone();
     let model_path = source.join("model.onnx");
     if !model_path.exists() {
         bail!("'{}' has no model.onnx", source.display());

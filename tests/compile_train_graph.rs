@@ -105,7 +105,7 @@ fn the_graph_without_fake_quant_computes_what_the_switched_off_graph_computes() 
     sparsec::ir::infer::infer_facts(&mut m).unwrap();
     let spec = TrainingGraphSpec::new(LossSpec::Span);
     let qat = build_training_graph(&m, &spec).unwrap();
-    let float = build_training_graph(&sparsec::train::session::without_fake_quant(&m).unwrap(), &spec).unwrap();
+    let float = build_training_graph(&sparsec::train::graphs::without_fake_quant(&m).unwrap(), &spec).unwrap();
     let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
     assert!(count(&qat.model.graph, "QuantizeLinear") > 0);
     assert_eq!(count(&float.model.graph, "QuantizeLinear"), 0);

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::compile::{compile_folder, parse_recipe_args, print_table};
+use super::parse_recipe_args;
+use crate::compile::{compile_folder, Plan};
 use crate::recipe::builtin::RecipeText;
 
 #[derive(clap::Args)]
@@ -37,7 +38,7 @@ pub fn run(args: CompileArgs) -> Result<()> {
     if let Some(note) = &recipe.note {
         eprintln!("{note}");
     }
-    let plan = compile_folder(&model_path, &recipe, &overrides, &args.output)?;
+    let plan = compile_folder(&model_path, &recipe, &overrides, &args.output, &mut |f| eprintln!("warning: {f}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else if args.explain {
@@ -47,4 +48,40 @@ pub fn run(args: CompileArgs) -> Result<()> {
         println!("compiled {} with {n} modifiers into {}", model_path.display(), args.output.display());
     }
     Ok(())
+}
+
+fn print_table(plan: &Plan) {
+    println!("model   {}", plan.model);
+    println!("recipe  {} (version {})", plan.recipe, plan.recipe_version.as_deref().unwrap_or("-"));
+    println!("epochs  {}", plan.total_epochs);
+    println!();
+    println!("{:<3} {:<32} {:>5} {:>13} {:>7}  schedule / status", "#", "modifier", "line", "epochs", "targets");
+    for m in &plan.modifiers {
+        let epochs = format!("{}..{}", m.start_epoch, m.end_epoch);
+        let sched = if !m.mask_updates.is_empty() {
+            let ups: Vec<String> = m
+                .mask_updates
+                .iter()
+                .map(|u| match u.sparsity {
+                    Some(s) => format!("{}:{:.3}", u.epoch, s),
+                    None => format!("{}:{:.0}%", u.epoch, u.progress * 100.0),
+                })
+                .collect();
+            format!("mask updates (epoch:sparsity) {}", ups.join(" "))
+        } else if let Some(q) = &m.quantization {
+            format!("QAT from epoch {}, observers frozen at {}", q["qat_starts_epoch"], q["observers_frozen_epoch"])
+        } else {
+            String::new()
+        };
+        println!("{:<3} {:<32} {:>5} {:>13} {:>7}  {sched}", m.index, m.name, m.line, epochs, m.targets.len());
+        if m.status != "applied" {
+            println!("{:<3} {:<32} {:>5} {:>13} {:>7}  ({})", "", "", "", "", "", m.status);
+        }
+    }
+    println!();
+    println!("new graph inputs: {}", plan.graph_inputs.len());
+    for p in &plan.passes {
+        println!("pass {:<22} rewrote {} sites", p.pass, p.rewritten);
+    }
+    println!("loss/gradients: {}", plan.autodiff);
 }

@@ -1,5 +1,6 @@
 //! `sparsec export --model TRAINED -o DEPLOYMENT [--format F] [...]`: parses the flags and prints
-//! what was written; the exporter is [`crate::export`].
+//! what was written; the exporter is [`crate::export`] (after [`crate::sparsify::one_shot_export`]
+//! with `--one-shot`).
 
 use std::path::PathBuf;
 
@@ -40,12 +41,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let opts = ExportOptions {
         model: args.model,
         output: args.output,
-        one_shot: args.one_shot,
-        calibration_file: args.calibration_file,
         quantize_embeddings: args.quantize_embeddings,
         format: args.format,
     };
-    let report = export_folder(&opts)?;
+    let report = match args.one_shot {
+        None => export_folder(&opts)?,
+        Some(n) => crate::sparsify::one_shot_export(&opts.model, args.calibration_file, n, &opts)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -107,3 +107,15 @@ pub(crate) fn resolve_model_path(p: &Path) -> PathBuf {
         p.to_path_buf()
     }
 }
+
+/// Parses `--recipe-args`: a JSON object of recipe variables.
+pub(crate) fn parse_recipe_args(text: Option<&str>) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match text {
+        None => Ok(serde_json::Map::new()),
+        Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(_) => anyhow::bail!("--recipe-args must be a JSON object like '{{\"num_epochs\": 8}}'"),
+            Err(e) => anyhow::bail!("--recipe-args is not valid JSON: {e}"),
+        },
+    }
+}

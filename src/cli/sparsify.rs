@@ -101,7 +101,7 @@ pub fn run(args: SparsifyArgs) -> Result<()> {
     if let Some(note) = &recipe.note {
         eprintln!("{note}");
     }
-    let recipe_args = crate::compile::parse_recipe_args(args.flags.recipe_args.as_deref())?;
+    let recipe_args = super::parse_recipe_args(args.flags.recipe_args.as_deref())?;
     let mut flags = args.flags.clone();
     flags.recipe_args = None;
     let train = flags.config(PathBuf::new(), train_file, args.validation_file.clone(), PathBuf::new())?;

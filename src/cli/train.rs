@@ -1,5 +1,5 @@
 //! `sparsec train --model COMPILED --train-file SQUAD --output-dir DIR [...]`: trains a compiled
-//! model per its recipe (see [`crate::train::session`]); `--one-shot N` prunes and calibrates
+//! model per its recipe (see [`crate::train`]); `--one-shot N` prunes and calibrates
 //! without training. Argument names follow SparseML's / Hugging Face's `run_qa.py`.
 
 use std::path::PathBuf;
@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::train::session::{self, Progress, StepLog, Teacher, TrainConfig};
+use crate::train::config::{Teacher, TrainConfig};
+use crate::train::log::{Progress, StepLog};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -159,7 +160,7 @@ impl TrainFlags {
         output_dir: PathBuf,
     ) -> Result<TrainConfig> {
         let args = self;
-        let recipe_args = crate::compile::parse_recipe_args(args.recipe_args.as_deref())?;
+        let recipe_args = super::parse_recipe_args(args.recipe_args.as_deref())?;
         let teacher = match args.distill_teacher.as_deref() {
             None => Teacher::Original,
             Some("disable") | Some("disabled") => Teacher::Disabled,
@@ -171,10 +172,7 @@ impl TrainFlags {
             Some(p) => Teacher::Path(super::resolve_model_path(std::path::Path::new(p))),
         };
         Ok(TrainConfig {
-            compiled,
-            train_file,
             eval_file,
-            output_dir,
             batch_size: args.per_device_train_batch_size,
             eval_batch_size: args.per_device_eval_batch_size,
             learning_rate: args.learning_rate,
@@ -201,6 +199,7 @@ impl TrainFlags {
             num_train_epochs: args.num_train_epochs,
             max_steps: args.max_steps,
             stop_on_signals: true,
+            ..TrainConfig::new(compiled, train_file, output_dir)
         })
     }
 }
@@ -208,7 +207,7 @@ impl TrainFlags {
 pub fn run(args: TrainArgs) -> Result<()> {
     let cfg = args.flags.config(args.model, args.train_file, args.eval_file, args.output_dir)?;
     let mut bar = Bar::default();
-    let summary = session::train(&cfg, &mut bar)?;
+    let summary = crate::train::train(&cfg, &mut bar)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());

@@ -18,6 +18,11 @@ pub struct Scope {
     pub others: HashMap<String, Value>,
 }
 
+/// `__ALL_PRUNABLE__`: every linear layer's weight.
+pub const ALL_PRUNABLE: &str = "__ALL_PRUNABLE__";
+/// `__ALL__`: every named parameter.
+pub const ALL_PARAMS: &str = "__ALL__";
+
 pub(crate) struct FieldReader<'a> {
     pub modifier: String,
     map: BTreeMap<String, Value>,
@@ -271,7 +276,7 @@ fn not_a_bool(v: &Value) -> String {
 pub(crate) fn strings(v: &Value) -> Option<Vec<String>> {
     fn token(s: &str) -> String {
         let up = s.to_ascii_uppercase();
-        if up == super::modifiers::ALL_PARAMS || up == super::modifiers::ALL_PRUNABLE {
+        if up == ALL_PARAMS || up == ALL_PRUNABLE {
             up
         } else {
             s.to_string()

@@ -15,6 +15,7 @@ pub mod modifiers;
 pub mod resolve;
 pub mod schedule;
 mod source;
+pub mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use serde_yaml::{Mapping, Value};
 pub use error::{Location, RecipeError};
 use eval::Num;
 use fields::FieldReader;
-pub use fields::Scope;
+pub use fields::{Scope, ALL_PARAMS, ALL_PRUNABLE};
 pub use modifiers::*;
 use source::Source;
 
@@ -323,15 +324,15 @@ fn parse_group(
             .or_else(|| src.key_line(stage, group))
             .unwrap_or(0);
         *occurrence += 1;
-        if !KNOWN_MODIFIERS.contains(&name.as_str()) {
+        let Some(parse) = modifiers::parser(&name) else {
             return Err(RecipeError::UnknownModifier {
                 at: src.at(tag_line, Some(name.clone())),
                 name,
-                known: KNOWN_MODIFIERS.join(", "),
+                known: modifiers::known_modifiers().join(", "),
             });
-        }
+        };
         let mut reader = FieldReader::new(&name, body, src, scope, tag_line)?;
-        let modifier = modifiers::parse_modifier(&name, &mut reader)?;
+        let modifier = parse(&name, &mut reader)?;
         let field_lines = reader.finish()?.into_iter().map(|(k, l)| (k, src.at(l, None).line)).collect();
         out.push(ModifierEntry {
             name,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::ir::{modules, Graph, ValueId};
 
 use super::error::{Location, RecipeError};
-use super::modifiers::{ALL_PARAMS, ALL_PRUNABLE};
+use super::fields::{ALL_PARAMS, ALL_PRUNABLE};
 
 /// The names a recipe can refer to in one graph.
 #[derive(Clone, Debug)]

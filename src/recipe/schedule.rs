@@ -260,6 +260,7 @@ impl<'r> Schedule<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recipe::ALL_PRUNABLE;
 
     fn gmp(inter_func: InterFunc, update_frequency: f64) -> PruningModifier {
         PruningModifier {

@@ -1,5 +1,5 @@
 //! `sparsec sparsify`: SparseML's one-command workflow over the same library functions the single
-//! commands call — [`crate::compile`] → [`crate::train::session`] → [`crate::export`] →
+//! commands call — [`crate::compile`] → [`crate::train`] → [`crate::export`] →
 //! [`crate::qa::evaluate`] (the deployment and the dense starting model) → [`crate::bench`] (the
 //! deployment against the starting model) → [`report`] — into one output folder:
 //!
@@ -29,7 +29,8 @@ use crate::qa::evaluate::{EvalReport, EvalSettings};
 use crate::qa::Decoder;
 use crate::recipe::builtin::RecipeText;
 use crate::runtime::{EngineKind, Kernels};
-use crate::train::session::{self, Progress, Teacher, TrainConfig, TrainSummary};
+use crate::train::config::{Teacher, TrainConfig};
+use crate::train::log::{Progress, StepLog, TrainSummary};
 
 pub const ARGS_FILE: &str = "sparsify_args.json";
 pub const COMPILED: &str = "compiled";
@@ -263,19 +264,18 @@ pub fn sparsify(cfg: &SparsifyConfig, progress: &mut dyn Progress) -> Result<Spa
         progress.message(&format!("compile: reusing '{}'", compiled.display()));
     } else {
         progress.message(&format!("compile: {} with {}", cfg.model.display(), cfg.recipe.path.display()));
-        crate::compile::compile_folder(&cfg.model, &cfg.recipe, &cfg.recipe_args, &compiled)?;
+        let mut warn = |f: &crate::recipe::support::Finding| progress.message(&format!("warning: {f}"));
+        crate::compile::compile_folder(&cfg.model, &cfg.recipe, &cfg.recipe_args, &compiled, &mut warn)?;
     }
 
     progress.message("train");
-    let trained: TrainSummary = session::train(&cfg.train, progress)?;
+    let trained: TrainSummary = crate::train::train(&cfg.train, progress)?;
 
     let deployment = d.join(DEPLOYMENT);
     progress.message(&format!("export: {}", deployment.display()));
     let export: ExportReport = crate::export::export_folder(&ExportOptions {
         model: cfg.train.output_dir.clone(),
         output: deployment.clone(),
-        one_shot: None,
-        calibration_file: None,
         quantize_embeddings: false,
         format: cfg.export_format,
     })?;
@@ -424,4 +424,37 @@ fn bench_both(
         ratio: s / dn,
         results,
     })
+}
+
+/// `sparsec export --one-shot N`: prunes the compiled folder `compiled` once by its recipe and
+/// calibrates on `n` windows of `calibration_file` (into a temporary folder), then exports that.
+pub fn one_shot_export(
+    compiled: &Path,
+    calibration_file: Option<PathBuf>,
+    n: usize,
+    export: &ExportOptions,
+) -> Result<ExportReport> {
+    let staging = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let data = calibration_file.context("--one-shot needs --calibration-file (SQuAD-format data)")?;
+    let trained = staging.path().join("one-shot");
+    let cfg = TrainConfig {
+        teacher: Teacher::Disabled,
+        max_train_samples: Some(n),
+        one_shot: Some(n),
+        ..TrainConfig::new(compiled.to_path_buf(), data, trained.clone())
+    };
+    crate::train::train(&cfg, &mut Quiet)?;
+    crate::export::export_folder(&ExportOptions { model: trained, ..export.clone() })
+}
+
+/// Progress that prints messages only.
+struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&mut self, _: u64, _: u64) {}
+    fn step(&mut self, _: &StepLog) {}
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+    fn finish(&mut self) {}
 }

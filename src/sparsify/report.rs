@@ -10,7 +10,7 @@ use plotters::prelude::*;
 
 use super::{EvalResults, Speed};
 use crate::export::ExportReport;
-use crate::train::session::{EvalRecord, StepLog};
+use crate::train::log::{EvalRecord, StepLog};
 
 /// What the report shows.
 pub struct ReportData<'a> {

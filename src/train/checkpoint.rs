@@ -1,13 +1,19 @@
 //! Checkpoints: named f32 tensors (weights, masks, optimiser moments, observers) in one
 //! safetensors file plus a JSON state (step, epoch, RNG, schedule), written atomically: everything
 //! goes to a temporary folder beside the target, which is renamed into place only when complete.
+//! A run's checkpoints are `step-NNNNNNNNN/` folders, the newest few kept.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::log::EvalRecord;
+use super::observers::MinMaxObserver;
+use super::run::Run;
+use super::step::Stepper;
 
 const TENSORS: &str = "tensors.safetensors";
 const STATE: &str = "state.json";
@@ -66,6 +72,106 @@ pub fn load<S: DeserializeOwned>(path: &Path) -> Result<(BTreeMap<String, NamedT
     )
     .with_context(|| format!("'{}' is not a valid checkpoint state", state_path.display()))?;
     Ok((tensors, state))
+}
+
+/// A run's position, beside its tensors.
+#[derive(Serialize, Deserialize)]
+pub(super) struct CheckpointState {
+    pub step: u64,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+    pub adam_step: u64,
+    pub samples_seen: u64,
+    pub qat_started: bool,
+    pub fingerprint: serde_json::Value,
+    pub evals: Vec<EvalRecord>,
+}
+
+/// The run's tensors: weights, AdamW moments, masks and observers.
+pub(super) fn snapshot(stepper: &Stepper, run: &Run) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    for (p, s) in stepper.params.iter().zip(&stepper.optimizer.states) {
+        out.push(NamedTensor { name: format!("param/{}", p.input), shape: p.shape.clone(), data: p.data.clone() });
+        out.push(NamedTensor { name: format!("adam.m/{}", p.input), shape: p.shape.clone(), data: s.exp_avg.clone() });
+        out.push(NamedTensor {
+            name: format!("adam.v/{}", p.input),
+            shape: p.shape.clone(),
+            data: s.exp_avg_sq.clone(),
+        });
+    }
+    for m in &run.masks {
+        out.push(NamedTensor { name: format!("mask/{}", m.input), shape: m.shape.clone(), data: m.data.clone() });
+    }
+    for s in &run.sites {
+        let (lo, hi) = s.last.unwrap_or((0.0, 0.0));
+        let o = &s.observer;
+        out.push(NamedTensor {
+            name: format!("observer/{}", s.base),
+            shape: vec![6],
+            data: vec![o.min, o.max, o.initialized as u8 as f32, lo, hi, s.last.is_some() as u8 as f32],
+        });
+    }
+    out
+}
+
+/// Checkpoint tensors into the run; every tensor must have the element count of the value it
+/// replaces (an error naming it otherwise: the checkpoint is of another model).
+pub(super) fn restore(stepper: &mut Stepper, run: &mut Run, t: &BTreeMap<String, NamedTensor>) -> Result<()> {
+    let get = |name: String, len: usize| -> Result<Vec<f32>> {
+        let v = t.get(&name).with_context(|| format!("has no tensor '{name}'"))?;
+        if v.data.len() != len {
+            bail!(
+                "tensor '{name}' holds {} values where this model has {len} (a checkpoint of another model?)",
+                v.data.len()
+            );
+        }
+        Ok(v.data.clone())
+    };
+    for (p, s) in stepper.params.iter_mut().zip(stepper.optimizer.states.iter_mut()) {
+        let n = p.data.len();
+        p.data = get(format!("param/{}", p.input), n)?;
+        s.exp_avg = get(format!("adam.m/{}", p.input), n)?;
+        s.exp_avg_sq = get(format!("adam.v/{}", p.input), n)?;
+    }
+    for m in run.masks.iter_mut() {
+        m.data = get(format!("mask/{}", m.input), m.data.len())?;
+    }
+    for s in run.sites.iter_mut() {
+        let d = &get(format!("observer/{}", s.base), 6)?;
+        s.observer = MinMaxObserver { min: d[0], max: d[1], initialized: d[2] != 0.0 };
+        s.last = (d[5] != 0.0).then_some((d[3], d[4]));
+    }
+    Ok(())
+}
+
+/// The newest `step-*` checkpoint in `dir`.
+pub(super) fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut best: Option<PathBuf> = None;
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list '{}'", dir.display()))? {
+        let p = e?.path();
+        let is_ckpt = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"));
+        if is_ckpt && best.as_ref().is_none_or(|b| p.file_name() > b.file_name()) {
+            best = Some(p);
+        }
+    }
+    Ok(best)
+}
+
+/// Removes all but the newest `keep` (at least one) checkpoints.
+pub(super) fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+        .collect();
+    all.sort();
+    let n = all.len().saturating_sub(keep.max(1));
+    for p in &all[..n] {
+        std::fs::remove_dir_all(p).with_context(|| format!("cannot remove old checkpoint '{}'", p.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,14 +1,22 @@
 //! Training data: SQuAD examples → training windows (run_qa.py's `prepare_train_features`, built
-//! in parallel) → shuffled, padded batches with target positions.
+//! in parallel) → shuffled, padded batches with target positions; and [`Data`], everything a run
+//! reads before its first step: the compiled folder, the tokenizer, the windows and the
+//! evaluation questions.
 
-use anyhow::{Context, Result};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
 use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
+use super::config::TrainConfig;
+use crate::compile::Compiled;
+use crate::ir::Model;
 use crate::qa::features::{TrainWindow, Windower};
-use crate::qa::squad::Example;
+use crate::qa::squad::{self, Example};
+use crate::qa::{QaTokenizer, WindowOptions};
 use crate::runtime::HostTensor;
 
 /// Training windows of `examples`: the first reference answer's token span, or the CLS token when
@@ -177,6 +185,115 @@ impl BatchLayout {
         out.push(("end_positions", pos(&|w| w.end_position)));
         out
     }
+}
+
+/// The compiled folder, its tokenizer, the training windows and the evaluation questions.
+pub(super) struct Data {
+    pub compiled: Compiled,
+    pub tokenizer: QaTokenizer,
+    pub examples: usize,
+    pub windows: Vec<TrainWindow>,
+    pub layout: BatchLayout,
+    pub eval_examples: Option<Vec<squad::Example>>,
+}
+
+impl Data {
+    pub fn load(cfg: &TrainConfig) -> Result<Data> {
+        if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
+            bail!("batch sizes must be at least 1");
+        }
+        let compiled = Compiled::open(&cfg.compiled, &cfg.recipe_args)?;
+        check_fixed_shape(cfg, &compiled.model)?;
+        let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
+        let windower = tokenizer.windower(WindowOptions {
+            max_seq_len: cfg.max_seq_length,
+            doc_stride: cfg.doc_stride,
+            max_question_len: 64,
+        })?;
+        let mut examples = squad::load(&cfg.train_file)?;
+        if let Some(n) = cfg.max_train_samples {
+            examples.truncate(n);
+        }
+        if examples.is_empty() {
+            bail!("'{}' has no training questions", cfg.train_file.display());
+        }
+        check_training_answers(cfg, &examples)?;
+        let started = Instant::now();
+        let windows = train_windows(&examples, &windower)?;
+        tracing::info!(
+            examples = examples.len(),
+            windows = windows.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "training features"
+        );
+        let eval_examples = match &cfg.eval_file {
+            Some(p) => {
+                let mut ex = squad::load(p)?;
+                if let Some(n) = cfg.max_eval_samples {
+                    ex.truncate(n);
+                }
+                Some(ex)
+            }
+            None => None,
+        };
+        let g = &compiled.model.graph;
+        let inputs: Vec<String> = g.runtime_inputs().map(|v| g.value(v).name.clone()).collect();
+        let layout = BatchLayout {
+            pad_id: tokenizer.pad_id,
+            token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
+            attention_mask: inputs.iter().any(|n| n == "attention_mask"),
+            pad_to: cfg.pad_to_max_length.then_some(cfg.max_seq_length),
+        };
+        Ok(Data { examples: examples.len(), compiled, tokenizer, windows, layout, eval_examples })
+    }
+
+    /// `zero_grad_rows` from config.json (embedding rows HF keeps at zero gradient).
+    pub fn zero_grad_rows(&self) -> Result<Vec<(String, i64)>> {
+        crate::compile::loss::padding_rows(&self.compiled.dir, &self.compiled.model.graph)
+    }
+}
+
+/// Warns about training answers that do not match their context (count and first ids), or with
+/// `strict_data` fails naming them.
+fn check_training_answers(cfg: &TrainConfig, examples: &[squad::Example]) -> Result<()> {
+    let check = check_answers(examples);
+    if check.count() == 0 {
+        return Ok(());
+    }
+    if cfg.strict_data {
+        bail!("'{}': {} (--strict-data)", cfg.train_file.display(), check.summary());
+    }
+    tracing::warn!(
+        "'{}': {}; they are trained as run_qa.py trains them (an answer beyond the context is labelled at CLS); \
+         --strict-data fails instead",
+        cfg.train_file.display(),
+        check.summary()
+    );
+    Ok(())
+}
+
+/// Training batches are padded to their longest window (to `--max-seq-length` with
+/// `--pad-to-max-length`) and the last one is short: a model with a fixed sequence length trains
+/// only with `--max-seq-length` equal to it and `--pad-to-max-length`, and one with a fixed batch
+/// size not at all (its last batch is not padded yet). Either is an error naming the model's shape.
+fn check_fixed_shape(cfg: &TrainConfig, model: &Model) -> Result<()> {
+    let fixed = crate::qa::FixedShape::of_model(model)?;
+    if let Some(b) = fixed.batch {
+        bail!(
+            "the model's inputs are fixed at {}: training needs a dynamic batch dim (a fixed batch of {b} is not \
+             supported by `sparsec train`); export the model with a dynamic batch",
+            fixed.describe()
+        );
+    }
+    if let Some(seq) = fixed.seq {
+        if cfg.max_seq_length != seq || !cfg.pad_to_max_length {
+            bail!(
+                "the model's inputs are fixed at {}: train with --max-seq-length {seq} --pad-to-max-length",
+                fixed.describe()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use prost::Message;
 
-use super::session::{EvalRecord, StepLog};
+use super::log::{EvalRecord, StepLog};
 
 /// `tensorflow.Event` (the fields sparsec writes).
 #[derive(Clone, PartialEq, prost::Message)]

@@ -51,11 +51,7 @@ pub fn pruners(
     max_state_bytes: u64,
     one_shot: bool,
 ) -> Result<BTreeMap<usize, Box<dyn Pruner>>> {
-    let errors: Vec<String> =
-        crate::train::support::audit(recipe).into_iter().filter(|f| f.error).map(|f| f.to_string()).collect();
-    if !errors.is_empty() {
-        bail!("the recipe asks for what sparsec cannot do:\n  {}", errors.join("\n  "));
-    }
+    crate::recipe::support::check(recipe)?;
     let mut out: BTreeMap<usize, Box<dyn Pruner>> = BTreeMap::new();
     for (&i, names) in params {
         let e = &recipe.modifiers[i];
@@ -119,9 +115,4 @@ pub fn pruners(
         out.insert(i, pruner);
     }
     Ok(out)
-}
-
-/// The audit's warnings, as lines to print.
-pub fn recipe_warnings(recipe: &Recipe) -> Vec<String> {
-    crate::train::support::audit(recipe).into_iter().filter(|f| !f.error).map(|f| f.to_string()).collect()
 }

@@ -1,10 +1,10 @@
 //! Which recipe modifiers and fields sparsec carries out. Every modifier the recipe parser
 //! accepts is checked here: one that sparsec cannot carry out is an error; a field whose effect
 //! sparsec does not reproduce is a loud warning naming the modifier, the field and what runs
-//! instead. `sparsec compile` stops on the errors and prints the warnings; `sparsec train`
-//! prints the warnings again (and refuses the errors, for folders compiled before this check).
+//! instead. `sparsec compile` stops on the errors and reports the warnings; `sparsec train`
+//! reports the warnings again (and refuses the errors, for folders compiled before this check).
 
-use crate::recipe::{Modifier, ModifierEntry, PruningAlgorithm, Recipe};
+use super::{MaskType, Modifier, ModifierEntry, PruningAlgorithm, Recipe};
 
 /// One finding about a modifier.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +22,21 @@ impl std::fmt::Display for Finding {
     }
 }
 
+/// The recipe's warnings, or an error listing everything sparsec cannot do.
+pub fn check(recipe: &Recipe) -> anyhow::Result<Vec<Finding>> {
+    let (errors, warnings): (Vec<Finding>, Vec<Finding>) = audit(recipe).into_iter().partition(|f| f.error);
+    if !errors.is_empty() {
+        let errors: Vec<String> = errors.iter().map(|f| f.to_string()).collect();
+        anyhow::bail!("the recipe asks for what sparsec cannot do:\n  {}", errors.join("\n  "));
+    }
+    Ok(warnings)
+}
+
+/// The recipe's warnings alone (its errors are [`check`]'s).
+pub fn warnings(recipe: &Recipe) -> Vec<Finding> {
+    audit(recipe).into_iter().filter(|f| !f.error).collect()
+}
+
 fn has(e: &ModifierEntry, field: &str) -> bool {
     e.field_lines.contains_key(field)
 }
@@ -29,7 +44,7 @@ fn has(e: &ModifierEntry, field: &str) -> bool {
 /// The findings of every modifier of `recipe`, in recipe order.
 pub fn audit(recipe: &Recipe) -> Vec<Finding> {
     let mut out = Vec::new();
-    let total = crate::recipe::schedule::Schedule::new(recipe).total_epochs();
+    let total = super::schedule::Schedule::new(recipe).total_epochs();
     let has_quant = recipe.modifiers.iter().any(|e| matches!(e.modifier, Modifier::Quantization(_)));
     for e in &recipe.modifiers {
         let mut push = |field: Option<&str>, error: bool, message: String| {
@@ -72,7 +87,7 @@ pub fn audit(recipe: &Recipe) -> Vec<Finding> {
             Modifier::Pruning(p) => match &p.algorithm {
                 PruningAlgorithm::Magnitude => {}
                 PruningAlgorithm::Movement => {
-                    if matches!(p.mask_type, crate::recipe::MaskType::NM { .. }) {
+                    if matches!(p.mask_type, MaskType::NM { .. }) {
                         push(
                             Some("mask_type"),
                             true,
@@ -81,14 +96,14 @@ pub fn audit(recipe: &Recipe) -> Vec<Finding> {
                     }
                 }
                 PruningAlgorithm::Obs { grad_sampler_kwargs, .. } => {
-                    if matches!(p.mask_type, crate::recipe::MaskType::NM { .. }) {
+                    if matches!(p.mask_type, MaskType::NM { .. }) {
                         push(
                             Some("mask_type"),
                             true,
                             "OBS supports unstructured, [1, k] and [k, 1] masks, not N:M".into(),
                         );
                     }
-                    if let crate::recipe::MaskType::Block { rows, cols } = p.mask_type {
+                    if let MaskType::Block { rows, cols } = p.mask_type {
                         if rows != 1 && cols != 1 {
                             push(
                                 Some("mask_type"),
