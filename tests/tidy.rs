@@ -352,8 +352,8 @@ fn every_unsafe_block_says_why_it_is_safe() {
                 if !block.is_match(l) || lines[i].contains("SAFETY:") {
                     continue;
                 }
-                // The comment lines just above (through attributes and the statement's own
-                // earlier lines, e.g. `let x =` on the line before).
+                // The comment lines just above, through attributes and the statement's own
+                // earlier lines (`let x =` on the line before).
                 let mut j = i;
                 let mut said = false;
                 while j > 0 {
@@ -363,7 +363,9 @@ fn every_unsafe_block_says_why_it_is_safe() {
                         said = true;
                         break;
                     }
-                    if !(above.starts_with("//") || above.starts_with("#[")) {
+                    let comment = above.starts_with("//") || above.starts_with("#[");
+                    let statement_ends = above.is_empty() || above.ends_with([';', '{', '}']);
+                    if !comment && statement_ends {
                         break;
                     }
                 }
