@@ -5,8 +5,9 @@ Issue 27's speed table: for each round (interleaved), batch size and subject, on
 prints one JSON line per run and, at the end, a JSON summary of medians and ratios.
 
 Subjects (seq 384 unless the model fixes another length):
-- each SparseML export in ../shared/models/sparseml/*/ on DeepSparse and on sparsec's kernels;
-- sparsec's own 80% [4,1] deployment (benches/results/*/deploy) on sparsec's kernels;
+- each SparseML export in ../shared/models/sparseml/*/ on DeepSparse and on sparsec's kernels
+  (`sparsec`: one session, 2 threads; `sparsec-streams2`, batch > 1 only: `--streams 2`);
+- sparsec's own 80% [4,1] deployment (benches/results/*/deploy) on sparsec's kernels, both ways;
 - the dense fp32 MiniLM on plain ONNX Runtime, and ONNX Runtime's quantize_dynamic of it.
 
 DeepSparse's licence allows evaluation only: it is measured here and nowhere else (never in the
@@ -45,9 +46,9 @@ def fixed_seq(model):
     return None
 
 
-def run_sparsec(exe, model, kernels, batch, seq, secs):
+def run_sparsec(exe, model, kernels, batch, seq, secs, streams=0):
     cmd = [exe, "bench", "--model", model, "--kernels", kernels, "--batch-size", str(batch), "--seq-len", str(seq),
-           "--threads", "2", "--seconds", str(secs), "--warmup", "1", "--json"]
+           "--threads", "2", "--streams", str(streams), "--seconds", str(secs), "--warmup", "1", "--json"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     r = json.loads(out)
     res = r["results"][0] if "results" in r else r
@@ -100,8 +101,11 @@ def main():
         shutil.copy(d, os.path.join(copy, "model.onnx"))
         subjects.append((name, "deepsparse", os.path.join(copy, "model.onnx"), seq))
         subjects.append((name, "sparsec", d, seq))
+        subjects.append((name, "sparsec-streams2", d, seq))
     for d in deploys:
-        subjects.append((os.path.basename(os.path.dirname(os.path.dirname(d))), "sparsec", d, 384))
+        name = os.path.basename(os.path.dirname(os.path.dirname(d)))
+        subjects.append((name, "sparsec", d, 384))
+        subjects.append((name, "sparsec-streams2", d, 384))
     for seq in sorted({s for *_, s in subjects}):
         subjects.append((f"dense-fp32-seq{seq}", "ort", os.path.join(dense, "model.onnx"), seq))
         subjects.append((f"quantize_dynamic-seq{seq}", "ort", os.path.join(qdyn, "model.onnx"), seq))
@@ -121,9 +125,12 @@ def main():
                     lowered = "-"
                     if engine == "deepsparse":
                         ips = run_deepsparse(a.deepsparse, model, b, seq, a.seconds, tmp)
+                    elif engine.startswith("sparsec-streams") and b == 1:
+                        continue  # one sequence: nothing to split
                     else:
-                        ips, lowered = run_sparsec(a.sparsec, model, "auto" if engine == "sparsec" else "off", b, seq,
-                                                   a.seconds)
+                        streams = int(engine.removeprefix("sparsec-streams") or 0) if engine.startswith("sparsec") else 0
+                        kernels = "auto" if engine.startswith("sparsec") else "off"
+                        ips, lowered = run_sparsec(a.sparsec, model, kernels, b, seq, a.seconds, streams)
                     row = {"round": r, "batch": b, "seq": seq, "subject": name, "engine": engine,
                            "items_per_s": round(ips, 2), "lowered": lowered}
                     runs.append(row)
@@ -139,7 +146,9 @@ def main():
         ds = med.get((name, "deepsparse", b, seq))
         table.append({"subject": name, "engine": engine, "batch": b, "seq": seq, "items_per_s": ips,
                       "vs_dense_fp32": round(ips / dense_ips, 3) if dense_ips else None,
-                      "vs_deepsparse_same_file": round(ips / ds, 3) if ds and engine != "deepsparse" else None})
+                      "vs_deepsparse_same_file": round(ips / ds, 3) if ds and engine != "deepsparse" else None,
+                      "vs_own_batch1": round(ips / b1, 3) if (b1 := med.get((name, "sparsec", 1, seq))) and b > 1
+                      and engine.startswith("sparsec") else None})
     summary = {"machine": machine, "rounds": a.rounds, "seconds": a.seconds, "medians": table}
     print(json.dumps({"summary": summary}), flush=True)
     with open(os.path.join(a.out, "summary.json"), "w") as f:
