@@ -69,3 +69,35 @@ fn a_sparseml_export_split_into_streams_gives_the_whole_batch_outputs() {
     }
     assert_same(&p, 128);
 }
+
+/// `sparsec eval --streams 2` predicts exactly what one session predicts.
+#[test]
+fn eval_with_streams_predicts_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let data = root().join("fixtures/squad-tiny.json");
+    let run = |streams: &str| {
+        let preds = dir.path().join(format!("preds-{streams}.json"));
+        let out = ok(&sparsec(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--streams",
+            streams,
+            "--predictions",
+            preds.to_str().unwrap(),
+            "--json",
+        ]));
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (report["v1"]["exact_match"].clone(), report["v1"]["f1"].clone(), std::fs::read_to_string(preds).unwrap())
+    };
+    let (em1, f11, p1) = run("0");
+    let (em2, f12, p2) = run("2");
+    assert!(em1.is_number() && f11.is_number(), "{em1} {f11}");
+    assert_eq!((em1, f11), (em2, f12));
+    assert_eq!(p1, p2, "the same predictions");
+}

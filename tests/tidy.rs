@@ -314,7 +314,9 @@ fn no_module_imports_a_higher_layer() {
             }
             match (layer.get(top.as_str()), layer.get(to_top.as_str())) {
                 (Some(a), Some(b)) if a > b => {}
-                (Some(a), Some(b)) => wrong.push(format!("{} (layer {a}) imports {} (layer {b})", show(&from), show(&to))),
+                (Some(a), Some(b)) => {
+                    wrong.push(format!("{} (layer {a}) imports {} (layer {b})", show(&from), show(&to)))
+                }
                 (None, _) => {
                     unknown.insert(top.clone());
                 }
@@ -375,7 +377,11 @@ fn every_unsafe_block_says_why_it_is_safe() {
             }
         }
     }
-    assert!(missing.is_empty(), "`unsafe` without a `// SAFETY:` line just above: {} places: {missing:#?}", missing.len());
+    assert!(
+        missing.is_empty(),
+        "`unsafe` without a `// SAFETY:` line just above: {} places: {missing:#?}",
+        missing.len()
+    );
 }
 
 #[test]

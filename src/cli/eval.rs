@@ -38,6 +38,11 @@ pub struct EvalArgs {
     kernels: Kernels,
     #[arg(long)]
     threads: Option<usize>,
+    /// Run each batch of windows as one-window pieces on this many single-thread sessions at once
+    /// (0 or 1: one session runs the whole batch with all threads); same answers.
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
+
     /// ONNX Runtime's basic graph rewrites only (level 1): a QDQ model then dequantizes and
     /// multiplies in f32, its exact semantics (the fused int8 kernels of the default level
     /// saturate on CPUs without VNNI).
@@ -70,6 +75,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         engine: args.engine,
         kernels: args.kernels,
         threads: args.threads,
+        streams: args.streams,
         ort_basic: args.ort_basic,
         decoder: args.decoder,
         max_seq_len: args.max_seq_len,

@@ -64,6 +64,10 @@ pub(crate) struct PipelineFlags {
     /// Intra-op threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Run each batch of windows as one-window pieces on this many single-thread sessions at once
+    /// (0 or 1: one session runs the whole batch with all threads); same answers.
+    #[arg(long, default_value_t = 0)]
+    pub streams: usize,
 }
 
 impl PipelineFlags {
@@ -86,7 +90,7 @@ impl PipelineFlags {
             handle_impossible_answer: self.handle_impossible_answer,
             ..DecodeOptions::default()
         };
-        let engine = EngineOptions { threads: self.threads, ..Default::default() };
+        let engine = EngineOptions { threads: self.threads, streams: self.streams, ..Default::default() };
         Ok((wopts, dopts, engine))
     }
 }

@@ -21,6 +21,8 @@ pub struct EvalSettings {
     pub engine: EngineKind,
     pub kernels: Kernels,
     pub threads: Option<usize>,
+    /// Single-thread sessions sharing each batch's windows ([`crate::runtime::Streams`]).
+    pub streams: usize,
     /// ONNX Runtime's basic graph rewrites only (`--ort-basic`).
     pub ort_basic: bool,
     pub decoder: Decoder,
@@ -77,7 +79,12 @@ pub fn evaluate_file(
         model,
         args.engine,
         args.kernels,
-        &EngineOptions { threads: args.threads, basic_optimizations_only: args.ort_basic, ..Default::default() },
+        &EngineOptions {
+            threads: args.threads,
+            streams: args.streams,
+            basic_optimizations_only: args.ort_basic,
+            ..Default::default()
+        },
     )?;
     let windower = pipeline.windower(WindowOptions {
         max_seq_len: args.max_seq_len,

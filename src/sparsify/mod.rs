@@ -348,6 +348,7 @@ fn eval_settings(t: &TrainConfig) -> EvalSettings {
         engine: EngineKind::Ort,
         kernels: Kernels::Auto,
         threads: t.threads,
+        streams: 0,
         ort_basic: false,
         decoder: Decoder::Squad,
         max_seq_len: t.max_seq_length,
