@@ -12,12 +12,13 @@
 //! Layers, lowest first: `cpu`, `error`, `par`, `scratch`, `gelu`; the linear kernels' shared
 //! infrastructure `blocks` (the packed weight format), `plan` (tasks and shared outputs), `quant`
 //! (activation quantization), `epilogue`, and the x86 in-register transposes `transpose`; the kernels
-//! `linear_i8`, `linear_f32`, `attention`, `layer_norm`; on top, `isa` (the ISA choice and the
+//! `linear_i8`, `linear_f32`, `attention`, `attention_i8`, `layer_norm`; on top, `isa` (the ISA choice and the
 //! self-check that runs the kernels).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod attention;
+pub mod attention_i8;
 mod blocks;
 mod cpu;
 mod epilogue;

@@ -2,5 +2,6 @@
 //! reference on every instruction set this CPU runs.
 
 mod attention;
+mod attention_i8;
 mod linear_f32;
 mod linear_i8;

@@ -1,0 +1,305 @@
+//! Quantized multi-head attention as SparseML's int8 exports compute it, for sparsec's
+//! `QuantizedAttention` custom operator. Per (batch, head), from f32 Q, K, V token rows:
+//!
+//! ```text
+//! q = QL(Q; q) k = QL(K; k) v = QL(V; v)                 QL(x; s, z) = sat_u8(round_even(x / s) + z)
+//! A = MatMulInteger(q, kᵀ) → f32 · scores_mul → QL → DQ  DQ(y; s, z) = (y − z) · s
+//!     → / divisor → + mask_bias[key] → softmax
+//! p = QL(probs; probs) C = MatMulInteger(p, v) → f32 · context_mul → QL → DQ → out
+//! ```
+//!
+//! The two integer products are exact on every ISA (`attention_i8/gemm.rs`: `vpdpbusd` with
+//! zero-point correction sums on AVX-512 VNNI, `vpmaddwd` on zero-point-subtracted i16 on AVX2,
+//! i32 in scalar code). Everything in f32 is one portable function per row, shared by all ISAs in
+//! the graph's operation order, so every ISA gives the same bits. The softmax is max-subtracted
+//! with `f32::exp` and a multiply by `1/Σ`: not ONNX Runtime's own `exp`, so a probability can land
+//! one quantization step of `probs` away from the graph's where it lies within an ulp of a rounding
+//! boundary (and the quantizations that follow then absorb or pass on that step).
+//!
+//! Work is one task per (batch, head) through [`Parallel`]; a task quantizes and packs its head's
+//! K and V once, then handles `TILE` query rows at a time, so the tile's i32 scores and u8
+//! probabilities (`TILE × S`, 48 KiB + 12 KiB at S = 384) stay in L2.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod gemm;
+mod packed;
+
+use crate::attention::AttnError;
+use crate::cpu::Isa;
+use crate::par::Parallel;
+use gemm::{Gemm, MAX_DEPTH};
+
+/// Query rows per tile.
+const TILE: usize = 32;
+
+/// One per-tensor uint8 quantization, as ONNX `QuantizeLinear`/`DequantizeLinear` with scalar
+/// scale and zero point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quant {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl Quant {
+    /// `QuantizeLinear`: `x / scale` rounded half to even, plus the zero point, saturated to u8.
+    #[inline]
+    pub fn quantize(self, x: f32) -> u8 {
+        ((x / self.scale).round_ties_even() + f32::from(self.zero_point)).clamp(0.0, 255.0) as u8
+    }
+
+    /// `DequantizeLinear`: `(y − zero_point) · scale`.
+    #[inline]
+    pub fn dequantize(self, y: u8) -> f32 {
+        (i32::from(y) - i32::from(self.zero_point)) as f32 * self.scale
+    }
+}
+
+/// The constants of one quantized attention (see the module doc for where each applies).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantAttentionParams {
+    pub q: Quant,
+    pub k: Quant,
+    pub v: Quant,
+    /// The `Mul` after `Cast(Q·Kᵀ)`.
+    pub scores_mul: f32,
+    pub scores: Quant,
+    /// The `Div` after the scores' `DequantizeLinear` (√D in BERT).
+    pub divisor: f32,
+    pub probs: Quant,
+    /// The `Mul` after `Cast(P·V)`.
+    pub context_mul: f32,
+    pub context: Quant,
+}
+
+impl QuantAttentionParams {
+    fn check(&self) -> Result<(), AttnError> {
+        let quants = [("q", self.q), ("k", self.k), ("v", self.v), ("scores", self.scores)];
+        for (name, q) in quants.into_iter().chain([("probs", self.probs), ("context", self.context)]) {
+            if !(q.scale.is_finite() && q.scale > 0.0) {
+                return Err(AttnError::BadInput(format!("{name} scale {} is not finite and positive", q.scale)));
+            }
+        }
+        for (name, x) in [("scores_mul", self.scores_mul), ("divisor", self.divisor), ("context_mul", self.context_mul)]
+        {
+            if !x.is_finite() || x == 0.0 {
+                return Err(AttnError::BadInput(format!("{name} {x} is not finite and non-zero")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A quantized attention kernel for a fixed head count, head dimension and set of constants.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantAttention {
+    heads: usize,
+    head_dim: usize,
+    params: QuantAttentionParams,
+    gemm: Gemm,
+    isa: Isa,
+}
+
+impl QuantAttention {
+    /// A kernel on `isa` (which must run on this CPU) with these constants.
+    pub fn new(heads: usize, head_dim: usize, params: QuantAttentionParams, isa: Isa) -> Result<Self, AttnError> {
+        if heads == 0 || head_dim == 0 || head_dim > MAX_DEPTH {
+            return Err(AttnError::BadDims { heads, head_dim });
+        }
+        if !isa.supported() {
+            return Err(AttnError::UnsupportedIsa(isa));
+        }
+        params.check()?;
+        Ok(QuantAttention { heads, head_dim, params, gemm: Gemm::new(isa), isa })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `out [B, S, H·D]` from `q`, `k`, `v` holding `batch · seq` token rows `row_stride` apart
+    /// (head `h` at `h·D` in a row) and an optional additive `mask_bias [B, S]`, one per key.
+    /// Wrong lengths or a sequence longer than the exact i32 products allow give
+    /// [`AttnError::BadInput`]; nothing is written then.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        batch: usize,
+        seq: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        row_stride: usize,
+        mask_bias: Option<&[f32]>,
+        out: &mut [f32],
+        par: &dyn Parallel,
+    ) -> Result<(), AttnError> {
+        let hd = self.heads * self.head_dim;
+        let bad = AttnError::BadInput;
+        if seq > MAX_DEPTH {
+            return Err(bad(format!("seq {seq} exceeds {MAX_DEPTH}, where i32 products stay exact")));
+        }
+        let tokens = batch.checked_mul(seq).ok_or_else(|| bad(format!("batch {batch} × seq {seq} overflows")))?;
+        if row_stride < hd {
+            return Err(bad(format!("row_stride {row_stride} is less than heads × head_dim = {hd}")));
+        }
+        if out.len() != tokens * hd {
+            return Err(bad(format!("out has {} values, [{batch}, {seq}, {hd}] needs {}", out.len(), tokens * hd)));
+        }
+        if let Some(m) = mask_bias {
+            if m.len() != tokens {
+                return Err(bad(format!("mask_bias has {} values, [{batch}, {seq}] needs {tokens}", m.len())));
+            }
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let need = (tokens - 1) * row_stride + hd;
+        for (name, x) in [("q", q), ("k", k), ("v", v)] {
+            if x.len() < need {
+                return Err(bad(format!(
+                    "{name} has {} values, {tokens} rows of stride {row_stride} need {need}",
+                    x.len()
+                )));
+            }
+        }
+        let shared = Shared { out: out.as_mut_ptr() };
+        let shared = &shared;
+        par.run(batch * self.heads, &|i| {
+            let (b, h) = (i / self.heads, i % self.heads);
+            let head = Head { a: self, seq, q, k, v, row_stride, mask: mask_bias.map(|m| &m[b * seq..(b + 1) * seq]) };
+            head.run(b, h, shared);
+        });
+        Ok(())
+    }
+}
+
+/// The output, written by tasks at disjoint cells.
+struct Shared {
+    out: *mut f32,
+}
+
+// SAFETY: each (batch, head) task writes only its own cells of `out` (see `Head::run`).
+unsafe impl Sync for Shared {}
+
+/// One (batch, head) task's inputs.
+struct Head<'a> {
+    a: &'a QuantAttention,
+    seq: usize,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    row_stride: usize,
+    mask: Option<&'a [f32]>,
+}
+
+impl Head<'_> {
+    /// Head `h`'s `D` values of token `t` of batch item `b`, quantized.
+    fn quantized<'x>(
+        &self,
+        x: &'x [f32],
+        b: usize,
+        t: usize,
+        h: usize,
+        qz: Quant,
+    ) -> impl Iterator<Item = u8> + use<'x> {
+        let d = self.a.head_dim;
+        let at = (b * self.seq + t) * self.row_stride + h * d;
+        x[at..at + d].iter().map(move |&x| qz.quantize(x))
+    }
+
+    fn run(&self, b: usize, h: usize, shared: &Shared) {
+        let (s, d, p) = (self.seq, self.a.head_dim, &self.a.params);
+        let hd = self.a.heads * d;
+        let gemm = &self.a.gemm;
+        let qa: Vec<u8> = (0..s).flat_map(|t| self.quantized(self.q, b, t, h, p.q)).collect();
+        let va: Vec<u8> = (0..s).flat_map(|t| self.quantized(self.v, b, t, h, p.v)).collect();
+        let mut kt = vec![0u8; d * s];
+        for t in 0..s {
+            for (dd, x) in self.quantized(self.k, b, t, h, p.k).enumerate() {
+                kt[dd * s + t] = x;
+            }
+        }
+        let kp = gemm.pack(&kt, s, d, s, p.k.zero_point);
+        let vp = gemm.pack(&va, d, s, d, p.v.zero_point);
+        let mut scores = vec![0i32; TILE * s];
+        let mut probs = vec![0u8; TILE * s];
+        let mut ctx = vec![0i32; TILE * d];
+        let mut row = vec![0f32; s];
+        for r0 in (0..s).step_by(TILE) {
+            let m = (s - r0).min(TILE);
+            gemm.product(&qa[r0 * d..], d, m, p.q.zero_point, &kp, &mut scores, s);
+            for i in 0..m {
+                probabilities(p, &scores[i * s..(i + 1) * s], self.mask, &mut row, &mut probs[i * s..(i + 1) * s]);
+            }
+            gemm.product(&probs, s, m, p.probs.zero_point, &vp, &mut ctx, d);
+            for i in 0..m {
+                let at = (b * s + r0 + i) * hd + h * d;
+                for (dd, &c) in ctx[i * d..(i + 1) * d].iter().enumerate() {
+                    let y = p.context.dequantize(p.context.quantize(c as f32 * p.context_mul));
+                    // SAFETY: `at + dd < B·S·H·D = out.len()` (checked by `forward`), and cell
+                    // `(b, r0 + i, h, dd)` belongs to this (batch, head) task alone.
+                    unsafe { shared.out.add(at + dd).write(y) }
+                }
+            }
+        }
+    }
+}
+
+/// One query row: i32 scores → the graph's f32 chain → softmax → quantized probabilities.
+fn probabilities(p: &QuantAttentionParams, scores: &[i32], mask: Option<&[f32]>, row: &mut [f32], out: &mut [u8]) {
+    for (j, (x, &a)) in row.iter_mut().zip(scores).enumerate() {
+        let y = p.scores.dequantize(p.scores.quantize(a as f32 * p.scores_mul)) / p.divisor;
+        *x = match mask {
+            Some(m) => y + m[j],
+            None => y,
+        };
+    }
+    softmax(row);
+    for (o, &x) in out.iter_mut().zip(row.iter()) {
+        *o = p.probs.quantize(x);
+    }
+}
+
+/// `softmax` in place: `exp(x − max)`, summed in order, times `1 / Σ`.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let r = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= r);
+}
+
+/// `C[i, n] = Σ_k (a[i, k] − za)·(b[k, n] − zb)` for row-major `a [m, k]` and `b [k, n]` on `isa`
+/// (the kernel's product, exposed for tests).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_u8(
+    isa: Isa,
+    a: &[u8],
+    za: u8,
+    b: &[u8],
+    zb: u8,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<Vec<i32>, AttnError> {
+    if !isa.supported() {
+        return Err(AttnError::UnsupportedIsa(isa));
+    }
+    if k > MAX_DEPTH || a.len() != m * k || b.len() != k * n {
+        return Err(AttnError::BadInput(format!("a {} / b {} values for [{m}, {k}] × [{k}, {n}]", a.len(), b.len())));
+    }
+    let g = Gemm::new(isa);
+    let packed = g.pack(b, n, k, n, zb);
+    let mut out = vec![0i32; m * n];
+    if k > 0 {
+        g.product(a, k, m, za, &packed, &mut out, n);
+    }
+    Ok(out)
+}

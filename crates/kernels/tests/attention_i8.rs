@@ -1,0 +1,200 @@
+//! Quantized attention (`attention_i8`) on every ISA this CPU runs, against a naive evaluation of
+//! the exported graph written here: `QuantizeLinear`, `MatMulInteger` in i32 by definition, the
+//! f32 chain in the graph's order, and a softmax with the same formula as the kernel's (max
+//! subtracted, `f32::exp`, summed in key order, times `1/Σ`). The integer products are exact and
+//! the f32 steps are the same operations in the same order, so the comparison is bit for bit.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sparsec_kernels::attention_i8::{matmul_u8, Quant, QuantAttention, QuantAttentionParams};
+use sparsec_kernels::{Isa, Parallel, Serial};
+
+fn isas() -> Vec<Isa> {
+    Isa::available().into_iter().map(|i| Isa::forced(i).expect("available ISA admitted")).collect()
+}
+
+fn naive_matmul(a: &[u8], za: u8, b: &[u8], zb: u8, m: usize, k: usize, n: usize) -> Vec<i32> {
+    let mut c = vec![0i32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|t| (a[i * k + t] as i32 - za as i32) * (b[t * n + j] as i32 - zb as i32)).sum();
+        }
+    }
+    c
+}
+
+#[test]
+fn integer_products_are_exact_on_every_isa() {
+    let mut rng = ChaCha8Rng::seed_from_u64(27);
+    let shapes =
+        [(1, 1, 1), (5, 32, 7), (33, 32, 384), (17, 64, 129), (3, 384, 32), (9, 383, 64), (4, 3, 17), (2, 5, 16)];
+    for isa in isas() {
+        for &(m, k, n) in &shapes {
+            for (za, zb) in [(0u8, 128u8), (128, 128), (0, 0), (125, 141), (255, 3), (7, 255)] {
+                // Extremes included: all 0 and all 255 rows maximise the products' magnitudes.
+                let fill = |rng: &mut ChaCha8Rng, len: usize| -> Vec<u8> {
+                    match rng.random_range(0..4) {
+                        0 => vec![255; len],
+                        1 => vec![0; len],
+                        _ => (0..len).map(|_| rng.random()).collect(),
+                    }
+                };
+                let (a, b) = (fill(&mut rng, m * k), fill(&mut rng, k * n));
+                let got = matmul_u8(isa, &a, za, &b, zb, m, k, n).unwrap();
+                assert_eq!(
+                    got,
+                    naive_matmul(&a, za, &b, zb, m, k, n),
+                    "{isa}: [{m}, {k}] × [{k}, {n}] za {za} zb {zb}"
+                );
+            }
+        }
+    }
+}
+
+/// The graph of a SparseML export's attention, naively: `out [B, S, H·D]`.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    p: &QuantAttentionParams,
+    heads: usize,
+    d: usize,
+    batch: usize,
+    s: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+) -> Vec<f32> {
+    let hd = heads * d;
+    let mut out = vec![0f32; batch * s * hd];
+    for b in 0..batch {
+        for h in 0..heads {
+            let head = |x: &[f32], qz: Quant| -> Vec<u8> {
+                (0..s * d).map(|i| qz.quantize(x[(b * s + i / d) * hd + h * d + i % d])).collect()
+            };
+            let (qa, ka, va) = (head(q, p.q), head(k, p.k), head(v, p.v));
+            let kt: Vec<u8> = (0..d * s).map(|i| ka[(i % s) * d + i / s]).collect();
+            let a = naive_matmul(&qa, p.q.zero_point, &kt, p.k.zero_point, s, d, s);
+            let mut probs = vec![0u8; s * s];
+            for i in 0..s {
+                let mut row: Vec<f32> = (0..s)
+                    .map(|j| {
+                        let x = p.scores.dequantize(p.scores.quantize(a[i * s + j] as f32 * p.scores_mul)) / p.divisor;
+                        mask.map_or(x, |m| x + m[b * s + j])
+                    })
+                    .collect();
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for (j, x) in row.iter().enumerate() {
+                    probs[i * s + j] = p.probs.quantize(x * (1.0 / sum));
+                }
+            }
+            let c = naive_matmul(&probs, p.probs.zero_point, &va, p.v.zero_point, s, s, d);
+            for i in 0..s {
+                for dd in 0..d {
+                    let y = p.context.dequantize(p.context.quantize(c[i * d + dd] as f32 * p.context_mul));
+                    out[(b * s + i) * hd + h * d + dd] = y;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Layer 0 of minilm-sml-90block4-int8, with the zero points varied per case.
+fn params(zq: u8, zk: u8, zv: u8, zp: u8) -> QuantAttentionParams {
+    QuantAttentionParams {
+        q: Quant { scale: 0.08605653, zero_point: zq },
+        k: Quant { scale: 0.10539387, zero_point: zk },
+        v: Quant { scale: 0.0145753, zero_point: zv },
+        scores_mul: 0.00906983,
+        scores: Quant { scale: 2.869952, zero_point: 141 },
+        divisor: 5.656854,
+        probs: Quant { scale: 1.0 / 255.0, zero_point: zp },
+        context_mul: 5.7158057e-05,
+        context: Quant { scale: 0.00570363, zero_point: 109 },
+    }
+}
+
+/// Scoped threads pulling task indices from a shared counter.
+struct Threads(usize);
+
+impl Parallel for Threads {
+    fn threads(&self) -> usize {
+        self.0
+    }
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i)
+        };
+        std::thread::scope(|sc| {
+            for _ in 1..self.0 {
+                sc.spawn(work);
+            }
+            work();
+        });
+    }
+}
+
+#[test]
+fn outputs_match_the_graph_bit_for_bit_on_every_isa() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    // (batch, seq, heads, head_dim, zero points q k v p, masked)
+    let cases = [
+        (1, 1, 1, 32, [125, 128, 128, 0], true),
+        (2, 37, 3, 32, [125, 128, 128, 0], true),
+        (1, 97, 2, 64, [0, 0, 0, 0], false),
+        (2, 50, 2, 32, [128, 7, 200, 3], true),
+        (1, 130, 1, 64, [255, 128, 1, 0], true),
+        (1, 384, 2, 32, [125, 128, 128, 0], true),
+        (1, 21, 2, 7, [9, 128, 128, 0], true),
+    ];
+    for isa in isas() {
+        for &(batch, seq, heads, d, [zq, zk, zv, zp], masked) in &cases {
+            let p = params(zq, zk, zv, zp);
+            let hd = heads * d;
+            let n = batch * seq * hd;
+            // Projections of the size SparseML's carry (|x| up to ~10), so that scores saturate.
+            let mut fill = || -> Vec<f32> { (0..n).map(|_| rng.random_range(-10.0f32..10.0)).collect() };
+            let (q, k, v) = (fill(), fill(), fill());
+            let mask: Option<Vec<f32>> = masked.then(|| {
+                (0..batch * seq).map(|t| if t % seq > seq / 2 && t >= seq { -10000.0 } else { 0.0 }).collect()
+            });
+            let want = reference(&p, heads, d, batch, seq, &q, &k, &v, mask.as_deref());
+            let att = QuantAttention::new(heads, d, p, isa).unwrap();
+            for par in [&Serial as &dyn Parallel, &Threads(3)] {
+                let mut got = vec![f32::NAN; n];
+                att.forward(batch, seq, &q, &k, &v, hd, mask.as_deref(), &mut got, par).unwrap();
+                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                let first = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert!(same, "{isa}: B {batch} S {seq} H {heads} D {d}: first difference at {first:?}");
+            }
+            // The context is quantized: every output is a multiple of its scale around zero point.
+            assert!(want.iter().any(|&x| x != want[0]), "degenerate case B {batch} S {seq} H {heads} D {d}");
+        }
+    }
+}
+
+#[test]
+fn rejects_bad_shapes_and_constants() {
+    let p = params(125, 128, 128, 0);
+    let att = QuantAttention::new(2, 4, p, Isa::Scalar).unwrap();
+    let x = vec![0f32; 2 * 3 * 8];
+    let mut out = vec![0f32; 2 * 3 * 8];
+    assert!(att.forward(2, 3, &x, &x, &x, 8, None, &mut out[1..], &Serial).is_err());
+    assert!(att.forward(2, 3, &x, &x, &x[1..], 8, None, &mut out, &Serial).is_err());
+    assert!(att.forward(2, 3, &x, &x, &x, 8, Some(&[0.0; 5]), &mut out, &Serial).is_err());
+    assert!(att.forward(2, 3, &x, &x, &x, 7, None, &mut out, &Serial).is_err());
+    assert!(QuantAttention::new(2, 4, QuantAttentionParams { divisor: 0.0, ..p }, Isa::Scalar).is_err());
+    let bad_scale = QuantAttentionParams { probs: Quant { scale: f32::NAN, zero_point: 0 }, ..p };
+    assert!(QuantAttention::new(2, 4, bad_scale, Isa::Scalar).is_err());
+    assert!(QuantAttention::new(0, 4, p, Isa::Scalar).is_err());
+}
