@@ -30,7 +30,7 @@ pub struct FuseAttention {
 }
 
 /// `Transpose(perm)(Reshape(x))` → `x`.
-fn heads_of(g: &Graph, t: ValueId, perm: &[i64]) -> Option<ValueId> {
+pub(super) fn heads_of(g: &Graph, t: ValueId, perm: &[i64]) -> Option<ValueId> {
     let (_, tn) = producer_op(g, t, "Transpose").filter(|(_, n)| n.attr_ints("perm") == Some(perm))?;
     let (_, rn) = producer_op(g, tn.input(0)?, "Reshape")?;
     rn.input(0)
@@ -53,7 +53,7 @@ fn scaled(g: &Graph, v: ValueId) -> (ValueId, f32) {
 
 /// `Kᵀ` as `[B, H, D, S]`: `Transpose₀₂₃₁(Reshape(k))`, `Transpose₀₁₃₂(Transpose₀₂₁₃(Reshape(k)))`,
 /// or the dynamo exporter's `Reshape(Transpose₀₂₁(Reshape(Transpose₀₂₁₃(Reshape(k)))))`.
-fn key_of(g: &Graph, kt: ValueId) -> Option<ValueId> {
+pub(super) fn key_of(g: &Graph, kt: ValueId) -> Option<ValueId> {
     let perm = |n: &crate::ir::Node, p: &[i64]| n.attr_ints("perm") == Some(p);
     heads_of(g, kt, &[0, 2, 3, 1])
         .or_else(|| {
@@ -70,7 +70,11 @@ fn key_of(g: &Graph, kt: ValueId) -> Option<ValueId> {
 
 /// The one consumer of `v` that reads its data, ignoring `Shape` nodes (which only read its
 /// dimensions, and die with the subgraph once the final reshape is replaced).
-fn data_consumer<'g>(g: &'g Graph, cons: &Consumers, v: ValueId) -> Option<(crate::ir::NodeId, &'g crate::ir::Node)> {
+pub(super) fn data_consumer<'g>(
+    g: &'g Graph,
+    cons: &Consumers,
+    v: ValueId,
+) -> Option<(crate::ir::NodeId, &'g crate::ir::Node)> {
     if g.outputs().contains(&v) {
         return None;
     }

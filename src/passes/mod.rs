@@ -12,6 +12,7 @@ mod expose_trainable_params;
 mod fold_masks;
 mod fuse_attention;
 mod fuse_qkv;
+mod fuse_quantized_attention;
 mod insert_fake_quant;
 mod insert_masks;
 mod lower_fake_quant;
@@ -31,6 +32,7 @@ pub use expose_trainable_params::ExposeTrainableParams;
 pub use fold_masks::FoldMasks;
 pub use fuse_attention::FuseAttention;
 pub use fuse_qkv::FuseQkv;
+pub use fuse_quantized_attention::FuseQuantizedAttention;
 pub use insert_fake_quant::{FakeQuantTarget, InsertFakeQuant, MIN_SCALE, QUANT_ENABLED_INPUT};
 pub use insert_masks::{InsertMasks, MaskTarget};
 pub use lower_fake_quant::{quantize_weight, LowerFakeQuant};
@@ -130,6 +132,7 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("RemoveDead", |c| build::<RemoveDead>("RemoveDead")(c)),
         ("LowerSparseLinear", |c| build::<LowerSparseLinear>("LowerSparseLinear")(c)),
         ("FuseAttention", |c| build::<FuseAttention>("FuseAttention")(c)),
+        ("FuseQuantizedAttention", |c| build::<FuseQuantizedAttention>("FuseQuantizedAttention")(c)),
         ("FuseQkv", |c| build::<FuseQkv>("FuseQkv")(c)),
         ("LowerLayerNorm", |c| build::<LowerLayerNorm>("LowerLayerNorm")(c)),
         ("PackSparseWeights", |c| build::<PackSparseWeights>("PackSparseWeights")(c)),
@@ -165,7 +168,7 @@ pub struct SparseExecution {
 }
 
 /// The sparse-execution pipeline sparsec applies in memory before running a model on ONNX
-/// Runtime: `LowerSparseLinear`, `FuseAttention`, `FuseQkv`, `LowerLayerNorm`, `RemoveDead`. The
+/// Runtime: `LowerSparseLinear`, `FuseAttention`, `FuseQuantizedAttention`, `FuseQkv`, `LowerLayerNorm`, `RemoveDead`. The
 /// result needs the `ai.sparsec` operators (`sparsec-ops`) registered with the session.
 pub fn lower_for_sparse_execution(model: &mut Model, cfg: &SparseExecution) -> Result<Vec<PassReport>, PassError> {
     let mut reports = Vec::new();
@@ -174,6 +177,7 @@ pub fn lower_for_sparse_execution(model: &mut Model, cfg: &SparseExecution) -> R
     }
     if !cfg.no_attention {
         reports.push(cfg.attention.run(model)?);
+        reports.push(FuseQuantizedAttention::default().run(model)?);
         // The replaced attention subgraphs still read the projections until they are removed.
         RemoveDead::default().run(model)?;
         reports.push(FuseQkv::default().run(model)?);

@@ -105,14 +105,14 @@ impl Operator for AttentionOp {
 }
 
 /// The additive mask as one bias per key, `[B, S]`, when it does not vary over queries.
-enum KeyMask {
+pub(crate) enum KeyMask {
     None,
     PerKey(Vec<f32>),
     /// A mask that differs between queries, `[B, S, S]`.
     Full(Vec<f32>),
 }
 
-fn key_mask(dims: &[i64], data: &[f32], b: usize, s: usize) -> Result<KeyMask, String> {
+pub(crate) fn key_mask(dims: &[i64], data: &[f32], b: usize, s: usize) -> Result<KeyMask, String> {
     let per_key = |d: &[f32]| d.iter().map(|&x| if x == f32::NEG_INFINITY { f32::MIN } else { x }).collect();
     let d: Vec<usize> = dims.iter().map(|&x| x as usize).collect();
     // Batch-broadcast masks ([1, …]) are repeated over the batch first.

@@ -11,6 +11,7 @@
 mod attention;
 mod layer_norm;
 mod linear;
+mod quantized_attention;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use sparsec_kernels::{Isa, Parallel};
 pub use attention::{AttentionOp, ATTENTION};
 pub use layer_norm::{LayerNormOp, LAYER_NORM};
 pub use linear::{SparseLinearF32Op, SparseLinearOp, SPARSE_LINEAR, SPARSE_LINEAR_F32};
+pub use quantized_attention::{QuantizedAttentionOp, QUANTIZED_ATTENTION};
 
 /// The ONNX domain of sparsec's operators.
 pub const DOMAIN: &str = "ai.sparsec";
@@ -48,7 +50,12 @@ fn threads() -> usize {
 
 /// Every sparsec operator in one domain, ready for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(SparseLinearOp)?.add(SparseLinearF32Op)?.add(AttentionOp)?.add(LayerNormOp)
+    OperatorDomain::new(DOMAIN)?
+        .add(SparseLinearOp)?
+        .add(SparseLinearF32Op)?
+        .add(AttentionOp)?
+        .add(QuantizedAttentionOp)?
+        .add(LayerNormOp)
 }
 
 /// The instruction set kernels are created with: `SPARSEC_ISA` when set, else the best this CPU has.

@@ -1,5 +1,5 @@
 //! sparsec's own operators, domain `ai.sparsec` (run by the `sparsec-ops` ONNX Runtime kernels):
-//! `SparseLinear`, `SparseLinearF32`, `Attention` and `LayerNorm`, emitted by the sparse-execution
+//! `SparseLinear`, `SparseLinearF32`, `Attention`, `QuantizedAttention` and `LayerNorm`, emitted by the sparse-execution
 //! lowering passes.
 //!
 //! `SparseLinear`'s weight (input 1) is a dense int8 `[K, N]` initializer, or — with attributes
@@ -86,6 +86,7 @@ pub(super) fn register(defs: &mut Vec<OpDef>) {
     defs.push(def(DOMAIN, "SparseLinear", |cx| linear(cx, DType::I8)));
     defs.push(def(DOMAIN, "SparseLinearF32", |cx| linear(cx, DType::F32)));
     defs.push(def(DOMAIN, "Attention", attention));
+    defs.push(def(DOMAIN, "QuantizedAttention", quantized_attention));
     defs.push(def(DOMAIN, "LayerNorm", layer_norm));
 }
 
@@ -148,5 +149,38 @@ fn attention(cx: &InferCtx) -> Result<Vec<Facts>, String> {
         Some(x) => return Err(format!("input must be [B, S, *], got rank {}", x.len())),
         None => None,
     };
+    Ok(vec![facts(Some(DType::F32), shape)])
+}
+
+/// `Q, K, V f32[B, S, num_heads·head_dim] (, mask) -> f32[B, S, num_heads·head_dim]`, with every
+/// quantization constant present (the kernel reads them when ORT creates it).
+fn quantized_attention(cx: &InferCtx) -> Result<Vec<Facts>, String> {
+    let (Some(h), Some(d)) = (cx.attr_int("num_heads"), cx.attr_int("head_dim")) else {
+        return Err("attributes num_heads and head_dim are required".into());
+    };
+    for t in ["q", "k", "v", "scores", "probs", "context"] {
+        if cx.node.attrs.attr_float(&format!("{t}_scale")).is_none() {
+            return Err(format!("attribute {t}_scale is required"));
+        }
+        if let Some(z) = cx.attr_int(&format!("{t}_zero_point")) {
+            if !(0..=255).contains(&z) {
+                return Err(format!("attribute {t}_zero_point = {z} is not in 0..=255"));
+            }
+        }
+    }
+    for a in ["scores_mul", "divisor", "context_mul"] {
+        if cx.node.attrs.attr_float(a).is_none() {
+            return Err(format!("attribute {a} is required"));
+        }
+    }
+    let hd = Dim::Known(h * d);
+    for i in 0..3 {
+        if let Some(x) = cx.shape(i) {
+            if x.len() != 3 || !x[2].compatible(&hd) {
+                return Err(format!("input {i} must be [B, S, {}], got {x:?}", h * d));
+            }
+        }
+    }
+    let shape = cx.shape(0).map(|x| vec![x[0].clone(), x[1].clone(), hd]);
     Ok(vec![facts(Some(DType::F32), shape)])
 }
