@@ -10,11 +10,12 @@
 //!
 //! The two integer products are exact on every ISA (`attention_i8/gemm.rs`: `vpdpbusd` with
 //! zero-point correction sums on AVX-512 VNNI, `vpmaddwd` on zero-point-subtracted i16 on AVX2,
-//! i32 in scalar code). Everything in f32 is one portable function per row, shared by all ISAs in
-//! the graph's operation order, so every ISA gives the same bits. The softmax is max-subtracted
-//! with `f32::exp` and a multiply by `1/Σ`: not ONNX Runtime's own `exp`, so a probability can land
-//! one quantization step of `probs` away from the graph's where it lies within an ulp of a rounding
-//! boundary (and the quantizations that follow then absorb or pass on that step).
+//! i32 in scalar code). The f32 steps of a row are one portable function in the graph's operation
+//! order (`attention_i8/softmax.rs`), compiled per ISA with fixed reduction orders, so every ISA
+//! gives the same bits. The softmax is max-subtracted with a Cephes-style polynomial `exp` and a
+//! multiply by `1/Σ`: not ONNX Runtime's own `exp` nor its summation order, so a probability can
+//! land one quantization step of `probs` away from the graph's where it lies within an ulp or two
+//! of a rounding boundary (and the quantizations that follow then absorb or pass on that step).
 //!
 //! Work is one task per (batch, head) through [`Parallel`]; a task quantizes and packs its head's
 //! K and V once, then handles `TILE` query rows at a time, so the tile's i32 scores and u8
@@ -26,11 +27,17 @@ mod avx2;
 mod avx512;
 mod gemm;
 mod packed;
+mod softmax;
 
 use crate::attention::AttnError;
 use crate::cpu::Isa;
 use crate::par::Parallel;
 use gemm::{Gemm, MAX_DEPTH};
+use softmax::RowFn;
+
+/// The softmax's `exp` and its summation order, for tests that reproduce the kernel.
+#[doc(hidden)]
+pub use softmax::{exp as softmax_exp, sum as softmax_sum};
 
 /// Query rows per tile.
 const TILE: usize = 32;
@@ -99,6 +106,7 @@ pub struct QuantAttention {
     head_dim: usize,
     params: QuantAttentionParams,
     gemm: Gemm,
+    row: RowFn,
     isa: Isa,
 }
 
@@ -112,7 +120,14 @@ impl QuantAttention {
             return Err(AttnError::UnsupportedIsa(isa));
         }
         params.check()?;
-        Ok(QuantAttention { heads, head_dim, params, gemm: Gemm::new(isa), isa })
+        let row: RowFn = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => softmax::row_avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => softmax::row_avx2,
+            _ => softmax::row_portable,
+        };
+        Ok(QuantAttention { heads, head_dim, params, gemm: Gemm::new(isa), row, isa })
     }
 
     pub fn isa(&self) -> Isa {
@@ -232,7 +247,9 @@ impl Head<'_> {
             let m = (s - r0).min(TILE);
             gemm.product(&qa[r0 * d..], d, m, p.q.zero_point, &kp, &mut scores, s);
             for i in 0..m {
-                probabilities(p, &scores[i * s..(i + 1) * s], self.mask, &mut row, &mut probs[i * s..(i + 1) * s]);
+                let (sc, pr) = (&scores[i * s..(i + 1) * s], &mut probs[i * s..(i + 1) * s]);
+                // SAFETY: `new` chose `row` for an ISA this CPU supports; every slice is S long.
+                unsafe { (self.a.row)(p, sc, self.mask, &mut row, pr) }
             }
             gemm.product(&probs, s, m, p.probs.zero_point, &vp, &mut ctx, d);
             for i in 0..m {
@@ -246,33 +263,6 @@ impl Head<'_> {
             }
         }
     }
-}
-
-/// One query row: i32 scores → the graph's f32 chain → softmax → quantized probabilities.
-fn probabilities(p: &QuantAttentionParams, scores: &[i32], mask: Option<&[f32]>, row: &mut [f32], out: &mut [u8]) {
-    for (j, (x, &a)) in row.iter_mut().zip(scores).enumerate() {
-        let y = p.scores.dequantize(p.scores.quantize(a as f32 * p.scores_mul)) / p.divisor;
-        *x = match mask {
-            Some(m) => y + m[j],
-            None => y,
-        };
-    }
-    softmax(row);
-    for (o, &x) in out.iter_mut().zip(row.iter()) {
-        *o = p.probs.quantize(x);
-    }
-}
-
-/// `softmax` in place: `exp(x − max)`, summed in order, times `1 / Σ`.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let r = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= r);
 }
 
 /// `C[i, n] = Σ_k (a[i, k] − za)·(b[k, n] − zb)` for row-major `a [m, k]` and `b [k, n]` on `isa`

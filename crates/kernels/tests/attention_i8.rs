@@ -1,12 +1,13 @@
 //! Quantized attention (`attention_i8`) on every ISA this CPU runs, against a naive evaluation of
 //! the exported graph written here: `QuantizeLinear`, `MatMulInteger` in i32 by definition, the
 //! f32 chain in the graph's order, and a softmax with the same formula as the kernel's (max
-//! subtracted, `f32::exp`, summed in key order, times `1/Σ`). The integer products are exact and
-//! the f32 steps are the same operations in the same order, so the comparison is bit for bit.
+//! subtracted, the kernel's `exp`, its summation order, times `1/Σ`). The integer products are
+//! exact and the f32 steps are the same operations in the same order, so the comparison is bit for
+//! bit.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sparsec_kernels::attention_i8::{matmul_u8, Quant, QuantAttention, QuantAttentionParams};
+use sparsec_kernels::attention_i8::{matmul_u8, softmax_exp, softmax_sum, Quant, QuantAttention, QuantAttentionParams};
 use sparsec_kernels::{Isa, Parallel, Serial};
 
 fn isas() -> Vec<Isa> {
@@ -83,11 +84,10 @@ fn reference(
                     })
                     .collect();
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
                 for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
+                    *x = softmax_exp(*x - max);
                 }
+                let sum = softmax_sum(&row);
                 for (j, x) in row.iter().enumerate() {
                     probs[i * s + j] = p.probs.quantize(x * (1.0 / sum));
                 }
@@ -197,4 +197,20 @@ fn rejects_bad_shapes_and_constants() {
     let bad_scale = QuantAttentionParams { probs: Quant { scale: f32::NAN, zero_point: 0 }, ..p };
     assert!(QuantAttention::new(2, 4, bad_scale, Isa::Scalar).is_err());
     assert!(QuantAttention::new(0, 4, p, Isa::Scalar).is_err());
+}
+
+/// The softmax's `exp` is within 2 ulp of the correctly rounded value on the range softmax uses
+/// (`x − max ≤ 0`) and a little above.
+#[test]
+fn softmax_exp_is_within_two_ulp() {
+    let mut worst = 0f64;
+    let mut x = -87.0f32;
+    while x < 10.0 {
+        let want = (x as f64).exp();
+        let ulp = f64::from(f32::from_bits((want as f32).to_bits() + 1)) - f64::from(want as f32);
+        worst = worst.max((f64::from(softmax_exp(x)) - want).abs() / ulp);
+        x += 0.000_97;
+    }
+    assert!(worst <= 2.0, "worst error {worst} ulp");
+    assert_eq!(softmax_exp(0.0), 1.0);
 }
