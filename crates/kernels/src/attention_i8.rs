@@ -11,8 +11,8 @@
 //! The two integer products are exact on every ISA (`attention_i8/gemm.rs`: `vpdpbusd` with
 //! zero-point correction sums on AVX-512 VNNI, `vpmaddwd` on zero-point-subtracted i16 on AVX2,
 //! i32 in scalar code). The f32 steps of a row are one portable function in the graph's operation
-//! order (`attention_i8/softmax.rs`), compiled per ISA with fixed reduction orders, so every ISA
-//! gives the same bits. The softmax is max-subtracted with a Cephes-style polynomial `exp` and a
+//! order (`attention_i8/softmax.rs`) with fixed reduction orders, and each task is compiled per ISA
+//! (vectorised element-wise code, no FMA contraction), so every ISA gives the same bits. The softmax is max-subtracted with a Cephes-style polynomial `exp` and a
 //! multiply by `1/Σ`: not ONNX Runtime's own `exp` nor its summation order, so a probability can
 //! land one quantization step of `probs` away from the graph's where it lies within an ulp or two
 //! of a rounding boundary (and the quantizations that follow then absorb or pass on that step).
@@ -33,7 +33,6 @@ use crate::attention::AttnError;
 use crate::cpu::Isa;
 use crate::par::Parallel;
 use gemm::{Gemm, MAX_DEPTH};
-use softmax::RowFn;
 
 /// The softmax's `exp` and its summation order, for tests that reproduce the kernel.
 #[doc(hidden)]
@@ -106,7 +105,7 @@ pub struct QuantAttention {
     head_dim: usize,
     params: QuantAttentionParams,
     gemm: Gemm,
-    row: RowFn,
+    task: TaskFn,
     isa: Isa,
 }
 
@@ -120,14 +119,14 @@ impl QuantAttention {
             return Err(AttnError::UnsupportedIsa(isa));
         }
         params.check()?;
-        let row: RowFn = match isa {
+        let task: TaskFn = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => softmax::row_avx512,
+            Isa::Avx512Vnni => tasks::avx512,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => softmax::row_avx2,
-            _ => softmax::row_portable,
+            Isa::Avx2 => tasks::avx2,
+            _ => tasks::portable,
         };
-        Ok(QuantAttention { heads, head_dim, params, gemm: Gemm::new(isa), row, isa })
+        Ok(QuantAttention { heads, head_dim, params, gemm: Gemm::new(isa), task, isa })
     }
 
     pub fn isa(&self) -> Isa {
@@ -185,7 +184,8 @@ impl QuantAttention {
         par.run(batch * self.heads, &|i| {
             let (b, h) = (i / self.heads, i % self.heads);
             let head = Head { a: self, seq, q, k, v, row_stride, mask: mask_bias.map(|m| &m[b * seq..(b + 1) * seq]) };
-            head.run(b, h, shared);
+            // SAFETY: `new` chose `task` for an ISA this CPU supports.
+            unsafe { (self.task)(&head, b, h, shared) }
         });
         Ok(())
     }
@@ -225,6 +225,8 @@ impl Head<'_> {
         x[at..at + d].iter().map(move |&x| qz.quantize(x))
     }
 
+    /// The task body, inlined into each ISA's instantiation in `tasks`.
+    #[inline(always)]
     fn run(&self, b: usize, h: usize, shared: &Shared) {
         let (s, d, p) = (self.seq, self.a.head_dim, &self.a.params);
         let hd = self.a.heads * d;
@@ -247,9 +249,7 @@ impl Head<'_> {
             let m = (s - r0).min(TILE);
             gemm.product(&qa[r0 * d..], d, m, p.q.zero_point, &kp, &mut scores, s);
             for i in 0..m {
-                let (sc, pr) = (&scores[i * s..(i + 1) * s], &mut probs[i * s..(i + 1) * s]);
-                // SAFETY: `new` chose `row` for an ISA this CPU supports; every slice is S long.
-                unsafe { (self.a.row)(p, sc, self.mask, &mut row, pr) }
+                softmax::row(p, &scores[i * s..(i + 1) * s], self.mask, &mut row, &mut probs[i * s..(i + 1) * s]);
             }
             gemm.product(&probs, s, m, p.probs.zero_point, &vp, &mut ctx, d);
             for i in 0..m {
@@ -262,6 +262,40 @@ impl Head<'_> {
                 }
             }
         }
+    }
+}
+
+/// One (batch, head) task on one ISA.
+///
+/// # Safety
+/// The chosen function's ISA must be available; the head's slices as `forward` checked them.
+type TaskFn = unsafe fn(&Head<'_>, usize, usize, &Shared);
+
+/// [`Head::run`] compiled per ISA, so that its element-wise f32 code (quantizations, the row's
+/// steps, the epilogue) is vectorised with that ISA's registers (and rounds without a libm call).
+mod tasks {
+    use super::{Head, Shared};
+
+    /// # Safety
+    /// None; `unsafe` only to share `TaskFn`'s type.
+    pub(super) unsafe fn portable(head: &Head<'_>, b: usize, h: usize, out: &Shared) {
+        head.run(b, h, out)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(head: &Head<'_>, b: usize, h: usize, out: &Shared) {
+        head.run(b, h, out)
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW must be available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn avx512(head: &Head<'_>, b: usize, h: usize, out: &Shared) {
+        head.run(b, h, out)
     }
 }
 

@@ -2,9 +2,10 @@
 //! `QuantizeLinear`, `DequantizeLinear`, `Div`, `Add` mask → softmax → `QuantizeLinear`.
 //!
 //! Written once as portable element-wise code with a fixed order for every reduction (16 partial
-//! sums, then a fixed tree), and instantiated per ISA with that ISA's target features so the
-//! compiler vectorises it. Element-wise IEEE operations round the same in any register width and
-//! nothing is contracted into FMAs, so every instantiation gives the same bits.
+//! sums, then a fixed tree), and inlined into each ISA's task (`attention_i8.rs`), which the
+//! compiler vectorises with that ISA's target features. Element-wise IEEE operations round the
+//! same in any register width and nothing is contracted into FMAs, so every ISA gives the same
+//! bits.
 
 use super::QuantAttentionParams;
 
@@ -52,7 +53,7 @@ pub fn sum(x: &[f32]) -> f32 {
 
 /// One row: `out[j] = QL_probs(softmax_j(DQ(QL(scores[j] · mul)) / divisor + mask[j]))`.
 #[inline(always)]
-fn row_body(p: &QuantAttentionParams, scores: &[i32], mask: Option<&[f32]>, row: &mut [f32], out: &mut [u8]) {
+pub(super) fn row(p: &QuantAttentionParams, scores: &[i32], mask: Option<&[f32]>, row: &mut [f32], out: &mut [u8]) {
     let (m1, sa, za, div) = (p.scores_mul, p.scores.scale, f32::from(p.scores.zero_point), p.divisor);
     for (x, &a) in row.iter_mut().zip(scores) {
         let q = ((a as f32 * m1 / sa).round_ties_even() + za).clamp(0.0, 255.0);
@@ -74,34 +75,4 @@ fn row_body(p: &QuantAttentionParams, scores: &[i32], mask: Option<&[f32]>, row:
     for (o, &x) in out.iter_mut().zip(row.iter()) {
         *o = ((x * r / sp).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
     }
-}
-
-/// `(params, scores, mask, row scratch, out)` for one query row; the slices are `S` long.
-///
-/// # Safety
-/// The chosen function's ISA must be available.
-pub(super) type RowFn = unsafe fn(&QuantAttentionParams, &[i32], Option<&[f32]>, &mut [f32], &mut [u8]);
-
-/// The portable instantiation.
-///
-/// # Safety
-/// None; `unsafe` only to share [`RowFn`]'s type.
-pub(super) unsafe fn row_portable(p: &QuantAttentionParams, s: &[i32], m: Option<&[f32]>, r: &mut [f32], o: &mut [u8]) {
-    row_body(p, s, m, r, o)
-}
-
-/// # Safety
-/// AVX2 must be available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn row_avx2(p: &QuantAttentionParams, s: &[i32], m: Option<&[f32]>, r: &mut [f32], o: &mut [u8]) {
-    row_body(p, s, m, r, o)
-}
-
-/// # Safety
-/// AVX-512 F/BW must be available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn row_avx512(p: &QuantAttentionParams, s: &[i32], m: Option<&[f32]>, r: &mut [f32], o: &mut [u8]) {
-    row_body(p, s, m, r, o)
 }
