@@ -53,7 +53,7 @@ impl Quant {
     /// `QuantizeLinear`: `x / scale` rounded half to even, plus the zero point, saturated to u8.
     #[inline]
     pub fn quantize(self, x: f32) -> u8 {
-        ((x / self.scale).round_ties_even() + f32::from(self.zero_point)).clamp(0.0, 255.0) as u8
+        small_int_to_u8(((x / self.scale).round_ties_even() + f32::from(self.zero_point)).clamp(0.0, 255.0))
     }
 
     /// `DequantizeLinear`: `(y − zero_point) · scale`.
@@ -61,6 +61,13 @@ impl Quant {
     pub fn dequantize(self, y: u8) -> f32 {
         (i32::from(y) - i32::from(self.zero_point)) as f32 * self.scale
     }
+}
+
+/// `y`, an integer in `[0, 255]`, as u8: through the f32 mantissa (`y + 2²³` holds `y` in its low
+/// bits), which vectorises where a saturating `as u8` does not. Deterministic for any `y`.
+#[inline(always)]
+pub(crate) fn small_int_to_u8(y: f32) -> u8 {
+    (y + 8_388_608.0).to_bits() as u8
 }
 
 /// The constants of one quantized attention (see the module doc for where each applies).

@@ -7,7 +7,7 @@
 //! same in any register width and nothing is contracted into FMAs, so every ISA gives the same
 //! bits.
 
-use super::QuantAttentionParams;
+use super::{small_int_to_u8, QuantAttentionParams};
 
 /// Partial sums (and maxima) a row is reduced with.
 const LANES: usize = 16;
@@ -29,7 +29,8 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * z + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2ⁿ from its biased exponent `n + 127 ∈ [1, 255]`, read out of the mantissa of `n + 127 + 2²³`.
+    y * f32::from_bits(u32::from(small_int_to_u8(n + 127.0)) << 23)
 }
 
 /// `Σ x` as this module sums: `LANES` partial sums over `x[l], x[l + 16], …`, then pairwise.
@@ -73,6 +74,6 @@ pub(super) fn row(p: &QuantAttentionParams, scores: &[i32], mask: Option<&[f32]>
     let r = 1.0 / sum(row);
     let (sp, zp) = (p.probs.scale, f32::from(p.probs.zero_point));
     for (o, &x) in out.iter_mut().zip(row.iter()) {
-        *o = ((x * r / sp).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
+        *o = small_int_to_u8(((x * r / sp).round_ties_even() + zp).clamp(0.0, 255.0));
     }
 }
