@@ -218,32 +218,22 @@ struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// Head `h`'s `D` values of token `t` of batch item `b`, quantized.
-    fn quantized<'x>(
-        &self,
-        x: &'x [f32],
-        b: usize,
-        t: usize,
-        h: usize,
-        qz: Quant,
-    ) -> impl Iterator<Item = u8> + use<'x> {
-        let d = self.a.head_dim;
-        let at = (b * self.seq + t) * self.row_stride + h * d;
-        x[at..at + d].iter().map(move |&x| qz.quantize(x))
-    }
-
     /// The task body, inlined into each ISA's instantiation in `tasks`.
     #[inline(always)]
     fn run(&self, b: usize, h: usize, shared: &Shared) {
         let (s, d, p) = (self.seq, self.a.head_dim, &self.a.params);
         let hd = self.a.heads * d;
         let gemm = &self.a.gemm;
-        let qa: Vec<u8> = (0..s).flat_map(|t| self.quantized(self.q, b, t, h, p.q)).collect();
-        let va: Vec<u8> = (0..s).flat_map(|t| self.quantized(self.v, b, t, h, p.v)).collect();
-        let mut kt = vec![0u8; d * s];
+        // Quantized in place (not through iterator adaptors, which would not be inlined into the
+        // ISA's instantiation); K transposed to `[D, S]`.
+        let (mut qa, mut va, mut kt) = (vec![0u8; s * d], vec![0u8; s * d], vec![0u8; d * s]);
         for t in 0..s {
-            for (dd, x) in self.quantized(self.k, b, t, h, p.k).enumerate() {
-                kt[dd * s + t] = x;
+            let at = (b * s + t) * self.row_stride + h * d;
+            let (q, k, v) = (&self.q[at..at + d], &self.k[at..at + d], &self.v[at..at + d]);
+            for dd in 0..d {
+                qa[t * d + dd] = p.q.quantize(q[dd]);
+                va[t * d + dd] = p.v.quantize(v[dd]);
+                kt[dd * s + t] = p.k.quantize(k[dd]);
             }
         }
         let kp = gemm.pack(&kt, s, d, s, p.k.zero_point);
