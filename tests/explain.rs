@@ -39,7 +39,7 @@ fn check_groups(e: &Value) -> f64 {
             other => panic!("runs on {other}"),
         }
     }
-    assert!(nodes as u64 >= e["nodes"].as_u64().unwrap(), "every node is placed: {e}");
+    assert!(nodes >= e["nodes"].as_u64().unwrap(), "every node is placed: {e}");
     assert!((share - 1.0).abs() < 1e-6, "shares add up to 1: {share}");
     assert!(e["node_ms_per_run"].as_f64().unwrap() > 0.0);
     assert_eq!(e["runs"].as_u64(), Some(2));

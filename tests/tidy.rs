@@ -169,16 +169,16 @@ fn absolute(path: &str, here: &[String]) -> Option<Vec<String>> {
     let segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
     let mut at: Vec<String>;
     let mut rest = segs.as_slice();
-    match rest.first()? {
-        &"crate" => {
+    match *rest.first()? {
+        "crate" => {
             at = Vec::new();
             rest = &rest[1..];
         }
-        &"self" => {
+        "self" => {
             at = here.to_vec();
             rest = &rest[1..];
         }
-        &"super" => {
+        "super" => {
             at = here.to_vec();
             while rest.first() == Some(&"super") {
                 at.pop()?;

@@ -16,6 +16,9 @@ use ndarray::{concatenate, ArrayD, Axis};
 
 use super::{Backend, EngineKind, HostTensor};
 
+/// A run's named outputs.
+type Outputs = Vec<(String, HostTensor)>;
+
 /// Several sessions of one model, each on one thread, sharing the rows of a batch.
 pub struct Streams {
     sessions: Vec<Mutex<Box<dyn Backend>>>,
@@ -67,8 +70,7 @@ impl Backend for Streams {
             return self.sessions[0].get_mut().unwrap_or_else(|p| p.into_inner()).run(inputs);
         }
         let next = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<Vec<(String, HostTensor)>>>>> =
-            pieces.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Result<Outputs>>>> = pieces.iter().map(|_| Mutex::new(None)).collect();
         let work = |session: &Mutex<Box<dyn Backend>>| {
             let mut s = session.lock().unwrap_or_else(|p| p.into_inner());
             loop {
