@@ -229,105 +229,116 @@ impl Graph {
 
     fn apply_ops(&mut self, ops: Vec<Op>) -> Result<(), IrError> {
         for op in ops {
-            match op {
-                Op::NewValue { id, name, facts } => {
-                    debug_assert_eq!(id.index(), self.values.len());
-                    if self.by_name.contains_key(&name) {
-                        return Err(IrError::DuplicateValue(name));
-                    }
-                    self.push_value(name, facts, false);
+            self.apply_op(op)?;
+        }
+        self.relink()
+    }
+
+    /// One recorded edit, in place (links and order are recomputed after the last).
+    fn apply_op(&mut self, op: Op) -> Result<(), IrError> {
+        match op {
+            Op::NewValue { id, name, facts } => {
+                debug_assert_eq!(id.index(), self.values.len());
+                if self.by_name.contains_key(&name) {
+                    return Err(IrError::DuplicateValue(name));
                 }
-                Op::AddNode { id, node } => {
-                    debug_assert_eq!(id.index(), self.nodes.len());
-                    self.nodes.push(Some(node));
-                    self.order.push(id);
+                self.push_value(name, facts, false);
+            }
+            Op::AddNode { id, node } => {
+                debug_assert_eq!(id.index(), self.nodes.len());
+                self.nodes.push(Some(node));
+                self.order.push(id);
+            }
+            Op::RemoveNode(id) => {
+                if self.nodes.get(id.index()).map(Option::is_some) != Some(true) {
+                    return Err(IrError::Patch(format!("node {id} removed twice or never existed")));
                 }
-                Op::RemoveNode(id) => {
-                    if self.nodes.get(id.index()).map(Option::is_some) != Some(true) {
-                        return Err(IrError::Patch(format!("node {id} removed twice or never existed")));
-                    }
-                    self.nodes[id.index()] = None;
-                    self.order.retain(|&n| n != id);
+                self.nodes[id.index()] = None;
+                self.order.retain(|&n| n != id);
+            }
+            Op::ReplaceUses { old, new, except } => self.apply_replace_uses(old, new, &except),
+            Op::SetNodeInput { node, slot, value } => {
+                let n = self.patched_node(node)?;
+                if n.inputs.len() <= slot {
+                    n.inputs.resize(slot + 1, None);
                 }
-                Op::ReplaceUses { old, new, except } => {
-                    for &nid in &self.order {
-                        if except.contains(&nid) {
-                            continue;
-                        }
-                        let node = self.nodes[nid.index()].as_mut().unwrap();
-                        for v in node.inputs.iter_mut().flatten() {
-                            if *v == old {
-                                *v = new;
-                            }
-                        }
-                    }
-                    for v in &mut self.outputs {
-                        if *v == old {
-                            *v = new;
-                        }
-                    }
+                n.inputs[slot] = value;
+            }
+            Op::SetNodeOutput { node, slot, value } => {
+                let n = self.patched_node(node)?;
+                if n.outputs.len() <= slot {
+                    n.outputs.resize(slot + 1, None);
                 }
-                Op::SetNodeInput { node, slot, value } => {
-                    let n = self.nodes[node.index()]
-                        .as_mut()
-                        .ok_or_else(|| IrError::Patch(format!("node {node} is removed")))?;
-                    if n.inputs.len() <= slot {
-                        n.inputs.resize(slot + 1, None);
-                    }
-                    n.inputs[slot] = value;
+                n.outputs[slot] = Some(value);
+            }
+            Op::SetAttr { node, attr } => {
+                let n = self.patched_node(node)?;
+                match n.attrs.iter_mut().find(|a| a.name == attr.name) {
+                    Some(a) => *a = attr,
+                    None => n.attrs.push(attr),
                 }
-                Op::SetNodeOutput { node, slot, value } => {
-                    let n = self.nodes[node.index()]
-                        .as_mut()
-                        .ok_or_else(|| IrError::Patch(format!("node {node} is removed")))?;
-                    if n.outputs.len() <= slot {
-                        n.outputs.resize(slot + 1, None);
-                    }
-                    n.outputs[slot] = Some(value);
+            }
+            Op::SetInitializer { value, tensor } => {
+                let facts = Facts::of_tensor(&tensor).type_only();
+                self.values[value.index()].facts = facts;
+                self.initializers.insert(value, tensor);
+            }
+            Op::RemoveInitializer(v) => {
+                self.initializers.shift_remove(&v);
+            }
+            Op::AddInput(v) => {
+                if !self.inputs.contains(&v) {
+                    self.inputs.push(v);
                 }
-                Op::SetAttr { node, attr } => {
-                    let n = self.nodes[node.index()]
-                        .as_mut()
-                        .ok_or_else(|| IrError::Patch(format!("node {node} is removed")))?;
-                    match n.attrs.iter_mut().find(|a| a.name == attr.name) {
-                        Some(a) => *a = attr,
-                        None => n.attrs.push(attr),
-                    }
+            }
+            Op::RemoveInput(v) => self.inputs.retain(|&x| x != v),
+            Op::AddOutput(v) => {
+                if !self.outputs.contains(&v) {
+                    self.outputs.push(v);
                 }
-                Op::SetInitializer { value, tensor } => {
-                    let facts = Facts::of_tensor(&tensor).type_only();
-                    self.values[value.index()].facts = facts;
-                    self.initializers.insert(value, tensor);
-                }
-                Op::RemoveInitializer(v) => {
-                    self.initializers.shift_remove(&v);
-                }
-                Op::AddInput(v) => {
-                    if !self.inputs.contains(&v) {
-                        self.inputs.push(v);
-                    }
-                }
-                Op::RemoveInput(v) => self.inputs.retain(|&x| x != v),
-                Op::AddOutput(v) => {
-                    if !self.outputs.contains(&v) {
-                        self.outputs.push(v);
-                    }
-                }
-                Op::RemoveOutput(v) => self.outputs.retain(|&x| x != v),
-                Op::SetFacts { value, facts } => self.values[value.index()].facts = facts,
-                Op::Rename { value, name } => {
-                    if let Some(&other) = self.by_name.get(&name) {
-                        if other != value {
-                            return Err(IrError::DuplicateValue(name));
-                        }
-                    }
-                    let old = std::mem::replace(&mut self.values[value.index()].name, name.clone());
-                    self.by_name.remove(&old);
-                    self.by_name.insert(name, value);
+            }
+            Op::RemoveOutput(v) => self.outputs.retain(|&x| x != v),
+            Op::SetFacts { value, facts } => self.values[value.index()].facts = facts,
+            Op::Rename { value, name } => self.apply_rename(value, name)?,
+        }
+        Ok(())
+    }
+
+    /// A node an edit changes, an error when it is removed.
+    fn patched_node(&mut self, node: NodeId) -> Result<&mut Node, IrError> {
+        self.nodes[node.index()].as_mut().ok_or_else(|| IrError::Patch(format!("node {node} is removed")))
+    }
+
+    /// Every live node but `except`, and the graph outputs, read `new` instead of `old`.
+    fn apply_replace_uses(&mut self, old: ValueId, new: ValueId, except: &[NodeId]) {
+        for &nid in &self.order {
+            if except.contains(&nid) {
+                continue;
+            }
+            let node = self.nodes[nid.index()].as_mut().unwrap();
+            for v in node.inputs.iter_mut().flatten() {
+                if *v == old {
+                    *v = new;
                 }
             }
         }
-        self.relink()
+        for v in &mut self.outputs {
+            if *v == old {
+                *v = new;
+            }
+        }
+    }
+
+    fn apply_rename(&mut self, value: ValueId, name: String) -> Result<(), IrError> {
+        if let Some(&other) = self.by_name.get(&name) {
+            if other != value {
+                return Err(IrError::DuplicateValue(name));
+            }
+        }
+        let old = std::mem::replace(&mut self.values[value.index()].name, name.clone());
+        self.by_name.remove(&old);
+        self.by_name.insert(name, value);
+        Ok(())
     }
 
     /// Recomputes producers and the topological order from the live nodes, and validates.

@@ -153,89 +153,131 @@ impl Pass for InsertFakeQuant {
                 let c = Consts { opset, flag, div, eps };
                 let mut act_sites: HashMap<ValueId, ValueId> = HashMap::new();
                 for t in &self.targets {
-                    let err = |message: String| PassError::Target { pass, target: t.node.clone(), message };
-                    let (nid, node) = g
-                        .nodes()
-                        .find(|(_, n)| n.name == t.node)
-                        .ok_or_else(|| err("no node with this name".into()))?;
-                    let axis = match node.op_type.as_str() {
-                        "MatMul" => 1,
-                        "Gemm" if node.attr_int("transB").unwrap_or(0) == 1 => 0,
-                        "Gemm" => 1,
-                        other => return Err(err(format!("is a {other}, expected MatMul or Gemm"))),
-                    };
-                    let b = node.input(1).ok_or_else(|| err("has no weight input".into()))?;
-                    let dims =
-                        g.value(b).facts.shape.clone().filter(|s| s.len() == 2).ok_or_else(|| {
-                            err(format!("weight '{}' must have a known rank-2 shape", g.value(b).name))
-                        })?;
-                    let tag = format!("{}.weight", t.module);
-                    let bq = fake_quant_weight(p, &c, b, &dims, self.weight_per_channel.then_some(axis), &tag);
-                    p.set_node_input(nid, 1, Some(bq));
-                    report.rewritten += 1;
-                    if !self.quantize_activations {
-                        continue;
-                    }
-                    let a = node.input(0).ok_or_else(|| err("has no input activation".into()))?;
-                    let aq = match act_sites.get(&a) {
-                        Some(&aq) => aq,
-                        None => {
-                            let base = format!("{}.input_quant", t.module);
-                            let af = g.value(a).facts.clone();
-                            let zdt = if self.activation_symmetric { DType::I8 } else { DType::U8 };
-                            let scale = p.add_input(&format!("{base}.scale"), scalar(DType::F32));
-                            let zp = p.add_input(&format!("{base}.zero_point"), scalar(zdt));
-                            let q = p.op(
-                                NodeSpec::new("QuantizeLinear", format!("sparsec.fq/{base}/quantize"), &[a, scale, zp]),
-                                &format!("{base}.q"),
-                                Facts { dtype: Some(zdt), ..af.type_only() },
-                            );
-                            let dq = p.op(
-                                NodeSpec::new(
-                                    "DequantizeLinear",
-                                    format!("sparsec.fq/{base}/dequantize"),
-                                    &[q, scale, zp],
-                                ),
-                                &format!("{base}.dq"),
-                                af.type_only(),
-                            );
-                            let aq = p.op(
-                                NodeSpec::new("Where", format!("sparsec.fq/{base}/select"), &[flag, dq, a]),
-                                &format!("{base}.fq"),
-                                af.type_only(),
-                            );
-                            for (op, suffix) in [("ReduceMin", "min"), ("ReduceMax", "max")] {
-                                let spec =
-                                    emit::reduce(p, opset, op, format!("sparsec.fq/{base}/{suffix}"), a, None, false);
-                                let o = p.op(spec, &format!("{base}.{suffix}"), scalar(DType::F32));
-                                p.add_output(o);
-                                report.new_outputs.push(format!("{base}.{suffix}"));
-                            }
-                            report.new_inputs.push(format!("{base}.scale"));
-                            report.new_inputs.push(format!("{base}.zero_point"));
-                            act_sites.insert(a, aq);
-                            aq
-                        }
-                    };
-                    p.set_node_input(nid, 0, Some(aq));
+                    self.quantize_target(p, &c, pass, t, &mut act_sites, &mut report)?;
                 }
                 for e in &self.embeddings {
-                    let err = |message: String| PassError::Target { pass, target: e.clone(), message };
-                    let v = g.value_by_name(e).ok_or_else(|| err("no value with this name".into()))?;
-                    let t = g.initializer(v).ok_or_else(|| err("is not an initializer".into()))?;
-                    let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Known(d)).collect();
-                    let eq = fake_quant_weight(p, &c, v, &dims, None, e);
-                    let consumers = g.consumers();
-                    for &(n, slot) in consumers.get(&v).map(Vec::as_slice).unwrap_or(&[]) {
-                        if g.node(n).op_type == "Gather" && slot == 0 {
-                            p.set_node_input(n, 0, Some(eq));
-                        }
-                    }
-                    report.rewritten += 1;
+                    quantize_embedding(p, &c, pass, e, &mut report)?;
                 }
                 Ok(())
             })
             .map_err(|e: PassError| e.in_pass(pass))?;
         Ok(report)
     }
+}
+
+impl InsertFakeQuant {
+    /// The weight of one linear layer, and its input activation (one site per activation value,
+    /// shared by the layers that read it, in `act_sites`).
+    fn quantize_target(
+        &self,
+        p: &mut Patch,
+        c: &Consts,
+        pass: &'static str,
+        t: &FakeQuantTarget,
+        act_sites: &mut HashMap<ValueId, ValueId>,
+        report: &mut PassReport,
+    ) -> Result<(), PassError> {
+        let g = p.graph();
+        let err = |message: String| PassError::Target { pass, target: t.node.clone(), message };
+        let (nid, node) =
+            g.nodes().find(|(_, n)| n.name == t.node).ok_or_else(|| err("no node with this name".into()))?;
+        let axis = match node.op_type.as_str() {
+            "MatMul" => 1,
+            "Gemm" if node.attr_int("transB").unwrap_or(0) == 1 => 0,
+            "Gemm" => 1,
+            other => return Err(err(format!("is a {other}, expected MatMul or Gemm"))),
+        };
+        let b = node.input(1).ok_or_else(|| err("has no weight input".into()))?;
+        let dims = g
+            .value(b)
+            .facts
+            .shape
+            .clone()
+            .filter(|s| s.len() == 2)
+            .ok_or_else(|| err(format!("weight '{}' must have a known rank-2 shape", g.value(b).name)))?;
+        let tag = format!("{}.weight", t.module);
+        let bq = fake_quant_weight(p, c, b, &dims, self.weight_per_channel.then_some(axis), &tag);
+        p.set_node_input(nid, 1, Some(bq));
+        report.rewritten += 1;
+        if !self.quantize_activations {
+            return Ok(());
+        }
+        let a = node.input(0).ok_or_else(|| err("has no input activation".into()))?;
+        let aq = match act_sites.get(&a) {
+            Some(&aq) => aq,
+            None => {
+                let aq = self.fake_quant_activation(p, c, a, &t.module, report);
+                act_sites.insert(a, aq);
+                aq
+            }
+        };
+        p.set_node_input(nid, 0, Some(aq));
+        Ok(())
+    }
+
+    /// Emits the activation pattern on `a`, with its scale and zero point as new inputs and its
+    /// min and max as new outputs; returns the switched output.
+    fn fake_quant_activation(
+        &self,
+        p: &mut Patch,
+        c: &Consts,
+        a: ValueId,
+        module: &str,
+        report: &mut PassReport,
+    ) -> ValueId {
+        let g = p.graph();
+        let base = format!("{module}.input_quant");
+        let af = g.value(a).facts.clone();
+        let zdt = if self.activation_symmetric { DType::I8 } else { DType::U8 };
+        let scale = p.add_input(&format!("{base}.scale"), scalar(DType::F32));
+        let zp = p.add_input(&format!("{base}.zero_point"), scalar(zdt));
+        let q = p.op(
+            NodeSpec::new("QuantizeLinear", format!("sparsec.fq/{base}/quantize"), &[a, scale, zp]),
+            &format!("{base}.q"),
+            Facts { dtype: Some(zdt), ..af.type_only() },
+        );
+        let dq = p.op(
+            NodeSpec::new("DequantizeLinear", format!("sparsec.fq/{base}/dequantize"), &[q, scale, zp]),
+            &format!("{base}.dq"),
+            af.type_only(),
+        );
+        let aq = p.op(
+            NodeSpec::new("Where", format!("sparsec.fq/{base}/select"), &[c.flag, dq, a]),
+            &format!("{base}.fq"),
+            af.type_only(),
+        );
+        for (op, suffix) in [("ReduceMin", "min"), ("ReduceMax", "max")] {
+            let spec = emit::reduce(p, c.opset, op, format!("sparsec.fq/{base}/{suffix}"), a, None, false);
+            let o = p.op(spec, &format!("{base}.{suffix}"), scalar(DType::F32));
+            p.add_output(o);
+            report.new_outputs.push(format!("{base}.{suffix}"));
+        }
+        report.new_inputs.push(format!("{base}.scale"));
+        report.new_inputs.push(format!("{base}.zero_point"));
+        aq
+    }
+}
+
+/// One embedding table: the row lookups (`Gather` on input 0) read it fake-quantized.
+fn quantize_embedding(
+    p: &mut Patch,
+    c: &Consts,
+    pass: &'static str,
+    e: &str,
+    report: &mut PassReport,
+) -> Result<(), PassError> {
+    let g = p.graph();
+    let err = |message: String| PassError::Target { pass, target: e.to_string(), message };
+    let v = g.value_by_name(e).ok_or_else(|| err("no value with this name".into()))?;
+    let t = g.initializer(v).ok_or_else(|| err("is not an initializer".into()))?;
+    let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Known(d)).collect();
+    let eq = fake_quant_weight(p, c, v, &dims, None, e);
+    let consumers = g.consumers();
+    for &(n, slot) in consumers.get(&v).map(Vec::as_slice).unwrap_or(&[]) {
+        if g.node(n).op_type == "Gather" && slot == 0 {
+            p.set_node_input(n, 0, Some(eq));
+        }
+    }
+    report.rewritten += 1;
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! `LowerFakeQuant`: bound fake quantization lowered to ONNX QDQ form.
 
 use super::{bound, is_row_lookup, Pass, PassError, PassReport, MIN_SCALE};
-use crate::ir::{Attribute, Attrs, DType, Facts, Model, NodeSpec, Patch, Tensor};
+use std::collections::HashMap;
+
+use crate::ir::{Attribute, Attrs, DType, Facts, Graph, Model, Node, NodeId, NodeSpec, Patch, Tensor, ValueId};
 
 /// Lowers each `InsertFakeQuant` site whose switch is a bound constant, for `sparsec export`.
 ///
@@ -69,102 +71,147 @@ impl Pass for LowerFakeQuant {
                     let Some(tag) = n.name.strip_prefix("sparsec.fq/").and_then(|s| s.strip_suffix("/select")) else {
                         continue;
                     };
-                    let err = |message: String| PassError::Target { pass, target: n.name.clone(), message };
-                    let (Some(flag), Some(dq), Some(x), Some(out)) = (n.input(0), n.input(1), n.input(2), n.output(0))
-                    else {
-                        return Err(err("expects Where(flag, fake-quantized, original)".into()));
-                    };
-                    let on = bound(g, flag).and_then(|t| t.raw().first().copied()).ok_or_else(|| {
-                        err(format!("the switch '{}' is not bound: export a trained folder", g.value(flag).name))
-                    })? != 0;
+                    Site { g, pass, id, n, tag }.lower(p, &consumers)?;
                     report.rewritten += 1;
-                    if !on {
-                        p.replace_uses(out, x);
-                        p.remove_node(id);
-                        continue;
-                    }
-                    let Some(wt) = bound(g, x) else {
-                        let (_, dqn) = g.producer(dq).ok_or_else(|| err("no DequantizeLinear".into()))?;
-                        for s in dqn.inputs.iter().skip(1).flatten() {
-                            if bound(g, *s).is_none() {
-                                return Err(err(format!("'{}' is not bound", g.value(*s).name)));
-                            }
-                        }
-                        p.replace_uses(out, dq);
-                        p.remove_node(id);
-                        continue;
-                    };
-                    let (_, qn) = g
-                        .nodes()
-                        .find(|(_, q)| q.name == format!("sparsec.fq/{tag}/quantize"))
-                        .ok_or_else(|| err("its QuantizeLinear node is missing".into()))?;
-                    let w = wt.as_f32s().ok_or_else(|| err("the weight is not f32".into()))?;
-                    let axis = match qn.attr_int("axis") {
-                        None => None,
-                        Some(_) if wt.dims.len() != 2 => {
-                            return Err(err(format!("per-channel weight of shape {:?} is not 2-D", wt.dims)))
-                        }
-                        Some(a @ -2..=1) => Some(a.rem_euclid(2) as usize),
-                        Some(a) => return Err(err(format!("axis {a} is out of range for a 2-D weight"))),
-                    };
-                    let (q, scales) = quantize_weight(&w, &wt.dims, axis);
-                    let qv = p.add_initializer(&format!("{tag}.int8"), Tensor::from_i8(wt.dims.clone(), &q));
-                    let (sv, zv) = match axis {
-                        Some(_) => (
-                            p.add_initializer(
-                                &format!("{tag}.scale"),
-                                Tensor::from_f32(vec![scales.len() as i64], &scales),
-                            ),
-                            p.add_initializer(
-                                &format!("{tag}.zero_point"),
-                                Tensor::from_i8(vec![scales.len() as i64], &vec![0; scales.len()]),
-                            ),
-                        ),
-                        None => (
-                            p.add_initializer(&format!("{tag}.scale"), Tensor::from_f32(vec![], &scales)),
-                            p.add_initializer(&format!("{tag}.zero_point"), Tensor::from_i8(vec![], &[0])),
-                        ),
-                    };
-                    let readers = consumers.get(&out).map(Vec::as_slice).unwrap_or(&[]);
-                    if axis.is_none() && !readers.is_empty() && readers.iter().all(|&(r, s)| is_row_lookup(g, r, s)) {
-                        for &(r, _) in readers {
-                            let rn = g.node(r);
-                            let (Some(ids), Some(rows)) = (rn.input(1), rn.output(0)) else {
-                                return Err(err(format!("Gather '{}' has no indices or output", rn.name)));
-                            };
-                            let facts = g.value(rows).facts.type_only();
-                            let q_rows = p.op(
-                                NodeSpec::new("Gather", format!("sparsec.qdq/{tag}/{}/gather", rn.name), &[qv, ids]),
-                                &format!("{tag}.int8_rows"),
-                                Facts { dtype: Some(DType::I8), ..facts.clone() },
-                            );
-                            let deq = p.op(
-                                NodeSpec::new(
-                                    "DequantizeLinear",
-                                    format!("sparsec.qdq/{tag}/{}/dequantize", rn.name),
-                                    &[q_rows, sv, zv],
-                                ),
-                                &format!("{tag}.rows"),
-                                facts,
-                            );
-                            p.replace_uses(rows, deq);
-                            p.remove_node(r);
-                        }
-                        p.remove_node(id);
-                        continue;
-                    }
-                    let mut spec = NodeSpec::new("DequantizeLinear", format!("sparsec.qdq/{tag}"), &[qv, sv, zv]);
-                    if let Some(a) = axis {
-                        spec = spec.attr(Attribute::int("axis", a as i64));
-                    }
-                    let deq = p.op(spec, &format!("{tag}.dequantized"), g.value(x).facts.clone());
-                    p.replace_uses(out, deq);
-                    p.remove_node(id);
                 }
                 Ok(())
             })
             .map_err(|e: PassError| e.in_pass(pass))?;
         Ok(report)
+    }
+}
+
+/// One `sparsec.fq/<tag>/select` node being lowered.
+struct Site<'g> {
+    g: &'g Graph,
+    pass: &'static str,
+    id: NodeId,
+    n: &'g Node,
+    tag: &'g str,
+}
+
+impl Site<'_> {
+    fn err(&self, message: String) -> PassError {
+        PassError::Target { pass: self.pass, target: self.n.name.clone(), message }
+    }
+
+    /// The switch read: off, consumers read `x`; on, they read the activation site's own
+    /// dequantized output, or the weight lowered to int8.
+    fn lower(&self, p: &mut Patch, consumers: &HashMap<ValueId, Vec<(NodeId, usize)>>) -> Result<(), PassError> {
+        let (g, n, id) = (self.g, self.n, self.id);
+        let (Some(flag), Some(dq), Some(x), Some(out)) = (n.input(0), n.input(1), n.input(2), n.output(0)) else {
+            return Err(self.err("expects Where(flag, fake-quantized, original)".into()));
+        };
+        let on = bound(g, flag).and_then(|t| t.raw().first().copied()).ok_or_else(|| {
+            self.err(format!("the switch '{}' is not bound: export a trained folder", g.value(flag).name))
+        })? != 0;
+        if !on {
+            p.replace_uses(out, x);
+            p.remove_node(id);
+            return Ok(());
+        }
+        let Some(wt) = bound(g, x) else {
+            let (_, dqn) = g.producer(dq).ok_or_else(|| self.err("no DequantizeLinear".into()))?;
+            for s in dqn.inputs.iter().skip(1).flatten() {
+                if bound(g, *s).is_none() {
+                    return Err(self.err(format!("'{}' is not bound", g.value(*s).name)));
+                }
+            }
+            p.replace_uses(out, dq);
+            p.remove_node(id);
+            return Ok(());
+        };
+        self.lower_weight(p, consumers, x, out, wt)
+    }
+
+    /// A bound weight `x` (the select's output `out`) as int8 initializers and `DequantizeLinear`.
+    fn lower_weight(
+        &self,
+        p: &mut Patch,
+        consumers: &HashMap<ValueId, Vec<(NodeId, usize)>>,
+        x: ValueId,
+        out: ValueId,
+        wt: &Tensor,
+    ) -> Result<(), PassError> {
+        let (g, tag) = (self.g, self.tag);
+        let (_, qn) = g
+            .nodes()
+            .find(|(_, q)| q.name == format!("sparsec.fq/{tag}/quantize"))
+            .ok_or_else(|| self.err("its QuantizeLinear node is missing".into()))?;
+        let w = wt.as_f32s().ok_or_else(|| self.err("the weight is not f32".into()))?;
+        let axis = match qn.attr_int("axis") {
+            None => None,
+            Some(_) if wt.dims.len() != 2 => {
+                return Err(self.err(format!("per-channel weight of shape {:?} is not 2-D", wt.dims)))
+            }
+            Some(a @ -2..=1) => Some(a.rem_euclid(2) as usize),
+            Some(a) => return Err(self.err(format!("axis {a} is out of range for a 2-D weight"))),
+        };
+        let (q, scales) = quantize_weight(&w, &wt.dims, axis);
+        let qv = p.add_initializer(&format!("{tag}.int8"), Tensor::from_i8(wt.dims.clone(), &q));
+        let (sv, zv) = match axis {
+            Some(_) => (
+                p.add_initializer(&format!("{tag}.scale"), Tensor::from_f32(vec![scales.len() as i64], &scales)),
+                p.add_initializer(
+                    &format!("{tag}.zero_point"),
+                    Tensor::from_i8(vec![scales.len() as i64], &vec![0; scales.len()]),
+                ),
+            ),
+            None => (
+                p.add_initializer(&format!("{tag}.scale"), Tensor::from_f32(vec![], &scales)),
+                p.add_initializer(&format!("{tag}.zero_point"), Tensor::from_i8(vec![], &[0])),
+            ),
+        };
+        let readers = consumers.get(&out).map(Vec::as_slice).unwrap_or(&[]);
+        if axis.is_none() && !readers.is_empty() && readers.iter().all(|&(r, s)| is_row_lookup(g, r, s)) {
+            return self.lower_row_lookups(p, readers, qv, sv, zv);
+        }
+        let mut spec = NodeSpec::new("DequantizeLinear", format!("sparsec.qdq/{tag}"), &[qv, sv, zv]);
+        if let Some(a) = axis {
+            spec = spec.attr(Attribute::int("axis", a as i64));
+        }
+        let deq = p.op(spec, &format!("{tag}.dequantized"), g.value(x).facts.clone());
+        p.replace_uses(out, deq);
+        p.remove_node(self.id);
+        Ok(())
+    }
+
+    /// A per-tensor table read only by row lookups: each `Gather` reads the int8 table and
+    /// dequantizes its rows.
+    fn lower_row_lookups(
+        &self,
+        p: &mut Patch,
+        readers: &[(NodeId, usize)],
+        qv: ValueId,
+        sv: ValueId,
+        zv: ValueId,
+    ) -> Result<(), PassError> {
+        let (g, tag) = (self.g, self.tag);
+        for &(r, _) in readers {
+            let rn = g.node(r);
+            let (Some(ids), Some(rows)) = (rn.input(1), rn.output(0)) else {
+                return Err(self.err(format!("Gather '{}' has no indices or output", rn.name)));
+            };
+            let facts = g.value(rows).facts.type_only();
+            let q_rows = p.op(
+                NodeSpec::new("Gather", format!("sparsec.qdq/{tag}/{}/gather", rn.name), &[qv, ids]),
+                &format!("{tag}.int8_rows"),
+                Facts { dtype: Some(DType::I8), ..facts.clone() },
+            );
+            let deq = p.op(
+                NodeSpec::new(
+                    "DequantizeLinear",
+                    format!("sparsec.qdq/{tag}/{}/dequantize", rn.name),
+                    &[q_rows, sv, zv],
+                ),
+                &format!("{tag}.rows"),
+                facts,
+            );
+            p.replace_uses(rows, deq);
+            p.remove_node(r);
+        }
+        p.remove_node(self.id);
+        Ok(())
     }
 }
 

@@ -52,43 +52,36 @@ pub struct QuantizationModifier {
     pub input_activations: Option<QuantizationArgs>,
 }
 
+/// The fields of SparseML's legacy field set (its `LegacyQuantizationModifier`).
+const LEGACY_ONLY: &[&str] = &[
+    "submodules",
+    "quantize_embeddings",
+    "reduce_range",
+    "quantize_linear_activations",
+    "quantize_conv_activations",
+    "quantize_embedding_activations",
+    "activation_bits",
+    "weight_bits",
+    "exclude_batchnorm",
+    "exclude_module_types",
+    "custom_quantizable_module_types",
+    "activation_qconfig_kwargs",
+    "weight_qconfig_kwargs",
+    "tensorrt",
+];
+
 /// `QuantizationModifier`, in SparseML's legacy field set or its `scheme` form.
 pub(super) fn quantization(_tag: &str, r: &mut FieldReader) -> Result<Modifier, RecipeError> {
     let start_epoch = r.f64_or("start_epoch", -1.0)?;
     let end_epoch = r.f64_or("end_epoch", -1.0)?;
     check_epochs(r, start_epoch, end_epoch, EndRule::GreaterEqualOrNever)?;
-    const LEGACY_ONLY: &[&str] = &[
-        "submodules",
-        "quantize_embeddings",
-        "reduce_range",
-        "quantize_linear_activations",
-        "quantize_conv_activations",
-        "quantize_embedding_activations",
-        "activation_bits",
-        "weight_bits",
-        "exclude_batchnorm",
-        "exclude_module_types",
-        "custom_quantizable_module_types",
-        "activation_qconfig_kwargs",
-        "weight_qconfig_kwargs",
-        "tensorrt",
-    ];
     let submodules = r.strings_opt("submodules")?;
     let ignore = r.strings_opt("ignore")?;
     let model_fuse_fn_name = r.string_opt("model_fuse_fn_name")?;
     let model_fuse_fn_kwargs = r.json_opt("model_fuse_fn_kwargs")?;
     let disable_quantization_observer_epoch = r.f64_opt("disable_quantization_observer_epoch")?;
     let freeze_bn_stats_epoch = r.f64_opt("freeze_bn_stats_epoch")?;
-    for (f, e) in [
-        ("disable_quantization_observer_epoch", disable_quantization_observer_epoch),
-        ("freeze_bn_stats_epoch", freeze_bn_stats_epoch),
-    ] {
-        if let Some(e) = e {
-            if e < start_epoch {
-                return Err(r.invalid(f, format!("{f} {e} must be >= start_epoch ({start_epoch})")));
-            }
-        }
-    }
+    check_after_start(r, start_epoch, disable_quantization_observer_epoch, freeze_bn_stats_epoch)?;
     let quantize_embeddings = r.bool_or("quantize_embeddings", true)?;
     let reduce_range = r.bool_or("reduce_range", false)?;
     let quantize_linear_activations = r.bool_or("quantize_linear_activations", true)?;
@@ -96,11 +89,7 @@ pub(super) fn quantization(_tag: &str, r: &mut FieldReader) -> Result<Modifier, 
     let quantize_embedding_activations = r.bool_or("quantize_embedding_activations", true)?;
     let activation_bits = r.int_or("activation_bits", 8)?;
     let weight_bits = r.int_or("weight_bits", 8)?;
-    for (f, b) in [("activation_bits", activation_bits), ("weight_bits", weight_bits)] {
-        if !(2..=8).contains(&b) {
-            return Err(r.invalid(f, format!("{f} {b} must be between 2 and 8")));
-        }
-    }
+    check_bits(r, activation_bits, weight_bits)?;
     let num_calibration_steps = r.int_opt("num_calibration_steps")?;
     let exclude_batchnorm = r.bool_or("exclude_batchnorm", true)?;
     let exclude_module_types = r.strings_opt("exclude_module_types")?.unwrap_or_default();
@@ -112,19 +101,7 @@ pub(super) fn quantization(_tag: &str, r: &mut FieldReader) -> Result<Modifier, 
     let scheme_overrides = r.json_opt("scheme_overrides")?;
     let strict = r.bool_or("strict", true)?;
     let legacy = LEGACY_ONLY.iter().any(|f| r.field_lines.contains_key(*f));
-    if legacy && (scheme.is_some() || scheme_overrides.is_some() || ignore.is_some()) {
-        let f = if scheme.is_some() {
-            "scheme"
-        } else if ignore.is_some() {
-            "ignore"
-        } else {
-            "scheme_overrides"
-        };
-        return Err(r.invalid(
-            f,
-            "cannot mix the legacy fields (submodules, quantize_embeddings, weight_bits, …) with scheme/ignore",
-        ));
-    }
+    check_not_mixed(r, legacy, scheme.is_some(), ignore.is_some(), scheme_overrides.is_some())?;
     let (weights, input_activations) = match scheme.as_ref().filter(|_| !legacy) {
         Some(scheme) => parse_scheme(r, scheme)?,
         None => {
@@ -164,6 +141,60 @@ pub(super) fn quantization(_tag: &str, r: &mut FieldReader) -> Result<Modifier, 
         weights,
         input_activations,
     })))
+}
+
+/// The observer-disabling and batch-norm-freezing epochs are not before `start_epoch`.
+fn check_after_start(
+    r: &FieldReader,
+    start_epoch: f64,
+    disable_quantization_observer_epoch: Option<f64>,
+    freeze_bn_stats_epoch: Option<f64>,
+) -> Result<(), RecipeError> {
+    for (f, e) in [
+        ("disable_quantization_observer_epoch", disable_quantization_observer_epoch),
+        ("freeze_bn_stats_epoch", freeze_bn_stats_epoch),
+    ] {
+        if let Some(e) = e {
+            if e < start_epoch {
+                return Err(r.invalid(f, format!("{f} {e} must be >= start_epoch ({start_epoch})")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The legacy bit widths are SparseML's 2 to 8.
+fn check_bits(r: &FieldReader, activation_bits: i64, weight_bits: i64) -> Result<(), RecipeError> {
+    for (f, b) in [("activation_bits", activation_bits), ("weight_bits", weight_bits)] {
+        if !(2..=8).contains(&b) {
+            return Err(r.invalid(f, format!("{f} {b} must be between 2 and 8")));
+        }
+    }
+    Ok(())
+}
+
+/// A recipe uses the legacy field set or `scheme`/`ignore`/`scheme_overrides`, not both.
+fn check_not_mixed(
+    r: &FieldReader,
+    legacy: bool,
+    scheme: bool,
+    ignore: bool,
+    scheme_overrides: bool,
+) -> Result<(), RecipeError> {
+    if legacy && (scheme || scheme_overrides || ignore) {
+        let f = if scheme {
+            "scheme"
+        } else if ignore {
+            "ignore"
+        } else {
+            "scheme_overrides"
+        };
+        return Err(r.invalid(
+            f,
+            "cannot mix the legacy fields (submodules, quantize_embeddings, weight_bits, …) with scheme/ignore",
+        ));
+    }
+    Ok(())
 }
 
 /// sparsec quantizes to 8 bits, per tensor or per channel; `from_bits`: the bits came from

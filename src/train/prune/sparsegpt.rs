@@ -137,69 +137,14 @@ pub fn fasterprune(
     sparsity: f64,
     cfg: &SparseGptConfig,
 ) -> Result<Vec<bool>> {
-    let mut h = h.to_vec();
-    for j in 0..cols {
-        if h[j * cols + j] == 0.0 {
-            h[j * cols + j] = 1.0;
-            for r in 0..rows {
-                w[r * cols + j] = 0.0;
-            }
-        }
-    }
-    let mean_diag = (0..cols).map(|j| h[j * cols + j]).sum::<f64>() / cols as f64;
-    let damp = cfg.dampening_frac * mean_diag;
-    for j in 0..cols {
-        h[j * cols + j] += damp;
-    }
+    let h = dampened_hessian(w, rows, cols, h, cfg);
     let u = inverse_cholesky_upper(&h, cols)?;
     let bs = cfg.block_size.max(1);
     let mut mask = vec![false; rows * cols];
     for i1 in (0..cols).step_by(bs) {
         let i2 = (i1 + bs).min(cols);
         let count = i2 - i1;
-        let score = |r: usize, c: usize| {
-            let d = u[c * cols + c];
-            w[r * cols + c] * w[r * cols + c] / (d * d)
-        };
-        match cfg.mask {
-            SgptMask::Unstructured => {
-                let mut tmp: Vec<f64> =
-                    (0..rows).flat_map(|r| (i1..i2).map(move |c| (r, c))).map(|(r, c)| score(r, c)).collect();
-                let k = (tmp.len() as f64 * sparsity) as usize;
-                let thresh = kth(&mut tmp, k);
-                for r in 0..rows {
-                    for c in i1..i2 {
-                        mask[r * cols + c] = score(r, c) <= thresh;
-                    }
-                }
-            }
-            SgptMask::Block { out, inp } => {
-                let mut groups: Vec<(f64, usize, usize)> = Vec::new();
-                for r0 in (0..rows).step_by(out) {
-                    for c0 in (i1..i2).step_by(inp) {
-                        let mut s = 0.0;
-                        for r in r0..(r0 + out).min(rows) {
-                            for c in c0..(c0 + inp).min(i2) {
-                                s += score(r, c);
-                            }
-                        }
-                        groups.push((s, r0, c0));
-                    }
-                }
-                let mut vals: Vec<f64> = groups.iter().map(|g| g.0).collect();
-                let thresh = kth(&mut vals, (groups.len() as f64 * sparsity) as usize);
-                for (s, r0, c0) in groups {
-                    if s <= thresh {
-                        for r in r0..(r0 + out).min(rows) {
-                            for c in c0..(c0 + inp).min(i2) {
-                                mask[r * cols + c] = true;
-                            }
-                        }
-                    }
-                }
-            }
-            SgptMask::PruneNOfM { .. } => {}
-        }
+        select_block_mask(w, rows, cols, &u, i1, i2, sparsity, cfg.mask, &mut mask);
         w.par_chunks_mut(cols).zip(mask.par_chunks_mut(cols)).for_each(|(wr, mr)| {
             let mut err = vec![0.0; count];
             for (i, ei) in err.iter_mut().enumerate() {
@@ -238,6 +183,85 @@ pub fn fasterprune(
         });
     }
     Ok(mask)
+}
+
+/// `h` with each dead input's diagonal set to 1 (and its weight column zeroed in `w`), then
+/// dampened by `dampening_frac` times the mean diagonal.
+fn dampened_hessian(w: &mut [f64], rows: usize, cols: usize, h: &[f64], cfg: &SparseGptConfig) -> Vec<f64> {
+    let mut h = h.to_vec();
+    for j in 0..cols {
+        if h[j * cols + j] == 0.0 {
+            h[j * cols + j] = 1.0;
+            for r in 0..rows {
+                w[r * cols + j] = 0.0;
+            }
+        }
+    }
+    let mean_diag = (0..cols).map(|j| h[j * cols + j]).sum::<f64>() / cols as f64;
+    let damp = cfg.dampening_frac * mean_diag;
+    for j in 0..cols {
+        h[j * cols + j] += damp;
+    }
+    h
+}
+
+/// The unstructured or block mask of the columns `i1..i2` (N:M masks are chosen during the
+/// sweep), by the OBS saliency `w^2 / u_cc^2`.
+#[allow(clippy::too_many_arguments)]
+fn select_block_mask(
+    w: &[f64],
+    rows: usize,
+    cols: usize,
+    u: &[f64],
+    i1: usize,
+    i2: usize,
+    sparsity: f64,
+    structure: SgptMask,
+    mask: &mut [bool],
+) {
+    let score = |r: usize, c: usize| {
+        let d = u[c * cols + c];
+        w[r * cols + c] * w[r * cols + c] / (d * d)
+    };
+    match structure {
+        SgptMask::Unstructured => {
+            let mut tmp: Vec<f64> =
+                (0..rows).flat_map(|r| (i1..i2).map(move |c| (r, c))).map(|(r, c)| score(r, c)).collect();
+            let k = (tmp.len() as f64 * sparsity) as usize;
+            let thresh = kth(&mut tmp, k);
+            for r in 0..rows {
+                for c in i1..i2 {
+                    mask[r * cols + c] = score(r, c) <= thresh;
+                }
+            }
+        }
+        SgptMask::Block { out, inp } => {
+            let mut groups: Vec<(f64, usize, usize)> = Vec::new();
+            for r0 in (0..rows).step_by(out) {
+                for c0 in (i1..i2).step_by(inp) {
+                    let mut s = 0.0;
+                    for r in r0..(r0 + out).min(rows) {
+                        for c in c0..(c0 + inp).min(i2) {
+                            s += score(r, c);
+                        }
+                    }
+                    groups.push((s, r0, c0));
+                }
+            }
+            let mut vals: Vec<f64> = groups.iter().map(|g| g.0).collect();
+            let thresh = kth(&mut vals, (groups.len() as f64 * sparsity) as usize);
+            for (s, r0, c0) in groups {
+                if s <= thresh {
+                    for r in r0..(r0 + out).min(rows) {
+                        for c in c0..(c0 + inp).min(i2) {
+                            mask[r * cols + c] = true;
+                        }
+                    }
+                }
+            }
+        }
+        SgptMask::PruneNOfM { .. } => {}
+    }
 }
 
 /// The k-th smallest value (0-based, clamped), as `torch.sort(x)[0][k]`.
