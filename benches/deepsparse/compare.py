@@ -128,7 +128,7 @@ def main():
                     elif engine.startswith("sparsec-streams") and b == 1:
                         continue  # one sequence: nothing to split
                     else:
-                        streams = int(engine.removeprefix("sparsec-streams") or 0) if engine.startswith("sparsec") else 0
+                        streams = int(engine[len("sparsec-streams"):]) if engine.startswith("sparsec-streams") else 0
                         kernels = "auto" if engine.startswith("sparsec") else "off"
                         ips, lowered = run_sparsec(a.sparsec, model, kernels, b, seq, a.seconds, streams)
                     row = {"round": r, "batch": b, "seq": seq, "subject": name, "engine": engine,
