@@ -60,6 +60,14 @@ impl ModelFile {
 
     /// Loads the model, as lowered, on `engine`.
     pub fn load(&self, engine: EngineKind, opts: &EngineOptions) -> Result<Box<dyn Backend>> {
+        if opts.streams > 1 && self.fixed.batch.is_some_and(|b| b > 1) {
+            bail!(
+                "--streams {} runs one sequence per session, but '{}' fixes its batch at {}",
+                opts.streams,
+                self.path.display(),
+                self.fixed.describe()
+            );
+        }
         let what = if self.lowering.is_some() { " lowered to sparse kernels" } else { "" };
         runtime::load_model(&self.model, engine, opts)
             .with_context(|| format!("{engine} cannot load '{}'{what}", self.path.display()))
