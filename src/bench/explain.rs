@@ -186,8 +186,8 @@ struct Profile {
     nodes: HashMap<String, (String, f64)>,
 }
 
-/// Runs the lowered model `runs` times (after one unprofiled warm-up run is not possible with one
-/// profiled session, so the first run is dropped from the count by taking the runs after it).
+/// Runs the lowered model once to warm up and then `runs` times, in one profiled session; the
+/// node times of the warm-up run are left out.
 fn profile(file: &ModelFile, batch: usize, seq: usize, threads: Option<usize>, runs: usize) -> Result<Profile> {
     let dir = tempfile::tempdir().context("a temporary folder for ONNX Runtime's profile")?;
     let prefix = dir.path().join("explain");

@@ -118,14 +118,6 @@ impl Subject {
                 fixed.describe()
             );
         }
-        if m.streams > 1 && fixed.batch.is_some_and(|b| b > 1) {
-            bail!(
-                "--streams {} runs one sequence per session, but '{}' fixes its batch at {}",
-                m.streams,
-                path.display(),
-                fixed.describe()
-            );
-        }
         let opts = EngineOptions {
             threads: args.threads,
             profile: args.profile.clone().filter(|_| m.profile),

@@ -9,7 +9,7 @@ use ort::operator::{
 use ort::value::{TensorElementType as T, ValueType};
 use sparsec_kernels::attention::{Attention, AttentionPrecision};
 
-use super::{err, f32_type, guarded, input_names, kernel_isa, present, OrtPool};
+use super::{err, f32_type, guarded, input_names, kernel_isa, positive_int, present, OrtPool};
 
 pub const ATTENTION: &str = "Attention";
 
@@ -57,14 +57,8 @@ impl Operator for AttentionOp {
     fn create_kernel<'a>(&self, kctx: &KernelContext<'a>) -> ort::Result<AttentionKernel> {
         let node = kctx.node_name().unwrap_or_else(|_| ATTENTION.into());
         let names = input_names(kctx)?;
-        let int = |name: &str| -> ort::Result<usize> {
-            match kctx.get::<i64>(name) {
-                Some(v) if v > 0 => Ok(v as usize),
-                _ => Err(err(format!("{node}: attribute '{name}' must be a positive integer"))),
-            }
-        };
-        let heads = int("num_heads")?;
-        let head_dim = int("head_dim")?;
+        let heads = positive_int(kctx, &node, "num_heads")?;
+        let head_dim = positive_int(kctx, &node, "head_dim")?;
         let scale = kctx.get::<f32>("scale").ok_or_else(|| err(format!("{node}: attribute 'scale' is required")))?;
         let fused = kctx.get::<i64>("qkv_fused").unwrap_or(0) != 0;
         if !(fused || present(&names, 2) && present(&names, 3)) {

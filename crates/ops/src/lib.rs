@@ -120,6 +120,14 @@ fn err(msg: impl Into<String>) -> ort::Error {
 }
 
 /// Names of a node's inputs; an omitted optional input has an empty name.
+/// A required attribute that must be a positive integer (`num_heads`, `head_dim`).
+fn positive_int(kctx: &KernelContext, node: &str, name: &str) -> ort::Result<usize> {
+    match kctx.get::<i64>(name) {
+        Some(v) if v > 0 => Ok(v as usize),
+        _ => Err(err(format!("{node}: attribute '{name}' must be a positive integer"))),
+    }
+}
+
 fn input_names(kctx: &KernelContext) -> ort::Result<Vec<String>> {
     Ok(kctx.inputs()?.into_iter().map(|o| o.name().to_string()).collect())
 }

@@ -9,7 +9,7 @@ use ort::value::{TensorElementType as T, ValueType};
 use sparsec_kernels::attention_i8::{Quant, QuantAttention, QuantAttentionParams};
 
 use super::attention::{key_mask, KeyMask};
-use super::{err, f32_type, guarded, input_names, kernel_isa, present, OrtPool};
+use super::{err, f32_type, guarded, input_names, kernel_isa, positive_int, present, OrtPool};
 
 pub const QUANTIZED_ATTENTION: &str = "QuantizedAttention";
 
@@ -77,14 +77,8 @@ impl Operator for QuantizedAttentionOp {
     fn create_kernel<'a>(&self, kctx: &KernelContext<'a>) -> ort::Result<QuantizedAttentionKernel> {
         let node = kctx.node_name().unwrap_or_else(|_| QUANTIZED_ATTENTION.into());
         let names = input_names(kctx)?;
-        let int = |name: &str| -> ort::Result<usize> {
-            match kctx.get::<i64>(name) {
-                Some(v) if v > 0 => Ok(v as usize),
-                _ => Err(err(format!("{node}: attribute '{name}' must be a positive integer"))),
-            }
-        };
-        let heads = int("num_heads")?;
-        let head_dim = int("head_dim")?;
+        let heads = positive_int(kctx, &node, "num_heads")?;
+        let head_dim = positive_int(kctx, &node, "head_dim")?;
         let p = params(kctx, &node)?;
         let attn = QuantAttention::new(heads, head_dim, p, kernel_isa()?).map_err(|e| err(format!("{node}: {e}")))?;
         Ok(QuantizedAttentionKernel { has_mask: present(&names, 3), node, attn, heads, head_dim })
