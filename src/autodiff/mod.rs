@@ -19,7 +19,7 @@ pub use builder::{float_tensor, Gradient};
 pub use loss::{build_training_graph, LayerDistill, LossSpec, TrainingGraph, TrainingGraphSpec};
 pub use rules::{differentiable_ops, NodeGrad};
 
-use crate::ir::{infer, modules, DType, IrError, Model, NodeId, NodeSpec, ValueId};
+use crate::ir::{infer, modules, DType, Graph, IrError, Model, NodeId, NodeSpec, ValueId};
 
 /// Errors of building a gradient graph. Each names the node, value or parameter at fault.
 #[derive(Debug, thiserror::Error)]
@@ -104,72 +104,12 @@ pub fn differentiate(
         return Err(AutodiffError::Opset(opset));
     }
     let mut m = model.clone();
-    m.graph.edit(|p| -> Result<(), AutodiffError> {
-        for name in params {
-            let v = p.graph().value_by_name(name).ok_or_else(|| AutodiffError::UnknownValue(name.clone()))?;
-            if !p.graph().inputs().contains(&v) && p.graph().is_initializer(v) {
-                p.expose_as_input(v);
-            }
-        }
-        Ok(())
-    })?;
+    expose_params(&mut m, params)?;
     infer::infer_facts(&mut m)?;
     let g = &m.graph;
-    let loss_v = g.value_by_name(loss).ok_or_else(|| AutodiffError::UnknownValue(loss.to_string()))?;
-    let loss_facts = g.value(loss_v).facts.clone();
-    if !loss_facts.dtype.is_some_and(DType::is_float) || loss_facts.shape.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(AutodiffError::BadLoss { name: loss.to_string(), facts: loss_facts.to_string() });
-    }
-    let mut param_ids = Vec::with_capacity(params.len());
-    for name in params {
-        let v = g.value_by_name(name).ok_or_else(|| AutodiffError::UnknownValue(name.clone()))?;
-        if !g.is_initializer(v) && !g.inputs().contains(&v) {
-            return Err(AutodiffError::NotAParameter(name.clone()));
-        }
-        match g.value(v).facts.dtype {
-            Some(d) if !d.is_float() => return Err(AutodiffError::NonFloatParameter { name: name.clone(), dtype: d }),
-            _ => {}
-        }
-        param_ids.push(v);
-    }
-    let is_float = |v: ValueId| g.value(v).facts.dtype.is_none_or(DType::is_float);
-
-    let mut sources: HashMap<NodeId, Vec<Option<ValueId>>> = HashMap::new();
-    let mut active: HashSet<ValueId> = param_ids.iter().copied().collect();
-    for (nid, node) in g.nodes() {
-        if rules::is_non_differentiable(&node.domain, &node.op_type) {
-            continue;
-        }
-        let srcs = match rules::lookup(&node.domain, &node.op_type) {
-            Some(r) => r.sources_of(g, node),
-            None => node.inputs.clone(),
-        };
-        if srcs.iter().flatten().any(|s| active.contains(s)) {
-            active.extend(node.outputs.iter().flatten().copied().filter(|&o| is_float(o)));
-        }
-        sources.insert(nid, srcs);
-    }
-    if !active.contains(&loss_v) {
-        return Err(AutodiffError::LossIndependent(loss.to_string()));
-    }
-
-    let mut reach: HashSet<ValueId> = HashSet::from([loss_v]);
-    let mut path = Vec::new();
-    for &nid in g.order().iter().rev() {
-        let Some(srcs) = sources.get(&nid) else { continue };
-        let node = g.node(nid);
-        if !node.outputs.iter().flatten().any(|o| reach.contains(o) && active.contains(o)) {
-            continue;
-        }
-        if !srcs.iter().flatten().any(|s| active.contains(s)) {
-            continue;
-        }
-        if rules::lookup(&node.domain, &node.op_type).is_none() {
-            return Err(AutodiffError::NoRule { node: node.name.clone(), op: node.op_type.clone() });
-        }
-        reach.extend(srcs.iter().flatten().copied().filter(|s| active.contains(s)));
-        path.push(nid);
-    }
+    let loss_v = scalar_loss(g, loss)?;
+    let param_ids = parameter_values(g, params)?;
+    let path = GradPath::find(g, loss, loss_v, &param_ids)?;
     let torch_names: HashMap<ValueId, String> =
         modules::parameter_names(g).into_iter().map(|(name, v)| (v, name)).collect();
 
@@ -177,56 +117,8 @@ pub fn differentiate(
     m.graph.edit(|p| -> Result<(), AutodiffError> {
         let graph = p.graph();
         let mut b = Gradient::new(p, opset);
-        let dtype = b.float_dtype(loss_v);
-        let seed = {
-            let one = b.scalar(1.0, dtype);
-            let s = b.shape_of(loss_v);
-            b.op("Expand", &[one, s], vec![])
-        };
-        let mut grads: HashMap<ValueId, Vec<ValueId>> = HashMap::from([(loss_v, vec![seed])]);
-        for &nid in &path {
-            let node = graph.node(nid);
-            let rule = rules::lookup(&node.domain, &node.op_type).expect("checked while finding the path");
-            b.set_scope(format!("grad/{}", node.name));
-            let out_grads: Vec<Option<ValueId>> = node
-                .outputs
-                .iter()
-                .map(|o| o.and_then(|o| grads.remove(&o)).and_then(|parts| b.accumulate(&parts)))
-                .collect();
-            let srcs = sources[&nid].clone();
-            let wanted: Vec<bool> =
-                srcs.iter().map(|s| s.is_some_and(|s| active.contains(&s) && reach.contains(&s))).collect();
-            let ng = NodeGrad { id: nid, node, out_grads, sources: srcs.clone(), wanted: wanted.clone() };
-            let results = (rule.backward)(&mut b, &ng)?;
-            for (k, src) in srcs.iter().enumerate() {
-                let (Some(src), true) = (src, wanted[k]) else { continue };
-                let r = results.get(k).copied().flatten().ok_or_else(|| {
-                    ng.error(format!("the rule gave no gradient for input '{}'", graph.value(*src).name))
-                })?;
-                grads.entry(*src).or_default().push(r);
-            }
-        }
-        b.set_scope("grad/outputs".into());
-        for &v in &param_ids {
-            let name = graph.value(v).name.clone();
-            let pdt = b.float_dtype(v);
-            let parts = grads.remove(&v).unwrap_or_default();
-            let connected = !parts.is_empty();
-            let mut gv = match b.accumulate(&parts) {
-                Some(gv) => gv,
-                None => b.zeros_like(v, pdt),
-            };
-            let rows: Vec<i64> = opts.zero_grad_rows.iter().filter(|(n, _)| *n == name).map(|(_, r)| *r).collect();
-            if !rows.is_empty() {
-                gv = zero_rows(&mut b, gv, v, &rows, pdt)?;
-            }
-            let facts = graph.value(v).facts.type_only();
-            let out_name = format!("grad.{name}");
-            let spec = NodeSpec::new("Identity", format!("grad/outputs/{name}"), &[gv]);
-            let (_, outs) = b.patch().add_node(spec, &[(out_name.as_str(), facts)]);
-            b.patch().add_output(outs[0]);
-            entries.push((v, outs[0], connected));
-        }
+        let grads = backpropagate(&mut b, &path, loss_v)?;
+        entries = grad_outputs(&mut b, grads, &param_ids, opts)?;
         if !graph.outputs().contains(&loss_v) {
             b.patch().add_output(loss_v);
         }
@@ -244,6 +136,194 @@ pub fn differentiate(
         })
         .collect();
     Ok((m, GradMap { loss: loss.to_string(), entries }))
+}
+
+/// Makes every initializer among `params` an overridable graph input.
+fn expose_params(m: &mut Model, params: &[String]) -> Result<(), AutodiffError> {
+    m.graph.edit(|p| -> Result<(), AutodiffError> {
+        for name in params {
+            let v = p.graph().value_by_name(name).ok_or_else(|| AutodiffError::UnknownValue(name.clone()))?;
+            if !p.graph().inputs().contains(&v) && p.graph().is_initializer(v) {
+                p.expose_as_input(v);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The value named `loss`, which must be a floating-point scalar.
+fn scalar_loss(g: &Graph, loss: &str) -> Result<ValueId, AutodiffError> {
+    let loss_v = g.value_by_name(loss).ok_or_else(|| AutodiffError::UnknownValue(loss.to_string()))?;
+    let loss_facts = &g.value(loss_v).facts;
+    if !loss_facts.dtype.is_some_and(DType::is_float) || loss_facts.shape.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(AutodiffError::BadLoss { name: loss.to_string(), facts: loss_facts.to_string() });
+    }
+    Ok(loss_v)
+}
+
+/// The values named `params`: each an initializer or a graph input, of a floating-point dtype
+/// where the dtype is known.
+fn parameter_values(g: &Graph, params: &[String]) -> Result<Vec<ValueId>, AutodiffError> {
+    let mut param_ids = Vec::with_capacity(params.len());
+    for name in params {
+        let v = g.value_by_name(name).ok_or_else(|| AutodiffError::UnknownValue(name.clone()))?;
+        if !g.is_initializer(v) && !g.inputs().contains(&v) {
+            return Err(AutodiffError::NotAParameter(name.clone()));
+        }
+        match g.value(v).facts.dtype {
+            Some(d) if !d.is_float() => return Err(AutodiffError::NonFloatParameter { name: name.clone(), dtype: d }),
+            _ => {}
+        }
+        param_ids.push(v);
+    }
+    Ok(param_ids)
+}
+
+/// The part of the graph a backward pass walks: the nodes on a path from a parameter to the loss.
+struct GradPath {
+    /// Each node's gradient sources (its rule's, or all its inputs where it has none);
+    /// non-differentiable ops are absent.
+    sources: HashMap<NodeId, Vec<Option<ValueId>>>,
+    /// Float values that depend on a parameter.
+    active: HashSet<ValueId>,
+    /// The values the loss depends on, through the nodes of `nodes`.
+    reach: HashSet<ValueId>,
+    /// The nodes to differentiate, in reverse topological order.
+    nodes: Vec<NodeId>,
+}
+
+impl GradPath {
+    /// Sweeps forward from the parameters, then back from the loss; an op on the path without a
+    /// gradient rule is an error.
+    fn find(g: &Graph, loss: &str, loss_v: ValueId, params: &[ValueId]) -> Result<GradPath, AutodiffError> {
+        let mut path = GradPath::forward(g, params);
+        if !path.active.contains(&loss_v) {
+            return Err(AutodiffError::LossIndependent(loss.to_string()));
+        }
+        path.back_from(g, loss_v)?;
+        Ok(path)
+    }
+
+    /// Every differentiable node's sources, and the float values that depend on `params`.
+    fn forward(g: &Graph, params: &[ValueId]) -> GradPath {
+        let is_float = |v: ValueId| g.value(v).facts.dtype.is_none_or(DType::is_float);
+        let mut sources: HashMap<NodeId, Vec<Option<ValueId>>> = HashMap::new();
+        let mut active: HashSet<ValueId> = params.iter().copied().collect();
+        for (nid, node) in g.nodes() {
+            if rules::is_non_differentiable(&node.domain, &node.op_type) {
+                continue;
+            }
+            let srcs = match rules::lookup(&node.domain, &node.op_type) {
+                Some(r) => r.sources_of(g, node),
+                None => node.inputs.clone(),
+            };
+            if srcs.iter().flatten().any(|s| active.contains(s)) {
+                active.extend(node.outputs.iter().flatten().copied().filter(|&o| is_float(o)));
+            }
+            sources.insert(nid, srcs);
+        }
+        GradPath { sources, active, reach: HashSet::new(), nodes: Vec::new() }
+    }
+
+    /// The nodes between the active values and `loss_v`, walked back from the loss.
+    fn back_from(&mut self, g: &Graph, loss_v: ValueId) -> Result<(), AutodiffError> {
+        self.reach = HashSet::from([loss_v]);
+        for &nid in g.order().iter().rev() {
+            let Some(srcs) = self.sources.get(&nid) else { continue };
+            let node = g.node(nid);
+            if !node.outputs.iter().flatten().any(|o| self.reach.contains(o) && self.active.contains(o)) {
+                continue;
+            }
+            if !srcs.iter().flatten().any(|s| self.active.contains(s)) {
+                continue;
+            }
+            if rules::lookup(&node.domain, &node.op_type).is_none() {
+                return Err(AutodiffError::NoRule { node: node.name.clone(), op: node.op_type.clone() });
+            }
+            self.reach.extend(srcs.iter().flatten().copied().filter(|s| self.active.contains(s)));
+            self.nodes.push(nid);
+        }
+        Ok(())
+    }
+
+    /// Whether each of `srcs` needs a gradient: it depends on a parameter and the loss on it.
+    fn wanted(&self, srcs: &[Option<ValueId>]) -> Vec<bool> {
+        srcs.iter().map(|s| s.is_some_and(|s| self.active.contains(&s) && self.reach.contains(&s))).collect()
+    }
+}
+
+/// Seeds d loss / d loss = 1 and runs each node's gradient rule along `path`; returns the
+/// gradient parts that reached each value (several consumers give several parts).
+fn backpropagate(
+    b: &mut Gradient,
+    path: &GradPath,
+    loss_v: ValueId,
+) -> Result<HashMap<ValueId, Vec<ValueId>>, AutodiffError> {
+    let graph = b.graph();
+    let dtype = b.float_dtype(loss_v);
+    let seed = {
+        let one = b.scalar(1.0, dtype);
+        let s = b.shape_of(loss_v);
+        b.op("Expand", &[one, s], vec![])
+    };
+    let mut grads: HashMap<ValueId, Vec<ValueId>> = HashMap::from([(loss_v, vec![seed])]);
+    for &nid in &path.nodes {
+        let node = graph.node(nid);
+        let rule = rules::lookup(&node.domain, &node.op_type).expect("checked while finding the path");
+        b.set_scope(format!("grad/{}", node.name));
+        let out_grads: Vec<Option<ValueId>> = node
+            .outputs
+            .iter()
+            .map(|o| o.and_then(|o| grads.remove(&o)).and_then(|parts| b.accumulate(&parts)))
+            .collect();
+        let srcs = path.sources[&nid].clone();
+        let wanted = path.wanted(&srcs);
+        let ng = NodeGrad { id: nid, node, out_grads, sources: srcs.clone(), wanted: wanted.clone() };
+        let results = (rule.backward)(b, &ng)?;
+        for (k, src) in srcs.iter().enumerate() {
+            let (Some(src), true) = (src, wanted[k]) else { continue };
+            let r =
+                results.get(k).copied().flatten().ok_or_else(|| {
+                    ng.error(format!("the rule gave no gradient for input '{}'", graph.value(*src).name))
+                })?;
+            grads.entry(*src).or_default().push(r);
+        }
+    }
+    Ok(grads)
+}
+
+/// One output `grad.<param>` per parameter: the parts in `grads` summed (zeros when none reached
+/// it), with the rows `opts` names zeroed. Returns (parameter, output, whether any part reached it).
+fn grad_outputs(
+    b: &mut Gradient,
+    mut grads: HashMap<ValueId, Vec<ValueId>>,
+    params: &[ValueId],
+    opts: &GradOptions,
+) -> Result<Vec<(ValueId, ValueId, bool)>, AutodiffError> {
+    let graph = b.graph();
+    b.set_scope("grad/outputs".into());
+    let mut entries = Vec::with_capacity(params.len());
+    for &v in params {
+        let name = graph.value(v).name.clone();
+        let pdt = b.float_dtype(v);
+        let parts = grads.remove(&v).unwrap_or_default();
+        let connected = !parts.is_empty();
+        let mut gv = match b.accumulate(&parts) {
+            Some(gv) => gv,
+            None => b.zeros_like(v, pdt),
+        };
+        let rows: Vec<i64> = opts.zero_grad_rows.iter().filter(|(n, _)| *n == name).map(|(_, r)| *r).collect();
+        if !rows.is_empty() {
+            gv = zero_rows(b, gv, v, &rows, pdt)?;
+        }
+        let facts = graph.value(v).facts.type_only();
+        let out_name = format!("grad.{name}");
+        let spec = NodeSpec::new("Identity", format!("grad/outputs/{name}"), &[gv]);
+        let (_, outs) = b.patch().add_node(spec, &[(out_name.as_str(), facts)]);
+        b.patch().add_output(outs[0]);
+        entries.push((v, outs[0], connected));
+    }
+    Ok(entries)
 }
 
 /// Removes initializers the backward pass created but no node reads (constants cached by the

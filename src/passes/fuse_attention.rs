@@ -96,34 +96,11 @@ struct Site {
     out: ValueId,
 }
 
+/// The attention whose probabilities are the `Softmax` `sm_name` (`sm_in` → `sm_out`), if the
+/// whole pattern of [`FuseAttention`] is there.
 fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: ValueId) -> Option<Site> {
-    let mut scale = 1.0f32;
-    let (scores, mask) = match producer_op(g, sm_in, "Add") {
-        Some((_, add)) => {
-            let (a, b) = (add.input(0)?, add.input(1)?);
-            let is_scores =
-                |v: ValueId| g.producer(v).is_some_and(|(_, n)| matches!(n.op_type.as_str(), "MatMul" | "Div" | "Mul"));
-            if is_scores(a) && g.constant(a).is_none() && !is_scores(b) {
-                (a, Some(b))
-            } else if is_scores(b) && !is_scores(a) {
-                (b, Some(a))
-            } else {
-                (a, Some(b))
-            }
-        }
-        None => (sm_in, None),
-    };
-    let mut mm_out = scores;
-    if let Some((_, d)) = producer_op(g, scores, "Div") {
-        scale /= eval_f32_scalar(g, d.input(1)?)?;
-        mm_out = d.input(0)?;
-    } else if producer_op(g, scores, "Mul").is_some() {
-        let (inner, c) = scaled(g, scores);
-        if producer_op(g, inner, "MatMul").is_some() {
-            scale *= c;
-            mm_out = inner;
-        }
-    }
+    let (scores, mask) = scores_and_mask(g, sm_in)?;
+    let (mm_out, mut scale) = unscaled(g, scores)?;
     let (_, mm) = producer_op(g, mm_out, "MatMul")?;
     sole_consumer(g, cons, mm_out)?;
     let (qt, c1) = scaled(g, mm.input(0)?);
@@ -131,31 +108,82 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
     scale *= c1 * c2;
     let q = heads_of(g, qt, &[0, 2, 1, 3])?;
     let k = key_of(g, kt)?;
-    let qdims = g.value(qt).facts.shape.clone()?;
-    let [_, h, _, Dim::Known(head_dim)] = &qdims[..] else { return None };
-    if *head_dim <= 0 {
+    let (heads, head_dim) = heads_and_size(g, qt, q)?;
+    if !mask.is_none_or(|m| mask_supported(g, m)) {
         return None;
     }
-    // The heads axis may be unknown statically (a `-1` in the exporter's Reshape); then it is
-    // the projection's width over the head size.
-    let width = g.value(q).facts.shape.as_ref().and_then(|s| s.last()).and_then(Dim::known);
-    let heads = match (h.known(), width) {
-        (Some(h), _) => h,
-        (None, Some(w)) if w % head_dim == 0 => w / head_dim,
-        _ => return None,
+    let (p, guard) = probabilities(g, cons, sm_out)?;
+    let (v, out) = context(g, cons, p)?;
+    let hd = heads * head_dim;
+    let rank3 = |v: ValueId| {
+        g.value(v).facts.shape.as_deref().is_some_and(|s| s.len() == 3 && s[2].compatible(&Dim::Known(hd)))
     };
-    if let Some(m) = mask {
-        let f = &g.value(m).facts;
-        // Any rank-2 or rank-4 f32 mask; the kernel checks at run time that it is [B, S],
-        // [B|1, 1, 1|S, S] and fails loudly otherwise.
-        let rank_ok = f.shape.as_ref().is_none_or(|s| s.len() == 2 || s.len() == 4);
-        if f.dtype != Some(DType::F32) || !rank_ok {
-            return None;
+    if !(rank3(out) && rank3(q) && rank3(k) && rank3(v)) || g.outputs().contains(&out) {
+        return None;
+    }
+    Some(Site { name: sm_name.to_string(), q, k, v, mask, heads, head_dim, scale, guard, out })
+}
+
+/// The softmax input split into scores and the additive mask, when an `Add` joins them (the
+/// scores are the operand a `MatMul`, `Div` or `Mul` produced).
+fn scores_and_mask(g: &Graph, sm_in: ValueId) -> Option<(ValueId, Option<ValueId>)> {
+    let Some((_, add)) = producer_op(g, sm_in, "Add") else { return Some((sm_in, None)) };
+    let (a, b) = (add.input(0)?, add.input(1)?);
+    let is_scores =
+        |v: ValueId| g.producer(v).is_some_and(|(_, n)| matches!(n.op_type.as_str(), "MatMul" | "Div" | "Mul"));
+    if is_scores(a) && g.constant(a).is_none() && !is_scores(b) {
+        Some((a, Some(b)))
+    } else if is_scores(b) && !is_scores(a) {
+        Some((b, Some(a)))
+    } else {
+        Some((a, Some(b)))
+    }
+}
+
+/// The scores with their constant scaling peeled: `(q·k product, factor)`, for a `Div` by a
+/// constant, a `Mul` by a scalar directly over the `MatMul`, or neither.
+fn unscaled(g: &Graph, scores: ValueId) -> Option<(ValueId, f32)> {
+    if let Some((_, d)) = producer_op(g, scores, "Div") {
+        return Some((d.input(0)?, 1.0 / eval_f32_scalar(g, d.input(1)?)?));
+    }
+    if producer_op(g, scores, "Mul").is_some() {
+        let (inner, c) = scaled(g, scores);
+        if producer_op(g, inner, "MatMul").is_some() {
+            return Some((inner, c));
         }
     }
-    // Softmax output, optionally through torch's `Where(IsNaN(p), 0, p)` guard.
-    let uses = cons.get(&sm_out)?;
-    let (p, guard) = match uses.as_slice() {
+    Some((scores, 1.0))
+}
+
+/// `(heads, head size)` of the query heads `qt` (`[B, H, S, D]`) split from `q`: `D` must be
+/// known; an unknown `H` (a `-1` in the exporter's Reshape) is `q`'s width over `D`.
+fn heads_and_size(g: &Graph, qt: ValueId, q: ValueId) -> Option<(i64, i64)> {
+    let qdims = g.value(qt).facts.shape.clone()?;
+    let [_, h, _, Dim::Known(head_dim)] = &qdims[..] else { return None };
+    let head_dim = *head_dim;
+    if head_dim <= 0 {
+        return None;
+    }
+    let width = g.value(q).facts.shape.as_ref().and_then(|s| s.last()).and_then(Dim::known);
+    match (h.known(), width) {
+        (Some(h), _) => Some((h, head_dim)),
+        (None, Some(w)) if w % head_dim == 0 => Some((w / head_dim, head_dim)),
+        _ => None,
+    }
+}
+
+/// Any rank-2 or rank-4 f32 mask; the kernel checks at run time that it is `[B, S]` or
+/// `[B|1, 1, 1|S, S]` and fails loudly otherwise.
+fn mask_supported(g: &Graph, m: ValueId) -> bool {
+    let f = &g.value(m).facts;
+    let rank_ok = f.shape.as_ref().is_none_or(|s| s.len() == 2 || s.len() == 4);
+    f.dtype == Some(DType::F32) && rank_ok
+}
+
+/// The probabilities the context reads: the softmax output, or torch's `Where(IsNaN(p), 0, p)`
+/// guard over it (then `true`).
+fn probabilities(g: &Graph, cons: &Consumers, sm_out: ValueId) -> Option<(ValueId, bool)> {
+    match cons.get(&sm_out)?.as_slice() {
         [(a, _), (b, _)] => {
             let (isnan, wh) =
                 if g.node(*a).op_type == "IsNaN" { (g.node(*a), g.node(*b)) } else { (g.node(*b), g.node(*a)) };
@@ -169,11 +197,17 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
             if const_f32_scalar(g, wh.input(1)?) != Some(0.0) {
                 return None;
             }
-            (wh.output(0)?, true)
+            Some((wh.output(0)?, true))
         }
-        [_] => (sm_out, false),
-        _ => return None,
-    };
+        [_] => Some((sm_out, false)),
+        _ => None,
+    }
+}
+
+/// From the probabilities `p` to the merged heads: `(v, out)` of
+/// `out = Reshape(Transpose₀₂₁₃(MatMul(p, Transpose₀₂₁₃(Reshape(v)))))`, through the sdpa
+/// export's rank-preserving `Reshape` where it is there.
+fn context(g: &Graph, cons: &Consumers, p: ValueId) -> Option<(ValueId, ValueId)> {
     let (_, pv, _) = sole_consumer(g, cons, p).filter(|(_, n, slot)| n.op_type == "MatMul" && *slot == 0)?;
     let v = heads_of(g, pv.input(1)?, &[0, 2, 1, 3])?;
     let mut ctx = pv.output(0)?;
@@ -190,15 +224,7 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
         return None;
     }
     let (_, merge, _) = sole_consumer(g, cons, back.output(0)?).filter(|(_, n, _)| n.op_type == "Reshape")?;
-    let out = merge.output(0)?;
-    let hd = heads * head_dim;
-    let rank3 = |v: ValueId| {
-        g.value(v).facts.shape.as_deref().is_some_and(|s| s.len() == 3 && s[2].compatible(&Dim::Known(hd)))
-    };
-    if !(rank3(out) && rank3(q) && rank3(k) && rank3(v)) || g.outputs().contains(&out) {
-        return None;
-    }
-    Some(Site { name: sm_name.to_string(), q, k, v, mask, heads, head_dim: *head_dim, scale, guard, out })
+    Some((v, merge.output(0)?))
 }
 
 impl Pass for FuseAttention {

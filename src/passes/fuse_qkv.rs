@@ -58,6 +58,94 @@ fn same_act(a: &Node, b: &Node) -> bool {
         && a.attr_int("x_zero_point") == b.attr_int("x_zero_point")
 }
 
+/// The Q, K, V projections of `att` when they can be merged: one op over one input, with equal
+/// activation quantization and weights of equal rows and dtype.
+fn projections<'g>(g: &'g Graph, cons: &Consumers, att: &Node) -> Option<[Proj<'g>; 3]> {
+    if att.domain != DOMAIN || att.op_type != "Attention" || att.attr_int("qkv_fused").unwrap_or(0) != 0 {
+        return None;
+    }
+    let ps = [proj(g, cons, att.input(0)?)?, proj(g, cons, att.input(2)?)?, proj(g, cons, att.input(3)?)?];
+    let pq = &ps[0];
+    let same_op = ps.iter().all(|p| p.node.op_type == pq.node.op_type);
+    let same_x = ps.iter().all(|p| p.node.input(0) == pq.node.input(0));
+    let same = ps.iter().all(|p| same_act(p.node, pq.node));
+    let same_k = ps.iter().all(|p| p.w.dims[0] == pq.w.dims[0] && p.w.dtype == pq.w.dtype);
+    (same_op && same_x && same_k && same).then_some(ps)
+}
+
+/// The three weights side by side, `[K, N_q + N_k + N_v]`.
+fn merged_weight(ps: &[Proj; 3]) -> Option<Tensor> {
+    let pq = &ps[0];
+    let kdim = pq.w.dims[0] as usize;
+    let ns: Vec<usize> = ps.iter().map(|p| p.w.dims[1] as usize).collect();
+    let n: usize = ns.iter().sum();
+    let esize = pq.w.dtype.size().unwrap_or(1);
+    let mut wbytes = Vec::with_capacity(kdim * n * esize);
+    for row in 0..kdim {
+        for (pp, &ni) in ps.iter().zip(&ns) {
+            wbytes.extend_from_slice(&pp.w.raw()[row * ni * esize..(row + 1) * ni * esize]);
+        }
+    }
+    Tensor::from_raw(pq.w.dtype, vec![kdim as i64, n as i64], wbytes).ok()
+}
+
+/// The merged projection `tag` with weight `w`, per-channel scales (int8) and biases
+/// concatenated; returns its output, shaped like `q` but `n` wide.
+fn add_merged_projection(p: &mut Patch, ps: &[Proj; 3], tag: &str, w: Tensor, q: ValueId) -> ValueId {
+    let pq = &ps[0];
+    let n = w.dims[1];
+    let mut inputs: Vec<Option<ValueId>> = vec![pq.node.input(0), Some(p.add_initializer(&format!("{tag}.weight"), w))];
+    if pq.scale.is_some() {
+        let scale: Vec<f32> = ps
+            .iter()
+            .flat_map(|pp| {
+                let s = pp.scale.as_ref().expect("int8 projections carry scales");
+                if s.len() == 1 {
+                    vec![s[0]; pp.w.dims[1] as usize]
+                } else {
+                    s.clone()
+                }
+            })
+            .collect();
+        inputs.push(Some(p.add_initializer(&format!("{tag}.w_scale"), Tensor::from_f32(vec![n], &scale))));
+    }
+    let bias: Vec<f32> = ps.iter().flat_map(|pp| pp.bias.iter().copied()).collect();
+    inputs.push(Some(p.add_initializer(&format!("{tag}.bias"), Tensor::from_f32(vec![n], &bias))));
+    let mut shape = p.graph().value(q).facts.shape.clone();
+    if let Some(last) = shape.as_mut().and_then(|s| s.last_mut()) {
+        *last = Dim::Known(n);
+    }
+    let spec = NodeSpec {
+        name: tag.to_string(),
+        op_type: pq.node.op_type.clone(),
+        domain: DOMAIN.into(),
+        inputs,
+        attrs: pq.node.attrs.clone(),
+        metadata: Vec::new(),
+    };
+    p.op(spec, &format!("{tag}.out"), Facts { dtype: Some(DType::F32), shape, ..Facts::default() })
+}
+
+/// Replaces `att` by the same node reading fused QKV `y` (`qkv_fused = 1`, no K, V inputs).
+fn read_fused(p: &mut Patch, att_id: NodeId, att: &Node, y: ValueId) {
+    // Rebuilt rather than edited: an omitted trailing input would still count as an
+    // input to ONNX Runtime's custom-op shape inference.
+    let mask = if att.attr_int("has_mask") == Some(0) { y } else { att.input(1).unwrap_or(y) };
+    let mut attrs = att.attrs.clone();
+    attrs.retain(|a| a.name != "qkv_fused");
+    attrs.push(Attribute::new("qkv_fused", AttrValue::Int(1)));
+    let fused = NodeSpec {
+        name: att.name.clone(),
+        op_type: att.op_type.clone(),
+        domain: DOMAIN.into(),
+        inputs: vec![Some(y), Some(mask)],
+        attrs,
+        metadata: att.metadata.clone(),
+    };
+    p.remove_node(att_id);
+    p.add_node_with_outputs(fused, att.outputs.clone());
+}
+
 impl Pass for FuseQkv {
     fn name(&self) -> &'static str {
         "FuseQkv"
@@ -72,89 +160,12 @@ impl Pass for FuseQkv {
                 let g = p.graph();
                 let cons = g.consumers();
                 for (att_id, att) in g.nodes() {
-                    if att.domain != DOMAIN || att.op_type != "Attention" || att.attr_int("qkv_fused").unwrap_or(0) != 0
-                    {
-                        continue;
-                    }
-                    let (Some(q), Some(k), Some(v)) = (att.input(0), att.input(2), att.input(3)) else { continue };
-                    let (Some(pq), Some(pk), Some(pv)) = (proj(g, &cons, q), proj(g, &cons, k), proj(g, &cons, v))
-                    else {
-                        continue;
-                    };
-                    let ps = [&pq, &pk, &pv];
-                    let same_op = ps.iter().all(|p| p.node.op_type == pq.node.op_type);
-                    let same_x = ps.iter().all(|p| p.node.input(0) == pq.node.input(0));
-                    let same = ps.iter().all(|p| same_act(p.node, pq.node));
-                    let same_k = ps.iter().all(|p| p.w.dims[0] == pq.w.dims[0] && p.w.dtype == pq.w.dtype);
-                    if !(same_op && same_x && same_k && same) {
-                        continue;
-                    }
-                    let kdim = pq.w.dims[0] as usize;
-                    let ns: Vec<usize> = ps.iter().map(|p| p.w.dims[1] as usize).collect();
-                    let n: usize = ns.iter().sum();
-                    let esize = pq.w.dtype.size().unwrap_or(1);
-                    let mut wbytes = Vec::with_capacity(kdim * n * esize);
-                    for row in 0..kdim {
-                        for (pp, &ni) in ps.iter().zip(&ns) {
-                            wbytes.extend_from_slice(&pp.w.raw()[row * ni * esize..(row + 1) * ni * esize]);
-                        }
-                    }
+                    let (Some(q), Some(ps)) = (att.input(0), projections(g, &cons, att)) else { continue };
+                    let Some(w) = merged_weight(&ps) else { continue };
                     let tag = format!("sparsec.qkv/{}", att.name);
-                    let Ok(w) = Tensor::from_raw(pq.w.dtype, vec![kdim as i64, n as i64], wbytes) else { continue };
-                    let mut inputs: Vec<Option<ValueId>> =
-                        vec![pq.node.input(0), Some(p.add_initializer(&format!("{tag}.weight"), w))];
-                    if pq.scale.is_some() {
-                        let scale: Vec<f32> = ps
-                            .iter()
-                            .zip(&ns)
-                            .flat_map(|(pp, &ni)| {
-                                let s = pp.scale.as_ref().expect("int8 projections carry scales");
-                                if s.len() == 1 {
-                                    vec![s[0]; ni]
-                                } else {
-                                    s.clone()
-                                }
-                            })
-                            .collect();
-                        inputs.push(Some(
-                            p.add_initializer(&format!("{tag}.w_scale"), Tensor::from_f32(vec![n as i64], &scale)),
-                        ));
-                    }
-                    let bias: Vec<f32> = ps.iter().flat_map(|pp| pp.bias.iter().copied()).collect();
-                    inputs
-                        .push(Some(p.add_initializer(&format!("{tag}.bias"), Tensor::from_f32(vec![n as i64], &bias))));
-                    let qf = &g.value(q).facts;
-                    let mut shape = qf.shape.clone();
-                    if let Some(last) = shape.as_mut().and_then(|s| s.last_mut()) {
-                        *last = Dim::Known(n as i64);
-                    }
-                    let spec = NodeSpec {
-                        name: tag.clone(),
-                        op_type: pq.node.op_type.clone(),
-                        domain: DOMAIN.into(),
-                        inputs,
-                        attrs: pq.node.attrs.clone(),
-                        metadata: Vec::new(),
-                    };
-                    let y =
-                        p.op(spec, &format!("{tag}.out"), Facts { dtype: Some(DType::F32), shape, ..Facts::default() });
-                    // Rebuilt rather than edited: an omitted trailing input would still count as an
-                    // input to ONNX Runtime's custom-op shape inference.
-                    let mask = if att.attr_int("has_mask") == Some(0) { y } else { att.input(1).unwrap_or(y) };
-                    let mut attrs = att.attrs.clone();
-                    attrs.retain(|a| a.name != "qkv_fused");
-                    attrs.push(Attribute::new("qkv_fused", AttrValue::Int(1)));
-                    let fused = NodeSpec {
-                        name: att.name.clone(),
-                        op_type: att.op_type.clone(),
-                        domain: DOMAIN.into(),
-                        inputs: vec![Some(y), Some(mask)],
-                        attrs,
-                        metadata: att.metadata.clone(),
-                    };
-                    p.remove_node(att_id);
-                    p.add_node_with_outputs(fused, att.outputs.clone());
-                    for pp in ps {
+                    let y = add_merged_projection(p, &ps, &tag, w, q);
+                    read_fused(p, att_id, att, y);
+                    for pp in &ps {
                         p.remove_node(pp.id);
                     }
                     report.rewritten += 1;
