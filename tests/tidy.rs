@@ -4,7 +4,8 @@
 //! - no top-level module of `src/` imports one on a higher layer of [`LAYERS`];
 //! - no files import each other in a circle (a module's own submodules aside: a parent declares
 //!   and re-exports them);
-//! - every `unsafe` block and `unsafe impl` has a `// SAFETY:` comment just above it (or on its line).
+//! - every `unsafe` block and `unsafe impl` has a `// SAFETY:` comment just above it (or on its line);
+//! - no hand-written function runs past [`MAX_FN_LINES`] lines, but the few in [`LONG_FUNCTIONS`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,14 @@ const LAYERS: &[(&str, u32)] = &[
     ("sparsify", 8),
     ("cli", 9),
 ];
+
+/// The longest a function may be, from its `fn` line to its closing brace (STYLE.md: a function
+/// that does not fit on a screen is doing several things).
+const MAX_FN_LINES: usize = 100;
+
+/// Functions allowed past [`MAX_FN_LINES`]: (file from the repository root, function, why). At
+/// most three.
+const LONG_FUNCTIONS: &[(&str, &str, &str)] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -89,35 +98,135 @@ fn module_of(rel: &Path) -> Vec<String> {
     parts
 }
 
-/// The source with comments and string literals blanked out, so that doc links and messages do
-/// not count as imports.
+/// The source with comments and string and char literals blanked to spaces (line breaks kept,
+/// so lines still match the file), so that doc links, messages and braces inside literals do not
+/// count as code.
 fn code_only(text: &str) -> String {
+    let s: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let mut s = String::new();
-        let mut chars = line.chars().peekable();
-        let mut in_str = false;
-        while let Some(c) = chars.next() {
-            if in_str {
-                if c == '\\' {
-                    chars.next();
-                } else if c == '"' {
-                    in_str = false;
-                }
-                continue;
+    let mut i = 0;
+    while i < s.len() {
+        match literal_end(&s, i) {
+            Some(end) => {
+                out.extend(s[i..end].iter().map(|&c| if c == '\n' { '\n' } else { ' ' }));
+                i = end;
             }
-            if c == '/' && chars.peek() == Some(&'/') {
-                break;
+            None => {
+                out.push(s[i]);
+                i += 1;
             }
-            if c == '"' {
-                in_str = true;
-                s.push_str("\"\"");
-                continue;
-            }
-            s.push(c);
         }
-        out.push_str(&s);
-        out.push('\n');
+    }
+    out
+}
+
+/// Where the comment or literal that starts at `s[i]` ends (exclusive), if one starts there:
+/// `//` and nested `/* */` comments, `"…"` strings, raw strings `r#"…"#` (also `br`), and char
+/// literals (`'{'`, `'\''`; a lifetime `'a` is code).
+fn literal_end(s: &[char], i: usize) -> Option<usize> {
+    let at = |k: usize| s.get(k).copied();
+    let after_ident = i > 0 && (s[i - 1].is_alphanumeric() || s[i - 1] == '_');
+    match (s[i], at(i + 1)) {
+        ('/', Some('/')) => Some(s[i..].iter().position(|&c| c == '\n').map_or(s.len(), |p| i + p)),
+        ('/', Some('*')) => {
+            let (mut depth, mut k) = (0, i);
+            while k < s.len() {
+                match (s[k], at(k + 1)) {
+                    ('/', Some('*')) => (depth, k) = (depth + 1, k + 2),
+                    ('*', Some('/')) if depth == 1 => return Some(k + 2),
+                    ('*', Some('/')) => (depth, k) = (depth - 1, k + 2),
+                    _ => k += 1,
+                }
+            }
+            Some(s.len())
+        }
+        ('"', _) => {
+            let mut k = i + 1;
+            while k < s.len() {
+                match s[k] {
+                    '\\' => k += 2,
+                    '"' => return Some(k + 1),
+                    _ => k += 1,
+                }
+            }
+            Some(s.len())
+        }
+        ('r', _) | ('b', Some('r')) if !after_ident => {
+            let open = if s[i] == 'b' { i + 2 } else { i + 1 };
+            let hashes = s[open..].iter().take_while(|&&c| c == '#').count();
+            if at(open + hashes) != Some('"') {
+                return None;
+            }
+            let closes =
+                |k: usize| s[k] == '"' && s[k + 1..].iter().take(hashes).filter(|&&c| c == '#').count() == hashes;
+            let close = (open + hashes + 1..s.len()).find(|&k| closes(k));
+            Some(close.map_or(s.len(), |k| k + 1 + hashes))
+        }
+        ('\'', Some('\\')) => Some(s[i + 3..].iter().position(|&c| c == '\'').map_or(s.len(), |p| i + 4 + p)),
+        ('\'', Some(_)) if at(i + 2) == Some('\'') => Some(i + 3),
+        _ => None,
+    }
+}
+
+/// One function of a source file: its name, the line of its `fn`, and its length in lines (from
+/// the `fn` line to its closing brace).
+#[derive(Debug, PartialEq)]
+struct FnSpan {
+    name: String,
+    line: usize,
+    lines: usize,
+}
+
+/// Every function with a body in `text`, methods and nested functions included, in source order:
+/// each `fn name`, its body found as the first `{` outside the signature's brackets (a `;` there
+/// means no body), matched to its closing brace with comments and literals blanked.
+fn functions(text: &str) -> Vec<FnSpan> {
+    let code: Vec<char> = code_only(text).chars().collect();
+    let mut line_of = Vec::with_capacity(code.len() + 1);
+    let mut line = 1;
+    for &c in &code {
+        line_of.push(line);
+        line += usize::from(c == '\n');
+    }
+    line_of.push(line);
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    for k in 0..code.len() {
+        let keyword = code[k..].starts_with(&['f', 'n'])
+            && (k == 0 || !ident(code[k - 1]))
+            && code.get(k + 2).is_some_and(|c| c.is_whitespace());
+        if !keyword {
+            continue;
+        }
+        let start = k + 2 + code[k + 2..].iter().take_while(|c| c.is_whitespace()).count();
+        let name_len = code[start..].iter().take_while(|&&c| ident(c)).count();
+        if name_len == 0 {
+            continue;
+        }
+        let name: String = code[start..start + name_len].iter().collect();
+        let mut depth = 0i32;
+        let body = (start + name_len..code.len()).find(|&j| {
+            match code[j] {
+                '(' | '[' => depth += 1,
+                ')' | ']' => depth -= 1,
+                ';' | '{' if depth == 0 => return true,
+                _ => {}
+            }
+            false
+        });
+        let Some(open) = body.filter(|&j| code[j] == '{') else { continue };
+        let mut depth = 0i32;
+        let close = (open..code.len())
+            .find(|&j| {
+                match code[j] {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .unwrap_or(code.len());
+        out.push(FnSpan { name, line: line_of[k], lines: line_of[close] - line_of[k] + 1 });
     }
     out
 }
@@ -401,4 +510,80 @@ fn unsafe_lives_only_in_the_kernels_and_ops_crates() {
         }
     }
     assert!(found.is_empty(), "`unsafe` outside the kernel crates: {found:#?}");
+}
+
+#[test]
+fn no_function_runs_past_a_screen() {
+    let mut all: Vec<(String, FnSpan)> = Vec::new();
+    for c in crates() {
+        let dir = c.src.strip_prefix(root()).unwrap().to_path_buf();
+        for f in &c.files {
+            let text = std::fs::read_to_string(c.src.join(f)).unwrap();
+            if text.contains("@generated") {
+                continue;
+            }
+            all.extend(functions(&text).into_iter().map(|s| (dir.join(f).display().to_string(), s)));
+        }
+    }
+    assert!(all.len() > 1000, "the scan found only {} functions", all.len());
+    all.sort_by(|a, b| b.1.lines.cmp(&a.1.lines));
+    println!("the longest functions:");
+    for (file, s) in all.iter().take(5) {
+        println!("  {} lines: {}:{} fn {}", s.lines, file, s.line, s.name);
+    }
+    assert!(LONG_FUNCTIONS.len() <= 3, "at most three functions may be listed in LONG_FUNCTIONS");
+    let listed = |file: &str, s: &FnSpan| LONG_FUNCTIONS.iter().any(|&(f, n, _)| f == file && n == s.name);
+    let too_long: Vec<String> = all
+        .iter()
+        .filter(|(file, s)| s.lines > MAX_FN_LINES && !listed(file, s))
+        .map(|(file, s)| format!("{file}:{} fn {} ({} lines)", s.line, s.name, s.lines))
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "functions over {MAX_FN_LINES} lines: split each by phase, or list it in LONG_FUNCTIONS with a reason: \
+         {too_long:#?}"
+    );
+    let stale: Vec<&str> = LONG_FUNCTIONS
+        .iter()
+        .filter(|&&(f, n, _)| !all.iter().any(|(file, s)| file == f && s.name == n && s.lines > MAX_FN_LINES))
+        .map(|&(_, n, _)| n)
+        .collect();
+    assert!(stale.is_empty(), "LONG_FUNCTIONS lists functions that are no longer long: {stale:?}");
+}
+
+/// A 101-line function, a method with braces in comments and literals, a nested function, a
+/// declaration without a body and a function-pointer type.
+const SAMPLE: &str = r##"
+fn long() {
+BODY}
+
+type Callback = fn(u8) -> u8;
+
+impl Thing {
+    /// A doc comment with a brace: }
+    fn method<'a>(&'a self, x: [u8; 4]) -> &'a str {
+        let open = '{';
+        let quote = '\'';
+        let s = "}} { \" }";
+        // } a comment
+        /* } /* nested */ } */
+        let r = r#"}"#;
+        fn nested(b: u8) -> bool {
+            b == b'}'
+        }
+        s
+    }
+
+    fn declared(&self);
+}
+"##;
+
+#[test]
+fn function_scan_matches_braces_outside_comments_and_literals() {
+    let body: String = (0..99).map(|i| format!("    step({i});\n")).collect();
+    let found = functions(&SAMPLE.replace("BODY", &body));
+    let span = |name: &str, line, lines| FnSpan { name: name.into(), line, lines };
+    assert_eq!(found, [span("long", 2, 101), span("method", 108, 12), span("nested", 115, 3)]);
+    let long: Vec<&str> = found.iter().filter(|s| s.lines > MAX_FN_LINES).map(|s| s.name.as_str()).collect();
+    assert_eq!(long, ["long"]);
 }
