@@ -407,6 +407,69 @@ fn minilm_plan_of_the_example_recipe_targets_36_layers() {
     );
 }
 
+/// Every shipped recipe's plan, and one with a warning, reads back from plan.json with each
+/// modifier's settings as the recipe sets them, the same schedule and the same warnings: what
+/// training follows.
+#[test]
+fn every_recipe_plan_reads_back_with_its_settings_and_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(root().join("recipes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10, "{paths:?}");
+    let gmp = std::fs::read_to_string(root().join("tests/data/recipes/gmp50-fp32.yaml")).unwrap();
+    let warned_recipe = dir.path().join("param-groups.yaml");
+    let text = gmp.replace("    lr_func: linear\n", "    lr_func: linear\n    param_groups: [0]\n");
+    std::fs::write(&warned_recipe, text).unwrap();
+    paths.push(warned_recipe);
+    let mut warned = 0;
+    for path in &paths {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let r = Recipe::load(path, &serde_json::Map::new()).unwrap();
+        let (_, _, plan) = compiled(&model, &r);
+        let written = dir.path().join(format!("{name}.plan.json"));
+        std::fs::write(&written, plan.to_json().unwrap()).unwrap();
+        let back = Plan::load(&written).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(back.modifiers.len(), r.modifiers.len(), "{name}");
+        for (m, e) in back.modifiers.iter().zip(&r.modifiers) {
+            let (got, want) = (serde_json::to_value(&m.settings).unwrap(), serde_json::to_value(&e.modifier).unwrap());
+            assert_eq!(got, want, "{name}: {}", e.name);
+        }
+        assert_eq!(back.schedule().total_epochs(), plan.total_epochs, "{name}");
+        assert_eq!(back.warnings, plan.warnings, "{name}");
+        warned += usize::from(!back.warnings.is_empty());
+    }
+    assert!(warned > 0, "param-groups.yaml has a warning, so their round trip is checked");
+}
+
+/// A plan.json from before the plan carried the recipe is refused, naming the file and the
+/// `format` field; a current one missing a field names that field.
+#[test]
+fn an_old_plan_is_an_error_naming_the_file_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let (_, _, plan) = compiled(&model, &recipe("gmp80-unstructured-qat-distill.yaml"));
+    let mut json: serde_json::Value = serde_json::from_str(&plan.to_json().unwrap()).unwrap();
+    let path = dir.path().join("plan.json");
+    let load_error = |json: &serde_json::Value| {
+        std::fs::write(&path, json.to_string()).unwrap();
+        format!("{:#}", Plan::load(&path).unwrap_err())
+    };
+    json.as_object_mut().unwrap().remove("warnings");
+    let e = load_error(&json);
+    assert!(e.contains(s(&path)) && e.contains("warnings"), "{e}");
+    json.as_object_mut().unwrap().remove("format");
+    let e = load_error(&json);
+    assert!(e.contains(s(&path)) && e.contains("`format`") && e.contains("compile the model again"), "{e}");
+    json["format"] = 1.into();
+    let e = load_error(&json);
+    assert!(e.contains(s(&path)) && e.contains("format 1"), "{e}");
+}
+
 #[test]
 fn compile_writes_model_plan_recipe_and_tokenizer() {
     let out = tempfile::tempdir().unwrap();

@@ -421,6 +421,52 @@ fn bad_inputs_fail_with_clear_errors() {
     assert!(e.contains("teacher") && e.contains("bad.json"), "{e}");
 }
 
+/// Training reads what the recipe says from plan.json alone: with the compiled folder's
+/// recipe.yaml edited (3 epochs, another learning rate, 90%) and recipe_args.json gone, the run
+/// follows the plan (2 epochs, the compiled learning rate, 50%); without recipe.yaml it still
+/// runs; and `train --recipe-args` is an error sending the variables to `sparsec compile`.
+#[test]
+fn training_follows_the_plan_not_the_recipe_file_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_squad();
+    let c = dir.path().join("c");
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let gmp = root().join("tests/data/recipes/gmp50-fp32.yaml");
+    ok(&sparsec(&["compile", s(&model), "--recipe", s(&gmp), "-o", s(&c)]));
+    let text = std::fs::read_to_string(c.join("recipe.yaml")).unwrap();
+    let edited = text
+        .replace("end_epoch: 2.0", "end_epoch: 3.0")
+        .replace("init_lr: 1e-3", "init_lr: 1e-2")
+        .replace("final_sparsity: 0.5", "final_sparsity: 0.9");
+    assert_eq!(edited.matches("end_epoch: 3.0").count(), 2, "both 2-epoch ends edited");
+    assert!(edited.contains("init_lr: 1e-2") && edited.contains("final_sparsity: 0.9"));
+    std::fs::write(c.join("recipe.yaml"), edited).unwrap();
+    std::fs::remove_file(c.join("recipe_args.json")).unwrap();
+
+    let out = dir.path().join("t");
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&train_args(&c, &out, &data)))).unwrap();
+    assert_eq!(summary["epochs"], 2.0, "the plan's epochs");
+    assert_eq!(summary["steps"], 22, "2 epochs of 11 steps");
+    let overall = summary["overall_sparsity"].as_f64().unwrap();
+    assert!((overall - 0.5).abs() < 0.005, "the plan's 50%: {overall}");
+    let lr = log(&out)[0]["lr"].as_f64().unwrap();
+    assert!((lr - 1e-3).abs() < 1e-12, "the plan's initial learning rate: {lr}");
+
+    std::fs::remove_file(c.join("recipe.yaml")).unwrap();
+    let out = dir.path().join("t2");
+    let mut a = train_args(&c, &out, &data);
+    a.extend(["--max-steps", "2"]);
+    ok(&sparsec(&a));
+    assert_eq!(log(&out).len(), 2);
+
+    let mut a = train_args(&c, &out, &data);
+    a.extend(["--recipe-args", r#"{"num_epochs": 3}"#]);
+    let o = sparsec(&a);
+    assert!(!o.status.success(), "train --recipe-args must fail");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("--recipe-args") && e.contains("sparsec compile") && e.contains("plan.json"), "{e}");
+}
+
 #[test]
 fn sparse_transfer_keeps_every_zero_of_a_sparse_model() {
     let dir = tempfile::tempdir().unwrap();

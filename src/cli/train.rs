@@ -12,7 +12,7 @@ use crate::train::log::{Progress, StepLog};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// A folder written by `sparsec compile` (model.onnx, plan.json, recipe.yaml, tokenizer.json).
+    /// A folder written by `sparsec compile` (model.onnx, plan.json, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
     /// SQuAD-format training data (JSON, plain or gzip).
@@ -81,7 +81,8 @@ pub(crate) struct TrainFlags {
     pub strict_data: bool,
     #[arg(long, alias = "max_eval_samples")]
     pub max_eval_samples: Option<usize>,
-    /// JSON object overriding recipe variables, e.g. '{"num_epochs": 2}'.
+    /// JSON object overriding recipe variables, e.g. '{"num_epochs": 2}' (`sparsify` compiles with
+    /// them; `train` follows the plan its folder was compiled with, so there it is an error).
     #[arg(long, alias = "recipe_args")]
     pub recipe_args: Option<String>,
     /// Continue from the newest checkpoint in --output-dir.
@@ -160,7 +161,13 @@ impl TrainFlags {
         output_dir: PathBuf,
     ) -> Result<TrainConfig> {
         let args = self;
-        let recipe_args = super::parse_recipe_args(args.recipe_args.as_deref())?;
+        if let Some(json) = &args.recipe_args {
+            bail!(
+                "--recipe-args '{json}': recipe variables are resolved when compiling, into the plan.json of '{}' \
+                 that training follows; pass them to `sparsec compile --recipe-args` instead",
+                compiled.display()
+            );
+        }
         let teacher = match args.distill_teacher.as_deref() {
             None => Teacher::Original,
             Some("disable") | Some("disabled") => Teacher::Disabled,
@@ -190,7 +197,6 @@ impl TrainFlags {
             max_train_samples: args.max_train_samples,
             strict_data: args.strict_data,
             max_eval_samples: args.max_eval_samples,
-            recipe_args,
             resume: args.resume,
             save_steps: args.save_steps,
             save_total_limit: args.save_total_limit,

@@ -1,7 +1,8 @@
 //! The compiled folder, written and read here alone: `model.onnx` (the rewritten graph),
 //! `train.onnx` (its loss and gradients), `plan.json`, `recipe.yaml`, `recipe_args.json` (the
 //! variables `--recipe-args` overrode), and the tokenizer and config files that sat beside the
-//! model. Written all or nothing.
+//! model. Written all or nothing. Read back for training, it is the model and the plan: the
+//! recipe and its variables are there for people, already resolved into the plan.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,6 @@ use super::plan::Plan;
 use crate::ir::{infer, Model};
 use crate::onnx::{self, SaveOptions};
 use crate::recipe::builtin::RecipeText;
-use crate::recipe::Recipe;
 
 /// The recipe variables `--recipe-args` overrode at compile time, beside recipe.yaml.
 pub const RECIPE_ARGS_FILE: &str = "recipe_args.json";
@@ -20,17 +20,16 @@ pub const RECIPE_ARGS_FILE: &str = "recipe_args.json";
 const MODEL_FILES: [&str; 5] =
     ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json", "vocab.txt"];
 
-/// A compiled folder, read back: its eval graph, plan and recipe.
+/// A compiled folder, read back: its eval graph and plan.
 pub struct Compiled {
     pub dir: PathBuf,
     pub model: Model,
     pub plan: Plan,
-    pub recipe: Recipe,
 }
 
 impl Compiled {
-    /// Reads the folder `dir`; `recipe_args` override the variables it was compiled with.
-    pub fn open(dir: &Path, recipe_args: &serde_json::Map<String, serde_json::Value>) -> Result<Compiled> {
+    /// Reads the folder `dir`.
+    pub fn open(dir: &Path) -> Result<Compiled> {
         let need = |f: &str| -> Result<PathBuf> {
             let p = dir.join(f);
             if !p.exists() {
@@ -39,22 +38,11 @@ impl Compiled {
             Ok(p)
         };
         let plan = Plan::load(&need("plan.json")?)?;
-        let mut args = serde_json::Map::new();
-        let compiled_args = dir.join(RECIPE_ARGS_FILE);
-        if compiled_args.exists() {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&compiled_args)?)
-                .with_context(|| format!("'{}' is not valid JSON", compiled_args.display()))?;
-            if let serde_json::Value::Object(m) = v {
-                args.extend(m);
-            }
-        }
-        args.extend(recipe_args.clone());
-        let recipe = Recipe::load(&need("recipe.yaml")?, &args)?;
         let model_path = need("model.onnx")?;
         let mut model = onnx::load(&model_path)?;
         infer::infer_facts(&mut model).with_context(|| format!("'{}'", model_path.display()))?;
         need("tokenizer.json")?;
-        Ok(Compiled { dir: dir.to_path_buf(), model, plan, recipe })
+        Ok(Compiled { dir: dir.to_path_buf(), model, plan })
     }
 }
 

@@ -1,16 +1,18 @@
-//! The training loss a recipe asks for, set up in one place for `sparsec compile` (which builds
-//! `train.onnx`) and `sparsec train` (which builds its training graphs from the compiled model):
-//! the span loss, or distillation from the teacher's logits mixed by the recipe's `hardness` at
-//! its `temperature`; hidden-state distillation of the modules a `PerLayerDistillationModifier`
-//! pairs; and the embedding padding rows (from `config.json`) that get no gradient, as in PyTorch.
+//! The training loss a recipe asks for, set up in one place from the plan for `sparsec compile`
+//! (which builds `train.onnx`) and `sparsec train` (which builds its training graphs from the
+//! compiled model): the span loss, or distillation from the teacher's logits mixed by the recipe's
+//! `hardness` at its `temperature`; hidden-state distillation of the modules a
+//! `PerLayerDistillationModifier` pairs; and the embedding padding rows (from `config.json`) that
+//! get no gradient, as in PyTorch.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::plan::Plan;
 use crate::autodiff::{build_training_graph, loss::hf_padding_rows, LayerDistill, LossSpec, TrainingGraphSpec};
 use crate::ir::{modules, Graph, Model};
-use crate::recipe::{Modifier, PerLayerDistillationModifier, Recipe};
+use crate::recipe::{Modifier, PerLayerDistillationModifier};
 
 /// The loss of one training graph.
 pub struct Loss {
@@ -23,13 +25,13 @@ pub struct Loss {
 }
 
 impl Loss {
-    /// The recipe's loss on graph `g`; with `teacher` false, the span loss alone (no distillation
+    /// The plan's loss on graph `g`; with `teacher` false, the span loss alone (no distillation
     /// of any kind).
-    pub fn of(recipe: &Recipe, g: &Graph, teacher: bool, zero_grad_rows: Vec<(String, i64)>) -> Loss {
-        let distill = recipe
+    pub fn of(plan: &Plan, g: &Graph, teacher: bool, zero_grad_rows: Vec<(String, i64)>) -> Loss {
+        let distill = plan
             .modifiers
             .iter()
-            .find_map(|e| match &e.modifier {
+            .find_map(|m| match &m.settings {
                 Modifier::Distillation(d) => Some(d),
                 _ => None,
             })
@@ -38,7 +40,7 @@ impl Loss {
             Some(d) => LossSpec::Distill { temperature: d.temperature as f32, hardness: d.hardness as f32 },
             None => LossSpec::Span,
         };
-        let layers = layer_distillation(recipe, g).filter(|_| teacher);
+        let layers = layer_distillation(plan, g).filter(|_| teacher);
         let mut spec = TrainingGraphSpec::new(loss);
         spec.zero_grad_rows = zero_grad_rows;
         let teacher_modules = layers.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
@@ -54,12 +56,12 @@ impl Loss {
 
 /// The loss and gradient graph of the compiled model (`train.onnx`), with the padding rows of
 /// the `config.json` beside the model.
-pub fn training_graph(model: &Model, model_path: &Path, recipe: &Recipe) -> Result<crate::autodiff::TrainingGraph> {
+pub fn training_graph(model: &Model, model_path: &Path, plan: &Plan) -> Result<crate::autodiff::TrainingGraph> {
     let rows = match model_path.parent() {
         Some(dir) => padding_rows(dir, &model.graph)?,
         None => Vec::new(),
     };
-    let loss = Loss::of(recipe, &model.graph, true, rows);
+    let loss = Loss::of(plan, &model.graph, true, rows);
     build_training_graph(model, &loss.spec).context("cannot build the loss and gradient graph")
 }
 
@@ -89,10 +91,10 @@ pub(super) fn layer_pairs(d: &PerLayerDistillationModifier, g: &Graph) -> (Vec<S
     }
 }
 
-/// The recipe's hidden-state distillation on graph `g`: the loss term, and the teacher module
+/// The plan's hidden-state distillation on graph `g`: the loss term, and the teacher module
 /// paired with each student module.
-fn layer_distillation(recipe: &Recipe, g: &Graph) -> Option<(LayerDistill, Vec<String>)> {
-    recipe.modifiers.iter().find_map(|e| match &e.modifier {
+fn layer_distillation(plan: &Plan, g: &Graph) -> Option<(LayerDistill, Vec<String>)> {
+    plan.modifiers.iter().find_map(|m| match &m.settings {
         Modifier::PerLayerDistillation(d) => {
             let (modules, teacher) = layer_pairs(d, g);
             let loss = LayerDistill { modules, gain: d.gain as f32, normalize: d.normalize, epsilon: d.epsilon as f32 };

@@ -19,7 +19,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 pub use folder::{Compiled, RECIPE_ARGS_FILE};
-pub use plan::{Plan, PlanModifier, PlanTarget, ScheduledUpdate, AUTODIFF_HOOK};
+pub use plan::{Plan, PlanModifier, PlanTarget, ScheduledUpdate, AUTODIFF_HOOK, PLAN_FORMAT};
 
 use crate::ir::{infer, Model};
 use crate::passes::{self, PassReport, QUANT_ENABLED_INPUT};
@@ -31,8 +31,8 @@ use modifiers::{Rewrites, Scope};
 
 /// Resolves the recipe on `model`, runs the passes and returns the plan.
 pub fn compile(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<Plan> {
-    check(model, model_path, recipe)?;
-    rewrite(model, model_path, recipe)
+    let warnings = check(model, model_path, recipe)?;
+    rewrite(model, model_path, recipe, warnings)
 }
 
 /// Compiles `model_path` per `recipe` (variables overridden by `overrides`) and writes the
@@ -48,11 +48,12 @@ pub fn compile_folder(
     let recipe = recipe_src.parse(overrides)?;
     let mut model = crate::onnx::load(model_path)?;
     infer::infer_facts(&mut model).with_context(|| format!("'{}'", model_path.display()))?;
-    for f in &check(&model, model_path, &recipe)? {
+    let warnings = check(&model, model_path, &recipe)?;
+    for f in &warnings {
         warn(f);
     }
-    let mut plan = rewrite(&mut model, model_path, &recipe)?;
-    let training = loss::training_graph(&model, model_path, &recipe)?;
+    let mut plan = rewrite(&mut model, model_path, &recipe, warnings)?;
+    let training = loss::training_graph(&model, model_path, &plan)?;
     plan.autodiff = format!(
         "train.onnx: {} loss, {} gradients, {} nodes (forward {})",
         match training.loss_outputs.len() {
@@ -84,8 +85,9 @@ fn check(model: &Model, model_path: &Path, recipe: &Recipe) -> Result<Vec<Findin
     crate::recipe::support::check(recipe)
 }
 
-/// Plans every modifier on the graph, then runs the passes they ask for.
-fn rewrite(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<Plan> {
+/// Plans every modifier on the graph, then runs the passes they ask for; the plan keeps the
+/// recipe's `warnings`.
+fn rewrite(model: &mut Model, model_path: &Path, recipe: &Recipe, warnings: Vec<Finding>) -> Result<Plan> {
     let g = &model.graph;
     let scope = Scope::new(recipe, g);
     let mut rw = Rewrites::default();
@@ -111,6 +113,7 @@ fn rewrite(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<Plan
         .filter(|n| !inputs_before.contains(n) && !g.value_by_name(n).is_some_and(|v| g.is_initializer(v)))
         .collect();
     Ok(Plan {
+        format: PLAN_FORMAT,
         model: std::fs::canonicalize(model_path).unwrap_or_else(|_| model_path.to_path_buf()).display().to_string(),
         recipe: recipe.path.display().to_string(),
         recipe_version: recipe.version.clone(),
@@ -122,6 +125,7 @@ fn rewrite(model: &mut Model, model_path: &Path, recipe: &Recipe) -> Result<Plan
         graph_inputs,
         quant_enabled_input: rw.quant.map(|_| QUANT_ENABLED_INPUT.to_string()),
         autodiff: AUTODIFF_HOOK.into(),
+        warnings,
     })
 }
 

@@ -48,7 +48,7 @@ pub(super) struct QuantSettings {
 
 /// Modifier `index` of the recipe, planned on the graph; its rewrites go into `rw`.
 pub(super) fn plan_modifier(s: &Scope, index: usize, e: &ModifierEntry, rw: &mut Rewrites) -> Result<PlanModifier> {
-    let mut pm = PlanModifier::new(index, e)?;
+    let mut pm = PlanModifier::new(index, e);
     match &e.modifier {
         Modifier::Pruning(p) => pruning(s, e, p, &mut pm, rw)?,
         Modifier::ConstantPruning(c) => constant_pruning(s, e, c, &mut pm, rw)?,

@@ -179,16 +179,22 @@ pub struct QuantState {
 /// The schedule of a whole recipe, for the trainer.
 #[derive(Clone, Debug)]
 pub struct Schedule<'r> {
-    pub recipe: &'r Recipe,
+    /// The recipe's modifiers, in recipe order.
+    modifiers: Vec<&'r Modifier>,
 }
 
 impl<'r> Schedule<'r> {
     pub fn new(recipe: &'r Recipe) -> Schedule<'r> {
-        Schedule { recipe }
+        Schedule::of(recipe.modifiers.iter().map(|e| &e.modifier))
     }
 
-    fn modifiers(&self) -> impl Iterator<Item = &'r Modifier> + 'r {
-        self.recipe.modifiers.iter().map(|e| &e.modifier)
+    /// The schedule of these modifiers, in recipe order (as a compiled plan holds them).
+    pub fn of(modifiers: impl IntoIterator<Item = &'r Modifier>) -> Schedule<'r> {
+        Schedule { modifiers: modifiers.into_iter().collect() }
+    }
+
+    fn modifiers(&self) -> impl Iterator<Item = &'r Modifier> + '_ {
+        self.modifiers.iter().copied()
     }
 
     /// Total epochs: the `EpochRangeModifier`'s `end_epoch` (the largest if several), otherwise the
@@ -249,7 +255,7 @@ impl<'r> Schedule<'r> {
     }
 
     /// Pruning modifiers in recipe order.
-    pub fn pruning(&self) -> impl Iterator<Item = &'r PruningModifier> + 'r {
+    pub fn pruning(&self) -> impl Iterator<Item = &'r PruningModifier> + '_ {
         self.modifiers().filter_map(|m| match m {
             Modifier::Pruning(p) => Some(p),
             _ => None,

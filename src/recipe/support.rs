@@ -1,8 +1,8 @@
 //! Which recipe modifiers and fields sparsec carries out. Every modifier the recipe parser
 //! accepts is checked here: one that sparsec cannot carry out is an error; a field whose effect
 //! sparsec does not reproduce is a loud warning naming the modifier, the field and what runs
-//! instead. `sparsec compile` stops on the errors and reports the warnings; `sparsec train`
-//! reports the warnings again (and refuses the errors, for folders compiled before this check).
+//! instead. `sparsec compile` stops on the errors and reports the warnings, and keeps them in
+//! plan.json, from where `sparsec train` reports them again.
 
 use super::{
     ConstantPruningModifier, DistillationModifier, LearningRateFunctionModifier, MaskType, Modifier, ModifierEntry,
@@ -11,7 +11,7 @@ use super::{
 };
 
 /// One finding about a modifier.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     /// `Modifier.field` (or the modifier alone).
     pub at: String,

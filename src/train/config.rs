@@ -44,7 +44,6 @@ pub struct TrainConfig {
     /// Fail (instead of warning) when a training answer does not match its context.
     pub strict_data: bool,
     pub max_eval_samples: Option<usize>,
-    pub recipe_args: serde_json::Map<String, serde_json::Value>,
     pub resume: bool,
     /// Checkpoint every N steps as well as at each epoch end.
     pub save_steps: Option<u64>,
@@ -95,7 +94,6 @@ impl TrainConfig {
             max_train_samples: None,
             strict_data: false,
             max_eval_samples: None,
-            recipe_args: serde_json::Map::new(),
             resume: false,
             save_steps: None,
             save_total_limit: 2,

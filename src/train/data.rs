@@ -202,7 +202,7 @@ impl Data {
         if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
             bail!("batch sizes must be at least 1");
         }
-        let compiled = Compiled::open(&cfg.compiled, &cfg.recipe_args)?;
+        let compiled = Compiled::open(&cfg.compiled)?;
         check_fixed_shape(cfg, &compiled.model)?;
         let tokenizer = QaTokenizer::from_file(&compiled.dir.join("tokenizer.json"))?;
         let windower = tokenizer.windower(WindowOptions {

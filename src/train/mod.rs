@@ -39,7 +39,7 @@ use run::Run;
 pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<TrainSummary> {
     let data = Data::load(cfg)?;
     let mut run = Run::new(&data.compiled)?;
-    for w in crate::recipe::support::warnings(&data.compiled.recipe) {
+    for w in &data.compiled.plan.warnings {
         tracing::warn!("{w}");
         progress.message(&format!("warning: {w}"));
     }

@@ -103,8 +103,7 @@ fn prune_all(
     progress: &mut dyn Progress,
 ) -> Result<Vec<PruneReport>> {
     let compiled = &data.compiled;
-    let mut pruners =
-        super::prune::select::pruners(&compiled.recipe, &run.slot_params(), cfg.prune_memory_limit, true)?;
+    let mut pruners = super::prune::select::pruners(&compiled.plan, &run.slot_params(), cfg.prune_memory_limit, true)?;
     let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
     let float_model = if run.has_quant() { Some(without_fake_quant(&compiled.model)?) } else { None };
     let model = float_model.as_ref().unwrap_or(&compiled.model);
@@ -118,7 +117,7 @@ fn prune_all(
                 Vec::new()
             },
             data,
-            grad_batch: grad_batch_size(&compiled.recipe, *modifier).unwrap_or(cfg.batch_size),
+            grad_batch: grad_batch_size(compiled.plan.modifier(*modifier)).unwrap_or(cfg.batch_size),
             seed: cfg.seed,
             calibration: Some((calibration, cfg.batch_size)),
             opts: opts.clone(),

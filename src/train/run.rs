@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ndarray::{ArrayD, IxDyn};
 
 use super::data::Data;
@@ -13,11 +13,11 @@ use super::evidence::{Calibration, ModelState, TaskGradients};
 use super::observers::MinMaxObserver;
 use super::prune::{mask_sparsity, ActivationSource, Evidence, GradientSource, Layer, PruneReport, Pruner};
 use super::step::Stepper;
-use crate::compile::Compiled;
+use crate::compile::{Compiled, Plan};
 use crate::ir::Model;
 use crate::passes::QUANT_ENABLED_INPUT;
 use crate::qa::features::TrainWindow;
-use crate::recipe::{Modifier, PruningAlgorithm, Recipe};
+use crate::recipe::{Modifier, PruningAlgorithm};
 use crate::runtime::{EngineOptions, HostTensor};
 
 /// One mask fed to the graph.
@@ -65,8 +65,7 @@ impl<'a> Run<'a> {
     pub fn new(compiled: &'a Compiled) -> Result<Run<'a>> {
         let mut masks = Vec::new();
         for m in &compiled.plan.modifiers {
-            let entry = compiled.recipe.modifiers.get(m.index).context("plan.json does not match recipe.yaml")?;
-            if !matches!(entry.modifier, Modifier::Pruning(_) | Modifier::ConstantPruning(_) | Modifier::SparseGpt(_)) {
+            if !matches!(m.settings, Modifier::Pruning(_) | Modifier::ConstantPruning(_) | Modifier::SparseGpt(_)) {
                 continue;
             }
             for t in &m.targets {
@@ -95,7 +94,7 @@ impl<'a> Run<'a> {
             .filter_map(|n| n.strip_suffix(".scale").filter(|b| b.ends_with(".input_quant")))
             .map(|b| QuantSite { base: b.to_string(), observer: MinMaxObserver::default(), last: None })
             .collect();
-        let symmetric_acts = compiled.recipe.modifiers.iter().any(|e| match &e.modifier {
+        let symmetric_acts = compiled.plan.modifiers.iter().any(|m| match &m.settings {
             Modifier::Quantization(q) => q.input_activations.as_ref().is_some_and(|a| a.symmetric),
             _ => false,
         });
@@ -302,10 +301,10 @@ impl ParamData for (String, Vec<usize>, Vec<f32>) {
 }
 
 /// Mask updates of a run: step → (modifier, epoch at the update) in recipe order.
-pub(super) fn mask_schedule(recipe: &Recipe, spe: u64, total: u64) -> BTreeMap<u64, Vec<(usize, f64, bool)>> {
+pub(super) fn mask_schedule(plan: &Plan, spe: u64, total: u64) -> BTreeMap<u64, Vec<(usize, f64, bool)>> {
     let mut out: BTreeMap<u64, Vec<(usize, f64, bool)>> = BTreeMap::new();
-    for (i, e) in recipe.modifiers.iter().enumerate() {
-        match &e.modifier {
+    for (i, m) in plan.modifiers.iter().enumerate() {
+        match &m.settings {
             Modifier::Pruning(p) => {
                 for u in p.mask_updates(spe, total, 0.0, 1.0) {
                     out.entry(u.step).or_default().push((i, u.epoch, false));
@@ -328,8 +327,8 @@ pub(super) fn mask_schedule(recipe: &Recipe, spe: u64, total: u64) -> BTreeMap<u
 }
 
 /// `grad_sampler_kwargs.batch_size` of an OBS modifier.
-pub(super) fn grad_batch_size(recipe: &Recipe, modifier: usize) -> Option<usize> {
-    match &recipe.modifiers[modifier].modifier {
+pub(super) fn grad_batch_size(modifier: &Modifier) -> Option<usize> {
+    match modifier {
         Modifier::Pruning(p) => match &p.algorithm {
             PruningAlgorithm::Obs { grad_sampler_kwargs: Some(k), .. } => {
                 k.get("batch_size").and_then(|b| b.as_u64()).map(|b| b as usize)

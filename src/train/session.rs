@@ -49,13 +49,15 @@ impl Steps {
     fn of(cfg: &TrainConfig, data: &Data, schedule: &Schedule) -> Result<Steps> {
         let epochs = schedule.total_epochs();
         if epochs <= 0.0 {
-            bail!("the recipe sets no epochs (add an EpochRangeModifier or pass --recipe-args)");
+            bail!(
+                "the recipe sets no epochs (add an EpochRangeModifier, or set them with --recipe-args when compiling)"
+            );
         }
         if let Some(n) = cfg.num_train_epochs {
             if (n - epochs).abs() > 1e-9 {
                 bail!(
                     "--num-train-epochs {n} differs from the recipe's {epochs} epochs: the recipe sets the schedule; \
-                     change it with --recipe-args (e.g. '{{\"num_epochs\": {n}}}')"
+                     change it with --recipe-args when compiling (e.g. '{{\"num_epochs\": {n}}}')"
                 );
             }
         }
@@ -76,10 +78,10 @@ fn stepper(
     opts: &EngineOptions,
 ) -> Result<Stepper> {
     let weight_decay = compiled
-        .recipe
+        .plan
         .modifiers
         .iter()
-        .find_map(|e| match &e.modifier {
+        .find_map(|m| match &m.settings {
             Modifier::SetWeightDecay(w) => Some(w.weight_decay as f32),
             _ => None,
         })
@@ -185,12 +187,11 @@ impl<'d> Session<'d> {
     /// newest checkpoint with `--resume`.
     fn open(cfg: &'d TrainConfig, data: &'d Data, run: Run<'d>, progress: &mut dyn Progress) -> Result<Session<'d>> {
         let compiled = &data.compiled;
-        let pruners =
-            super::prune::select::pruners(&compiled.recipe, &run.slot_params(), cfg.prune_memory_limit, false)?;
-        let schedule = Schedule::new(&compiled.recipe);
+        let pruners = super::prune::select::pruners(&compiled.plan, &run.slot_params(), cfg.prune_memory_limit, false)?;
+        let schedule = compiled.plan.schedule();
         let steps = Steps::of(cfg, data, &schedule)?;
         let teacher_on = cfg.teacher != Teacher::Disabled;
-        let loss = Loss::of(&compiled.recipe, &compiled.model.graph, teacher_on, data.zero_grad_rows()?);
+        let loss = Loss::of(&compiled.plan, &compiled.model.graph, teacher_on, data.zero_grad_rows()?);
         let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant())?;
         let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
         let stepper = stepper(cfg, compiled, &graphs, &run, &opts)?;
@@ -200,7 +201,7 @@ impl<'d> Session<'d> {
         let mut s = Session {
             cfg,
             data,
-            updates: mask_schedule(&compiled.recipe, steps.per_epoch, steps.scheduled),
+            updates: mask_schedule(&compiled.plan, steps.per_epoch, steps.scheduled),
             run,
             schedule,
             steps,
@@ -342,8 +343,8 @@ impl<'d> Session<'d> {
                 }
                 continue;
             }
-            let recipe = &self.data.compiled.recipe;
-            let sparsity = |m: &MaskSlot| match &recipe.modifiers[m.modifier].modifier {
+            let plan = &self.data.compiled.plan;
+            let sparsity = |m: &MaskSlot| match plan.modifier(m.modifier) {
                 Modifier::Pruning(p) => p.sparsity_at_update(at, m.init, m.fin),
                 _ => 0.0,
             };
@@ -357,7 +358,7 @@ impl<'d> Session<'d> {
                     model,
                     zero_grad_rows: self.data.zero_grad_rows()?,
                     data: self.data,
-                    grad_batch: grad_batch_size(recipe, modifier).unwrap_or(self.cfg.batch_size),
+                    grad_batch: grad_batch_size(plan.modifier(modifier)).unwrap_or(self.cfg.batch_size),
                     seed: self.cfg.seed.wrapping_add(step),
                     calibration: None,
                     opts: self.opts.clone(),
@@ -447,12 +448,12 @@ impl<'d> Session<'d> {
                 batch.push((name.as_str(), h));
             }
         }
-        let recipe = &self.data.compiled.recipe;
+        let plan = &self.data.compiled.plan;
         let observing: BTreeMap<usize, ()> = self
             .pruners
             .iter()
             .filter(|(&i, p)| {
-                let m = &recipe.modifiers[i].modifier;
+                let m = plan.modifier(i);
                 p.observes_steps() && epoch_f >= m.start_epoch() && (m.end_epoch() < 0.0 || epoch_f < m.end_epoch())
             })
             .map(|(&i, _)| (i, ()))

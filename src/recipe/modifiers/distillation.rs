@@ -1,13 +1,13 @@
 //! The distillation modifiers: of the logits (`DistillationModifier`) and of hidden states
 //! (`PerLayerDistillationModifier`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{check_epochs, EndRule, Modifier};
 use crate::recipe::error::RecipeError;
 use crate::recipe::fields::FieldReader;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DistillationModifier {
     pub start_epoch: f64,
     pub end_epoch: f64,
@@ -22,7 +22,7 @@ pub struct DistillationModifier {
 /// SparseML's `PerLayerDistillationModifier`: `loss + gain * Σ mean((s - t)^2)` over pairs of
 /// module outputs of the student and the teacher, each divided by `mean(t^2) + epsilon` when
 /// `normalize`. No names: every linear layer (SparseML: every `Linear`/`Conv2d`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PerLayerDistillationModifier {
     pub gain: f64,
     pub start_epoch: f64,

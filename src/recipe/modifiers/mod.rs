@@ -8,7 +8,7 @@ mod quantization;
 mod sparsegpt;
 mod training;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use distillation::{DistillationModifier, PerLayerDistillationModifier};
 pub use pruning::{
@@ -58,7 +58,9 @@ pub fn known_modifiers() -> Vec<&'static str> {
     MODIFIERS.iter().map(|&(t, _)| t).collect()
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// One modifier, its variables resolved. Written (tagged by `type`) into each modifier's
+/// `settings` in plan.json, which is where `sparsec train` reads it back from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Modifier {
     EpochRange(EpochRangeModifier),

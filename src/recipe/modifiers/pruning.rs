@@ -1,7 +1,7 @@
 //! The pruning modifiers: gradual pruning by magnitude, OBS or movement, constant pruning (keeps
 //! existing zeros) and layer pruning, with their mask shapes and sparsity schedules.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 use super::{check_epochs, check_sparsity, EndRule, Modifier};
@@ -9,7 +9,7 @@ use crate::recipe::error::RecipeError;
 use crate::recipe::fields::{as_f64, show, strings, FieldReader, ALL_PRUNABLE};
 
 /// Which pruning algorithm scores the weights.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "algorithm", rename_all = "snake_case")]
 pub enum PruningAlgorithm {
     /// `GMPruningModifier`, `MagnitudePruningModifier`, `GlobalMagnitudePruningModifier`.
@@ -26,7 +26,7 @@ pub enum PruningAlgorithm {
     Movement,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InitSparsity {
     Value(f64),
@@ -34,7 +34,7 @@ pub enum InitSparsity {
     FromParam,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InterFunc {
     Linear,
@@ -43,7 +43,7 @@ pub enum InterFunc {
 }
 
 /// How zeros are grouped, in PyTorch's `[out, in]` layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MaskType {
     Unstructured,
@@ -59,7 +59,7 @@ pub enum MaskType {
     },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PruningModifier {
     /// The tag: `GMPruningModifier`, `OBSPruningModifier`, ….
     pub kind: String,
@@ -78,7 +78,7 @@ pub struct PruningModifier {
     pub global_sparsity: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConstantPruningModifier {
     pub params: Vec<String>,
     pub start_epoch: f64,
@@ -86,7 +86,7 @@ pub struct ConstantPruningModifier {
     pub update_frequency: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerPruningModifier {
     pub layers: Vec<String>,
     pub start_epoch: f64,

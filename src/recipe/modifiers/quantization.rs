@@ -1,14 +1,14 @@
 //! `QuantizationModifier`: quantization-aware training of the linear layers (and embedding
 //! tables), with SparseML's legacy fields or its `scheme` of per-tensor settings.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{check_epochs, EndRule, Modifier};
 use crate::recipe::error::RecipeError;
 use crate::recipe::fields::FieldReader;
 
 /// One tensor's quantization settings (SparseML's `QuantizationArgs`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantizationArgs {
     pub num_bits: i64,
     pub symmetric: bool,
@@ -16,7 +16,7 @@ pub struct QuantizationArgs {
     pub strategy: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QuantizationModifier {
     pub start_epoch: f64,
     pub end_epoch: f64,

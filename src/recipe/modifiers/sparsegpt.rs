@@ -1,7 +1,7 @@
 //! `SparseGPTModifier` (SparseML's one-shot OBCQ): layer-wise pruning of the linear layers under
 //! its targets from calibration activations.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 use super::{check_sparsity, Modifier};
@@ -9,7 +9,7 @@ use crate::recipe::error::RecipeError;
 use crate::recipe::fields::{as_f64, show, FieldReader, ALL_PARAMS, ALL_PRUNABLE};
 
 /// `mask_structure` of `SparseGPTModifier`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SparseGptMask {
     /// `"0:0"`.
@@ -24,7 +24,7 @@ pub enum SparseGptMask {
 
 /// SparseML's `SparseGPTModifier` (one-shot OBCQ): layer-wise pruning of the linear layers
 /// under `targets` from calibration activations.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SparseGptModifier {
     pub sparsity: f64,
     pub block_size: i64,

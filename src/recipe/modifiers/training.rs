@@ -2,19 +2,19 @@
 //! `LearningRateFunctionModifier`, `SetLearningRateModifier`, `SetWeightDecayModifier` and
 //! `TrainableParamsModifier`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{check_epochs, EndRule, Modifier};
 use crate::recipe::error::RecipeError;
 use crate::recipe::fields::FieldReader;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochRangeModifier {
     pub start_epoch: f64,
     pub end_epoch: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LrFunc {
     Linear,
@@ -22,7 +22,7 @@ pub enum LrFunc {
     CyclicLinear,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LearningRateFunctionModifier {
     pub lr_func: LrFunc,
     pub init_lr: f64,
@@ -35,7 +35,7 @@ pub struct LearningRateFunctionModifier {
     pub update_frequency: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SetLearningRateModifier {
     pub learning_rate: f64,
     pub param_groups: Option<Vec<i64>>,
@@ -44,7 +44,7 @@ pub struct SetLearningRateModifier {
     pub constant_logging: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SetWeightDecayModifier {
     pub weight_decay: f64,
     pub start_epoch: f64,
@@ -53,7 +53,7 @@ pub struct SetWeightDecayModifier {
     pub constant_logging: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainableParamsModifier {
     pub params: Vec<String>,
     pub trainable: bool,

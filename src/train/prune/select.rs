@@ -13,7 +13,8 @@ use super::movement::Movement;
 use super::obs::{Obs, ObsConfig};
 use super::sparsegpt::{SgptMask, SparseGpt, SparseGptConfig};
 use super::Pruner;
-use crate::recipe::{MaskType, Modifier, PruningAlgorithm, Recipe, SparseGptMask};
+use crate::compile::Plan;
+use crate::recipe::{MaskType, Modifier, PruningAlgorithm, SparseGptMask};
 
 /// The magnitude structure of a recipe `mask_type`.
 pub fn structure(m: &MaskType) -> MaskStructure {
@@ -43,19 +44,18 @@ pub fn sparsegpt_groups(m: &crate::recipe::SparseGptModifier, params: &[String])
     Ok(groups.into_values().collect())
 }
 
-/// One pruner per pruning modifier (by recipe index) that has masked layers; `params` lists each
-/// modifier's masked parameters in mask order. SparseGPT is refused unless `one_shot`.
+/// One pruner per pruning modifier (by recipe index) of the plan that has masked layers; `params`
+/// lists each modifier's masked parameters in mask order. SparseGPT is refused unless `one_shot`.
 pub fn pruners(
-    recipe: &Recipe,
+    plan: &Plan,
     params: &BTreeMap<usize, Vec<String>>,
     max_state_bytes: u64,
     one_shot: bool,
 ) -> Result<BTreeMap<usize, Box<dyn Pruner>>> {
-    crate::recipe::support::check(recipe)?;
     let mut out: BTreeMap<usize, Box<dyn Pruner>> = BTreeMap::new();
     for (&i, names) in params {
-        let e = &recipe.modifiers[i];
-        let pruner: Box<dyn Pruner> = match &e.modifier {
+        let e = &plan.modifiers[i];
+        let pruner: Box<dyn Pruner> = match &e.settings {
             Modifier::ConstantPruning(_) => Box::new(Constant),
             Modifier::Pruning(p) => match &p.algorithm {
                 PruningAlgorithm::Magnitude => {
