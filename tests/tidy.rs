@@ -526,7 +526,7 @@ fn no_function_runs_past_a_screen() {
         }
     }
     assert!(all.len() > 1000, "the scan found only {} functions", all.len());
-    all.sort_by(|a, b| b.1.lines.cmp(&a.1.lines));
+    all.sort_by_key(|(_, s)| std::cmp::Reverse(s.lines));
     println!("the longest functions:");
     for (file, s) in all.iter().take(5) {
         println!("  {} lines: {}:{} fn {}", s.lines, file, s.line, s.name);
