@@ -156,23 +156,97 @@ struct Session<'d> {
     distill: bool,
     pruners: BTreeMap<usize, Box<dyn Pruner>>,
     updates: BTreeMap<u64, Vec<(usize, f64, bool)>>,
-    fingerprint: serde_json::Value,
-    ckpt_dir: PathBuf,
-    log: Option<std::fs::File>,
+    checkpoints: Checkpoints,
+    records: Records,
+    /// `SPARSEC_ABORT_AFTER_STEP`: abort the process after this step (for the resume tests).
     abort_at: Option<u64>,
-    /// The step of the newest checkpoint this process wrote.
-    checkpointed: Option<u64>,
     samples_seen: u64,
-    evals: Vec<EvalRecord>,
-    resumed_from: Option<u64>,
     sparsity_now: f64,
     last_loss: Option<f32>,
-    order: Vec<usize>,
-    order_epoch: u64,
-    since: (Instant, u64),
-    started: Instant,
-    pruning: Vec<PruneReport>,
+    order: BatchOrder,
+    clock: Clock,
+}
+
+/// Where the run's checkpoints go, what they must match, and which this process wrote or
+/// resumed from.
+struct Checkpoints {
+    dir: PathBuf,
+    /// What a checkpoint must have been made with to be resumed ([`fingerprint`]).
+    fingerprint: serde_json::Value,
+    /// The step of the newest checkpoint this process wrote.
+    written: Option<u64>,
+    /// The step `--resume` continued from.
+    resumed_from: Option<u64>,
+}
+
+/// What the run writes down besides checkpoints: the step log and TensorBoard events as it
+/// goes, and the evaluations and pruning reports for the summary.
+#[derive(Default)]
+struct Records {
+    /// `train_log.jsonl`, open for appending once the run has started.
+    log: Option<std::fs::File>,
     events: Option<super::tensorboard::TrainEvents>,
+    evals: Vec<EvalRecord>,
+    pruning: Vec<PruneReport>,
+}
+
+impl Records {
+    /// Appends one step to the step log and the TensorBoard events.
+    fn step(&mut self, entry: &StepLog) -> Result<()> {
+        let log = self.log.as_mut().context("the step log is not open")?;
+        writeln!(log, "{}", serde_json::to_string(entry)?).context("cannot append to train_log.jsonl")?;
+        if let Some(t) = self.events.as_mut() {
+            t.step(entry)?;
+        }
+        Ok(())
+    }
+}
+
+/// The order the current epoch's windows are batched in.
+struct BatchOrder {
+    /// The epoch `windows` is for (`u64::MAX` before the first step).
+    epoch: u64,
+    /// Window indices, batch after batch.
+    windows: Vec<usize>,
+}
+
+impl BatchOrder {
+    /// Moves to epoch `epoch`: its windows shuffled by the seed (grouped by length with
+    /// `--group-by-length`), the same order on every run and resume.
+    fn at_epoch(&mut self, cfg: &TrainConfig, data: &Data, epoch: u64) {
+        if self.epoch == epoch {
+            return;
+        }
+        let windows = &data.windows;
+        self.windows = if cfg.group_by_length {
+            let lengths: Vec<usize> = windows.iter().map(|w| w.window.len()).collect();
+            grouped_epoch_order(&lengths, cfg.batch_size, cfg.seed, epoch)
+        } else {
+            epoch_order(windows.len(), cfg.seed, epoch)
+        };
+        self.epoch = epoch;
+    }
+}
+
+/// The run's wall clock: when it started, and the window the step log's samples/s is measured over.
+struct Clock {
+    started: Instant,
+    /// Start of the current window (restarted every 30 s) and the samples seen in it.
+    since: (Instant, u64),
+}
+
+impl Clock {
+    /// Counts `samples` into the current window; returns its samples per second, and starts a
+    /// new window once this one is past 30 s.
+    fn count(&mut self, samples: u64) -> f64 {
+        self.since.1 += samples;
+        let elapsed = self.since.0.elapsed().as_secs_f64();
+        let rate = self.since.1 as f64 / elapsed;
+        if elapsed > 30.0 {
+            self.since = (Instant::now(), 0);
+        }
+        rate
+    }
 }
 
 /// What the QAT phase decided for one step.
@@ -213,22 +287,19 @@ impl<'d> Session<'d> {
             teacher,
             distill: loss.distill,
             pruners,
-            fingerprint,
-            ckpt_dir: cfg.output_dir.join("checkpoints"),
-            log: None,
+            checkpoints: Checkpoints {
+                dir: cfg.output_dir.join("checkpoints"),
+                fingerprint,
+                written: None,
+                resumed_from: None,
+            },
+            records: Records::default(),
             abort_at: std::env::var("SPARSEC_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok()),
-            checkpointed: None,
             samples_seen: 0,
-            evals: Vec::new(),
-            resumed_from: None,
             sparsity_now: 0.0,
             last_loss: None,
-            order: Vec::new(),
-            order_epoch: u64::MAX,
-            since: (now, 0),
-            started: now,
-            pruning: Vec::new(),
-            events: None,
+            order: BatchOrder { epoch: u64::MAX, windows: Vec::new() },
+            clock: Clock { started: now, since: (now, 0) },
         };
         s.start(progress)?;
         Ok(s)
@@ -245,35 +316,35 @@ impl<'d> Session<'d> {
         if self.first_step == 0 {
             std::fs::write(&log_path, b"").with_context(|| format!("cannot write '{}'", log_path.display()))?;
         }
-        self.log = Some(
+        self.records.log = Some(
             std::fs::OpenOptions::new()
                 .append(true)
                 .open(&log_path)
                 .with_context(|| format!("cannot write '{}'", log_path.display()))?,
         );
         let kept = super::tensorboard::read_log(&log_path);
-        self.events = Some(super::tensorboard::TrainEvents::open(&cfg.output_dir, &kept, &self.evals)?);
+        self.records.events = Some(super::tensorboard::TrainEvents::open(&cfg.output_dir, &kept, &self.records.evals)?);
         for (name, value) in self.run.mask_inputs() {
             self.stepper.set_fixed(&name, value);
         }
         self.sparsity_now = self.run.sparsity().1;
-        self.started = Instant::now();
-        self.since = (Instant::now(), 0);
+        self.clock.started = Instant::now();
+        self.clock.since = (Instant::now(), 0);
         Ok(())
     }
 
     fn resume(&mut self, log_path: &Path, progress: &mut dyn Progress) -> Result<()> {
-        let Some(path) = latest_checkpoint(&self.ckpt_dir)? else {
+        let Some(path) = latest_checkpoint(&self.checkpoints.dir)? else {
             progress.message("no checkpoint to resume from: starting from scratch");
             return Ok(());
         };
         let (tensors, state): (BTreeMap<String, NamedTensor>, CheckpointState) = checkpoint::load(&path)?;
-        if state.fingerprint != self.fingerprint {
+        if state.fingerprint != self.checkpoints.fingerprint {
             bail!(
                 "checkpoint '{}' was made with different settings ({}); now {}",
                 path.display(),
                 state.fingerprint,
-                self.fingerprint
+                self.checkpoints.fingerprint
             );
         }
         restore(&mut self.stepper, &mut self.run, &tensors)
@@ -290,8 +361,8 @@ impl<'d> Session<'d> {
         self.run.qat_started = state.qat_started;
         self.first_step = state.step;
         self.samples_seen = state.samples_seen;
-        self.evals = state.evals;
-        self.resumed_from = Some(self.first_step);
+        self.records.evals = state.evals;
+        self.checkpoints.resumed_from = Some(self.first_step);
         truncate_log(log_path, self.first_step)?;
         progress.message(&format!("resumed from '{}' at step {}", path.display(), self.first_step));
         Ok(())
@@ -300,17 +371,7 @@ impl<'d> Session<'d> {
     /// One step: every phase in order.
     fn run_step(&mut self, step: u64, progress: &mut dyn Progress) -> Result<()> {
         let step_started = Instant::now();
-        let epoch_idx = step / self.steps.per_epoch;
-        if self.order_epoch != epoch_idx {
-            let windows = &self.data.windows;
-            self.order = if self.cfg.group_by_length {
-                let lengths: Vec<usize> = windows.iter().map(|w| w.window.len()).collect();
-                grouped_epoch_order(&lengths, self.cfg.batch_size, self.cfg.seed, epoch_idx)
-            } else {
-                epoch_order(windows.len(), self.cfg.seed, epoch_idx)
-            };
-            self.order_epoch = epoch_idx;
-        }
+        self.order.at_epoch(self.cfg, self.data, step / self.steps.per_epoch);
         self.mask_update(step, progress)?;
         let qat = self.qat_switch(step)?;
         let entry = self.train_step(step, qat, step_started)?;
@@ -324,7 +385,7 @@ impl<'d> Session<'d> {
             self.checkpoint(done)?;
         }
         if self.abort_at == Some(done) {
-            if let Some(l) = self.log.as_mut() {
+            if let Some(l) = self.records.log.as_mut() {
                 l.flush().ok();
             }
             std::process::abort();
@@ -384,7 +445,7 @@ impl<'d> Session<'d> {
                     report.seconds,
                     report.state_bytes as f64 / 1e6
                 ));
-                self.pruning.push(report);
+                self.records.pruning.push(report);
             }
         }
         apply_masks(&mut self.stepper, &self.run);
@@ -431,8 +492,10 @@ impl<'d> Session<'d> {
         }
         let start = within * cfg.batch_size;
         let windows = &self.data.windows;
-        let rows: Vec<&TrainWindow> =
-            self.order[start..(start + cfg.batch_size).min(self.order.len())].iter().map(|&i| &windows[i]).collect();
+        let rows: Vec<&TrainWindow> = self.order.windows[start..(start + cfg.batch_size).min(self.order.windows.len())]
+            .iter()
+            .map(|&i| &windows[i])
+            .collect();
         let layout = &self.data.layout;
         let mut batch = layout.training_inputs(&rows);
         let teacher_names: Vec<String>;
@@ -486,7 +549,7 @@ impl<'d> Session<'d> {
             }
         }
         self.samples_seen += rows.len() as u64;
-        self.since.1 += rows.len() as u64;
+        let samples_per_second = self.clock.count(rows.len() as u64);
         let part = |name: &str| self.loss_parts.iter().position(|p| p == name).map(|i| stats.watched[i]);
         let entry = StepLog {
             step,
@@ -499,18 +562,11 @@ impl<'d> Session<'d> {
             grad_norm: stats.grad_norm,
             sparsity: self.sparsity_now,
             qat: qat.on,
-            samples_per_second: self.since.1 as f64 / self.since.0.elapsed().as_secs_f64(),
+            samples_per_second,
             step_seconds: step_started.elapsed().as_secs_f64(),
             seq_len: rows.iter().map(|w| w.window.len()).max().unwrap_or(0).max(layout.pad_to.unwrap_or(0)),
         };
-        if self.since.0.elapsed().as_secs_f64() > 30.0 {
-            self.since = (Instant::now(), 0);
-        }
-        let log = self.log.as_mut().context("the step log is not open")?;
-        writeln!(log, "{}", serde_json::to_string(&entry)?).context("cannot append to train_log.jsonl")?;
-        if let Some(t) = self.events.as_mut() {
-            t.step(&entry)?;
-        }
+        self.records.step(&entry)?;
         self.last_loss = Some(stats.loss);
         Ok(entry)
     }
@@ -531,10 +587,10 @@ impl<'d> Session<'d> {
         };
         progress.message(&format!("epoch {:.2}: exact_match {:.2} f1 {:.2}", rec.epoch, rec.exact_match, rec.f1));
         tracing::info!(epoch = rec.epoch, em = rec.exact_match, f1 = rec.f1, "evaluation");
-        if let Some(t) = self.events.as_mut() {
+        if let Some(t) = self.records.events.as_mut() {
             t.eval(&rec)?;
         }
-        self.evals.push(rec);
+        self.records.evals.push(rec);
         Ok(())
     }
 
@@ -547,8 +603,8 @@ impl<'d> Session<'d> {
             adam_step: self.stepper.optimizer.step,
             samples_seen: self.samples_seen,
             qat_started: self.run.qat_started,
-            fingerprint: self.fingerprint.clone(),
-            evals: self.evals.clone(),
+            fingerprint: self.checkpoints.fingerprint.clone(),
+            evals: self.records.evals.clone(),
         };
         let mut tensors = snapshot(&self.stepper, &self.run);
         for (i, p) in &self.pruners {
@@ -556,28 +612,28 @@ impl<'d> Session<'d> {
                 tensors.push(NamedTensor { name: format!("pruner/{i}/{name}"), shape: vec![data.len()], data });
             }
         }
-        checkpoint::save(&self.ckpt_dir, &format!("step-{done:09}"), &tensors, &state)?;
-        self.checkpointed = Some(done);
-        prune_checkpoints(&self.ckpt_dir, self.cfg.save_total_limit)
+        checkpoint::save(&self.checkpoints.dir, &format!("step-{done:09}"), &tensors, &state)?;
+        self.checkpoints.written = Some(done);
+        prune_checkpoints(&self.checkpoints.dir, self.cfg.save_total_limit)
     }
 
     /// Stop phase: checkpoints step `done` (unless that step was just saved) and flushes the step
     /// log; returns the checkpoint's path.
     fn interrupt(&mut self, done: u64) -> Result<String> {
-        if self.checkpointed != Some(done) {
+        if self.checkpoints.written != Some(done) {
             self.checkpoint(done)?;
         }
-        if let Some(l) = self.log.as_mut() {
+        if let Some(l) = self.records.log.as_mut() {
             let path = self.cfg.output_dir.join("train_log.jsonl");
             l.flush().with_context(|| format!("cannot write '{}'", path.display()))?;
         }
-        Ok(self.ckpt_dir.join(format!("step-{done:09}")).display().to_string())
+        Ok(self.checkpoints.dir.join(format!("step-{done:09}")).display().to_string())
     }
 
     /// Writes the trained folder and the summary.
     fn finish(self) -> Result<TrainSummary> {
         let cfg = self.cfg;
-        let seconds = self.started.elapsed().as_secs_f64();
+        let seconds = self.clock.started.elapsed().as_secs_f64();
         let quant_final = self.schedule.quantization(self.steps.epochs).is_some_and(|q| q.enabled)
             || self.run.qat_started && self.run.has_quant();
         let bound = eval_bindings(&self.stepper, &self.run, quant_final && self.run.has_quant());
@@ -601,9 +657,9 @@ impl<'d> Session<'d> {
             quantized: quant_final && self.run.has_quant(),
             distillation: self.distill,
             one_shot: false,
-            evals: self.evals,
-            resumed_from_step: self.resumed_from,
-            pruning: self.pruning,
+            evals: self.records.evals,
+            resumed_from_step: self.checkpoints.resumed_from,
+            pruning: self.records.pruning,
         };
         crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
         Ok(summary)
