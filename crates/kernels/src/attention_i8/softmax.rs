@@ -1,5 +1,6 @@
 //! The f32 steps of one query row (`attention_i8`'s module doc): i32 scores → `Cast`, `Mul`,
-//! `QuantizeLinear`, `DequantizeLinear`, `Div`, `Add` mask → softmax → `QuantizeLinear`.
+//! `QuantizeLinear` (the graph's exact division), then the dequantized score over the divisor as
+//! one multiply, `Add` mask → softmax → `QuantizeLinear` as one multiply by `1/Σ / scale`.
 //!
 //! Written once as portable element-wise code with a fixed order for every reduction (16 partial
 //! sums, then a fixed tree), and inlined into each ISA's task (`attention_i8.rs`), which the
@@ -37,11 +38,22 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
-    for c in x.chunks(LANES) {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
         }
     }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += v;
+    }
+    tree(acc)
+}
+
+/// The lanes' partial sums added pairwise: `acc[l] += acc[l + 8]`, then `+ acc[l + 4]`, … .
+#[inline(always)]
+fn tree(mut acc: [f32; LANES]) -> f32 {
     let mut w = LANES / 2;
     while w > 0 {
         for l in 0..w {
@@ -52,28 +64,73 @@ pub fn sum(x: &[f32]) -> f32 {
     acc[0]
 }
 
-/// One row: `out[j] = QL_probs(softmax_j(DQ(QL(scores[j] · mul)) / divisor + mask[j]))`.
+/// The constants of [`row`], derived once per kernel from its [`QuantAttentionParams`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowConsts {
+    /// `scores_mul`, and the scores' scale and zero point (as f32).
+    pub mul: f32,
+    pub scale: f32,
+    pub zero: f32,
+    /// `scores.scale / divisor`, rounded once: the dequantized score over the divisor is
+    /// `(level − zero)·step`.
+    pub step: f32,
+    /// The probabilities' scale and zero point (as f32).
+    pub probs_scale: f32,
+    pub probs_zero: f32,
+}
+
+impl RowConsts {
+    pub fn new(p: &QuantAttentionParams) -> RowConsts {
+        RowConsts {
+            mul: p.scores_mul,
+            scale: p.scores.scale,
+            zero: f32::from(p.scores.zero_point),
+            step: p.scores.scale / p.divisor,
+            probs_scale: p.probs.scale,
+            probs_zero: f32::from(p.probs.zero_point),
+        }
+    }
+}
+
+/// One row: `out[j] = QL_probs(softmax_j((QL(scores[j] · mul) − zero)·step + mask[j]))`, with
+/// the softmax as `e_j · (1/Σe / probs_scale)` where `e_j = exp(x_j − max)`. Against the graph,
+/// the scores' `DequantizeLinear` and `Div` are one multiply by `step` and the probabilities'
+/// `1/Σ` and `QuantizeLinear` division one multiply: one rounding each instead of two, which moves
+/// an `x` by at most an ulp (an f32 division per element costs more than the rest of the row).
 #[inline(always)]
-pub(super) fn row(p: &QuantAttentionParams, scores: &[i32], mask: Option<&[f32]>, row: &mut [f32], out: &mut [u8]) {
-    let (m1, sa, za, div) = (p.scores_mul, p.scores.scale, f32::from(p.scores.zero_point), p.divisor);
+pub fn row(c: &RowConsts, scores: &[i32], mask: Option<&[f32]>, row: &mut [f32], out: &mut [u8]) {
+    let (mul, sa, za, step) = (c.mul, c.scale, c.zero, c.step);
     for (x, &a) in row.iter_mut().zip(scores) {
-        let q = ((a as f32 * m1 / sa).round_ties_even() + za).clamp(0.0, 255.0);
-        *x = (q - za) * sa / div;
+        let q = ((a as f32 * mul / sa).round_ties_even() + za).clamp(0.0, 255.0);
+        *x = (q - za) * step;
     }
     if let Some(m) = mask {
         row.iter_mut().zip(m).for_each(|(x, &b)| *x += b);
     }
+    let max = max(row);
+    row.iter_mut().for_each(|x| *x = exp(*x - max));
+    let r = 1.0 / sum(row) / c.probs_scale;
+    let zp = c.probs_zero;
+    for (o, &x) in out.iter_mut().zip(row.iter()) {
+        *o = small_int_to_u8(((x * r).round_ties_even() + zp).clamp(0.0, 255.0));
+    }
+}
+
+/// The largest of `x` (`−∞` for none), by a compare-and-select per lane that the compiler keeps
+/// in one register (`f32::max`'s NaN rule costs a compare and a blend per step; the scores are
+/// never NaN).
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
     let mut mx = [f32::NEG_INFINITY; LANES];
-    for c in row.chunks(LANES) {
-        for (a, &v) in mx.iter_mut().zip(c) {
-            *a = a.max(v);
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
         }
     }
-    let max = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|x| *x = exp(*x - max));
-    let r = 1.0 / sum(row);
-    let (sp, zp) = (p.probs.scale, f32::from(p.probs.zero_point));
-    for (o, &x) in out.iter_mut().zip(row.iter()) {
-        *o = small_int_to_u8(((x * r / sp).round_ties_even() + zp).clamp(0.0, 255.0));
+    for (m, &v) in mx.iter_mut().zip(tail) {
+        *m = if v > *m { v } else { *m };
     }
+    mx.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
 }
