@@ -10,7 +10,7 @@
 //! kernel chosen at creation runs: AVX-512 VNNI (`vpdpbusd`, 64-token tiles), AVX2 (`vpmaddwd` on
 //! i16-widened operands, exact, 16-token tiles) or portable scalar. On AVX-512 VNNI a layer whose
 //! zeros come in aligned input quads per channel (SparseML's `block4`, `[1, 4]`) is packed one quad
-//! per channel per group instead (`blocks::pack_quads`) when that stores fewer weights, and its
+//! per channel per group instead (`blocks::pack_quads`) when that stores under half the weights, and its
 //! tiles are interleaved into quads once, so the kernel multiplies each channel's own quads only. The kernel leaves i32
 //! accumulators token-major; the safe epilogue (`epilogue.rs`) turns them into f32 rows of `y`.
 //! All scratch is per call: the layer holds no mutable state.
@@ -118,12 +118,15 @@ impl LinearI8 {
     ) -> Result<LinearI8, KernelError> {
         validate_weight_shape(w.len(), k, n)?;
         let union = pack_blocks(w, k, n);
-        // On AVX-512 VNNI, `[1, 4]` (and any) zeros that leave fewer multiplies per channel's
-        // quads than per block's union run on the quad kernel.
+        // On AVX-512 VNNI, `[1, 4]` (and any) zeros whose per-channel quads store well under half
+        // the block union's weights run on the quad kernel: it loads one activation register per
+        // `vpdpbusd` where the union kernel loads one per four, so a stored weight costs it about
+        // twice as much (`kernel_bench --pattern 1x4`, 384→1536: 1.13x the union's time at 50%,
+        // 0.94x at 90%, where it stores 0.6x and 0.42x as many).
         let quads = (isa == Isa::Avx512Vnni)
             .then(|| pack_quads(w, k, n, &union.stats))
             .flatten()
-            .filter(|q| q.stats.stored < union.stats.stored);
+            .filter(|q| 2 * q.stats.stored < union.stats.stored);
         let quad = quads.is_some();
         let mut layer = Self::finish(quads.unwrap_or(union), w_scale, bias, isa)?;
         layer.quads = quad;

@@ -186,8 +186,9 @@ fn large_layers_are_bit_exact_on_every_isa() {
     }
 }
 
-/// `[1, 4]` layers (SparseML's `block4`): on AVX-512 VNNI they run on the quad kernel (one quad per
-/// channel per group), which must store fewer weights than the union and give the exact sums
+/// `[1, 4]` layers (SparseML's `block4`): on AVX-512 VNNI, at 80–90% on MiniLM's widths, they run on
+/// the quad kernel (one quad per channel per group), which must store under half the union's
+/// weights (its condition) and give the exact sums
 /// every other ISA gives; its forward pass (epilogue, bias, GELU, residual) is bit-identical to
 /// AVX2's, which shares the epilogue and runs the union layout.
 #[test]
@@ -209,9 +210,9 @@ fn block1x4_layers_run_on_the_quad_kernel_bit_exact() {
         let mut forwards = vec![];
         for &isa in &isas {
             let lin = LinearI8::new(&w, k, n, &scales, Some(&bias), isa).unwrap();
-            if isa == Isa::Avx512Vnni && s > 0.0 {
+            if isa == Isa::Avx512Vnni && s >= 0.8 && k >= 384 {
                 let stored = lin.stats().stored;
-                assert!(stored < union_stored, "K={k} N={n} {s}: quads store {stored}, the union {union_stored}");
+                assert!(2 * stored < union_stored, "K={k} N={n} {s}: quads store {stored}, the union {union_stored}");
             }
             let mut got = vec![i32::MIN; t * n];
             lin.matmul_u8_i32(&xq, t, &mut got, &Threads(2)).unwrap();
