@@ -10,17 +10,13 @@
 //!
 //! The two integer products are exact on every ISA (`attention_i8/gemm.rs`: `vpdpbusd` with
 //! zero-point correction sums on AVX-512 VNNI, `vpmaddwd` on zero-point-subtracted i16 on AVX2,
-//! i32 in scalar code). The f32 steps of a row are one portable function (`attention_i8/softmax.rs`)
-//! with fixed reduction orders, and each task is compiled per ISA (vectorised element-wise code, no
-//! FMA contraction), so every ISA gives the same bits. Against the graph, the row takes two
-//! shortcuts, each one rounding instead of two: `DQ` then `/ divisor` is one multiply by
-//! `scale / divisor`, and the softmax's `1/Σ` then the probabilities' `QL` division is one multiply
-//! by `1/Σ / scale` (an f32 division per score cost more than the rest of the row). The softmax is
-//! max-subtracted with a Cephes-style polynomial `exp`: not ONNX Runtime's own `exp` nor its
-//! summation order. So a probability can land one quantization step of `probs` away from the
-//! graph's where it lies within an ulp or two of a rounding boundary (and the quantizations that
-//! follow then absorb or pass on that step); the scores' own quantization (`QL` after
-//! `scores_mul`) is the graph's exactly.
+//! i32 in scalar code). The f32 steps of a row are one portable function in the graph's operation
+//! order (`attention_i8/softmax.rs`) with fixed reduction orders, and each task is compiled per ISA
+//! (vectorised element-wise code, FMAs only where written), so every ISA gives the same bits. The
+//! softmax is max-subtracted with a Cephes-style polynomial `exp` and a multiply by `1/Σ`: not ONNX
+//! Runtime's own `exp` nor its summation order, so a probability can land one quantization step of
+//! `probs` away from the graph's where it lies within an ulp or two of a rounding boundary (and the
+//! quantizations that follow then absorb or pass on that step).
 //!
 //! Work is one task per (batch, head) through [`Parallel`]; a task quantizes and packs its head's
 //! K and V once, then handles `TILE` query rows at a time, so the tile's i32 scores and u8

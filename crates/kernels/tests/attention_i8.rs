@@ -1,10 +1,9 @@
 //! Quantized attention (`attention_i8`) on every ISA this CPU runs, against a naive evaluation of
 //! the exported graph written here: `QuantizeLinear`, `MatMulInteger` in i32 by definition, the
-//! f32 chain in the graph's order with the kernel's two one-multiply shortcuts (dequantize-and-
-//! divide as `· scale/divisor`, `1/Σ` and the probabilities' quantizing division as
-//! `· (1/Σ / scale)`), and a softmax with the same formula as the kernel's (max subtracted, the
-//! kernel's `exp`, its summation order). The integer products are exact and the f32 steps are the
-//! same operations in the same order, so the comparison is bit for bit.
+//! f32 chain in the graph's order, and a softmax with the same formula as the kernel's (max
+//! subtracted, the kernel's `exp`, its summation order, times `1/Σ`). The integer products are
+//! exact and the f32 steps are the same operations in the same order, so the comparison is bit for
+//! bit.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -80,8 +79,7 @@ fn reference(
             for i in 0..s {
                 let mut row: Vec<f32> = (0..s)
                     .map(|j| {
-                        let level = p.scores.quantize(a[i * s + j] as f32 * p.scores_mul);
-                        let x = (f32::from(level) - f32::from(p.scores.zero_point)) * (p.scores.scale / p.divisor);
+                        let x = p.scores.dequantize(p.scores.quantize(a[i * s + j] as f32 * p.scores_mul)) / p.divisor;
                         mask.map_or(x, |m| x + m[b * s + j])
                     })
                     .collect();
@@ -89,10 +87,9 @@ fn reference(
                 for x in row.iter_mut() {
                     *x = softmax_exp(*x - max);
                 }
-                let r = 1.0 / softmax_sum(&row) / p.probs.scale;
+                let sum = softmax_sum(&row);
                 for (j, x) in row.iter().enumerate() {
-                    let level = (x * r).round_ties_even() + f32::from(p.probs.zero_point);
-                    probs[i * s + j] = level.clamp(0.0, 255.0) as u8;
+                    probs[i * s + j] = p.probs.quantize(x * (1.0 / sum));
                 }
             }
             let c = naive_matmul(&probs, p.probs.zero_point, &va, p.v.zero_point, s, s, d);
