@@ -12,10 +12,11 @@
 //! zero-point correction sums on AVX-512 VNNI, `vpmaddwd` on zero-point-subtracted i16 on AVX2,
 //! i32 in scalar code). The f32 steps of a row are one portable function in the graph's operation
 //! order (`attention_i8/softmax.rs`) with fixed reduction orders, and each task is compiled per ISA
-//! (vectorised element-wise code, no FMA contraction), so every ISA gives the same bits. The softmax is max-subtracted with a Cephes-style polynomial `exp` and a
-//! multiply by `1/Σ`: not ONNX Runtime's own `exp` nor its summation order, so a probability can
-//! land one quantization step of `probs` away from the graph's where it lies within an ulp or two
-//! of a rounding boundary (and the quantizations that follow then absorb or pass on that step).
+//! (vectorised element-wise code, FMAs only where written), so every ISA gives the same bits. The
+//! softmax is max-subtracted with a Cephes-style polynomial `exp` and a multiply by `1/Σ`: not ONNX
+//! Runtime's own `exp` nor its summation order, so a probability can land one quantization step of
+//! `probs` away from the graph's where it lies within an ulp or two of a rounding boundary (and the
+//! quantizations that follow then absorb or pass on that step).
 //!
 //! Work is one task per (batch, head) through [`Parallel`]; a task quantizes and packs its head's
 //! K and V once, then handles `TILE` query rows at a time, so the tile's i32 scores and u8
@@ -111,6 +112,7 @@ pub struct QuantAttention {
     heads: usize,
     head_dim: usize,
     params: QuantAttentionParams,
+    row: softmax::RowConsts,
     gemm: Gemm,
     task: TaskFn,
     isa: Isa,
@@ -133,7 +135,15 @@ impl QuantAttention {
             Isa::Avx2 => tasks::avx2,
             _ => tasks::portable,
         };
-        Ok(QuantAttention { heads, head_dim, params, gemm: Gemm::new(isa), task, isa })
+        Ok(QuantAttention {
+            heads,
+            head_dim,
+            params,
+            row: softmax::RowConsts::new(&params),
+            gemm: Gemm::new(isa),
+            task,
+            isa,
+        })
     }
 
     pub fn isa(&self) -> Isa {
@@ -224,19 +234,16 @@ impl Head<'_> {
         let (s, d, p) = (self.seq, self.a.head_dim, &self.a.params);
         let hd = self.a.heads * d;
         let gemm = &self.a.gemm;
-        // Quantized in place (not through iterator adaptors, which would not be inlined into the
-        // ISA's instantiation); K transposed to `[D, S]`.
-        let (mut qa, mut va, mut kt) = (vec![0u8; s * d], vec![0u8; s * d], vec![0u8; d * s]);
+        // Each head's token rows quantized (contiguous, so vectorised), then packed: K as `kᵀ`.
+        let (mut qa, mut ka, mut va) = (vec![0u8; s * d], vec![0u8; s * d], vec![0u8; s * d]);
         for t in 0..s {
             let at = (b * s + t) * self.row_stride + h * d;
-            let (q, k, v) = (&self.q[at..at + d], &self.k[at..at + d], &self.v[at..at + d]);
-            for dd in 0..d {
-                qa[t * d + dd] = p.q.quantize(q[dd]);
-                va[t * d + dd] = p.v.quantize(v[dd]);
-                kt[dd * s + t] = p.k.quantize(k[dd]);
-            }
+            let dst = t * d..(t + 1) * d;
+            quantize_row(p.q, &self.q[at..at + d], &mut qa[dst.clone()]);
+            quantize_row(p.k, &self.k[at..at + d], &mut ka[dst.clone()]);
+            quantize_row(p.v, &self.v[at..at + d], &mut va[dst]);
         }
-        let kp = gemm.pack(&kt, s, d, s, p.k.zero_point);
+        let kp = gemm.pack_transposed(&ka, d, s, p.k.zero_point);
         let vp = gemm.pack(&va, d, s, d, p.v.zero_point);
         let mut scores = vec![0i32; TILE * s];
         let mut probs = vec![0u8; TILE * s];
@@ -246,7 +253,13 @@ impl Head<'_> {
             let m = (s - r0).min(TILE);
             gemm.product(&qa[r0 * d..], d, m, p.q.zero_point, &kp, &mut scores, s);
             for i in 0..m {
-                softmax::row(p, &scores[i * s..(i + 1) * s], self.mask, &mut row, &mut probs[i * s..(i + 1) * s]);
+                softmax::row(
+                    &self.a.row,
+                    &scores[i * s..(i + 1) * s],
+                    self.mask,
+                    &mut row,
+                    &mut probs[i * s..(i + 1) * s],
+                );
             }
             gemm.product(&probs, s, m, p.probs.zero_point, &vp, &mut ctx, d);
             for i in 0..m {
@@ -259,6 +272,14 @@ impl Head<'_> {
                 }
             }
         }
+    }
+}
+
+/// `out[i] = QL(x[i]; q)`, inlined into each ISA's task.
+#[inline(always)]
+fn quantize_row(q: Quant, x: &[f32], out: &mut [u8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = q.quantize(v);
     }
 }
 

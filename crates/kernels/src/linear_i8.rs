@@ -8,14 +8,17 @@
 //! transposed once into `[K][TW]` (tokens contiguous, padded with the zero point): by the task
 //! itself, just before use, when tasks own whole tiles, else for all tiles up front. Then the ISA
 //! kernel chosen at creation runs: AVX-512 VNNI (`vpdpbusd`, 64-token tiles), AVX2 (`vpmaddwd` on
-//! i16-widened operands, exact, 16-token tiles) or portable scalar. The kernel leaves i32
+//! i16-widened operands, exact, 16-token tiles) or portable scalar. On AVX-512 VNNI a layer whose
+//! zeros come in aligned input quads per channel (SparseML's `block4`, `[1, 4]`) is packed one quad
+//! per channel per group instead (`blocks::pack_quads`) when that stores under half the weights, and its
+//! tiles are interleaved into quads once, so the kernel multiplies each channel's own quads only. The kernel leaves i32
 //! accumulators token-major; the safe epilogue (`epilogue.rs`) turns them into f32 rows of `y`.
 //! All scratch is per call: the layer holds no mutable state.
 
 use std::fmt;
 use std::ops::Range;
 
-use crate::blocks::{pack_blocks, validate_weight_shape, Blocks, BLOCK, GROUP, GW};
+use crate::blocks::{pack_blocks, pack_quads, validate_weight_shape, Blocks, BLOCK, GROUP, GW};
 use crate::cpu::Isa;
 use crate::epilogue::{epilogue_i8, store_i32, EpiI8};
 use crate::error::{check_len, kerr};
@@ -91,6 +94,9 @@ pub struct LinearI8 {
     int_bias: Vec<i32>,
     requant: Option<Requant>,
     isa: Isa,
+    /// `blocks` holds one quad per channel per group (`pack_quads`, AVX-512 only), and the
+    /// activation tiles are interleaved into quads before the kernel.
+    quads: bool,
 }
 
 impl fmt::Debug for LinearI8 {
@@ -111,7 +117,20 @@ impl LinearI8 {
         isa: Isa,
     ) -> Result<LinearI8, KernelError> {
         validate_weight_shape(w.len(), k, n)?;
-        Self::finish(pack_blocks(w, k, n), w_scale, bias, isa)
+        let union = pack_blocks(w, k, n);
+        // On AVX-512 VNNI, `[1, 4]` (and any) zeros whose per-channel quads store well under half
+        // the block union's weights run on the quad kernel: it loads one activation register per
+        // `vpdpbusd` where the union kernel loads one per four, so a stored weight costs it about
+        // twice as much (`kernel_bench --pattern 1x4`, 384→1536: 1.13x the union's time at 50%,
+        // 0.94x at 90%, where it stores 0.6x and 0.42x as many).
+        let quads = (isa == Isa::Avx512Vnni)
+            .then(|| pack_quads(w, k, n, &union.stats))
+            .flatten()
+            .filter(|q| 2 * q.stats.stored < union.stats.stored);
+        let quad = quads.is_some();
+        let mut layer = Self::finish(quads.unwrap_or(union), w_scale, bias, isa)?;
+        layer.quads = quad;
+        Ok(layer)
     }
 
     /// A layer from the stored form of its weights ([`packed`], e.g. `ai.sparsec::SparseLinear`'s
@@ -158,7 +177,7 @@ impl LinearI8 {
             blocks.stats.bytes += w16.len() * 2 - blocks.w.len();
             blocks.w = Vec::new();
         }
-        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, int_bias: Vec::new(), requant: None, isa })
+        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, int_bias: Vec::new(), requant: None, isa, quads: false })
     }
 
     /// The layer with its output requantized before the bias ([`Requant`]: ONNX `QLinearMatMul`).
@@ -289,8 +308,15 @@ impl LinearI8 {
             (Isa::Avx2, ActsMut::I16(out)) => unsafe { avx2::prep_i16(rows, k, t0, tvalid, rowbuf, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `finish` admitted AVX-512 only on a CPU that also has AVX2; `rowbuf` holds
-            // 16·K and `out` is one tile of K·64, 64 a multiple of 16.
-            (Isa::Avx512Vnni, ActsMut::U8(out)) => unsafe { avx2::prep_u8(rows, k, t0, tvalid, tw, rowbuf, out) },
+            // 16·K and `out` is one tile of K·64, 64 a multiple of 16; `interleave_quads` needs
+            // AVX-512 F/BW, which VNNI's admission implies.
+            (Isa::Avx512Vnni, ActsMut::U8(out)) => unsafe {
+                avx2::prep_u8(rows, k, t0, tvalid, tw, rowbuf, out);
+                if self.quads {
+                    // `pack_quads` made the blocks only for K a multiple of 4.
+                    avx512::interleave_quads(out, k)
+                }
+            },
             (_, ActsMut::U8(out)) => prep_tile(rows, k, t0, tvalid, tw, rowbuf, out),
             (_, ActsMut::I16(out)) => prep_tile(rows, k, t0, tvalid, tw, rowbuf, out),
         }
@@ -360,6 +386,14 @@ impl LinearI8 {
                     let ld = (be - bs) * BLOCK;
                     let acc = &mut acc[..tw * ld];
                     match (self.isa, acts) {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
+                        // one tile of K·64 interleaved by `prep_one`, and every stored index is a
+                        // quad start `k0` with `k0 + 4 ≤ K` (`pack_quads`); the weights hold 16
+                        // per group; `acc` was cut to 64·ld.
+                        (Isa::Avx512Vnni, ActsRef::U8(xt)) if self.quads => unsafe {
+                            avx512::tile_quads(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
+                        },
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
                         // one tile of K·64 and every stored index is < K (`pack_blocks` takes

@@ -186,6 +186,50 @@ fn large_layers_are_bit_exact_on_every_isa() {
     }
 }
 
+/// `[1, 4]` layers (SparseML's `block4`): on AVX-512 VNNI, at 80–90% on MiniLM's widths, they run on
+/// the quad kernel (one quad per channel per group), which must store under half the union's
+/// weights (its condition) and give the exact sums
+/// every other ISA gives; its forward pass (epilogue, bias, GELU, residual) is bit-identical to
+/// AVX2's, which shares the epilogue and runs the union layout.
+#[test]
+fn block1x4_layers_run_on_the_quad_kernel_bit_exact() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let isas = isas();
+    for (t, k, n, s) in
+        [(1, 64, 4, 0.5), (63, 384, 384, 0.9), (130, 384, 1536, 0.8), (65, 1536, 37, 0.9), (3, 8, 6, 0.0)]
+    {
+        let w = weights(&mut rng, k, n, Gen::B1x4(s));
+        let xq: Vec<u8> = (0..t * k).map(|_| rng.random()).collect();
+        let want = reference_i32(&xq, &w, t, k, n);
+        let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let res: Vec<f32> = (0..t * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let scales: Vec<f32> = (0..n).map(|_| rng.random_range(0.001f32..0.01)).collect();
+        let union_stored = LinearI8::new(&w, k, n, &scales, Some(&bias), Isa::Scalar).unwrap().stats().stored;
+        let act = ActQuant::Static { scale: 0.02, zero_point: 131 };
+        let mut forwards = vec![];
+        for &isa in &isas {
+            let lin = LinearI8::new(&w, k, n, &scales, Some(&bias), isa).unwrap();
+            if isa == Isa::Avx512Vnni && s >= 0.8 && k >= 384 {
+                let stored = lin.stats().stored;
+                assert!(2 * stored < union_stored, "K={k} N={n} {s}: quads store {stored}, the union {union_stored}");
+            }
+            let mut got = vec![i32::MIN; t * n];
+            lin.matmul_u8_i32(&xq, t, &mut got, &Threads(2)).unwrap();
+            assert_eq!(got, want, "{isa} T={t} K={k} N={n} [1,4] {s}");
+            let mut y = vec![f32::NAN; t * n];
+            lin.forward(&x, t, act, Epilogue::Gelu, Some(&res), &mut y, &Threads(3)).unwrap();
+            if isa != Isa::Scalar {
+                forwards.push((isa, y));
+            }
+        }
+        if let [(a, ya), (b, yb)] = &forwards[..] {
+            let same = ya.iter().zip(yb).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "T={t} K={k} N={n} [1,4] {s}: {a} and {b} forwards differ");
+        }
+    }
+}
+
 fn quantize_ref(v: f32, s: f32, zp: u8) -> u8 {
     let r = (v / s).round_ties_even() + zp as f32;
     r.clamp(0.0, 255.0) as u8

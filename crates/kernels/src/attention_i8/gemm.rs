@@ -48,17 +48,60 @@ impl Gemm {
     /// `b [k, n]` (row `r` at `b[r·ldb..]`) packed for this kernel.
     pub(crate) fn pack(&self, b: &[u8], ldb: usize, k: usize, n: usize, zb: u8) -> Packed {
         assert!(k <= MAX_DEPTH && (k == 0 || n == 0 || b.len() >= (k - 1) * ldb + n) && ldb >= n);
+        if self.isa == Isa::Avx512Vnni && cfg!(target_arch = "x86_64") && k.is_multiple_of(4) {
+            // Each lane's 4-deep slice gathered from 4 rows as one word.
+            let (nb, k4) = (n.div_ceil(16), k / 4);
+            let mut bytes = vec![0u8; nb * k4 * 64];
+            let mut colsum = vec![0i32; nb * 16];
+            for q in 0..k4 {
+                let rows: [&[u8]; 4] = std::array::from_fn(|i| &b[(4 * q + i) * ldb..(4 * q + i) * ldb + n]);
+                for c in 0..n {
+                    let quad = [rows[0][c], rows[1][c], rows[2][c], rows[3][c]];
+                    colsum[c] += quad.iter().map(|&x| i32::from(x)).sum::<i32>();
+                    let at = ((c / 16 * k4 + q) * 16 + c % 16) * 4;
+                    bytes[at..at + 4].copy_from_slice(&(u32::from_le_bytes(quad) ^ 0x8080_8080).to_le_bytes());
+                }
+            }
+            return Packed { k, n, zb, bytes, colsum, words: Vec::new() };
+        }
+        self.pack_with(k, n, zb, |r, c| b[r * ldb + c])
+    }
+
+    /// `b = aᵀ [k, n]` packed for this kernel, from `a [n, k]` row-major (row `c` of `a` is column
+    /// `c` of `b`): on AVX-512 VNNI each 4-deep slice of a column is 4 adjacent bytes of `a`,
+    /// copied as one word.
+    pub(crate) fn pack_transposed(&self, a: &[u8], k: usize, n: usize, zb: u8) -> Packed {
+        assert!(k <= MAX_DEPTH && a.len() >= k * n);
+        if !(self.isa == Isa::Avx512Vnni && cfg!(target_arch = "x86_64") && k.is_multiple_of(4)) {
+            return self.pack_with(k, n, zb, |r, c| a[c * k + r]);
+        }
+        let (nb, k4) = (n.div_ceil(16), k / 4);
+        let mut bytes = vec![0u8; nb * k4 * 64];
+        let mut colsum = vec![0i32; nb * 16];
+        for (c, col) in a.chunks_exact(k).take(n).enumerate() {
+            colsum[c] = col.iter().map(|&x| i32::from(x)).sum();
+            for (q, quad) in col.chunks_exact(4).enumerate() {
+                let at = ((c / 16 * k4 + q) * 16 + c % 16) * 4;
+                let word = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]) ^ 0x8080_8080;
+                bytes[at..at + 4].copy_from_slice(&word.to_le_bytes());
+            }
+        }
+        Packed { k, n, zb, bytes, colsum, words: Vec::new() }
+    }
+
+    /// `B [k, n]` with `B[r, c] = at(r, c)` packed for this kernel.
+    fn pack_with(&self, k: usize, n: usize, zb: u8, at: impl Fn(usize, usize) -> u8) -> Packed {
         let mut p = Packed { k, n, zb, bytes: Vec::new(), colsum: Vec::new(), words: Vec::new() };
-        let at = |r: usize, c: usize| b[r * ldb + c];
         match self.isa {
             Isa::Avx512Vnni if cfg!(target_arch = "x86_64") => {
                 let (nb, k4) = (n.div_ceil(16), k.div_ceil(4));
                 p.bytes = vec![0u8; nb * k4 * 64];
                 p.colsum = vec![0i32; nb * 16];
                 for r in 0..k {
+                    let row = (r / 4) * 64 + r % 4;
                     for c in 0..n {
                         let x = at(r, c);
-                        p.bytes[((c / 16 * k4 + r / 4) * 16 + c % 16) * 4 + r % 4] = x ^ 0x80;
+                        p.bytes[(c / 16) * k4 * 64 + row + (c % 16) * 4] = x ^ 0x80;
                         p.colsum[c] += i32::from(x);
                     }
                 }

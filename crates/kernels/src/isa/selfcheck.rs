@@ -2,13 +2,15 @@
 //! (once per process) before it chooses AVX-512: small problems of every kernel kind on both ISAs.
 
 use crate::attention::{Attention, AttentionPrecision};
+use crate::attention_i8::{Quant, QuantAttention, QuantAttentionParams};
 use crate::cpu::Isa;
 use crate::linear_f32::LinearF32;
 use crate::linear_i8::{ActQuant, Epilogue, LinearI8};
 use crate::par::Serial;
 
 /// `Ok` when the AVX-512 kernels compute what the scalar kernels compute on small problems of
-/// every kind (integer products bit for bit; f32 outputs within 1e-5 relative); else what differs.
+/// every kind (integer products and int8 attention bit for bit; f32 outputs within 1e-5
+/// relative); else what differs.
 pub(super) fn avx512() -> Result<(), String> {
     let (k, n, t) = (70, 36, 67);
     let raw = values(k * n, 1);
@@ -16,22 +18,26 @@ pub(super) fn avx512() -> Result<(), String> {
     let sparse: Vec<i8> =
         raw.iter().enumerate().map(|(i, &v)| if (i / 4 + i / n) % 2 == 0 { (v * 127.0) as i8 } else { 0 }).collect();
     let dense: Vec<i8> = raw.iter().map(|&v| (v * 127.0) as i8).collect();
+    // [1, 4] quads at about 75% (K = 68, a multiple of 4: the quad kernel), on the first 68 rows.
+    let quads: Vec<i8> =
+        (0..68 * n).map(|i| if (i / n / 4 + i % n) % 4 == 0 { (raw[i] * 127.0) as i8 } else { 0 }).collect();
     let scale = values(n, 2).iter().map(|v| 0.01 + v.abs() * 0.01).collect::<Vec<_>>();
     let x = values(t * k, 3);
     let xq: Vec<u8> = x.iter().map(|&v| ((v + 1.0) * 127.5) as u8).collect();
-    for w in [&sparse, &dense] {
+    for (w, kw) in [(&sparse, k), (&dense, k), (&quads, 68)] {
+        let (k, x, xq) = (kw, &x[..t * kw], &xq[..t * kw]);
         let fast = LinearI8::new(w, k, n, &scale, None, Isa::Avx512Vnni).map_err(|e| e.to_string())?;
         let slow = LinearI8::new(w, k, n, &scale, None, Isa::Scalar).map_err(|e| e.to_string())?;
         let (mut a, mut b) = (vec![0i32; t * n], vec![0i32; t * n]);
-        fast.matmul_u8_i32(&xq, t, &mut a, &Serial).map_err(|e| e.to_string())?;
-        slow.matmul_u8_i32(&xq, t, &mut b, &Serial).map_err(|e| e.to_string())?;
+        fast.matmul_u8_i32(xq, t, &mut a, &Serial).map_err(|e| e.to_string())?;
+        slow.matmul_u8_i32(xq, t, &mut b, &Serial).map_err(|e| e.to_string())?;
         if a != b {
             return Err("int8 products differ".into());
         }
         let (mut ya, mut yb) = (vec![0f32; t * n], vec![0f32; t * n]);
         for act in [ActQuant::Static { scale: 0.01, zero_point: 127 }, ActQuant::Dynamic] {
-            fast.forward(&x, t, act, Epilogue::Gelu, None, &mut ya, &Serial).map_err(|e| e.to_string())?;
-            slow.forward(&x, t, act, Epilogue::Gelu, None, &mut yb, &Serial).map_err(|e| e.to_string())?;
+            fast.forward(x, t, act, Epilogue::Gelu, None, &mut ya, &Serial).map_err(|e| e.to_string())?;
+            slow.forward(x, t, act, Epilogue::Gelu, None, &mut yb, &Serial).map_err(|e| e.to_string())?;
             if !close(&ya, &yb) {
                 return Err("int8 layer outputs differ".into());
             }
@@ -60,6 +66,31 @@ pub(super) fn avx512() -> Result<(), String> {
     };
     if !close(&run(Isa::Avx512Vnni)?, &run(Isa::Scalar)?) {
         return Err("attention outputs differ".into());
+    }
+    let q8 = |scale: f32, zero_point: u8| Quant { scale, zero_point };
+    let p = QuantAttentionParams {
+        q: q8(0.01, 125),
+        k: q8(0.012, 128),
+        v: q8(0.009, 130),
+        scores_mul: 0.0001,
+        scores: q8(0.05, 140),
+        divisor: 4.0,
+        probs: q8(1.0 / 255.0, 0),
+        context_mul: 0.0001,
+        context: q8(0.004, 110),
+    };
+    let run_i8 = |isa: Isa| -> Result<Vec<f32>, String> {
+        let a = QuantAttention::new(heads, d, p, isa).map_err(|e| e.to_string())?;
+        let hd = heads * d;
+        let mut out = vec![0f32; s * hd];
+        a.forward(1, s, &qkv, &qkv[hd..], &qkv[2 * hd..], 3 * hd, Some(&mask), &mut out, &Serial)
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    // The kernel is bit-exact across ISAs (integer products exact, the same f32 steps).
+    let (fast, slow) = (run_i8(Isa::Avx512Vnni)?, run_i8(Isa::Scalar)?);
+    if fast.iter().zip(&slow).any(|(a, b)| a.to_bits() != b.to_bits()) {
+        return Err("int8 attention outputs differ".into());
     }
     Ok(())
 }

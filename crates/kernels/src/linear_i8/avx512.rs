@@ -67,3 +67,87 @@ pub(super) unsafe fn tile(
         }
     }
 }
+
+/// Rearranges one tile `xt [K][64]` (K a multiple of 4) in place into quads: the 256 bytes of
+/// rows `4g..4g + 4` become the four registers the kernel above makes of them by unpacking
+/// (register `q`, lane `l`, dword `i` = token `16l + 4q + i`, its 4 bytes = rows `4g..4g + 4`), so
+/// that [`tile_quads`] loads them ready.
+///
+/// # Safety
+/// AVX-512 F/BW must be available.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn interleave_quads(xt: &mut [u8], k: usize) {
+    assert!(k.is_multiple_of(4) && xt.len() >= k * TW);
+    for g in 0..k / 4 {
+        // SAFETY: rows `4g..4g + 4` of 64 bytes lie inside `xt` (asserted above).
+        unsafe {
+            let p = xt.as_mut_ptr().add(g * 4 * TW);
+            let row = |i: usize| _mm512_loadu_si512(p.add(i * TW) as *const __m512i);
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let lo01 = _mm512_unpacklo_epi8(r0, r1);
+            let hi01 = _mm512_unpackhi_epi8(r0, r1);
+            let lo23 = _mm512_unpacklo_epi8(r2, r3);
+            let hi23 = _mm512_unpackhi_epi8(r2, r3);
+            let v = [
+                _mm512_unpacklo_epi16(lo01, lo23),
+                _mm512_unpackhi_epi16(lo01, lo23),
+                _mm512_unpacklo_epi16(hi01, hi23),
+                _mm512_unpackhi_epi16(hi01, hi23),
+            ];
+            for (q, v) in v.iter().enumerate() {
+                _mm512_storeu_si512(p.add(q * TW) as *mut __m512i, *v);
+            }
+        }
+    }
+}
+
+/// [`tile`] for blocks packed by `pack_quads` (`[1, 4]`: a group holds one 4-index quad per
+/// channel) on a tile rearranged by [`interleave_quads`]: per group and channel, 4 loads of its
+/// quad's ready registers, 1 weight broadcast, 4 `vpdpbusd`; no unpacking. The accumulators come
+/// out in [`tile`]'s layout.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI must be available; every index in `idx` of these blocks is a multiple of 4
+/// with `idx + 4 ≤ xt.len() / 64`; `w` holds 16 weights per group; `acc.len() ≥ 64·ld`.
+#[allow(clippy::needless_range_loop)] // a[c][q] shares q with the store's token map
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn tile_quads(
+    xt: &[u8],
+    group_start: &[usize],
+    idx: &[u32],
+    w: &[i8],
+    blocks: Range<usize>,
+    acc: &mut [i32],
+) {
+    let ld = blocks.len() * BLOCK;
+    assert!(acc.len() >= TW * ld && group_start.len() > blocks.end);
+    let x = xt.as_ptr();
+    for (bl, b) in blocks.enumerate() {
+        let (g0, g1) = (group_start[b], group_start[b + 1]);
+        assert!(idx.len() >= g1 * GROUP && w.len() >= g1 * GW);
+        let mut a = [[_mm512_setzero_si512(); 4]; BLOCK];
+        for g in g0..g1 {
+            // SAFETY: each quad's 256 bytes start at `idx·64` with `idx + 4 ≤ K` (packing), inside
+            // `xt`; `g < g1`, so the 4 indices and 16 weights lie inside `idx` and `w`.
+            unsafe {
+                let ip = idx.as_ptr().add(g * GROUP);
+                let wp = w.as_ptr().add(g * GW) as *const i32;
+                for (c, ac) in a.iter_mut().enumerate() {
+                    let base = x.add(*ip.add(c) as usize * TW);
+                    let wc = _mm512_set1_epi32(wp.add(c).read_unaligned());
+                    for (q, acq) in ac.iter_mut().enumerate() {
+                        let v = _mm512_loadu_si512(base.add(q * TW) as *const __m512i);
+                        *acq = _mm512_dpbusd_epi32(*acq, v, wc);
+                    }
+                }
+            }
+        }
+        for q in 0..4 {
+            // SAFETY: as in `tile`.
+            unsafe {
+                let col = acc.as_mut_ptr().add(bl * BLOCK);
+                store_quads512([a[0][q], a[1][q], a[2][q], a[3][q]], col, ld, |l, i| 16 * l + 4 * q + i)
+            }
+        }
+    }
+}
