@@ -42,7 +42,7 @@ fn python_has(code: &str) -> bool {
 fn build_wheel(out: &Path) -> PathBuf {
     let target = target_dir();
     let staged = run(
-        "libsparsec_ops.so (cargo build -p sparsec-ops)",
+        "libsparsec_ops.so (sparsec_build_backend.py: cargo build -p sparsec-python)",
         Command::new("python3")
             .arg(root().join("crates/python/backend/sparsec_build_backend.py"))
             .args(["--profile", "dev"])

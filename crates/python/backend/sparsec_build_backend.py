@@ -121,7 +121,7 @@ def __getattr__(name: str) -> Any:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Build libsparsec_ops.so into the package folder before `maturin build`.")
+    parser = argparse.ArgumentParser(description="Builds libsparsec_ops.so into the package before `maturin build`.")
     parser.add_argument("--profile", default="dev", help="cargo profile, as given to maturin (default: dev)")
     parser.add_argument("--release", action="store_true", help="the release profile")
     a = parser.parse_args()

@@ -1,10 +1,10 @@
 //! `sparsec._native`, the native half of the Python package: the `sparsec` command line and the
 //! question-answering pipeline of the `sparsec` crate, run in the Python process with the GIL
-//! released (`Python::detach`, PyO3's name for what was `allow_threads`). The Python half (`python/sparsec/`) turns `Pipeline.create`'s keyword arguments into
-//! `sparsec qa`'s pipeline flags, which [`sparsec::cli::settings_from_flags`] reads with the
-//! command line's names, defaults and checks; [`QaModel`] then loads and answers through the same
-//! library calls as `sparsec qa` ([`QaPipeline::load`], [`QaPipeline::windower`],
-//! [`QaPipeline::answer`]).
+//! released (`Python::detach`, PyO3's name for what was `allow_threads`). The Python half
+//! (`python/sparsec/`) turns `Pipeline.create`'s keyword arguments into `sparsec qa`'s pipeline
+//! flags, which [`sparsec::cli::settings_from_flags`] reads with the command line's names,
+//! defaults and checks; [`QaModel`] then loads and answers through the same library calls as
+//! `sparsec qa` ([`QaPipeline::load`], [`QaPipeline::windower`], [`QaPipeline::answer`]).
 
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};

@@ -152,7 +152,9 @@ def assert_same(got: sparsec.QuestionAnsweringOutput, want: Dict[str, Any], what
 
 
 @pytest.mark.parametrize("label,model,settings,questions", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_pipeline_answers_equal_sparsec_qa(label: str, model: str, settings: Dict[str, Any], questions, tmp_path) -> None:
+def test_pipeline_answers_equal_sparsec_qa(
+    label: str, model: str, settings: Dict[str, Any], questions: List[Dict[str, str]], tmp_path: Path
+) -> None:
     want = sparsec_qa(model, settings, questions, tmp_path)
     pipe = sparsec.Pipeline.create(task="question-answering", model_path=model, **settings)
     # Lists in, a list out, in order.
@@ -216,7 +218,8 @@ def test_pipeline_rejects_bad_tasks_keywords_values_and_models(tmp_path: Path) -
 
 
 def test_pipeline_releases_the_gil_while_it_runs() -> None:
-    pipe = sparsec.Pipeline.create(task="qa", model_path=FIXTURES / "bert" / "model.legacy.onnx", sequence_length=64, doc_stride=32)
+    model = FIXTURES / "bert" / "model.legacy.onnx"
+    pipe = sparsec.Pipeline.create(task="qa", model_path=model, sequence_length=64, doc_stride=32)
     ref = json.loads((FIXTURES / "bert" / "qa_reference.json").read_text())
     long = next(c for c in ref["cases"] if c["name"] == "long_384")
     questions, contexts = [long["question"]] * 8, [long["context"]] * 8
@@ -249,7 +252,8 @@ def test_plain_onnxruntime_runs_a_sparse_export_with_session_options(tmp_path: P
     compiled, qdq, sparse = tmp_path / "compiled", tmp_path / "qdq", tmp_path / "sparse"
     recipe = ROOT / "recipes" / "gmp80-block4x1-qat-distill.yaml"
     cmd = venv_sparsec()
-    out = run([cmd, "compile", str(FIXTURES / "bert" / "model.legacy.onnx"), "--recipe", str(recipe), "-o", str(compiled)])
+    model = FIXTURES / "bert" / "model.legacy.onnx"
+    out = run([cmd, "compile", str(model), "--recipe", str(recipe), "-o", str(compiled)])
     assert out.returncode == 0, out.stderr
     for folder, fmt in [(qdq, "qdq"), (sparse, "sparse")]:
         out = run(
@@ -257,11 +261,11 @@ def test_plain_onnxruntime_runs_a_sparse_export_with_session_options(tmp_path: P
             + ["--calibration-file", str(FIXTURES / "squad-tiny.json"), "--format", fmt]
         )
         assert out.returncode == 0, out.stderr
-    model = str(sparse / "model.onnx")
+    exported = str(sparse / "model.onnx")
     # Without sparsec's operators ONNX Runtime cannot load it: the file needs the ai.sparsec domain.
     with pytest.raises(Exception, match="ai.sparsec|SparseLinear"):
-        ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    s = ort.InferenceSession(model, sparsec.session_options(), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(exported, providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(exported, sparsec.session_options(), providers=["CPUExecutionProvider"])
     base = ort.SessionOptions()
     base.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     r = ort.InferenceSession(str(qdq / "model.onnx"), base, providers=["CPUExecutionProvider"])

@@ -7,7 +7,7 @@ from .pipeline import QuestionAnsweringOutput as QuestionAnsweringOutput
 from .pipeline import QuestionAnsweringPipeline as QuestionAnsweringPipeline
 
 if TYPE_CHECKING:
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
 
 __version__: str
 

@@ -129,7 +129,10 @@ class QuestionAnsweringPipeline(Pipeline):
     def __call__(self, *, question: str, context: str) -> Answer: ...
 
     @overload
-    def __call__(self, *, question: Sequence[str], context: Sequence[str]) -> List[Answer]: ...
+    def __call__(self, *, question: List[str], context: List[str]) -> List[Answer]: ...
+
+    @overload
+    def __call__(self, input: Any) -> Union[Answer, List[Answer]]: ...
 
     def __call__(
         self,
@@ -152,10 +155,10 @@ class QuestionAnsweringPipeline(Pipeline):
                 question, context = getattr(input, "question", None), getattr(input, "context", None)
         if question is None or context is None:
             raise TypeError("a question-answering pipeline needs question= and context=")
-        if isinstance(question, str) != isinstance(context, str):
-            raise TypeError("question and context must both be strings or both be lists of strings")
-        if isinstance(question, str):
+        if isinstance(question, str) and isinstance(context, str):
             return self._outputs(self._model.answer([question], [context]))[0]
+        if isinstance(question, str) or isinstance(context, str):
+            raise TypeError("question and context must both be strings or both be lists of strings")
         return self._outputs(self._model.answer(list(question), list(context)))
 
     def _outputs(self, results: List[List["_native.AnswerTuple"]]) -> List[Answer]:
