@@ -36,7 +36,8 @@ def _cargo() -> str:
 
 def profile_of(args: List[str], default: str) -> str:
     """The cargo profile maturin builds with, from its arguments (``--release``, ``-r``,
-    ``--profile P``, ``--profile=P``); ``default`` when none is given."""
+    ``--profile P``, ``--profile=P``); ``default`` when none is given (maturin's PEP 517 builds,
+    editable ones too, default to ``release``)."""
     profile = default
     for i, a in enumerate(args):
         if a in ("--release", "-r"):
@@ -107,7 +108,7 @@ def build_editable(
 ) -> str:
     import maturin
 
-    stage_ops_library(profile_of(_maturin_args(config_settings), "dev"))
+    stage_ops_library(profile_of(_maturin_args(config_settings), "release"))
     return maturin.build_editable(wheel_directory, config_settings, metadata_directory)
 
 
