@@ -14,6 +14,7 @@ mod ir_patch;
 mod matrix;
 mod prune_cli;
 mod prune_reference;
+mod python_pkg;
 mod qa_bench;
 mod qa_errors;
 mod qa_eval;

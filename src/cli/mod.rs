@@ -12,10 +12,17 @@ mod serve;
 mod sparsify;
 mod train;
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+pub use qa::{settings_from_flags, FlagsError, QaSettings};
+
+/// sparsec's version, as `sparsec --version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Parser)]
 #[command(name = "sparsec", version, about = "ONNX-native sparsification compiler for transformer QA models")]
@@ -51,8 +58,29 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// The `sparsec` binary's entry: [`run`] on the process's arguments.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    ExitCode::from(run(std::env::args_os()))
+}
+
+/// Runs one command line (`args[0]` is the program name) and returns its exit status: 0, 1 for
+/// an error (printed with its whole context chain), 2 for a usage error (clap's message),
+/// 130 / 143 for a training run stopped by SIGINT / SIGTERM. The `sparsec` binary and the Python
+/// package's `sparsec` command both run this, so they behave alike; `--help` and `--version`
+/// print and return 0 instead of exiting the process.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let _ = std::io::stdout().flush();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
+    };
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Sparsify(args) => sparsify::run(*args),
@@ -66,8 +94,10 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
     };
+    // A host process (Python) may outlive this call without running Rust's exit-time flush.
+    let _ = std::io::stdout().flush();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             exit_code(&e)
@@ -78,12 +108,12 @@ pub fn main() -> ExitCode {
 /// 130 / 143 (128 + the signal's number, as a shell reports it) for a training run that stopped on
 /// SIGINT / SIGTERM after writing its checkpoint, so that a scheduler can tell "resume me" from a
 /// failure; 1 for every other error.
-fn exit_code(e: &anyhow::Error) -> ExitCode {
+fn exit_code(e: &anyhow::Error) -> u8 {
     let stopped = e.chain().find_map(|c| c.downcast_ref::<crate::train::interrupt::Interrupted>());
     match stopped.map(|i| i.signal) {
-        Some("SIGINT") => ExitCode::from(130),
-        Some("SIGTERM") => ExitCode::from(143),
-        _ => ExitCode::FAILURE,
+        Some("SIGINT") => 130,
+        Some("SIGTERM") => 143,
+        _ => 1,
     }
 }
 
@@ -100,7 +130,7 @@ fn init_logging(verbose: u8) {
 }
 
 /// A model argument: a `.onnx` file, or a folder holding `model.onnx`.
-pub(crate) fn resolve_model_path(p: &Path) -> PathBuf {
+pub fn resolve_model_path(p: &Path) -> PathBuf {
     if p.is_dir() {
         p.join("model.onnx")
     } else {

@@ -95,6 +95,54 @@ impl PipelineFlags {
     }
 }
 
+/// The pipeline flags alone, as a command line of their own (`--max-seq-len 128 --top-k 2`, no
+/// program name).
+#[derive(clap::Parser)]
+#[command(name = "kwargs", no_binary_name = true, disable_help_flag = true)]
+struct FlagsOnly {
+    #[command(flatten)]
+    pipeline: PipelineFlags,
+}
+
+/// What `sparsec qa`'s pipeline flags resolve to, for a front end that takes them by name (the
+/// Python package's `Pipeline.create(**kwargs)`): the same names, defaults and checks.
+#[derive(Clone, Debug)]
+pub struct QaSettings {
+    pub engine: EngineKind,
+    pub kernels: Kernels,
+    pub decoder: Decoder,
+    pub window: WindowOptions,
+    pub decode: DecodeOptions,
+    pub engine_options: EngineOptions,
+}
+
+/// Why pipeline flags were refused, by kind, so that a front end can report an unknown name
+/// differently from a bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagsError {
+    /// A flag `sparsec qa` does not have.
+    #[error("{0}")]
+    Unknown(String),
+    /// A flag with a value it does not take, or flags that cannot go together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses and resolves `sparsec qa`'s pipeline flags given without the program name, the
+/// model or the questions (`["--max-seq-len", "128", "--handle-impossible-answer"]`).
+pub fn settings_from_flags(args: &[String]) -> std::result::Result<QaSettings, FlagsError> {
+    let flags = <FlagsOnly as clap::Parser>::try_parse_from(args).map_err(|e| {
+        let first = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+        match e.kind() {
+            clap::error::ErrorKind::UnknownArgument => FlagsError::Unknown(first),
+            _ => FlagsError::Invalid(first),
+        }
+    })?;
+    let p = flags.pipeline;
+    let (window, decode, engine_options) = p.resolve().map_err(|e| FlagsError::Invalid(format!("{e:#}")))?;
+    Ok(QaSettings { engine: p.engine, kernels: p.kernels, decoder: p.decoder, window, decode, engine_options })
+}
+
 #[derive(Serialize)]
 struct FileAnswer<'a> {
     id: &'a str,
