@@ -18,6 +18,10 @@ product or its tests). It needs its own Python 3.11 venv with deepsparse==1.8.0:
         --deepsparse /tmp/ds-venv/bin/deepsparse.benchmark [--rounds 3] [--seconds 8] [--out out/deepsparse]
 
 DeepSparse's `-shapes` rewrites the model file in place, so it runs on a copy (in --out).
+
+At BERT-base width (exports made by ../shared/models/sparseml/make_exports.py into OUT_ROOT):
+    python3 benches/deepsparse/compare.py --models 'OUT_ROOT/bertbase-random-sml-*' \
+        --dense OUT_ROOT/bertbase-random-dense --no-deploys --out out/deepsparse-bertbase
 """
 
 import argparse
@@ -73,7 +77,8 @@ def make_qdyn(dense, out):
 
         os.makedirs(dst, exist_ok=True)
         quantize_dynamic(os.path.join(dense, "model.onnx"), os.path.join(dst, "model.onnx"), weight_type=QuantType.QInt8)
-        shutil.copy(os.path.join(dense, "tokenizer.json"), dst)
+        if os.path.exists(os.path.join(dense, "tokenizer.json")):
+            shutil.copy(os.path.join(dense, "tokenizer.json"), dst)
     return dst
 
 
@@ -86,14 +91,19 @@ def main():
     ap.add_argument("--batches", default="16,1")
     ap.add_argument("--out", default=os.path.join(ROOT, "out/deepsparse"))
     ap.add_argument("--only", default="", help="comma-separated subject names to run (default: all)")
+    ap.add_argument("--models", default=os.path.join(SHARED, "models/sparseml/*"),
+                    help="glob of SparseML export folders (default: ../shared/models/sparseml/*)")
+    ap.add_argument("--dense", default=os.path.join(SHARED, "models/minilm-l6-squad"),
+                    help="dense fp32 model folder for the ORT baselines (default: the MiniLM)")
+    ap.add_argument("--no-deploys", action="store_true", help="leave out sparsec's own deployments")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    dense = os.path.join(SHARED, "models/minilm-l6-squad")
+    dense = a.dense
     qdyn = make_qdyn(dense, a.out)
-    deploys = sorted(glob.glob(os.path.join(ROOT, "benches/results/*/deploy/model.onnx")))
+    deploys = [] if a.no_deploys else sorted(glob.glob(os.path.join(ROOT, "benches/results/*/deploy/model.onnx")))
 
     subjects = []  # (name, engine, model path, seq)
-    for d in sorted(glob.glob(os.path.join(SHARED, "models/sparseml/*/model.onnx"))):
+    for d in sorted(glob.glob(os.path.join(a.models, "model.onnx"))):
         name = os.path.basename(os.path.dirname(d))
         seq = fixed_seq(d) or 384
         copy = os.path.join(a.out, "ds-" + name)
