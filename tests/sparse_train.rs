@@ -8,14 +8,19 @@
 //!   (`γ_n = n·u/(1 − n·u)`, `u = 2⁻²⁴`, `n` the number of terms plus one: Higham §3.1, any
 //!   summation order). The two graphs therefore differ by at most `2·γ_n·Σ|terms|`;
 //! - against central finite differences through a nonlinear loss;
-//! - the bert fixture's whole training graph, span loss, with 80% `[4, 1]` masks.
+//! - the bert fixture's whole training graph, span loss, with 80% `[4, 1]` masks;
+//! - `sparsec train` killed mid-run while the block-sparse graph is stepping, then resumed:
+//!   weights and step losses bit-identical to an uninterrupted run.
+
+use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
 use sparsec::autodiff::{self, build_training_graph, GradOptions, LossSpec, TrainingGraphSpec};
 use sparsec::ir::{infer, Attribute, DType, Dim, Facts, Graph, Model, NodeSpec, Patch, Tensor};
 use sparsec::passes::{InsertMasks, MaskTarget, Pass, UseMaskedLinear};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
-use sparsec::train::graphs::without_fake_quant;
+use sparsec::train::graphs::{with_sparse_linears, without_fake_quant, SparseTrain};
 
 use crate::common::*;
 
@@ -283,11 +288,8 @@ fn bert_training_graph_with_block_sparse_linears_has_the_dense_loss_and_gradient
     infer::infer_facts(&mut m).unwrap();
     let float = without_fake_quant(&m).unwrap();
     let spec = TrainingGraphSpec::new(LossSpec::Span);
-    let dense = build_training_graph(&float, &spec).unwrap();
-    let mut rewritten = float.clone();
-    UseMaskedLinear::default().apply(&mut rewritten).unwrap();
-    infer::infer_facts(&mut rewritten).unwrap();
-    let sparse = build_training_graph(&rewritten, &spec).unwrap();
+    let dense = build_training_graph(&with_sparse_linears(&float, SparseTrain::Off).unwrap(), &spec).unwrap();
+    let sparse = build_training_graph(&with_sparse_linears(&float, SparseTrain::On).unwrap(), &spec).unwrap();
     let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
     let masks = float.graph.runtime_inputs().filter(|&v| float.graph.value(v).name.ends_with(".mask")).count();
     assert!(masks > 0);
@@ -337,4 +339,92 @@ fn bert_training_graph_with_block_sparse_linears_has_the_dense_loss_and_gradient
         "bert, 80% [4,1] masks: loss {la} vs {lb}; worst gradient difference {:e} of the tensor's largest ({})",
         worst.0, worst.1
     );
+}
+
+fn train_args<'a>(compiled: &'a Path, out: &'a Path, data: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        s(compiled),
+        "--train-file",
+        s(data),
+        "--output-dir",
+        s(out),
+        "--max-seq-length",
+        "64",
+        "--doc-stride",
+        "32",
+        "--per-device-train-batch-size",
+        "8",
+        "--threads",
+        "2",
+        "--save-steps",
+        "11",
+        "--sparse-train",
+        "on",
+        "--json",
+    ]
+}
+
+/// Every initializer of a model, by name, as raw bytes.
+fn initializers(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let m = sparsec::onnx::load(path).unwrap();
+    let g = &m.graph;
+    let mut v: Vec<(String, Vec<u8>)> =
+        g.initializers().iter().map(|(&id, t)| (g.value(id).name.clone(), t.raw().to_vec())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn log(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() {
+    // [4, 1] GMP to 80% over epochs 1-2 of 6 (11 steps each), QAT from epoch 4: steps 0-43 run
+    // the block-sparse graph. Killed after step 38, the run resumes from its step-33 checkpoint
+    // and steps 33-43 run block-sparse again.
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = dir.path().join("compiled");
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let recipe = root().join("recipes/gmp80-block4x1-qat-distill.yaml");
+    ok(&sparsec(&[
+        "compile",
+        s(&model),
+        "--recipe",
+        s(&recipe),
+        "--recipe-args",
+        r#"{"num_epochs": 6}"#,
+        "-o",
+        s(&compiled),
+    ]));
+    let data = root().join("fixtures/squad-tiny.json");
+    let full = dir.path().join("full");
+    ok(&sparsec(&train_args(&compiled, &full, &data)));
+
+    let part = dir.path().join("part");
+    let killed = sparsec_env(&train_args(&compiled, &part, &data), &[("SPARSEC_ABORT_AFTER_STEP", "38")]);
+    assert!(!killed.status.success(), "the run must die at step 38");
+    let mut resume = train_args(&compiled, &part, &data);
+    resume.push("--resume");
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&resume))).unwrap();
+    assert_eq!(summary["resumed_from_step"], 33);
+
+    let (a, b) = (initializers(&full.join("model.onnx")), initializers(&part.join("model.onnx")));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.0 == y.0 && x.1 == y.1, "'{}' differs between the uninterrupted and the resumed run", x.0);
+    }
+    let (la, lb) = (log(&full), log(&part));
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+    }
+    let sparsity = summary["overall_sparsity"].as_f64().unwrap();
+    assert!((sparsity - 0.8).abs() < 0.02, "sparsity {sparsity}");
 }

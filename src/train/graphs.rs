@@ -1,11 +1,29 @@
 //! The training graphs of a run, built from the compiled model and the recipe's loss: with fake
-//! quantization, and (when the recipe quantizes) without it for the steps before QAT starts.
+//! quantization, and (when the recipe quantizes) without it for the steps before QAT starts; with
+//! `--sparse-train on`, the masked linears of the graphs without fake quantization run on
+//! sparsec's block-sparse training kernels ([`SparseTrain`]).
 
 use anyhow::{Context, Result};
 
 use crate::autodiff::{build_training_graph, TrainingGraph, TrainingGraphSpec};
 use crate::ir::{infer, Model, Tensor};
-use crate::passes::{BindInputs, LowerFakeQuant, Pass, RemoveDead, QUANT_ENABLED_INPUT};
+use crate::passes::{BindInputs, LowerFakeQuant, Pass, RemoveDead, UseMaskedLinear, QUANT_ENABLED_INPUT};
+
+/// Where the masked linear layers of the training graph run.
+///
+/// The mask is a run-time input of the block-sparse operators (`ai.sparsec::MaskedLinear` and its
+/// two gradients, see `passes::UseMaskedLinear`), which list the kept blocks from the mask they
+/// are fed at every call: the same graph is exact before, at and after every mask update, and
+/// nothing is rebuilt when masks change. Its cost follows the masks' kept `[4, 1]` blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SparseTrain {
+    /// Dense ONNX Runtime `MatMul`/`Gemm` on `W ⊙ M`, whatever the masks.
+    #[default]
+    Off,
+    /// sparsec's block-sparse kernels for every masked linear whose weight is not fake-quantized.
+    On,
+}
 
 /// The two training graphs, and which one the stepper runs.
 pub(super) struct Graphs {
@@ -16,11 +34,12 @@ pub(super) struct Graphs {
 
 impl Graphs {
     /// The training graphs of `model` with loss `spec`; a float one too when `quantized`.
-    pub fn build(model: &Model, spec: &TrainingGraphSpec, quantized: bool) -> Result<Graphs> {
-        let qat = build_training_graph(model, spec).context("cannot build the training graph")?;
+    pub fn build(model: &Model, spec: &TrainingGraphSpec, quantized: bool, sparse: SparseTrain) -> Result<Graphs> {
+        let qat = build_training_graph(&with_sparse_linears(model, sparse)?, spec)
+            .context("cannot build the training graph")?;
         let float = match quantized {
             true => Some(
-                build_training_graph(&without_fake_quant(model)?, spec)
+                build_training_graph(&with_sparse_linears(&without_fake_quant(model)?, sparse)?, spec)
                     .context("cannot build the training graph without fake quantization")?,
             ),
             false => None,
@@ -51,5 +70,17 @@ pub fn without_fake_quant(model: &Model) -> Result<Model> {
     LowerFakeQuant::default().apply(&mut m)?;
     RemoveDead::default().apply(&mut m)?;
     infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
+    Ok(m)
+}
+
+/// `model` with its masked linears on the block-sparse training operators when `sparse` is on
+/// ([`UseMaskedLinear`]; fake-quantized weights do not match, so a QAT graph keeps them dense).
+pub fn with_sparse_linears(model: &Model, sparse: SparseTrain) -> Result<Model> {
+    let mut m = model.clone();
+    if sparse == SparseTrain::On {
+        let report = UseMaskedLinear::default().apply(&mut m)?;
+        tracing::debug!(layers = report.rewritten, "masked linears on the block-sparse training kernels");
+        infer::infer_facts(&mut m).context("the graph with block-sparse training linears failed validation")?;
+    }
     Ok(m)
 }

@@ -191,7 +191,7 @@ impl<'d> Session<'d> {
         let steps = Steps::of(cfg, data, &schedule)?;
         let teacher_on = cfg.teacher != Teacher::Disabled;
         let loss = Loss::of(&compiled.recipe, &compiled.model.graph, teacher_on, data.zero_grad_rows()?);
-        let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant())?;
+        let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant(), cfg.sparse_train)?;
         let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
         let stepper = stepper(cfg, compiled, &graphs, &run, &opts)?;
         let teacher = TeacherModel::for_run(cfg, compiled, &loss, &opts)?;
