@@ -9,6 +9,7 @@
 //! work against ONNX Runtime's dense MatMul/Gemm, the path training takes without the kernels.
 //!
 //!   cargo run --release -p sparsec-kernels --example sparse_train_bench -- [--secs S] [--tokens T] [--json]
+//!       [--only K,N,SPARSITY]
 
 use std::time::Instant;
 
@@ -94,6 +95,10 @@ fn main() {
     let secs: f64 = arg("--secs").map_or(0.3, |s| s.parse().expect("--secs"));
     let tokens: Vec<usize> = arg("--tokens").map_or(TOKENS.to_vec(), |t| vec![t.parse().expect("--tokens")]);
     let json = args.iter().any(|a| a == "--json");
+    let only: Option<(usize, usize, f64)> = arg("--only").map(|o| {
+        let v: Vec<&str> = o.split(',').collect();
+        (v[0].parse().expect("K"), v[1].parse().expect("N"), v[2].parse().expect("sparsity"))
+    });
     let isa = Isa::from_env().expect("SPARSEC_ISA");
     let ml = MaskedLinear::new(isa).expect("ISA");
     if !json {
@@ -109,6 +114,9 @@ fn main() {
             let bias = values(n, 4);
             let (mut y, mut dx, mut dw) = (vec![0f32; t * n], vec![0f32; t * k], vec![0f32; k * n]);
             for &s in &SPARSITIES {
+                if only.is_some_and(|(ok, on, os)| (ok, on) != (k, n) || (os - s).abs() > 1e-9) {
+                    continue;
+                }
                 let mask = block_mask(k, n, s);
                 let kept = |m: &[f32]| KeptBlocks::from_mask(m, k, n).expect("mask");
                 let fwd = time(secs, || {

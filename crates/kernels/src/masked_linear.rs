@@ -19,8 +19,8 @@
 //!   `acc[k] = fma(w3, dy3, fma(w2, dy2, fma(w1, dy1, fma(w0, dy0, acc[k]))))`, blocks ascending.
 //!   Every ISA (the scalar kernel through `f32::mul_add`) computes this same chain, so all three
 //!   agree bit for bit.
-//! - Weight gradient: `x` and `dy` transposed to rows of all tokens; per chunk of 512 tokens × 256
-//!   rows of `x` (kept in L2 while every column block reads it), each block's kept rows in groups
+//! - Weight gradient: per chunk of 512 tokens, `x` and `dy` transposed to rows of the chunk's
+//!   tokens; per 256 rows of `x` (kept in L2 while every column block reads them), each block's kept rows in groups
 //!   (4 on AVX-512, 2 on AVX2, 1 scalar) × the block's 4 channels, one vector accumulator each,
 //!   reduced per chunk and added to the pair's sum in chunk order; the order within a chunk
 //!   depends on the ISA's vector width (results agree to f32 rounding).
@@ -262,7 +262,6 @@ impl MaskedLinear {
         };
         let n4 = kept.blocks() * BLOCK;
         let n_tiles = t.div_ceil(tw);
-        let yt = transposed_tiles(self.isa, dy, t, n, n4, tw, par);
         // Tasks own (token tiles, row ranges), rows balanced by their kept blocks.
         let mut per_row = vec![0usize; k];
         kept.rows.iter().for_each(|&r| per_row[r as usize] += 1);
@@ -272,6 +271,9 @@ impl MaskedLinear {
             row_start.push(row_start.last().copied().unwrap_or(0) + c);
         }
         let plan = Plan::new(n_tiles, &row_start, par.threads());
+        // Tasks that own whole tiles transpose them just before use (hot in cache); otherwise all
+        // tiles are transposed first and shared.
+        let shared = (plan.blocks.len() > 1).then(|| transposed_tiles(self.isa, dy, t, n, n4, tw, par));
         let out = Out::new(dx);
         let isa = self.isa;
         par.run(plan.tasks(), &|i| {
@@ -286,10 +288,21 @@ impl MaskedLinear {
                     kept.start[b] + lo..kept.start[b] + hi
                 })
                 .collect();
+            let kr8 = kr.div_ceil(8) * 8;
             let mut acc = Buf::<f32>::zeroed(kr * tw);
+            let mut rows_out = Buf::<f32>::zeroed(tw * kr8);
+            let mut own = Buf::<f32>::zeroed(if shared.is_none() { n4 * tw } else { 0 });
             for tile in tiles {
+                let t0 = tile * tw;
+                let tvalid = tw.min(t - t0);
+                let ytile = match &shared {
+                    Some(yt) => &yt[tile * n4 * tw..(tile + 1) * n4 * tw],
+                    None => {
+                        transpose_tile(isa, dy, n, t0, tvalid, tw, &mut own);
+                        &own[..]
+                    }
+                };
                 acc.fill(0.0);
-                let ytile = &yt[tile * n4 * tw..(tile + 1) * n4 * tw];
                 let k0 = rows.start as u32;
                 match isa {
                     #[cfg(target_arch = "x86_64")]
@@ -303,14 +316,13 @@ impl MaskedLinear {
                     Isa::Avx2 => unsafe { avx2::dx_tile(ytile, &spans, &kept.rows, &cw, k0, &mut acc) },
                     _ => scalar::dx_tile(ytile, tw, &spans, &kept.rows, &cw, k0, &mut acc),
                 }
-                let t0 = tile * tw;
-                for tt in 0..tw.min(t - t0) {
+                // `acc [kr][tw]` → `[tw][kr8]`, then each valid token's row to its place.
+                transpose_tile(isa, &acc, tw, 0, kr, kr8, &mut rows_out);
+                for tt in 0..tvalid {
                     // SAFETY: the plan gives each (token, row range) to one task, so no other
                     // live range overlaps this one; `Out::range` checks the bounds.
-                    let dst = unsafe { out.range((t0 + tt) * k + rows.start, kr) };
-                    for (r, d) in dst.iter_mut().enumerate() {
-                        *d = acc[r * tw + tt];
-                    }
+                    unsafe { out.range((t0 + tt) * k + rows.start, kr) }
+                        .copy_from_slice(&rows_out[tt * kr8..tt * kr8 + kr]);
                 }
             }
         });
@@ -343,25 +355,29 @@ impl MaskedLinear {
             return Ok(());
         }
         let n4 = kept.blocks() * BLOCK;
-        let (xt, tp) = transposed_rows(self.isa, x, t, k, k, par);
-        let (yt, _) = transposed_rows(self.isa, dy, t, n, n4, par);
         let plan = Plan::new(1, &kept.start, par.threads());
-        let out = Out::new(dw);
         let isa = self.isa;
         let group = match isa {
             Isa::Avx512Vnni => 4,
             Isa::Avx2 => 2,
             Isa::Scalar => 1,
         };
-        let tiles = Tiles { xt: &xt, yt: &yt, k, n4, tp };
-        par.run(plan.tasks(), &|i| {
-            let (_, blocks) = plan.task(i);
-            let e0 = kept.start[blocks.start];
-            let mut partial = Buf::<f32>::zeroed((kept.start[blocks.end] - e0) * BLOCK);
-            // Token chunks × row ranges whose transposed `x` stays in L2 while every block of the
-            // task reads it; each (row, block) pair adds its chunk sums in chunk order.
-            for t0 in (0..tp).step_by(DW_CHUNK_TOKENS) {
-                let cols = t0..(t0 + DW_CHUNK_TOKENS).min(tp);
+        // Per kept (row, block) pair, its 4 channel sums so far; each task owns its blocks' pairs.
+        let mut partial = Buf::<f32>::zeroed(kept.kept() * BLOCK);
+        let sums_out = Out::new(&mut partial);
+        // Token chunks, each transposed once into rows of the chunk's tokens; within a chunk, row
+        // ranges whose transposed `x` stays in L2 while every block of a task reads it. Each pair
+        // adds its chunk sums in chunk order, so the result does not depend on the tasks.
+        for t0 in (0..t).step_by(DW_CHUNK_TOKENS) {
+            let tc = DW_CHUNK_TOKENS.min(t - t0);
+            let xt = transposed_rows(isa, &x[t0 * k..], tc, k, k, par);
+            let yt = transposed_rows(isa, &dy[t0 * n..], tc, n, n4, par);
+            let tiles = Tiles { xt: &xt, yt: &yt, k, n4, tp: tc.div_ceil(DW_TW) * DW_TW };
+            par.run(plan.tasks(), &|i| {
+                let (_, blocks) = plan.task(i);
+                let e0 = kept.start[blocks.start];
+                // SAFETY: the plan gives each block, so each range of pairs, to one task.
+                let partial = unsafe { sums_out.range(e0 * BLOCK, (kept.start[blocks.end] - e0) * BLOCK) };
                 for k0 in (0..k).step_by(DW_CHUNK_ROWS) {
                     let k1 = (k0 + DW_CHUNK_ROWS).min(k);
                     for b in blocks.clone() {
@@ -370,15 +386,16 @@ impl MaskedLinear {
                         let hi = list.partition_point(|&r| (r as usize) < k1);
                         for (gi, rows) in list[lo..hi].chunks(group).enumerate() {
                             let mut sums = [[0f32; BLOCK]; 4];
+                            let cols = 0..tiles.tp;
                             match isa {
                                 #[cfg(target_arch = "x86_64")]
                                 // SAFETY: `new` admitted AVX-512 only on a CPU that has it; rows,
                                 // block and token range are checked against the buffers by `Tiles`.
-                                Isa::Avx512Vnni => unsafe { avx512::dw_rows(&tiles, rows, b, cols.clone(), &mut sums) },
+                                Isa::Avx512Vnni => unsafe { avx512::dw_rows(&tiles, rows, b, cols, &mut sums) },
                                 #[cfg(target_arch = "x86_64")]
                                 // SAFETY: as for AVX-512, with AVX2 + FMA (admitted by `new`).
-                                Isa::Avx2 => unsafe { avx2::dw_rows(&tiles, rows, b, cols.clone(), &mut sums) },
-                                _ => scalar::dw_rows(&tiles, rows, b, cols.clone(), &mut sums),
+                                Isa::Avx2 => unsafe { avx2::dw_rows(&tiles, rows, b, cols, &mut sums) },
+                                _ => scalar::dw_rows(&tiles, rows, b, cols, &mut sums),
                             }
                             let e = kept.start[b] + lo + gi * group - e0;
                             for (r, s) in sums[..rows.len()].iter().enumerate() {
@@ -389,12 +406,16 @@ impl MaskedLinear {
                         }
                     }
                 }
-            }
+            });
+        }
+        let out = Out::new(dw);
+        par.run(plan.tasks(), &|i| {
+            let (_, blocks) = plan.task(i);
             for b in blocks {
                 let j0 = b * BLOCK;
                 let nc = BLOCK.min(n - j0);
                 for (idx, &kk) in kept.rows_of(b).iter().enumerate() {
-                    let e = kept.start[b] + idx - e0;
+                    let e = kept.start[b] + idx;
                     let at = kk as usize * n + j0;
                     // SAFETY: the plan gives each column block to one task, so this task alone
                     // writes columns j0..j0 + nc; `Out::range` checks the bounds.
@@ -441,13 +462,13 @@ fn transposed_tiles(
     out
 }
 
-/// `x [T][cols]` transposed into rows of every token, `[rows][Tp]` (`Tp` = `T` rounded up to 64;
-/// rows past `cols` and tokens past `T` zero): 64-token tiles transposed in parallel, each row of
-/// a tile copied to its place. Returns the buffer and `Tp`.
-fn transposed_rows(isa: Isa, x: &[f32], t: usize, cols: usize, rows: usize, par: &dyn Parallel) -> (Buf<f32>, usize) {
+/// Tokens `0..t` of `x [·][cols]` transposed into rows, `[rows][Tp]` (`Tp` = `t` rounded up to
+/// 64; rows past `cols` and tokens past `t` zero): 64-token tiles transposed in parallel, each row
+/// of a tile copied to its place.
+fn transposed_rows(isa: Isa, x: &[f32], t: usize, cols: usize, rows: usize, par: &dyn Parallel) -> Buf<f32> {
     let tp = t.div_ceil(DW_TW) * DW_TW;
     let mut out = Buf::<f32>::zeroed(rows * tp);
-    let parts = split_even(tp / DW_TW, if par.threads() <= 1 { 1 } else { par.threads() * 2 });
+    let parts = split_even(tp / DW_TW, if par.threads() <= 1 { 1 } else { par.threads() });
     let dst = Out::new(&mut out);
     par.run(parts.len(), &|i| {
         let mut tile = Buf::<f32>::zeroed(cols * DW_TW);
@@ -461,10 +482,11 @@ fn transposed_rows(isa: Isa, x: &[f32], t: usize, cols: usize, rows: usize, par:
             }
         }
     });
-    (out, tp)
+    out
 }
 
-/// The transposed operands of the weight gradient: `xt [K][Tp]`, `yt [4·⌈N/4⌉][Tp]`.
+/// The transposed operands of the weight gradient for one token chunk: `xt [K][Tp]`,
+/// `yt [4·⌈N/4⌉][Tp]`.
 pub(crate) struct Tiles<'a> {
     xt: &'a [f32],
     yt: &'a [f32],

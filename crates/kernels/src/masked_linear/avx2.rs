@@ -24,10 +24,13 @@ pub(super) unsafe fn dx_tile(yt: &[f32], spans: &[Range<usize>], rows: &[u32], c
             continue;
         }
         assert!(span.end <= rows.len() && cw.len() >= span.end * BLOCK);
-        // SAFETY: rows 4b..4b + 4 of 16 floats lie inside `yt` (asserted above).
-        let y: [[__m256; 2]; BLOCK] = std::array::from_fn(|c| {
-            std::array::from_fn(|q| unsafe { _mm256_loadu_ps(yt.as_ptr().add((b * BLOCK + c) * TW + 8 * q)) })
-        });
+        let mut y = [[_mm256_setzero_ps(); 2]; BLOCK];
+        for (c, yc) in y.iter_mut().enumerate() {
+            for (q, v) in yc.iter_mut().enumerate() {
+                // SAFETY: rows 4b..4b + 4 of 16 floats lie inside `yt` (asserted above).
+                *v = unsafe { _mm256_loadu_ps(yt.as_ptr().add((b * BLOCK + c) * TW + 8 * q)) };
+            }
+        }
         for e in span.clone() {
             let r = rows[e].wrapping_sub(k0) as usize;
             assert!(r < kr, "row outside the accumulator tile");
