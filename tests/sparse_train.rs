@@ -20,7 +20,7 @@ use sparsec::autodiff::{self, build_training_graph, GradOptions, LossSpec, Train
 use sparsec::ir::{infer, Attribute, DType, Dim, Facts, Graph, Model, NodeSpec, Patch, Tensor};
 use sparsec::passes::{InsertMasks, MaskTarget, Pass, UseMaskedLinear};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
-use sparsec::train::graphs::{with_sparse_linears, without_fake_quant, SparseTrain};
+use sparsec::train::graphs::{with_sparse_linears, without_fake_quant};
 
 use crate::common::*;
 
@@ -288,8 +288,8 @@ fn bert_training_graph_with_block_sparse_linears_has_the_dense_loss_and_gradient
     infer::infer_facts(&mut m).unwrap();
     let float = without_fake_quant(&m).unwrap();
     let spec = TrainingGraphSpec::new(LossSpec::Span);
-    let dense = build_training_graph(&with_sparse_linears(&float, SparseTrain::Off).unwrap(), &spec).unwrap();
-    let sparse = build_training_graph(&with_sparse_linears(&float, SparseTrain::On).unwrap(), &spec).unwrap();
+    let dense = build_training_graph(&float, &spec).unwrap();
+    let sparse = build_training_graph(&with_sparse_linears(&float).unwrap(), &spec).unwrap();
     let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
     let masks = float.graph.runtime_inputs().filter(|&v| float.graph.value(v).name.ends_with(".mask")).count();
     assert!(masks > 0);
@@ -361,7 +361,7 @@ fn train_args<'a>(compiled: &'a Path, out: &'a Path, data: &'a Path) -> Vec<&'a 
         "--save-steps",
         "11",
         "--sparse-train",
-        "on",
+        "auto",
         "--json",
     ]
 }
@@ -386,9 +386,10 @@ fn log(out: &Path) -> Vec<Value> {
 
 #[test]
 fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() {
-    // [4, 1] GMP to 80% over epochs 1-2 of 6 (11 steps each), QAT from epoch 4: steps 0-43 run
-    // the block-sparse graph. Killed after step 38, the run resumes from its step-33 checkpoint
-    // and steps 33-43 run block-sparse again.
+    // [4, 1] GMP to 80% over epochs 1-2 of 6 (11 steps each), QAT from epoch 4. With
+    // `--sparse-train auto` the dense graph runs until the masks keep at most 60% of their blocks
+    // (72% sparse from step 17), then the block-sparse graph until QAT (step 44). Killed after
+    // step 38, the run resumes from its step-33 checkpoint and steps 33-43 run block-sparse again.
     let dir = tempfile::tempdir().unwrap();
     let compiled = dir.path().join("compiled");
     let model = fixture_dir("bert").join("model.legacy.onnx");
@@ -424,7 +425,11 @@ fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() 
     assert_eq!(la.len(), lb.len());
     for (x, y) in la.iter().zip(&lb) {
         assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+        assert_eq!(x["block_sparse"], y["block_sparse"], "step {}", x["step"]);
     }
+    let sparse_steps: Vec<u64> =
+        la.iter().filter(|x| x["block_sparse"] == true).map(|x| x["step"].as_u64().unwrap()).collect();
+    assert_eq!(sparse_steps, (17..44).collect::<Vec<u64>>(), "the steps that ran block-sparse");
     let sparsity = summary["overall_sparsity"].as_f64().unwrap();
     assert!((sparsity - 0.8).abs() < 0.02, "sparsity {sparsity}");
 }

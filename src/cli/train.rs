@@ -75,9 +75,10 @@ pub(crate) struct TrainFlags {
     #[arg(long, value_enum, default_value = "arena")]
     pub ort_memory: crate::runtime::OrtMemory,
     /// Masked linear layers (pruned weights not fake-quantized) on sparsec's block-sparse
-    /// training kernels, forward and both gradients costing the mask's kept [4, 1] blocks (`on`),
-    /// or on ONNX Runtime's dense MatMul/Gemm (`off`).
-    #[arg(long, value_enum, default_value = "off")]
+    /// training kernels, forward and both gradients costing the masks' kept [4, 1] blocks: `auto`
+    /// once the masks keep at most 60% of their blocks, `on` always, `off` never (ONNX Runtime's
+    /// dense MatMul/Gemm).
+    #[arg(long, value_enum, default_value = "auto")]
     pub sparse_train: crate::train::graphs::SparseTrain,
     #[arg(long, alias = "max_train_samples")]
     pub max_train_samples: Option<usize>,
