@@ -84,7 +84,8 @@ fn check_every_isa(model: &Path, bound: f32) -> Vec<PassReport> {
     let mut worst = Vec::new();
     for isa in Isa::available() {
         // SAFETY of the environment: this binary's tests read SPARSEC_ISA only when kernels are
-        // created, and any forced ISA computes the same integers; no test depends on its value.
+        // created, and any forced ISA computes the same integers; the `sparsec` children that
+        // other tests start get the value this binary started with (`common::sparsec_env`).
         std::env::set_var("SPARSEC_ISA", isa.name());
         let (lowered, reports) = run(model, Some(SparseExecution::default()));
         std::env::remove_var("SPARSEC_ISA");

@@ -28,6 +28,7 @@ mod runtime_errors;
 mod schema_validation;
 mod serve;
 mod sparse_exec;
+mod sparse_train;
 mod sparseml_attention;
 mod sparseml_exports;
 mod sparsify;

@@ -3,7 +3,9 @@
 //! Sits after `passes/` (masks, fake-quant) and before `train/`: [`differentiate`] takes a model, a
 //! scalar loss value and parameter initializers, and returns a model that also outputs
 //! `grad.<initializer>` for each parameter. The backward graph uses only default-domain ONNX ops
-//! (opset >= 17) that the stock onnxruntime CPU build runs: no training or `com.microsoft` ops.
+//! (opset >= 17) that the stock onnxruntime CPU build runs: no training or `com.microsoft` ops;
+//! sparsec's own `ai.sparsec` training operators appear only where the forward graph has them
+//! (`passes::UseMaskedLinear`).
 //! [`build_training_graph`] adds a QA training loss ([`loss`]) first.
 //!
 //! The driver walks the nodes between the parameters and the loss in reverse topological order;

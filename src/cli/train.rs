@@ -74,6 +74,12 @@ pub(crate) struct TrainFlags {
     /// peak memory down when batch shapes vary (`--group-by-length`); `arena` is ONNX Runtime's default.
     #[arg(long, value_enum, default_value = "arena")]
     pub ort_memory: crate::runtime::OrtMemory,
+    /// Masked linear layers (pruned weights not fake-quantized) on sparsec's block-sparse
+    /// training kernels, forward and both gradients costing the masks' kept [4, 1] blocks: `auto`
+    /// once the masks keep at most 60% of their blocks, `on` always, `off` never (ONNX Runtime's
+    /// dense MatMul/Gemm).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub sparse_train: crate::train::graphs::SparseTrain,
     #[arg(long, alias = "max_train_samples")]
     pub max_train_samples: Option<usize>,
     /// Fail when a training answer does not match its context (default: warn and train on it).
@@ -194,6 +200,7 @@ impl TrainFlags {
             seed: args.seed,
             threads: args.threads,
             ort_memory: args.ort_memory,
+            sparse_train: args.sparse_train,
             max_train_samples: args.max_train_samples,
             strict_data: args.strict_data,
             max_eval_samples: args.max_eval_samples,

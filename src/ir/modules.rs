@@ -15,7 +15,7 @@ use super::{Attrs, Graph, Node, NodeId, ValueId};
 pub struct LinearLayer {
     /// PyTorch module path, e.g. `bert.encoder.layer.0.attention.self.query`.
     pub module: String,
-    /// The MatMul or Gemm node.
+    /// The MatMul or Gemm node (or sparsec's `MaskedLinear`, which keeps the MatMul's name).
     pub node: NodeId,
     /// The weight initializer.
     pub weight: ValueId,
@@ -118,13 +118,16 @@ fn trace_weight(g: &Graph, mut v: ValueId) -> Option<(ValueId, Option<NodeId>)> 
 }
 
 /// Every MatMul/Gemm whose weight is an initializer (directly or through one `Transpose`), with
-/// its module path. Activation×activation MatMuls (attention scores) are not layers.
+/// its module path; also sparsec's `MaskedLinear` (`X·(W ⊙ M) + B`, `W` stored `[in, out]`).
+/// Activation×activation MatMuls (attention scores) are not layers.
 pub fn linear_layers(g: &Graph) -> Vec<LinearLayer> {
     let consumers = g.consumers();
     let mut layers = Vec::new();
     for (nid, node) in g.nodes() {
         let gemm = node.op_type == "Gemm";
-        if !(node.op_type == "MatMul" || gemm) || !node.domain.is_empty() {
+        let masked =
+            node.domain == super::ops::sparsec::DOMAIN && node.op_type == super::ops::masked_linear::MASKED_LINEAR;
+        if !((node.op_type == "MatMul" || gemm) && node.domain.is_empty() || masked) {
             continue;
         }
         let Some(w_in) = node.input(1) else { continue };
@@ -138,6 +141,8 @@ pub fn linear_layers(g: &Graph) -> Vec<LinearLayer> {
         }
         let bias = if gemm {
             node.input(2).filter(|&b| g.is_initializer(b))
+        } else if masked {
+            node.input(3).filter(|&b| g.is_initializer(b))
         } else {
             node.output(0).and_then(|out| match consumers.get(&out).map(Vec::as_slice) {
                 Some([(add, _)]) => {

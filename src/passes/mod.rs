@@ -24,6 +24,7 @@ mod pattern;
 pub use pattern::weight_structure;
 mod quantize_embeddings;
 mod remove_dead;
+mod use_masked_linear;
 
 use serde::Serialize;
 
@@ -43,6 +44,7 @@ pub use lower_sparse_linear::LowerSparseLinear;
 pub use pack_sparse_weights::PackSparseWeights;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
+pub use use_masked_linear::UseMaskedLinear;
 
 use crate::ir::{check_schemas, Attrs, Graph, IrError, Model, NodeId, Tensor, ValueId};
 
@@ -136,6 +138,7 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("FuseQkv", |c| build::<FuseQkv>("FuseQkv")(c)),
         ("LowerLayerNorm", |c| build::<LowerLayerNorm>("LowerLayerNorm")(c)),
         ("PackSparseWeights", |c| build::<PackSparseWeights>("PackSparseWeights")(c)),
+        ("UseMaskedLinear", |c| build::<UseMaskedLinear>("UseMaskedLinear")(c)),
     ]
 }
 

@@ -60,6 +60,8 @@ pub struct TrainConfig {
     /// SIGINT / SIGTERM stop the run after the current step with a checkpoint
     /// ([`super::interrupt`]) instead of ending the process.
     pub stop_on_signals: bool,
+    /// Masked linears on sparsec's block-sparse training kernels ([`super::graphs::SparseTrain`]).
+    pub sparse_train: super::graphs::SparseTrain,
 }
 
 /// The default of [`TrainConfig::prune_memory_limit`]: 4 GiB.
@@ -102,6 +104,7 @@ impl TrainConfig {
             max_steps: None,
             prune_memory_limit: DEFAULT_PRUNE_MEMORY_LIMIT,
             stop_on_signals: false,
+            sparse_train: Default::default(),
         }
     }
 }

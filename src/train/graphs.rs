@@ -1,42 +1,144 @@
 //! The training graphs of a run, built from the compiled model and the recipe's loss: with fake
-//! quantization, and (when the recipe quantizes) without it for the steps before QAT starts.
+//! quantization, (when the recipe quantizes) without it for the steps before QAT starts, and
+//! without it with the masked linears on sparsec's block-sparse training kernels, for the steps
+//! whose masks are sparse enough ([`SparseTrain`]); which one the stepper runs ([`Graphs`]).
 
 use anyhow::{Context, Result};
 
 use crate::autodiff::{build_training_graph, TrainingGraph, TrainingGraphSpec};
 use crate::ir::{infer, Model, Tensor};
-use crate::passes::{BindInputs, LowerFakeQuant, Pass, RemoveDead, QUANT_ENABLED_INPUT};
+use crate::passes::{BindInputs, LowerFakeQuant, Pass, RemoveDead, UseMaskedLinear, QUANT_ENABLED_INPUT};
 
-/// The two training graphs, and which one the stepper runs.
+/// Where the masked linear layers of the training graph run.
+///
+/// The mask is a run-time input of the block-sparse operators (`ai.sparsec::MaskedLinear` and its
+/// two gradients, see `passes::UseMaskedLinear`), which list the kept blocks from the mask they
+/// are fed at every call: the same graph is exact before, at and after every mask update, and
+/// nothing is rebuilt when masks change. Its cost follows the masks' kept `[4, 1]` blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SparseTrain {
+    /// Dense ONNX Runtime `MatMul`/`Gemm` on `W ⊙ M`, whatever the masks.
+    Off,
+    /// sparsec's block-sparse kernels for every masked linear whose weight is not fake-quantized.
+    On,
+    /// The block-sparse kernels while the masks keep at most [`AUTO_MAX_KEPT_DENSITY`] of their
+    /// `[4, 1]` blocks, dense ONNX Runtime otherwise (the dense warm-up before pruning starts).
+    #[default]
+    Auto,
+}
+
+/// The kept-block density at or below which `--sparse-train auto` runs the block-sparse graph:
+/// MiniLM's whole training graph (batch 16 × 160, 2 threads, Zen 5, paired in one process,
+/// `benches/sparse_train_ops.rs`) ran at 0.77x the dense graph's speed with every block kept,
+/// 1.19x at half of them, 1.54x at 20% (BENCHMARKS.md).
+pub const AUTO_MAX_KEPT_DENSITY: f64 = 0.6;
+
+impl SparseTrain {
+    /// Whether masks keeping `density` of their blocks run block-sparse.
+    pub fn wants(self, density: f64) -> bool {
+        match self {
+            SparseTrain::Off => false,
+            SparseTrain::On => true,
+            SparseTrain::Auto => density <= AUTO_MAX_KEPT_DENSITY,
+        }
+    }
+}
+
+/// Which training graph the stepper runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Current {
+    /// [`Graphs::qat`]: the compiled graph (with fake quantization when the recipe quantizes).
+    Qat,
+    /// [`Graphs::float`].
+    Float,
+    /// [`Graphs::sparse`].
+    Sparse,
+}
+
+/// The training graphs of a run, and which one the stepper runs.
 pub(super) struct Graphs {
     pub qat: TrainingGraph,
+    /// Without fake quantization, when the recipe quantizes.
     pub float: Option<TrainingGraph>,
-    pub on_qat: bool,
+    /// Without fake quantization, masked linears on the block-sparse operators (unless
+    /// `--sparse-train off`).
+    pub sparse: Option<TrainingGraph>,
+    mode: SparseTrain,
+    current: Current,
 }
 
 impl Graphs {
-    /// The training graphs of `model` with loss `spec`; a float one too when `quantized`.
-    pub fn build(model: &Model, spec: &TrainingGraphSpec, quantized: bool) -> Result<Graphs> {
+    /// The training graphs of `model` with loss `spec`: a float one too when `quantized`, a
+    /// block-sparse one unless `sparse` is off. The stepper starts on the graph for QAT off and
+    /// masks keeping every block.
+    pub fn build(model: &Model, spec: &TrainingGraphSpec, quantized: bool, sparse: SparseTrain) -> Result<Graphs> {
         let qat = build_training_graph(model, spec).context("cannot build the training graph")?;
-        let float = match quantized {
-            true => Some(
-                build_training_graph(&without_fake_quant(model)?, spec)
-                    .context("cannot build the training graph without fake quantization")?,
+        let float_model = if quantized { Some(without_fake_quant(model)?) } else { None };
+        let float = match &float_model {
+            Some(m) => Some(
+                build_training_graph(m, spec).context("cannot build the training graph without fake quantization")?,
             ),
-            false => None,
+            None => None,
         };
-        Ok(Graphs { on_qat: float.is_none(), qat, float })
+        let sparse_graph = match sparse {
+            SparseTrain::Off => None,
+            _ => Some(
+                build_training_graph(&with_sparse_linears(float_model.as_ref().unwrap_or(model))?, spec)
+                    .context("cannot build the training graph with block-sparse linears")?,
+            ),
+        };
+        let mut g = Graphs { qat, float, sparse: sparse_graph, mode: sparse, current: Current::Qat };
+        g.current = g.select(false, 1.0);
+        Ok(g)
+    }
+
+    /// The graph for QAT `qat_on` and masks keeping `density` of their blocks.
+    fn select(&self, qat_on: bool, density: f64) -> Current {
+        if qat_on && self.float.is_some() {
+            Current::Qat
+        } else if self.sparse.is_some() && self.mode.wants(density) {
+            Current::Sparse
+        } else if self.float.is_some() {
+            Current::Float
+        } else {
+            Current::Qat
+        }
+    }
+
+    fn graph(&self, which: Current) -> &TrainingGraph {
+        match which {
+            Current::Qat => &self.qat,
+            Current::Float => self.float.as_ref().expect("selected only when built"),
+            Current::Sparse => self.sparse.as_ref().expect("selected only when built"),
+        }
     }
 
     /// The graph a run starts on.
     pub fn first(&self) -> &TrainingGraph {
-        self.float.as_ref().unwrap_or(&self.qat)
+        self.graph(self.current)
     }
 
-    /// The forward graph that pruning evidence is gathered on: `model` as the stepper runs it now.
+    /// The graph to switch the stepper to for QAT `qat_on` and masks keeping `density` of their
+    /// blocks (`None` when it runs that graph already); it becomes the current one.
+    pub fn switch(&mut self, qat_on: bool, density: f64) -> Option<&TrainingGraph> {
+        let want = self.select(qat_on, density);
+        (want != self.current).then(|| {
+            self.current = want;
+            self.graph(want)
+        })
+    }
+
+    /// Whether the stepper runs the block-sparse graph.
+    pub fn on_sparse(&self) -> bool {
+        self.current == Current::Sparse
+    }
+
+    /// The forward graph that pruning evidence is gathered on: `model` as the stepper runs it now
+    /// (its linears dense: evidence gradients are taken on every weight).
     pub fn forward(&self, model: &Model) -> Result<Model> {
-        match (&self.float, self.on_qat) {
-            (Some(_), false) => without_fake_quant(model),
+        match (&self.float, self.current) {
+            (Some(_), Current::Float | Current::Sparse) => without_fake_quant(model),
             _ => Ok(model.clone()),
         }
     }
@@ -51,5 +153,15 @@ pub fn without_fake_quant(model: &Model) -> Result<Model> {
     LowerFakeQuant::default().apply(&mut m)?;
     RemoveDead::default().apply(&mut m)?;
     infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
+    Ok(m)
+}
+
+/// `model` with its masked linears on the block-sparse training operators ([`UseMaskedLinear`];
+/// fake-quantized weights do not match, so they stay dense).
+pub fn with_sparse_linears(model: &Model) -> Result<Model> {
+    let mut m = model.clone();
+    let report = UseMaskedLinear::default().apply(&mut m)?;
+    tracing::debug!(layers = report.rewritten, "masked linears on the block-sparse training kernels");
+    infer::infer_facts(&mut m).context("the graph with block-sparse training linears failed validation")?;
     Ok(m)
 }

@@ -28,6 +28,10 @@ pub struct StepLog {
     /// Zeros in the masks over all masked weights.
     pub sparsity: f64,
     pub qat: bool,
+    /// Whether the step ran the masked linears on the block-sparse training kernels
+    /// (`--sparse-train`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block_sparse: bool,
     pub samples_per_second: f64,
     /// Wall time of this step (batch preparation, teacher, forward, backward, update).
     #[serde(default)]

@@ -182,6 +182,7 @@ fn calibrate(
             grad_norm: 0.0,
             sparsity,
             qat: false,
+            block_sparse: false,
             samples_per_second: 0.0,
             step_seconds: 0.0,
             seq_len: 0,

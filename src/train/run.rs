@@ -180,6 +180,26 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The share of `[4, 1]` blocks (4 consecutive columns of one row of a stored `[K, N]` mask)
+    /// with a non-zero entry, over every mask on a `[in, out]` weight: what the block-sparse
+    /// training kernels multiply, against a dense layer. 1.0 without such masks.
+    pub fn kept_block_density(&self) -> f64 {
+        let (mut kept, mut total) = (0usize, 0usize);
+        for m in self.masks.iter().filter(|m| m.input_axis == 0) {
+            for row in m.data.chunks_exact(m.shape[1]) {
+                for blk in row.chunks(4) {
+                    kept += blk.iter().any(|&x| x != 0.0) as usize;
+                    total += 1;
+                }
+            }
+        }
+        if total == 0 {
+            1.0
+        } else {
+            kept as f64 / total as f64
+        }
+    }
+
     pub fn sparsity(&self) -> (BTreeMap<String, f64>, f64) {
         let per = self.masks.iter().map(|m| (m.param.clone(), mask_sparsity(&m.data))).collect();
         let zeros: usize = self.masks.iter().map(|m| m.data.iter().filter(|&&x| x == 0.0).count()).sum();

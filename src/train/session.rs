@@ -19,7 +19,7 @@ use super::checkpoint::{self, latest_checkpoint, prune_checkpoints, restore, sna
 use super::config::{Teacher, TrainConfig};
 use super::data::{epoch_order, grouped_epoch_order, Data};
 use super::eval::{eval_backend, evaluate};
-use super::graphs::Graphs;
+use super::graphs::{Graphs, SparseTrain};
 use super::log::{truncate_log, EvalRecord, Progress, StepLog, TrainSummary};
 use super::observers::AVERAGING_CONSTANT;
 use super::optim::AdamWConfig;
@@ -266,7 +266,7 @@ impl<'d> Session<'d> {
         let steps = Steps::of(cfg, data, &schedule)?;
         let teacher_on = cfg.teacher != Teacher::Disabled;
         let loss = Loss::of(&compiled.plan, &compiled.model.graph, teacher_on, data.zero_grad_rows()?);
-        let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant())?;
+        let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant(), cfg.sparse_train)?;
         let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
         let stepper = stepper(cfg, compiled, &graphs, &run, &opts)?;
         let teacher = TeacherModel::for_run(cfg, compiled, &loss, &opts)?;
@@ -470,10 +470,10 @@ impl<'d> Session<'d> {
             }
             self.run.qat_started = true;
         }
-        if let Some(ftg) = self.graphs.float.as_ref().filter(|_| on != self.graphs.on_qat) {
-            self.stepper.switch_graph(if on { &self.graphs.qat } else { ftg }, EngineKind::Ort, &self.opts)?;
-            self.graphs.on_qat = on;
-            tracing::info!(step, qat = on, "switched the training graph");
+        let density = if self.cfg.sparse_train == SparseTrain::Auto { self.run.kept_block_density() } else { 1.0 };
+        if let Some(tg) = self.graphs.switch(on, density) {
+            self.stepper.switch_graph(tg, EngineKind::Ort, &self.opts)?;
+            tracing::info!(step, qat = on, block_sparse = self.graphs.on_sparse(), "switched the training graph");
         }
         Ok(QatStep { on, observers_frozen: qstate.is_some_and(|q| q.observers_frozen) })
     }
@@ -562,6 +562,7 @@ impl<'d> Session<'d> {
             grad_norm: stats.grad_norm,
             sparsity: self.sparsity_now,
             qat: qat.on,
+            block_sparse: self.graphs.on_sparse(),
             samples_per_second,
             step_seconds: step_started.elapsed().as_secs_f64(),
             seq_len: rows.iter().map(|w| w.window.len()).max().unwrap_or(0).max(layout.pad_to.unwrap_or(0)),

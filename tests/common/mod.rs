@@ -13,10 +13,30 @@ pub fn sparsec(args: &[&str]) -> Output {
     sparsec_env(args, &[])
 }
 
-/// Runs this build's `sparsec` binary with `args` and extra environment variables.
+/// `SPARSEC_ISA` as this test binary was started with it (Linux: the process's initial
+/// environment, which `set_var` does not change). Some tests set it in-process while they run,
+/// and a child started meanwhile would inherit their value; a training run's results depend on
+/// it (the block-sparse training kernels sum in each ISA's order), so every child gets this one.
+fn launch_isa() -> Option<String> {
+    static ISA: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ISA.get_or_init(|| match std::fs::read("/proc/self/environ") {
+        Ok(env) => env
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"SPARSEC_ISA=").map(|v| String::from_utf8_lossy(v).into_owned())),
+        Err(_) => std::env::var("SPARSEC_ISA").ok(),
+    })
+    .clone()
+}
+
+/// Runs this build's `sparsec` binary with `args` and extra environment variables (and
+/// `SPARSEC_ISA` as this binary was started with, unless `env` sets it).
 pub fn sparsec_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sparsec"));
     c.args(args);
+    match launch_isa() {
+        Some(isa) => c.env("SPARSEC_ISA", isa),
+        None => c.env_remove("SPARSEC_ISA"),
+    };
     for (k, v) in env {
         c.env(k, v);
     }

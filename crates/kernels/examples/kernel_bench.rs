@@ -14,7 +14,7 @@
 //! `--f32` times `LinearF32::forward` instead (fp32 weights with the same zero patterns, at 0,
 //! 80 and 90% sparsity; no peak share, the integer peak does not apply).
 //!
-//! `--json` prints one JSON object per line (first the peaks) for `benches/kernels.py`, which
+//! `--json` prints one JSON object per line (first the peaks) for `benches/kernel_table.py`, which
 //! times ONNX Runtime's dense int8 on the same shapes around each group. Threads come from a small
 //! persistent pool (condvar wake-up, as ONNX Runtime's intra-op pool), not per-call spawns.
 

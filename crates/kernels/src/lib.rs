@@ -12,7 +12,8 @@
 //! Layers, lowest first: `cpu`, `error`, `par`, `scratch`, `gelu`; the linear kernels' shared
 //! infrastructure `blocks` (the packed weight format), `plan` (tasks and shared outputs), `quant`
 //! (activation quantization), `epilogue`, and the x86 in-register transposes `transpose`; the kernels
-//! `linear_i8`, `linear_f32`, `attention`, `attention_i8`, `layer_norm`; on top, `isa` (the ISA choice and the
+//! `linear_i8`, `linear_f32`, `attention`, `attention_i8`, `layer_norm`; the training kernels
+//! `masked_linear` (over `linear_f32`'s forward kernels); on top, `isa` (the ISA choice and the
 //! self-check that runs the kernels).
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -28,6 +29,7 @@ pub mod isa;
 pub mod layer_norm;
 pub mod linear_f32;
 pub mod linear_i8;
+pub mod masked_linear;
 pub mod par;
 mod plan;
 mod quant;

@@ -54,6 +54,24 @@ fn prep_tile(x: &[f32], k: usize, t0: usize, tvalid: usize, tw: usize, out: &mut
     }
 }
 
+/// Tokens `t0..t0 + tvalid` of `x [T][K]` transposed into `out [K][tw]` (zero-padded to `tw`
+/// tokens), with AVX2 8×8 transposes where `isa` has AVX2. Pure data movement: every ISA writes
+/// the same values.
+///
+/// # Panics
+/// When `x` holds fewer than `t0 + tvalid` rows, `out` fewer than `K·tw` values, `tvalid > tw`
+/// or `tw` is not a multiple of 8.
+pub(crate) fn transpose_tile(isa: Isa, x: &[f32], k: usize, t0: usize, tvalid: usize, tw: usize, out: &mut [f32]) {
+    assert!(x.len() >= (t0 + tvalid) * k && out.len() >= k * tw && tvalid <= tw && tw.is_multiple_of(8));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 is checked just here (a `bool` read after the first call); the slice
+        // bounds `prep` needs are asserted above.
+        Isa::Avx2 | Isa::Avx512Vnni if Isa::Avx2.supported() => unsafe { avx2::prep(x, k, t0, tvalid, tw, out) },
+        _ => prep_tile(x, k, t0, tvalid, tw, out),
+    }
+}
+
 impl LinearF32 {
     /// `w`: `[K, N]` row-major (`y = x·W`); `bias`: optional `[N]`. Fails on an ISA this CPU lacks.
     pub fn new(w: &[f32], k: usize, n: usize, bias: Option<&[f32]>, isa: Isa) -> Result<LinearF32, KernelError> {
@@ -67,6 +85,18 @@ impl LinearF32 {
             Some(b) => return Err(kerr!("bias has {} elements, expected N = {n}", b.len())),
         };
         Ok(LinearF32 { blocks: pack_blocks(w, k, n), bias, isa })
+    }
+
+    /// A layer over weights already packed (`masked_linear` packs `W ⊙ M` from a mask per call);
+    /// `bias`: `[N]`. Fails on an ISA this CPU lacks.
+    pub(crate) fn from_blocks(blocks: Blocks<f32>, bias: Vec<f32>, isa: Isa) -> Result<LinearF32, KernelError> {
+        if !isa.supported() || (isa == Isa::Avx512Vnni && !Isa::Avx2.supported()) {
+            return Err(kerr!("instruction set {isa} is not supported by this CPU"));
+        }
+        if bias.len() != blocks.n {
+            return Err(kerr!("bias has {} elements, expected N = {}", bias.len(), blocks.n));
+        }
+        Ok(LinearF32 { blocks, bias, isa })
     }
 
     pub fn stats(&self) -> &PackStats {
@@ -115,13 +145,7 @@ impl LinearF32 {
         let isa = self.isa;
         let prep = |tile: usize, out: &mut [f32]| {
             let t0 = tile * tw;
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `new` admitted `isa` only if this CPU supports it, and AVX-512 only with
-                // AVX2; `x` holds T rows of K (checked in `forward`), `out` is one tile of K·tw.
-                Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::prep(x, k, t0, tw.min(t - t0), tw, out) },
-                _ => prep_tile(x, k, t0, tw.min(t - t0), tw, out),
-            }
+            transpose_tile(isa, x, k, t0, tw.min(t - t0), tw, out)
         };
         let b = &self.blocks;
         let plan = Plan::new(n_tiles, &b.group_start, par.threads());

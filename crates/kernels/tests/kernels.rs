@@ -5,3 +5,4 @@ mod attention;
 mod attention_i8;
 mod linear_f32;
 mod linear_i8;
+mod masked_linear;

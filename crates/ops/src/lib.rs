@@ -1,6 +1,7 @@
 //! sparsec's ONNX Runtime custom operators, domain [`DOMAIN`] (`ai.sparsec`): thin adapters from
-//! ORT's kernel API onto `sparsec-kernels`. Weights are read once, when ORT creates a kernel, and
-//! packed; `compute` only reads its inputs and writes its outputs, so one kernel may serve
+//! ORT's kernel API onto `sparsec-kernels`. Inference weights are read once, when ORT creates a
+//! kernel, and packed; the training operators (`masked_linear`) take weight and mask as run-time
+//! inputs. `compute` only reads its inputs and writes its outputs, so one kernel may serve
 //! concurrent runs. No panic crosses the FFI boundary: every kernel body runs under
 //! `catch_unwind` and reports failures as ORT errors naming the node.
 //!
@@ -11,6 +12,7 @@
 mod attention;
 mod layer_norm;
 mod linear;
+mod masked_linear;
 mod quantized_attention;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,6 +25,10 @@ use sparsec_kernels::{Isa, Parallel};
 pub use attention::{AttentionOp, ATTENTION};
 pub use layer_norm::{LayerNormOp, LAYER_NORM};
 pub use linear::{SparseLinearF32Op, SparseLinearOp, SPARSE_LINEAR, SPARSE_LINEAR_F32};
+pub use masked_linear::{
+    MaskedLinearGradInputOp, MaskedLinearGradWeightOp, MaskedLinearOp, MASKED_LINEAR, MASKED_LINEAR_GRAD_INPUT,
+    MASKED_LINEAR_GRAD_WEIGHT,
+};
 pub use quantized_attention::{QuantizedAttentionOp, QUANTIZED_ATTENTION};
 
 /// The ONNX domain of sparsec's operators.
@@ -55,7 +61,10 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(SparseLinearF32Op)?
         .add(AttentionOp)?
         .add(QuantizedAttentionOp)?
-        .add(LayerNormOp)
+        .add(LayerNormOp)?
+        .add(MaskedLinearOp)?
+        .add(MaskedLinearGradInputOp)?
+        .add(MaskedLinearGradWeightOp)
 }
 
 /// The instruction set kernels are created with: `SPARSEC_ISA` when set, else the best this CPU has.

@@ -1,4 +1,5 @@
-//! Gradient rules, one file per op family, dispatched through one registry keyed by op type.
+//! Gradient rules, one file per op family, dispatched through one registry keyed by op type (and a
+//! second for sparsec's `ai.sparsec` training operators).
 //!
 //! A rule names the values its node's gradient reaches (its *sources*: usually some input slots)
 //! and, given the gradients of the node's outputs, emits the gradients of those sources through a
@@ -7,6 +8,7 @@
 mod elementwise;
 mod gather;
 mod layernorm;
+mod masked_linear;
 mod matmul;
 mod quant;
 mod reduce;
@@ -125,12 +127,23 @@ fn registry() -> &'static HashMap<&'static str, GradRule> {
     })
 }
 
-/// The gradient rule of a default-domain op.
+/// Rules of sparsec's own (`ai.sparsec`) operators.
+fn sparsec_registry() -> &'static HashMap<&'static str, GradRule> {
+    static REG: OnceLock<HashMap<&'static str, GradRule>> = OnceLock::new();
+    REG.get_or_init(|| {
+        let mut rules = Vec::new();
+        masked_linear::register(&mut rules);
+        rules.into_iter().map(|r| (r.op_type, r)).collect()
+    })
+}
+
+/// The gradient rule of a default-domain or `ai.sparsec` op.
 pub fn lookup(domain: &str, op_type: &str) -> Option<&'static GradRule> {
-    if !(domain.is_empty() || domain == "ai.onnx") {
-        return None;
+    match domain {
+        "" | "ai.onnx" => registry().get(op_type),
+        crate::ir::ops::sparsec::DOMAIN => sparsec_registry().get(op_type),
+        _ => None,
     }
-    registry().get(op_type)
 }
 
 /// Whether the op is known to carry no gradient.

@@ -6,6 +6,7 @@
 
 mod elementwise;
 mod linalg;
+pub mod masked_linear;
 mod nn;
 mod shape;
 pub mod sparsec;
@@ -42,6 +43,7 @@ fn registry() -> &'static Registry {
         nn::register(&mut defs);
         shape::register(&mut defs);
         sparsec::register(&mut defs);
+        masked_linear::register(&mut defs);
         let mut reg = Registry::new();
         for d in defs {
             reg.entry(d.domain).or_default().insert(d.op_type, d);

@@ -1,11 +1,13 @@
 //! The start-up self-check of the AVX-512 kernels against the scalar ones that `isa.rs` runs
-//! (once per process) before it chooses AVX-512: small problems of every kernel kind on both ISAs.
+//! (once per process) before it chooses AVX-512: small problems of every kernel kind on both ISAs,
+//! the masked-linear training kernels included.
 
 use crate::attention::{Attention, AttentionPrecision};
 use crate::attention_i8::{Quant, QuantAttention, QuantAttentionParams};
 use crate::cpu::Isa;
 use crate::linear_f32::LinearF32;
 use crate::linear_i8::{ActQuant, Epilogue, LinearI8};
+use crate::masked_linear::{KeptBlocks, MaskedLinear};
 use crate::par::Serial;
 
 /// `Ok` when the AVX-512 kernels compute what the scalar kernels compute on small problems of
@@ -52,6 +54,7 @@ pub(super) fn avx512() -> Result<(), String> {
     if !close(&ya, &yb) {
         return Err("fp32 layer outputs differ".into());
     }
+    masked_linear(&wf, &sparse, &x, k, n, t)?;
     let (heads, d, s) = (3, 16, 37);
     let qkv = values(s * 3 * heads * d, 4);
     let mut mask = vec![0f32; s];
@@ -91,6 +94,48 @@ pub(super) fn avx512() -> Result<(), String> {
     let (fast, slow) = (run_i8(Isa::Avx512Vnni)?, run_i8(Isa::Scalar)?);
     if fast.iter().zip(&slow).any(|(a, b)| a.to_bits() != b.to_bits()) {
         return Err("int8 attention outputs differ".into());
+    }
+    Ok(())
+}
+
+/// The masked-linear training kernels on both ISAs: the input gradient bit for bit (both sum it
+/// in one FMA order); the forward product and the weight gradient, summed in different orders,
+/// each within twice the rounding bound of an f32 sum, `2·γ_n·Σ|terms|` (`γ_n = n·u/(1 − n·u)`).
+fn masked_linear(w: &[f32], mask_src: &[i8], x: &[f32], k: usize, n: usize, t: usize) -> Result<(), String> {
+    let mask: Vec<f32> = mask_src.iter().map(|&v| (v != 0) as u8 as f32).collect();
+    let kept = KeptBlocks::from_mask(&mask, k, n).map_err(|e| e.to_string())?;
+    let dy = values(t * n, 5);
+    let run = |isa: Isa| -> Result<[Vec<f32>; 3], String> {
+        let ml = MaskedLinear::new(isa).map_err(|e| e.to_string())?;
+        let (mut y, mut dx, mut dw) = (vec![0f32; t * n], vec![0f32; t * k], vec![0f32; k * n]);
+        ml.forward(x, t, w, &mask, &kept, None, &mut y, &Serial).map_err(|e| e.to_string())?;
+        ml.grad_input(&dy, t, w, &mask, &kept, &mut dx, &Serial).map_err(|e| e.to_string())?;
+        ml.grad_weight(x, &dy, t, &mask, &kept, &mut dw, &Serial).map_err(|e| e.to_string())?;
+        Ok([y, dx, dw])
+    };
+    let ([ya, dxa, dwa], [yb, dxb, dwb]) = (run(Isa::Avx512Vnni)?, run(Isa::Scalar)?);
+    let gamma = |terms: usize| {
+        let nu = terms as f64 * f64::powi(2.0, -24);
+        2.0 * nu / (1.0 - nu)
+    };
+    for tt in 0..t {
+        for j in 0..n {
+            let mag: f64 = (0..k).map(|kk| (x[tt * k + kk] * w[kk * n + j] * mask[kk * n + j]).abs() as f64).sum();
+            if (ya[tt * n + j] - yb[tt * n + j]).abs() as f64 > gamma(k + 1) * mag {
+                return Err("masked-linear forward products differ".into());
+            }
+        }
+    }
+    for kk in 0..k {
+        for j in 0..n {
+            let mag: f64 = (0..t).map(|tt| (x[tt * k + kk] * dy[tt * n + j]).abs() as f64).sum();
+            if (dwa[kk * n + j] - dwb[kk * n + j]).abs() as f64 > gamma(t.div_ceil(64) * 64 + 1) * mag {
+                return Err("masked-linear weight gradients differ".into());
+            }
+        }
+    }
+    if dxa.iter().zip(&dxb).any(|(a, b)| a.to_bits() != b.to_bits()) {
+        return Err("masked-linear input gradients differ".into());
     }
     Ok(())
 }

@@ -20,7 +20,10 @@ Rust: CLOCK_PROCESS_CPUTIME_ID). On a shared, oversubscribed machine a call long
 preempted and its wall time counts the wait, so the single-thread tables use CPU time (ORT's
 single intra-op thread does not spin); the wall-time table covers 1 and 2 threads.
 
-  python3 benches/kernels.py PATH/TO/kernel_bench [--secs S] [--json OUT]
+  python3 benches/kernel_table.py PATH/TO/kernel_bench [--secs S] [--json OUT]
+
+(Named kernel_table.py, not kernels.py: Python puts a script's folder first on sys.path, so a
+kernels.py here shadowed the `kernels` package that transformers imports for every script in benches/.)
 """
 
 import argparse

@@ -1,0 +1,196 @@
+//! `UseMaskedLinear`: the masked linear layers of a graph about to be differentiated rewritten to
+//! sparsec's block-sparse training operator `ai.sparsec::MaskedLinear`, whose gradient rule
+//! (`autodiff::rules::masked_linear`) emits `MaskedLinearGradInput` and `MaskedLinearGradWeight`:
+//! forward and both gradients then cost the mask's kept `[4, 1]` blocks instead of the dense layer.
+
+use serde::{Deserialize, Serialize};
+
+use super::pattern::{sole_consumer, Consumers};
+use super::{Pass, PassError, PassReport};
+use crate::ir::ops::masked_linear::MASKED_LINEAR;
+use crate::ir::ops::sparsec::DOMAIN;
+use crate::ir::{DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, ValueId};
+
+/// Rewrites each linear layer whose weight reaches its `MatMul` through a pruning mask.
+///
+/// - Matches: `MatMul(X, P)` (default domain) with `P = Mul(W, M)` an `InsertMasks` node
+///   (`sparsec.mask/<param>`) read by that `MatMul` alone and not a graph output, `W` f32 of
+///   static shape `[K, N]`, `M` a graph input (the mask fed at run time). When the `MatMul`'s
+///   output is read only by an `Add` whose other input is an f32 `[N]` initializer (the bias, in
+///   either order), the `Add` is matched too. A weight that reaches the `MatMul` through anything
+///   else (fake quantization: `Where`/`DequantizeLinear`) is not matched, so QAT graphs keep their
+///   dense layers.
+/// - Emits: `ai.sparsec::MaskedLinear(X, W, M, B?)` writing the `MatMul`'s (or the `Add`'s) output
+///   value, named as the `MatMul` and carrying its metadata, so the module scope recovered from
+///   the node ([`crate::ir::modules`]) and every value name stay as they were; the `Mul`, the
+///   `MatMul` and the `Add` are removed. The model gains the `ai.sparsec` opset import.
+/// - Assumes: the operator computes `X·(W ⊙ M) + B` with `W ⊙ M` rounded as `Mul` rounds it, so
+///   outputs differ from the dense layer's by the f32 rounding of a different summation order;
+///   the gradient of `W` is `M ⊙ (Xᵀ·dY)` as the `Mul` → `MatMul` chain's is. Any mask is exact;
+///   the speed-up needs `[4, 1]` blocks (see `sparsec_kernels::masked_linear`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UseMaskedLinear {}
+
+/// One matched layer.
+struct Site {
+    matmul: NodeId,
+    mul: NodeId,
+    add: Option<NodeId>,
+    x: ValueId,
+    w: ValueId,
+    mask: ValueId,
+    bias: Option<ValueId>,
+    out: ValueId,
+}
+
+impl Pass for UseMaskedLinear {
+    fn name(&self) -> &'static str {
+        "UseMaskedLinear"
+    }
+
+    fn run(&self, model: &mut Model) -> Result<PassReport, PassError> {
+        let pass = self.name();
+        let mut report = PassReport { pass: pass.into(), ..PassReport::default() };
+        model
+            .graph
+            .edit(|p: &mut Patch| -> Result<(), PassError> {
+                let g = p.graph();
+                let consumers = g.consumers();
+                for (id, _) in g.nodes() {
+                    let Some(site) = match_site(g, &consumers, id) else { continue };
+                    let node = g.node(site.matmul);
+                    let mut inputs = vec![Some(site.x), Some(site.w), Some(site.mask)];
+                    if let Some(b) = site.bias {
+                        inputs.push(Some(b));
+                    }
+                    let spec = NodeSpec {
+                        name: node.name.clone(),
+                        op_type: MASKED_LINEAR.into(),
+                        domain: DOMAIN.into(),
+                        inputs,
+                        attrs: Vec::new(),
+                        metadata: node.metadata.clone(),
+                    };
+                    for dead in [Some(site.mul), Some(site.matmul), site.add].into_iter().flatten() {
+                        p.remove_node(dead);
+                    }
+                    p.add_node_with_outputs(spec, vec![Some(site.out)]);
+                    report.rewritten += 1;
+                }
+                Ok(())
+            })
+            .map_err(|e| e.in_pass(pass))?;
+        if report.rewritten > 0 && !model.opset_imports.iter().any(|(d, _)| d == DOMAIN) {
+            model.opset_imports.push((DOMAIN.to_string(), 1));
+        }
+        Ok(report)
+    }
+}
+
+/// The masked linear layer whose `MatMul` is node `id`, if it is one.
+fn match_site(g: &Graph, consumers: &Consumers, id: NodeId) -> Option<Site> {
+    let mm = g.node(id);
+    if mm.op_type != "MatMul" || !mm.domain.is_empty() {
+        return None;
+    }
+    let (x, p, y) = (mm.input(0)?, mm.input(1)?, mm.output(0)?);
+    let (mul, mn) = g.producer(p)?;
+    if mn.op_type != "Mul" || !mn.domain.is_empty() || !mn.name.starts_with("sparsec.mask/") {
+        return None;
+    }
+    sole_consumer(g, consumers, p).filter(|(c, _, _)| *c == id)?;
+    let (w, mask) = (mn.input(0)?, mn.input(1)?);
+    let is_plain_input = |v: ValueId| g.inputs().contains(&v) && !g.is_initializer(v);
+    if !is_plain_input(mask) {
+        return None;
+    }
+    let wf = &g.value(w).facts;
+    let n = match wf.shape.as_deref() {
+        Some([Dim::Known(k), Dim::Known(n)]) if *k > 0 && *n > 0 && wf.dtype == Some(DType::F32) => *n,
+        _ => return None,
+    };
+    if g.value(mask).facts.shape != wf.shape {
+        return None;
+    }
+    let bias = sole_consumer(g, consumers, y).and_then(|(add, an, _)| {
+        if an.op_type != "Add" || !an.domain.is_empty() {
+            return None;
+        }
+        let other = match (an.input(0)?, an.input(1)?) {
+            (a, b) if a == y => b,
+            (a, b) if b == y => a,
+            _ => return None,
+        };
+        let t = g.initializer(other)?;
+        (t.dtype == DType::F32 && t.dims == [n]).then_some((add, other, an.output(0)?))
+    });
+    let (add, bias, out) = match bias {
+        Some((add, b, out)) => (Some(add), Some(b), out),
+        None => (None, None, y),
+    };
+    Some(Site { matmul: id, mul, add, x, w, mask, bias, out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Facts, Tensor};
+    use crate::passes::{InsertMasks, MaskTarget};
+
+    /// `x [2, 8] → MatMul(x, w [8, 4]) → Add(b) → y`, then masks inserted on `w`.
+    fn masked(with_bias: bool) -> Model {
+        let mut m = Model { opset_imports: vec![(String::new(), 17)], ..Model::default() };
+        m.graph
+            .edit(|p: &mut Patch| -> Result<(), PassError> {
+                let x = p.add_input("x", Facts::new(DType::F32, vec![Dim::Known(2), Dim::Known(8)]));
+                let w = p.add_initializer("onnx::MatMul_1", Tensor::from_f32(vec![8, 4], &[0.5; 32]));
+                let mut y = p.op(NodeSpec::new("MatMul", "/fc/MatMul", &[x, w]), "mm", Facts::default());
+                if with_bias {
+                    let b = p.add_initializer("onnx::Add_2", Tensor::from_f32(vec![4], &[1.0; 4]));
+                    y = p.op(NodeSpec::new("Add", "/fc/Add", &[b, y]), "y", Facts::default());
+                }
+                p.add_output(y);
+                Ok(())
+            })
+            .unwrap();
+        let targets = vec![MaskTarget { param: "fc.weight".into(), initializer: "onnx::MatMul_1".into() }];
+        InsertMasks { targets }.run(&mut m).unwrap();
+        crate::ir::infer::infer_facts(&mut m).unwrap();
+        m
+    }
+
+    #[test]
+    fn fuses_mask_matmul_and_bias_into_one_node_named_as_the_matmul() {
+        for with_bias in [true, false] {
+            let mut m = masked(with_bias);
+            let out_name = m.graph.value(m.graph.outputs()[0]).name.clone();
+            let r = UseMaskedLinear::default().apply(&mut m).unwrap();
+            assert_eq!(r.rewritten, 1);
+            let g = &m.graph;
+            let ops: Vec<&str> = g.nodes().map(|(_, n)| n.op_type.as_str()).collect();
+            assert_eq!(ops, vec![MASKED_LINEAR]);
+            let (_, n) = g.nodes().next().unwrap();
+            assert_eq!((n.name.as_str(), n.domain.as_str()), ("/fc/MatMul", DOMAIN));
+            assert_eq!(n.inputs.len(), if with_bias { 4 } else { 3 });
+            assert_eq!(g.value(g.outputs()[0]).name, out_name, "the output value is kept");
+            assert!(m.opset_imports.iter().any(|(d, _)| d == DOMAIN));
+            // The module names of anonymous initializers still come from the (renamed) node.
+            let names = crate::ir::modules::parameter_names(g);
+            assert_eq!(names.get("fc.weight"), g.value_by_name("onnx::MatMul_1").as_ref());
+            assert_eq!(names.get("fc.bias").copied(), g.value_by_name("onnx::Add_2").filter(|_| with_bias));
+        }
+    }
+
+    #[test]
+    fn leaves_a_weight_read_elsewhere_alone() {
+        let mut m = masked(true);
+        m.graph
+            .edit(|p: &mut Patch| -> Result<(), PassError> {
+                let masked = p.graph().value_by_name("fc.weight.masked").unwrap();
+                p.add_output(masked);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(UseMaskedLinear::default().run(&mut m).unwrap().rewritten, 0);
+    }
+}
