@@ -11,11 +11,17 @@ second sparsec binary (e.g. an older build) runs the same thing in the same comm
 
     python3 benches/train_throughput.py --sparsec target/release/sparsec [--baseline OLD_SPARSEC]
         [--recipe recipes/gmp80-qat-distill-one-epoch.yaml] [--batch 16] [--steps 4] [--warmup 1]
+
+With --sparse-train-ab S, instead: MiniLM with the smallest-norm S of each encoder linear's [4, 1]
+blocks zeroed (4 consecutive output channels of one input), compiled with the sparse-transfer recipe
+(ConstantPruning keeps those zeros from step 0), trained on real SQuAD windows with --group-by-length,
+--sparse-train off then auto, alternating (--pairs times, default 2), in one command.
 """
 
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
-def run_sparsec(args, binary, tmp, grouped=False):
-    model = SHARED / "models/minilm-l6-squad/model.onnx"
+def run_sparsec(args, binary, tmp, grouped=False, model=None, extra=()):
+    model = model or SHARED / "models/minilm-l6-squad/model.onnx"
     compiled = tmp / "c"
     subprocess.run([binary, "compile", str(model), "--recipe", str(args.recipe), "-o", str(compiled)],
                    check=True, capture_output=True)
@@ -38,6 +44,7 @@ def run_sparsec(args, binary, tmp, grouped=False):
            "--per-device-train-batch-size", str(args.batch), "--distill-teacher", "disable",
            "--threads", str(args.threads), "--json"] + (["--group-by-length"] if grouped else
                                                          [] if args.real_lengths else ["--pad-to-max-length"])
+    cmd += list(extra)
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"sparsec train failed:\n{p.stderr[-3000:]}")
@@ -45,7 +52,8 @@ def run_sparsec(args, binary, tmp, grouped=False):
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     timed = log[args.warmup:]
     secs = sum(r["step_seconds"] for r in timed)
-    return {"system": f"sparsec (ORT) {binary}" + (" --group-by-length" if grouped else ""),
+    return {"system": f"sparsec (ORT) {binary}" + (" --group-by-length" if grouped else "") + "".join(" " + e for e in extra),
+            "block_sparse_steps": sum(1 for r in timed if r.get("block_sparse")),
             "recipe": str(args.recipe), "batch": args.batch, "seq_lens": [r.get("seq_len") for r in log],
             "qat_steps": sum(1 for r in timed if r["qat"]), "timed_steps": len(timed),
             "samples_per_second": args.batch * len(timed) / secs, "step_seconds": secs / len(timed),
@@ -75,7 +83,12 @@ def main():
                     help="train on real SQuAD windows padded per batch, with and without --group-by-length; "
                          "PyTorch runs the grouped run's batch shapes")
     ap.add_argument("--train-samples", type=int, help="SQuAD questions to build windows from")
+    ap.add_argument("--sparse-train-ab", type=float, metavar="S",
+                    help="A/B of --sparse-train off/auto on MiniLM with S of its encoder [4,1] blocks zeroed")
+    ap.add_argument("--pairs", type=int, default=2, help="off/auto pairs of --sparse-train-ab")
     args = ap.parse_args()
+    if args.sparse_train_ab is not None:
+        return sparse_train_ab(args)
     if args.real_lengths:
         return real_lengths(args)
     runs = {}
@@ -113,6 +126,63 @@ def real_lengths(args):
     print(f"grouped vs random batches (sparsec): {g / r:.2f}x; sparsec grouped vs PyTorch on the same shapes: "
           f"{g / p:.2f}x; peak RSS {runs['sparsec_grouped']['peak_rss_mib']:.0f} MiB vs "
           f"{runs['pytorch_grouped_shapes']['peak_rss_mib']:.0f} MiB")
+
+
+def prune_4x1(src, dst, sparsity):
+    """Zeroes the smallest-L2 `sparsity` of the [4, 1] blocks of every encoder linear weight (a
+    MatMul initializer [K, N] read by a node of `/encoder/layer.`), per layer."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(str(src))
+    inits = {t.name: t for t in m.graph.initializer}
+    done = 0
+    for node in m.graph.node:
+        if node.op_type != "MatMul" or "/encoder/layer." not in node.name or node.input[1] not in inits:
+            continue
+        t = inits[node.input[1]]
+        w = numpy_helper.to_array(t).copy()
+        if w.ndim != 2 or w.shape[1] % 4:
+            continue
+        k, n = w.shape
+        norms = np.sqrt((w.reshape(k, n // 4, 4) ** 2).sum(-1))
+        cut = int(round(sparsity * norms.size))
+        drop = np.argsort(norms, axis=None, kind="stable")[:cut]
+        blocks = np.ones(norms.size, dtype=bool)
+        blocks[drop] = False
+        w *= np.repeat(blocks.reshape(k, n // 4), 4, axis=1)
+        t.CopyFrom(numpy_helper.from_array(w.astype(np.float32), t.name))
+        done += 1
+    onnx.save(m, str(dst))
+    return done
+
+
+def sparse_train_ab(args):
+    args.recipe = str(ROOT / "recipes/sparse-transfer-distill.yaml")
+    args.train_samples = args.train_samples or 2000
+    runs = []
+    with tempfile.TemporaryDirectory() as t:
+        src = SHARED / "models/minilm-l6-squad"
+        (Path(t) / "pruned").mkdir()
+        for f in src.iterdir():
+            if f.is_file() and f.name != "model.onnx":
+                shutil.copy(f, Path(t) / "pruned" / f.name)
+        pruned = Path(t) / "pruned/model.onnx"
+        layers = prune_4x1(src / "model.onnx", pruned, args.sparse_train_ab)
+        for mode in ["off", "auto"] * args.pairs:
+            with tempfile.TemporaryDirectory() as r:
+                run = run_sparsec(args, args.sparsec, Path(r), grouped=True, model=pruned, extra=["--sparse-train", mode])
+            run["mode"] = mode
+            runs.append(run)
+            print(f"--sparse-train {mode}: {run['step_seconds']:.3f} s/step, {run['samples_per_second']:.2f} samples/s, "
+                  f"{run['block_sparse_steps']} of {run['timed_steps']} timed steps block-sparse, "
+                  f"peak RSS {run['peak_rss_mib']:.0f} MiB", flush=True)
+    print(json.dumps({"sparsity_4x1": args.sparse_train_ab, "pruned_layers": layers, "runs": runs}, indent=1))
+    off = [r["step_seconds"] for r in runs if r["mode"] == "off"]
+    on = [r["step_seconds"] for r in runs if r["mode"] == "auto"]
+    print(f"{layers} layers at {args.sparse_train_ab:.0%} [4,1]: auto vs off, s/step {sum(on) / len(on):.3f} vs "
+          f"{sum(off) / len(off):.3f}: {sum(off) / sum(on):.2f}x (per pair: "
+          + ", ".join(f"{a / b:.2f}x" for a, b in zip(off, on)) + ")")
 
 
 if __name__ == "__main__":
