@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 SHAPES = [(384, 384), (384, 1152), (384, 1536), (1536, 384)]
 TOKENS = [384, 6144]
+BERTBASE_SHAPES = [(768, 768), (768, 2304), (768, 3072), (3072, 768)]
 THREADS = [1, 2]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9]
 PATTERNS = ["4x1", "1x4", "unstructured"]
@@ -125,7 +126,12 @@ def main():
     ap.add_argument("bench", help="path to the kernel_bench example binary (release build)")
     ap.add_argument("--secs", type=float, default=0.15, help="timing loop per configuration (s)")
     ap.add_argument("--json", help="write every measurement here")
+    ap.add_argument("--shapes", choices=["minilm", "bertbase"], default="minilm",
+                    help="linear shapes: MiniLM's (default) or BERT-base's (768/2304/3072, 384 tokens only)")
     args = ap.parse_args()
+    global SHAPES, TOKENS
+    if args.shapes == "bertbase":
+        SHAPES, TOKENS = BERTBASE_SHAPES, [384]
 
     rng = np.random.default_rng(12)
     headers = []

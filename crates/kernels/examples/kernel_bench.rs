@@ -11,6 +11,8 @@
 //!   cargo run --release -p sparsec-kernels --example kernel_bench -- [--json] [--secs S]
 //!       [--only K,N,T,THREADS] [--pattern dense|4x1|1x4|unstructured] [--f32]
 //!
+//! `--only` takes any shape (K, N a multiple of 4 for the `[1, 4]` pattern), not only MiniLM's.
+//!
 //! `--f32` times `LinearF32::forward` instead (fp32 weights with the same zero patterns, at 0,
 //! 80 and 90% sparsity; no peak share, the integer peak does not apply).
 //!
@@ -382,12 +384,17 @@ fn main() {
     }
     let mut rng = Rng(12);
     let mut pools: Vec<Pool> = Vec::new();
-    for &(k, n) in &SHAPES {
-        for &t in &TOKENS {
-            for threads in [1, 2] {
-                if args.only.is_some_and(|o| o != (k, n, t, threads)) {
-                    continue;
-                }
+    // `--only` runs exactly its configuration (any K, N, T: BERT-base's widths too), else every
+    // MiniLM shape.
+    let grid: Vec<(usize, usize, usize, usize)> = match args.only {
+        Some(o) => vec![o],
+        None => {
+            SHAPES.iter().flat_map(|&(k, n)| TOKENS.iter().flat_map(move |&t| [1, 2].map(|th| (k, n, t, th)))).collect()
+        }
+    };
+    for (k, n, t, threads) in grid {
+        {
+            {
                 if !pools.iter().any(|p| p.threads == threads) {
                     pools.push(Pool::new(threads));
                 }
