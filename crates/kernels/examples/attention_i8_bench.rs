@@ -10,63 +10,10 @@
 //! pay). Inputs are uniform in ±10, the size SparseML's projections carry, no mask.
 
 use sparsec_kernels::attention_i8::{Quant, QuantAttention, QuantAttentionParams};
-use sparsec_kernels::{Isa, Parallel};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use sparsec_kernels::Isa;
 
-struct Threads(usize);
-
-impl Parallel for Threads {
-    fn threads(&self) -> usize {
-        self.0
-    }
-    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        let next = AtomicUsize::new(0);
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            f(i)
-        };
-        std::thread::scope(|s| {
-            for _ in 1..self.0 {
-                s.spawn(work);
-            }
-            work();
-        });
-    }
-}
-
-/// This process's user + system CPU seconds (Linux `/proc/self/stat`, 100 Hz ticks); 0 elsewhere.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Median wall seconds per call over at least 3 calls and `secs` of calls after one warm-up call,
-/// and CPU seconds per call (all threads).
-fn time(secs: f64, mut f: impl FnMut()) -> (f64, f64) {
-    f();
-    let mut times = vec![];
-    let (start, cpu) = (Instant::now(), cpu_seconds());
-    while times.len() < 3 || start.elapsed() < Duration::from_secs_f64(secs) {
-        let t = Instant::now();
-        f();
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let cpu = (cpu_seconds() - cpu) / times.len() as f64;
-    times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], cpu)
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    let i = args.iter().position(|a| a == name)?;
-    let v = args.get(i + 1).unwrap_or_else(|| panic!("{name} takes a value"));
-    Some(v.parse().unwrap_or_else(|_| panic!("{name}: cannot parse '{v}'")))
-}
+mod bench_util;
+use bench_util::{arg, time, Threads};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -114,7 +61,7 @@ fn main() {
         for isa in Isa::available().into_iter().filter(|i| isa_only.is_none_or(|o| o == *i)) {
             let att = QuantAttention::new(heads, d, params, isa).unwrap();
             let par = Threads(threads);
-            let (wall, cpu) = time(secs, || att.forward(batch, seq, &q, &k, &v, hd, None, &mut out, &par).unwrap());
+            let (wall, _, cpu) = time(secs, || att.forward(batch, seq, &q, &k, &v, hd, None, &mut out, &par).unwrap());
             let gmac = 2.0 * (batch * heads * seq * seq * d) as f64 / wall / 1e9;
             if json {
                 println!(

@@ -37,16 +37,7 @@ pub(super) unsafe fn tile(
                 let ip = idx.as_ptr().add(g * GROUP);
                 let row = |i: usize| _mm512_loadu_si512(x.add(*ip.add(i) as usize * TW) as *const __m512i);
                 let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-                let lo01 = _mm512_unpacklo_epi8(r0, r1);
-                let hi01 = _mm512_unpackhi_epi8(r0, r1);
-                let lo23 = _mm512_unpacklo_epi8(r2, r3);
-                let hi23 = _mm512_unpackhi_epi8(r2, r3);
-                let v = [
-                    _mm512_unpacklo_epi16(lo01, lo23),
-                    _mm512_unpackhi_epi16(lo01, lo23),
-                    _mm512_unpacklo_epi16(hi01, hi23),
-                    _mm512_unpackhi_epi16(hi01, hi23),
-                ];
+                let v = quads([r0, r1, r2, r3]);
                 let wp = w.as_ptr().add(g * GW) as *const i32;
                 for (c, ac) in a.iter_mut().enumerate() {
                     let wc = _mm512_set1_epi32(wp.add(c).read_unaligned());
@@ -57,14 +48,9 @@ pub(super) unsafe fn tile(
             }
         }
         // a[c][q] lane l dword i holds token 16l + 4q + i.
-        for q in 0..4 {
-            // SAFETY: AVX-512 F is enabled here; tokens < 64 and `bl·4 + 4 ≤ ld`, so every quad
-            // lies inside `acc` (`acc.len() ≥ 64·ld`, asserted above).
-            unsafe {
-                let col = acc.as_mut_ptr().add(bl * BLOCK);
-                store_quads512([a[0][q], a[1][q], a[2][q], a[3][q]], col, ld, |l, i| 16 * l + 4 * q + i)
-            }
-        }
+        // SAFETY: tokens < 64 and `bl·4 + 4 ≤ ld`, so every quad lies inside `acc`
+        // (`acc.len() ≥ 64·ld`, asserted above); AVX-512 F is enabled here.
+        unsafe { store_block(&a, acc, bl, ld) }
     }
 }
 
@@ -84,16 +70,7 @@ pub(super) unsafe fn interleave_quads(xt: &mut [u8], k: usize) {
             let p = xt.as_mut_ptr().add(g * 4 * TW);
             let row = |i: usize| _mm512_loadu_si512(p.add(i * TW) as *const __m512i);
             let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let lo01 = _mm512_unpacklo_epi8(r0, r1);
-            let hi01 = _mm512_unpackhi_epi8(r0, r1);
-            let lo23 = _mm512_unpacklo_epi8(r2, r3);
-            let hi23 = _mm512_unpackhi_epi8(r2, r3);
-            let v = [
-                _mm512_unpacklo_epi16(lo01, lo23),
-                _mm512_unpackhi_epi16(lo01, lo23),
-                _mm512_unpacklo_epi16(hi01, hi23),
-                _mm512_unpackhi_epi16(hi01, hi23),
-            ];
+            let v = quads([r0, r1, r2, r3]);
             for (q, v) in v.iter().enumerate() {
                 _mm512_storeu_si512(p.add(q * TW) as *mut __m512i, *v);
             }
@@ -142,12 +119,47 @@ pub(super) unsafe fn tile_quads(
                 }
             }
         }
-        for q in 0..4 {
-            // SAFETY: as in `tile`.
-            unsafe {
-                let col = acc.as_mut_ptr().add(bl * BLOCK);
-                store_quads512([a[0][q], a[1][q], a[2][q], a[3][q]], col, ld, |l, i| 16 * l + 4 * q + i)
-            }
+        // SAFETY: tokens < 64 and `bl·4 + 4 ≤ ld`, so every quad lies inside `acc`
+        // (`acc.len() ≥ 64·ld`, asserted above); AVX-512 F is enabled here.
+        unsafe { store_block(&a, acc, bl, ld) }
+    }
+}
+
+/// Rows `r0..r3` (64 tokens each, one input index each) as the four registers `vpdpbusd` takes:
+/// register `q`, lane `l`, dword `i` = token `16l + 4q + i`, its 4 bytes from rows 0–3.
+///
+/// # Safety
+/// AVX-512 BW available.
+#[inline(always)]
+unsafe fn quads(r: [__m512i; 4]) -> [__m512i; 4] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let lo01 = _mm512_unpacklo_epi8(r[0], r[1]);
+        let hi01 = _mm512_unpackhi_epi8(r[0], r[1]);
+        let lo23 = _mm512_unpacklo_epi8(r[2], r[3]);
+        let hi23 = _mm512_unpackhi_epi8(r[2], r[3]);
+        [
+            _mm512_unpacklo_epi16(lo01, lo23),
+            _mm512_unpackhi_epi16(lo01, lo23),
+            _mm512_unpacklo_epi16(hi01, hi23),
+            _mm512_unpackhi_epi16(hi01, hi23),
+        ]
+    }
+}
+
+/// Block `bl`'s accumulators (`a[channel][q]`, tokens as [`quads`] lays them out) into the
+/// token-major `acc [64][ld]`.
+///
+/// # Safety
+/// AVX-512 F available; `acc.len() ≥ 64·ld` and `bl·4 + 4 ≤ ld`.
+#[allow(clippy::needless_range_loop)] // a[c][q] for every c shares q
+#[inline(always)]
+unsafe fn store_block(a: &[[__m512i; 4]; BLOCK], acc: &mut [i32], bl: usize, ld: usize) {
+    for q in 0..4 {
+        // SAFETY: the caller's contract; each quad's tokens are < 64.
+        unsafe {
+            let col = acc.as_mut_ptr().add(bl * BLOCK);
+            store_quads512([a[0][q], a[1][q], a[2][q], a[3][q]], col, ld, |l, i| 16 * l + 4 * q + i)
         }
     }
 }
