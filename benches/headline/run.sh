@@ -12,7 +12,9 @@
 #
 # EVAL_LIMIT=N scores only the first N dev questions (for a dry run of the script);
 # RECIPE=PATH trains another one-pass recipe (e.g. recipes/obs80-block4x1-qat-distill-one-epoch.yaml);
-# RECIPE_ARGS=JSON replaces benches/headline/recipe_args.json (e.g. to set final_sparsity).
+# RECIPE_ARGS=JSON replaces benches/headline/recipe_args.json (e.g. to set final_sparsity);
+# EVAL_STEPS=N also scores the first 1,000 dev questions every N training steps (the F1-over-time curve
+# of a long run, in train_log's evaluations and train_summary.json's evals).
 # DEADLINE_SECONDS stops training (SIGTERM via timeout) after that many seconds of this
 # invocation; the next invocation resumes (binaries from 2026-12-01 on checkpoint the step they were
 # in on SIGTERM; older ones, such as the 4a35f33 build this run started with, resume from the last
@@ -38,10 +40,12 @@ if [ ! -f "$RUN/compiled/plan.json" ]; then
 fi
 if [ ! -f "$RUN/train/model.onnx" ]; then
   resume=()
+  evals=()
+  [ -n "${EVAL_STEPS:-}" ] && evals=(--eval-file "$DEV" --max-eval-samples 1000 --eval-steps "$EVAL_STEPS")
   [ -d "$RUN/train/checkpoints" ] && resume=(--resume)
   cmd=("$BIN" train --model "$RUN/compiled" --train-file "$TRAIN" --output-dir "$RUN/train"
        --max-train-samples "$Q" --per-device-train-batch-size 16 --group-by-length
-       --save-steps 100 --threads 2 --json "${resume[@]}")
+       --save-steps 100 --threads 2 --json "${resume[@]}" "${evals[@]}")
   set +e
   if [ "$DEADLINE" -gt 0 ]; then timeout "$DEADLINE" "${cmd[@]}" > "$RUN/train_summary.json"; else "${cmd[@]}" > "$RUN/train_summary.json"; fi
   rc=$?

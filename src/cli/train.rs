@@ -100,6 +100,9 @@ pub(crate) struct TrainFlags {
     /// Also checkpoint every N steps.
     #[arg(long, alias = "save_steps")]
     pub save_steps: Option<u64>,
+    /// Also evaluate on --eval-file every N steps, besides each epoch end (an F1-over-time curve for long runs).
+    #[arg(long, alias = "eval_steps")]
+    pub eval_steps: Option<u64>,
     #[arg(long, alias = "save_total_limit", default_value_t = 2)]
     pub save_total_limit: usize,
     /// No training: prune each modifier's layers to its final sparsity once with the recipe's
@@ -206,6 +209,7 @@ impl TrainFlags {
             max_eval_samples: args.max_eval_samples,
             resume: args.resume,
             save_steps: args.save_steps,
+            eval_steps: args.eval_steps,
             save_total_limit: args.save_total_limit,
             one_shot: args.one_shot,
             prune_memory_limit: args.prune_memory_limit_mb.saturating_mul(1 << 20),

@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Checkpoint every N steps as well as at each epoch end.
     pub save_steps: Option<u64>,
+    /// Also evaluate on the eval questions every N steps (besides each epoch end).
+    pub eval_steps: Option<u64>,
     /// Newest checkpoints kept.
     pub save_total_limit: usize,
     /// Instead of training, apply the final sparsity and calibrate on this many training windows.
@@ -98,6 +100,7 @@ impl TrainConfig {
             max_eval_samples: None,
             resume: false,
             save_steps: None,
+            eval_steps: None,
             save_total_limit: 2,
             one_shot: None,
             num_train_epochs: None,

@@ -378,7 +378,7 @@ impl<'d> Session<'d> {
         progress.step(&entry);
         let done = step + 1;
         let epoch_end = done.is_multiple_of(self.steps.per_epoch) || done == self.steps.total;
-        if epoch_end {
+        if epoch_end || self.cfg.eval_steps.is_some_and(|n| n > 0 && done.is_multiple_of(n)) {
             self.evaluate(done, qat.on, progress)?;
         }
         if epoch_end || self.cfg.save_steps.is_some_and(|n| n > 0 && done.is_multiple_of(n)) {
