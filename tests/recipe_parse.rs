@@ -40,7 +40,7 @@ fn every_shipped_recipe_parses() {
             n += 1;
         }
     }
-    assert_eq!(n, 13);
+    assert_eq!(n, 14);
 }
 
 #[test]
