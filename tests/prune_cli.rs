@@ -376,3 +376,98 @@ fn movement_pruning_trains_from_step_gradients_and_resumes_exactly() {
         }
     }
 }
+
+/// A SIGTERM that lands while an OBS update gathers its gradients stops the run within seconds
+/// (not after the update), checkpoints the steps done before that update without any of its
+/// changes, and `--resume` runs the update again to the weights of an uninterrupted run. While it
+/// runs, the update says how far it is and how long the rest will take.
+#[test]
+fn a_signal_during_an_obs_update_stops_it_within_seconds_and_resume_redoes_it() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = r#"
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 2.0
+  - !OBSPruningModifier
+    params: ["re:.*layer\\.\\d+\\..*(query|key|value|dense)\\.weight$"]
+    init_sparsity: 0.5
+    final_sparsity: 0.8
+    start_epoch: 0.0
+    end_epoch: 1.0
+    update_frequency: 1.0
+    inter_func: linear
+    mask_type: [4, 1]
+    num_grads: 3000
+    damp: 1e-4
+    fisher_block_size: 16
+    grad_sampler_kwargs:
+      batch_size: 2
+"#;
+    let r = recipe_in(dir.path(), "obs-signal.yaml", recipe);
+    ok(&compile(dir.path(), &r, ""));
+    let c = dir.path().join("compiled");
+    let full = dir.path().join("full");
+    let full_out = train_tiny(&c, &full, &[], &[]);
+    let err = String::from_utf8_lossy(&full_out.stderr).to_string();
+    ok(&full_out);
+    assert!(err.contains("obs update: 2/3000 gradient batches (") && err.contains("s to go"), "{err}");
+    assert!(err.contains("obs update: 3000/3000 gradient batches"), "{err}");
+
+    let part = dir.path().join("part");
+    let data = root().join("fixtures/squad-tiny.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        .args(["train", "--model", s(&c), "--train-file", s(&data), "--output-dir", s(&part)])
+        .args(["--max-seq-length", "64", "--doc-stride", "32", "--per-device-train-batch-size", "8"])
+        .args(["--threads", "1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sparsec");
+    // Wait for the second update (the one after step 0) to report its second gradient batch.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let update_step: u64 = loop {
+        let l = lines.next().expect("the run ended before its second OBS update").unwrap();
+        seen.push(l.clone());
+        if let Some(rest) = l.strip_prefix("step ") {
+            let (n, tail) = rest.split_once(':').unwrap();
+            if n != "0" && tail.contains("obs update: 2/3000 gradient batches") {
+                break n.parse().unwrap();
+            }
+        }
+    };
+    let sent = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    let waited = sent.elapsed();
+    let stderr = seen.iter().chain(&rest).cloned().collect::<Vec<_>>().join("\n");
+    eprintln!("stopped {waited:?} after the signal");
+    assert!(waited < Duration::from_secs(20), "the run took {waited:?} to stop: {stderr}");
+    let ended = format!("step {update_step}: obs update: 3000/3000");
+    assert!(!stderr.contains(&ended), "the update ran to its end: {stderr}");
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    let msg = format!("training interrupted by SIGTERM after step {update_step};");
+    assert!(stderr.contains(&msg), "the steps before the update are checkpointed: {stderr}");
+    assert!(part.join("checkpoints").join(format!("step-{update_step:09}")).is_dir());
+
+    let resumed = train_tiny(&c, &part, &[], &["--resume"]);
+    let summary: Value = serde_json::from_str(&ok(&resumed)).unwrap();
+    assert_eq!(summary["resumed_from_step"], update_step);
+    let model = |d: &Path| {
+        let m = sparsec::onnx::load(d.join("model.onnx")).unwrap();
+        let g = &m.graph;
+        let mut v: Vec<(String, Vec<u8>)> =
+            g.initializers().iter().map(|(&id, t)| (g.value(id).name.clone(), t.raw().to_vec())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (a, b) = (model(&full), model(&part));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.0 == y.0 && x.1 == y.1, "'{}' differs from the uninterrupted run", x.0);
+    }
+}

@@ -146,10 +146,12 @@ impl Progress for Bar {
         }
     }
 
+    /// Above the bar on a terminal; a plain stderr line otherwise (indicatif's `println` drops the
+    /// text when the bar is hidden, as it is when stderr goes to a file or a pipe).
     fn message(&mut self, text: &str) {
         match &self.bar {
-            Some(b) => b.println(text),
-            None => eprintln!("{text}"),
+            Some(b) if !b.is_hidden() => b.println(text),
+            _ => eprintln!("{text}"),
         }
     }
 

@@ -69,6 +69,8 @@ pub struct TaskGradients<'a> {
     pub batch_size: usize,
     pub seed: u64,
     pub opts: EngineOptions,
+    /// Called after each gradient batch with (batches done, batches asked for).
+    pub on_batch: Option<&'a dyn Fn(usize, usize)>,
     stepper: Option<(Vec<String>, Stepper)>,
     order: Vec<usize>,
     cursor: usize,
@@ -96,6 +98,7 @@ impl<'a> TaskGradients<'a> {
             batch_size: batch_size.max(1),
             seed,
             opts,
+            on_batch: None,
             stepper: None,
             order: Vec::new(),
             cursor: 0,
@@ -156,7 +159,10 @@ impl GradientSource for TaskGradients<'_> {
         if position.len() != wanted.len() {
             bail!("the gradient graph has {} of the {} pruned layers connected", position.len(), wanted.len());
         }
-        for _ in 0..count {
+        for k in 0..count {
+            if let Some(signal) = super::interrupt::stop_requested() {
+                return Err(super::interrupt::StepInterrupted { signal }.into());
+            }
             let idx = self.next_batch();
             let rows: Vec<&TrainWindow> = idx.iter().map(|&i| &self.windows[i]).collect();
             let batch = self.layout.training_inputs(&rows);
@@ -167,6 +173,9 @@ impl GradientSource for TaskGradients<'_> {
                 ordered[k] = g;
             }
             each(&ordered)?;
+            if let Some(f) = self.on_batch {
+                f(k + 1, count);
+            }
         }
         Ok(count)
     }

@@ -24,6 +24,25 @@ pub struct Interrupted {
     pub checkpoint: String,
 }
 
+/// A signal arrived while a long phase inside a step ran (an OBS update gathering gradients): the
+/// phase stopped at once, before changing any weight or mask, so the run checkpoints the steps done
+/// before it and `--resume` runs that phase again.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {signal} in the middle of a step")]
+pub struct StepInterrupted {
+    pub signal: &'static str,
+}
+
+/// The signal a live [`StopOnSignals`] guard was asked to stop by, if any: for long phases within a
+/// step to poll (they return [`StepInterrupted`]); `None` when no guard is alive.
+pub fn stop_requested() -> Option<&'static str> {
+    let h = HANDLERS.get()?.as_ref().ok()?;
+    if h.idle.load(Ordering::SeqCst) || !h.requested.load(Ordering::SeqCst) {
+        return None;
+    }
+    Some(signal_hook::low_level::signal_name(h.which.load(Ordering::SeqCst) as i32).unwrap_or("a signal"))
+}
+
 struct Handlers {
     /// True while no guard is alive: a signal then takes its default action.
     idle: Arc<AtomicBool>,

@@ -121,6 +121,7 @@ fn prune_all(
             seed: cfg.seed,
             calibration: Some((calibration, cfg.batch_size)),
             opts: opts.clone(),
+            on_batch: None,
         };
         let layers = run.masks.iter().filter(|m| m.modifier == *modifier).count();
         progress.message(&format!("one-shot: {} pruning of {layers} layers", pruner.name()));

@@ -220,6 +220,8 @@ pub(super) struct EvidenceInputs<'a> {
     /// One-shot's calibration windows and their batch size (no activations while training).
     pub calibration: Option<(&'a [&'a TrainWindow], usize)>,
     pub opts: EngineOptions,
+    /// Told (batches done, batches asked for) as gradient batches finish.
+    pub on_batch: Option<&'a dyn Fn(usize, usize)>,
 }
 
 impl Run<'_> {
@@ -250,7 +252,7 @@ impl Run<'_> {
                     mask_of: self.masks.iter().map(|m| (m.initializer.clone(), m.input.clone())).collect(),
                 };
                 let mut grads = pruner.needs_gradients().then(|| {
-                    TaskGradients::new(
+                    let mut g = TaskGradients::new(
                         src.model,
                         src.zero_grad_rows.clone(),
                         state.clone(),
@@ -259,7 +261,9 @@ impl Run<'_> {
                         src.grad_batch,
                         src.seed,
                         src.opts.clone(),
-                    )
+                    );
+                    g.on_batch = src.on_batch;
+                    g
                 });
                 let mut acts =
                     src.calibration.filter(|_| pruner.needs_activations()).map(|(windows, batch_size)| Calibration {

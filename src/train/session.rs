@@ -8,6 +8,7 @@
 //! switch, optimisation step, evaluation, checkpoint); the mask-update phase hands each pruning
 //! modifier's layers to its [`Pruner`] through [`Run::prune`].
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,33 @@ fn fingerprint(cfg: &TrainConfig, data: &Data, loss: &Loss, total_steps: u64) ->
     fingerprint
 }
 
+/// Tells the user how far a pruning update's gradient batches are and how long the rest will take:
+/// after the second batch (the estimate, from the rate after the first, which also builds the
+/// gradient graph) and at each quarter. `ticker` holds the progress and when the first batch ended.
+fn gradient_progress<'p, 'q>(
+    ticker: &RefCell<(&'p mut (dyn Progress + 'q), Option<Instant>)>,
+    step: u64,
+    name: &str,
+    done: usize,
+    of: usize,
+) {
+    let mut t = ticker.borrow_mut();
+    let Some(first) = t.1 else {
+        t.1 = Some(Instant::now());
+        return;
+    };
+    let quarter = of.div_ceil(4).max(1);
+    if done != 2 && done != of && !done.is_multiple_of(quarter) {
+        return;
+    }
+    let per = first.elapsed().as_secs_f64() / (done - 1) as f64;
+    let left = per * (of - done) as f64;
+    t.0.message(&format!(
+        "step {step}: {name} update: {done}/{of} gradient batches ({:.2} s each), about {left:.0} s to go",
+        per
+    ));
+}
+
 /// Trains per `cfg` from `run`'s masks, step by step, stopping with a checkpoint on SIGINT /
 /// SIGTERM when `cfg.stop_on_signals`; writes the trained folder.
 pub(super) fn train(cfg: &TrainConfig, data: &Data, run: Run, progress: &mut dyn Progress) -> Result<TrainSummary> {
@@ -126,7 +154,13 @@ pub(super) fn train(cfg: &TrainConfig, data: &Data, run: Run, progress: &mut dyn
     let total = session.steps.total;
     progress.start(total, session.first_step);
     for step in session.first_step..total {
-        session.run_step(step, progress)?;
+        if let Err(e) = session.run_step(step, progress) {
+            let Some(stopped) = e.downcast_ref::<super::interrupt::StepInterrupted>() else { return Err(e) };
+            let signal = stopped.signal;
+            let checkpoint = session.interrupt(step)?;
+            progress.finish();
+            return Err(super::interrupt::Interrupted { signal, step, checkpoint }.into());
+        }
         let done = step + 1;
         if let Some(signal) = stop.as_ref().and_then(|s| s.requested()).filter(|_| done < total) {
             let checkpoint = session.interrupt(done)?;
@@ -414,6 +448,9 @@ impl<'d> Session<'d> {
                 true => Some(self.graphs.forward(&self.data.compiled.model)?),
                 false => None,
             };
+            let name = pruner.name();
+            let ticker = RefCell::new((&mut *progress, None));
+            let tick = |done: usize, of: usize| gradient_progress(&ticker, step, name, done, of);
             let inputs = match &model {
                 Some(model) => Some(EvidenceInputs {
                     model,
@@ -423,11 +460,14 @@ impl<'d> Session<'d> {
                     seed: self.cfg.seed.wrapping_add(step),
                     calibration: None,
                     opts: self.opts.clone(),
+                    on_batch: Some(&tick),
                 }),
                 None => None,
             };
             let report =
-                self.run.prune(modifier, pruner.as_mut(), &mut self.stepper.params, &sparsity, inputs.as_ref())?;
+                self.run.prune(modifier, pruner.as_mut(), &mut self.stepper.params, &sparsity, inputs.as_ref());
+            drop(inputs);
+            let report = report?;
             tracing::info!(
                 step,
                 algorithm = report.algorithm,
