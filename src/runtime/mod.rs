@@ -148,9 +148,10 @@ pub enum OrtMemory {
     #[default]
     Arena,
     /// No memory pattern and no CPU arena: every tensor from the system allocator when it is
-    /// needed, freed after its last use. For inputs whose shapes change from run to run
-    /// (length-grouped training batches), where a pattern per shape and an arena sized to the
-    /// largest run keep the peak high.
+    /// needed, freed after its last use, and the allocator told to keep freed memory for the next
+    /// run instead of unmapping it ([`sparsec_kernels::memory::reuse_freed_memory`]). For training,
+    /// where a pattern per input shape and an arena sized to the largest run hold the peak at
+    /// several times what one step needs.
     Lean,
 }
 

@@ -121,6 +121,9 @@ impl OrtBackend {
             b = b.with_intra_threads(t).map_err(|e| anyhow!("{e}"))?;
         }
         if opts.memory == super::OrtMemory::Lean {
+            if !sparsec_kernels::memory::reuse_freed_memory() {
+                tracing::debug!("the C allocator is not glibc: large tensors may be mapped afresh on every run");
+            }
             b = b.with_memory_pattern(false).map_err(|e| anyhow!("{e}"))?;
             b = b
                 .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])

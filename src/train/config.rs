@@ -94,7 +94,7 @@ impl TrainConfig {
             teacher: Teacher::Original,
             seed: 42,
             threads: None,
-            ort_memory: Default::default(),
+            ort_memory: runtime::OrtMemory::Lean,
             max_train_samples: None,
             strict_data: false,
             max_eval_samples: None,

@@ -14,7 +14,8 @@
 //! (activation quantization), `epilogue`, and the x86 in-register transposes `transpose`; the kernels
 //! `linear_i8`, `linear_f32`, `attention`, `attention_i8`, `layer_norm`; the training kernels
 //! `masked_linear` (over `linear_f32`'s forward kernels); on top, `isa` (the ISA choice and the
-//! self-check that runs the kernels).
+//! self-check that runs the kernels). Beside them, `memory`: the C allocator's settings for
+//! training's come-and-go buffers.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -30,6 +31,7 @@ pub mod layer_norm;
 pub mod linear_f32;
 pub mod linear_i8;
 pub mod masked_linear;
+pub mod memory;
 pub mod par;
 mod plan;
 mod quant;
