@@ -12,6 +12,7 @@ timed ones. Each configuration runs in its own child process, so that its peak R
 includes the Python interpreter, torch and the model) is its own. Prints one JSON line per configuration.
 
     nice -n 10 python benches/train_pytorch.py [--batch-sizes 8,16] [--seq 384] [--steps 3] [--warmup 1] [--threads 2]
+        [--autocast bf16]
 """
 
 import argparse
@@ -104,13 +105,14 @@ def one(args):
         input_ids, attention_mask, token_type_ids, start, end = batch_of(lens[step % len(lens)])
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            start_positions=start,
-            end_positions=end,
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                start_positions=start,
+                end_positions=end,
+            )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -127,6 +129,7 @@ def one(args):
         "seq": args.seq if not args.seq_lens else lens,
         "threads": args.threads,
         "dropout": args.dropout,
+        "autocast": args.autocast,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "samples_per_s": round(b * len(timed) / sum(timed), 3),
@@ -156,6 +159,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dropout", choices=["config", "off"], default="config")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                    help="bf16: the forward under torch.autocast('cpu', bfloat16) (f32 master weights)")
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.config.exists():
@@ -180,6 +185,8 @@ def main():
             str(args.threads),
             "--dropout",
             args.dropout,
+            "--autocast",
+            args.autocast,
             "--batch",
             str(batch),
         ] + (["--seq-lens", args.seq_lens] if args.seq_lens else [])

@@ -12,7 +12,8 @@ second sparsec binary (e.g. an older build) runs the same thing in the same comm
     python3 benches/train_throughput.py --sparsec target/release/sparsec [--baseline OLD_SPARSEC]
         [--recipe recipes/gmp80-qat-distill-one-epoch.yaml] [--batch 16] [--steps 4] [--warmup 1]
 
-With --sparse-train-ab S, instead: MiniLM with the smallest-norm S of each encoder linear's [4, 1]
+With --table: issue 29's table (sparsec at 0% and 80% [4, 1] against PyTorch fp32 and bf16 autocast, on grouped
+real-length batches and on full 384-token batches). With --sparse-train-ab S, instead: MiniLM with the smallest-norm S of each encoder linear's [4, 1]
 blocks zeroed (4 consecutive output channels of one input), compiled with the sparse-transfer recipe
 (ConstantPruning keeps those zeros from step 0), trained on real SQuAD windows with --group-by-length,
 --sparse-train off then auto, alternating (--pairs times, default 2), in one command.
@@ -60,10 +61,10 @@ def run_sparsec(args, binary, tmp, grouped=False, model=None, extra=()):
             "peak_rss_mib": rss_kib / 1024}
 
 
-def run_torch(args, seq_lens=None):
+def run_torch(args, seq_lens=None, autocast="off"):
     cmd = [sys.executable, str(ROOT / "benches/train_pytorch.py"), "--batch-sizes", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--dropout", "off"]
+           "--dropout", "off", "--autocast", autocast]
     if seq_lens:
         cmd += ["--seq-lens", ",".join(str(x) for x in seq_lens)]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -86,9 +87,14 @@ def main():
     ap.add_argument("--sparse-train-ab", type=float, metavar="S",
                     help="A/B of --sparse-train off/auto on MiniLM with S of its encoder [4,1] blocks zeroed")
     ap.add_argument("--pairs", type=int, default=2, help="off/auto pairs of --sparse-train-ab")
+    ap.add_argument("--table", action="store_true",
+                    help="issue 29's table: sparsec at 0%% and 80%% [4,1] against PyTorch fp32 and bf16 autocast on the "
+                         "same grouped shapes, and every side's peak on full 384-token batches (default flags)")
     args = ap.parse_args()
     if args.sparse_train_ab is not None:
         return sparse_train_ab(args)
+    if args.table:
+        return table(args)
     if args.real_lengths:
         return real_lengths(args)
     runs = {}
@@ -126,6 +132,49 @@ def real_lengths(args):
     print(f"grouped vs random batches (sparsec): {g / r:.2f}x; sparsec grouped vs PyTorch on the same shapes: "
           f"{g / p:.2f}x; peak RSS {runs['sparsec_grouped']['peak_rss_mib']:.0f} MiB vs "
           f"{runs['pytorch_grouped_shapes']['peak_rss_mib']:.0f} MiB")
+
+
+def table(args):
+    """sparsec (default flags; 80%: the smallest-norm 80% of every encoder linear's [4, 1] blocks zeroed and
+    kept zero by the sparse-transfer recipe, --sparse-train auto) against PyTorch fp32 and bf16 autocast
+    (dense: PyTorch has no sparse training kernels, so its 80% step is its 0% step), first on the grouped
+    shapes of real SQuAD windows, then on full 384-token batches (memory)."""
+    args.train_samples = args.train_samples or 2000
+    rows = {}
+    with tempfile.TemporaryDirectory() as t:
+        src = SHARED / "models/minilm-l6-squad"
+        (Path(t) / "pruned").mkdir()
+        for f in src.iterdir():
+            if f.is_file() and f.name != "model.onnx":
+                shutil.copy(f, Path(t) / "pruned" / f.name)
+        pruned = Path(t) / "pruned/model.onnx"
+        prune_4x1(src / "model.onnx", pruned, 0.8)
+        dense_recipe = args.recipe
+        for pad in (False, True):
+            shape = "full384" if pad else "grouped"
+            args.real_lengths = False
+            for name, model, recipe in [("sparsec_0", None, dense_recipe),
+                                        ("sparsec_80", pruned, str(ROOT / "recipes/sparse-transfer-distill.yaml"))]:
+                args.recipe = recipe
+                with tempfile.TemporaryDirectory() as r:
+                    rows[f"{name}_{shape}"] = run_sparsec(args, args.sparsec, Path(r), grouped=not pad, model=model)
+                print(f"{name} {shape}: {rows[f'{name}_{shape}']['samples_per_second']:.2f} samples/s, "
+                      f"peak {rows[f'{name}_{shape}']['peak_rss_mib']:.0f} MiB", flush=True)
+            lens = None if pad else rows["sparsec_0_grouped"]["seq_lens"]
+            for ac in ("off", "bf16"):
+                rows[f"pytorch_{ac}_{shape}"] = run_torch(args, lens, ac)
+                print(f"pytorch autocast={ac} {shape}: {rows[f'pytorch_{ac}_{shape}']['samples_per_s']:.2f} samples/s, "
+                      f"peak {rows[f'pytorch_{ac}_{shape}']['peak_rss_mib']:.0f} MiB", flush=True)
+        args.recipe = dense_recipe
+    print(json.dumps(rows, indent=1))
+    for shape in ("grouped", "full384"):
+        for s in ("0", "80"):
+            r = rows[f"sparsec_{s}_{shape}"]
+            for ac in ("off", "bf16"):
+                p = rows[f"pytorch_{ac}_{shape}"]
+                print(f"{shape}: sparsec {s}% vs PyTorch {'fp32' if ac == 'off' else 'bf16 autocast'}: "
+                      f"{r['samples_per_second'] / p['samples_per_s']:.2f}x samples/s, "
+                      f"{r['peak_rss_mib'] / p['peak_rss_mib']:.2f}x peak memory")
 
 
 def prune_4x1(src, dst, sparsity):
