@@ -144,3 +144,55 @@ fn the_graph_without_fake_quant_computes_what_the_switched_off_graph_computes() 
     assert!(compared > 40, "{compared}");
     assert!(worst <= 1e-6, "{worst}");
 }
+
+/// The softmax NaN guards of a torch export (`Where(IsNaN(p), 0, p)` over an additive `-inf` mask)
+/// are dropped from the training graph, and loss and every gradient stay bit-identical to the
+/// graph that keeps them, on a batch with masked keys (1 thread).
+#[test]
+fn dropping_softmax_nan_guards_changes_no_bit_of_loss_or_gradients() {
+    let Some(dir) = common::shared_minilm() else { return };
+    let mut m = sparsec::onnx::load(dir.join("model.onnx")).unwrap();
+    sparsec::ir::infer::infer_facts(&mut m).unwrap();
+    let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
+    assert_eq!(count(&m.graph, "IsNaN"), 6, "MiniLM's export guards each layer's softmax");
+    let spec = TrainingGraphSpec::new(LossSpec::Span);
+    let new = build_training_graph(&m, &spec).unwrap();
+    assert_eq!(count(&new.model.graph, "IsNaN"), 0, "the guards are gone from the training graph");
+
+    let mut r = m.clone();
+    let (_, outs) = sparsec::autodiff::loss::attach_loss(&mut r, &spec).unwrap();
+    let params: Vec<String> = new.grads.entries.iter().map(|e| e.param.clone()).collect();
+    let (reference, _) =
+        sparsec::autodiff::differentiate(&r, &outs[0], &params, &sparsec::autodiff::GradOptions::default()).unwrap();
+    assert_eq!(count(&reference.graph, "IsNaN"), 6);
+
+    let mut feed = feed_for(&new.model.graph, false);
+    for (name, t) in feed.iter_mut() {
+        if name == "attention_mask" {
+            let HostTensor::I64(a) = t else { panic!("attention_mask is int64") };
+            let n = a.len();
+            a.as_slice_mut().unwrap()[n - 5..].fill(0);
+        }
+    }
+    let opts = runtime::EngineOptions { threads: Some(1), ..Default::default() };
+    let run = |model: &sparsec::ir::Model| {
+        let bytes = sparsec::onnx::encode_model(model);
+        let mut b = runtime::load_bytes(&bytes, EngineKind::Ort, &opts).unwrap();
+        let takes = b.input_names().to_vec();
+        let refs: Vec<(&str, HostTensor)> =
+            feed.iter().filter(|(n, _)| takes.contains(n)).map(|(n, t)| (n.as_str(), t.clone())).collect();
+        b.run(&refs).unwrap()
+    };
+    let (a, b) = (run(&new.model), run(&reference));
+    let mut compared = 0;
+    for (name, x) in &a {
+        let (_, y) = b.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("'{name}' missing"));
+        let (x, y) = (x.as_f32().unwrap(), y.as_f32().unwrap());
+        assert_eq!(x.shape(), y.shape(), "{name}");
+        assert!(x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()), "'{name}' differs");
+        assert!(x.iter().all(|v| v.is_finite()), "'{name}' is not finite");
+        compared += 1;
+    }
+    assert_eq!(compared, a.len());
+    assert!(compared > 100, "loss, logits and every gradient: {compared}");
+}

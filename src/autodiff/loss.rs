@@ -87,6 +87,8 @@ pub struct TrainingGraph {
 /// to the ONNX operator schemas of the model's opset.
 pub fn build_training_graph(model: &Model, spec: &TrainingGraphSpec) -> Result<TrainingGraph, AutodiffError> {
     let mut m = model.clone();
+    let guards = super::guards::drop_softmax_nan_guards(&mut m)?;
+    tracing::debug!(guards, "softmax NaN guards dropped from the training graph");
     let names = modules::parameter_names(&m.graph);
     let params: Vec<String> = match &spec.params {
         Some(p) => p.clone(),

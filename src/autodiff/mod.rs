@@ -6,12 +6,14 @@
 //! (opset >= 17) that the stock onnxruntime CPU build runs: no training or `com.microsoft` ops;
 //! sparsec's own `ai.sparsec` training operators appear only where the forward graph has them
 //! (`passes::UseMaskedLinear`).
-//! [`build_training_graph`] adds a QA training loss ([`loss`]) first.
+//! [`build_training_graph`] adds a QA training loss ([`loss`]) first, after dropping what only costs the
+//! backward memory ([`guards`]: softmax NaN guards that cannot fire).
 //!
 //! The driver walks the nodes between the parameters and the loss in reverse topological order;
 //! each op's gradient lives in one rule under [`rules`], emitted through the [`Gradient`] builder.
 
 mod builder;
+pub mod guards;
 pub mod loss;
 pub mod rules;
 
