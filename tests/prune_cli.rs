@@ -457,15 +457,7 @@ modifiers:
     let resumed = train_tiny(&c, &part, &[], &["--resume"]);
     let summary: Value = serde_json::from_str(&ok(&resumed)).unwrap();
     assert_eq!(summary["resumed_from_step"], update_step);
-    let model = |d: &Path| {
-        let m = sparsec::onnx::load(d.join("model.onnx")).unwrap();
-        let g = &m.graph;
-        let mut v: Vec<(String, Vec<u8>)> =
-            g.initializers().iter().map(|(&id, t)| (g.value(id).name.clone(), t.raw().to_vec())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let (a, b) = (model(&full), model(&part));
+    let (a, b) = (initializer_bytes(&full.join("model.onnx")), initializer_bytes(&part.join("model.onnx")));
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert!(x.0 == y.0 && x.1 == y.1, "'{}' differs from the uninterrupted run", x.0);

@@ -366,16 +366,6 @@ fn train_args<'a>(compiled: &'a Path, out: &'a Path, data: &'a Path) -> Vec<&'a 
     ]
 }
 
-/// Every initializer of a model, by name, as raw bytes.
-fn initializers(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let m = sparsec::onnx::load(path).unwrap();
-    let g = &m.graph;
-    let mut v: Vec<(String, Vec<u8>)> =
-        g.initializers().iter().map(|(&id, t)| (g.value(id).name.clone(), t.raw().to_vec())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 fn log(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out.join("train_log.jsonl"))
         .unwrap()
@@ -416,7 +406,7 @@ fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() 
     let summary: Value = serde_json::from_str(&ok(&sparsec(&resume))).unwrap();
     assert_eq!(summary["resumed_from_step"], 33);
 
-    let (a, b) = (initializers(&full.join("model.onnx")), initializers(&part.join("model.onnx")));
+    let (a, b) = (initializer_bytes(&full.join("model.onnx")), initializer_bytes(&part.join("model.onnx")));
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert!(x.0 == y.0 && x.1 == y.1, "'{}' differs between the uninterrupted and the resumed run", x.0);

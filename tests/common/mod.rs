@@ -180,3 +180,14 @@ pub fn load_lowered(
     let b = file.load(engine, opts).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     (b, reports)
 }
+
+/// Every initializer of the model at `path`, by name (sorted), as raw bytes: for bit-for-bit
+/// comparisons of trained models.
+pub fn initializer_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let m = sparsec::onnx::load(path).unwrap();
+    let g = &m.graph;
+    let mut v: Vec<(String, Vec<u8>)> =
+        g.initializers().iter().map(|(&id, t)| (g.value(id).name.clone(), t.raw().to_vec())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
