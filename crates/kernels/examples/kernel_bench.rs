@@ -9,12 +9,15 @@
 //! microbench in CPU time (`vpdpbusd` on AVX-512 VNNI, `vpmaddwd`+`vpaddd` on AVX2; per core).
 //!
 //!   cargo run --release -p sparsec-kernels --example kernel_bench -- [--json] [--secs S]
-//!       [--only K,N,T,THREADS] [--pattern dense|4x1|1x4|unstructured] [--f32]
+//!       [--only K,N,T,THREADS] [--pattern dense|4x1|1x4|unstructured] [--f32] [--gelu]
 //!
 //! `--only` takes any shape (K, N a multiple of 4 for the `[1, 4]` pattern), not only MiniLM's.
 //!
 //! `--f32` times `LinearF32::forward` instead (fp32 weights with the same zero patterns, at 0,
 //! 80 and 90% sparsity; no peak share, the integer peak does not apply).
+//!
+//! `--gelu` runs the int8 forward with the exact GELU fused into its epilogue (an FFN's first
+//! linear), to time the epilogue's share.
 //!
 //! `--json` prints one JSON object per line (first the peaks) for `benches/kernel_table.py`, which
 //! times ONNX Runtime's dense int8 on the same shapes around each group. Threads come from a small
@@ -308,15 +311,17 @@ struct Args {
     only: Option<(usize, usize, usize, usize)>,
     pattern: Option<String>,
     f32: bool,
+    gelu: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { json: false, secs: 0.15, only: None, pattern: None, f32: false };
+    let mut a = Args { json: false, secs: 0.15, only: None, pattern: None, f32: false, gelu: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--json" => a.json = true,
             "--f32" => a.f32 = true,
+            "--gelu" => a.gelu = true,
             "--secs" => a.secs = it.next().and_then(|s| s.parse().ok()).ok_or("--secs needs a number")?,
             "--only" => {
                 let v: Vec<usize> = it
@@ -436,12 +441,13 @@ fn main() {
                     }
                     continue;
                 }
+                let epilogue = if args.gelu { Epilogue::Gelu } else { Epilogue::None };
                 for (pattern, sparsity) in configs {
                     let w = weights(&mut rng, k, n, pattern, sparsity);
                     let w_scale: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-5).collect();
                     let lin = LinearI8::new(&w, k, n, &w_scale, None, isa).expect("valid shapes");
                     let (fwd, fwd_cpu) = time(args.secs, || {
-                        lin.forward(&x, t, ActQuant::Dynamic, Epilogue::None, None, &mut y, pool).expect("valid shapes")
+                        lin.forward(&x, t, ActQuant::Dynamic, epilogue, None, &mut y, pool).expect("valid shapes")
                     });
                     let (int, int_cpu) =
                         time(args.secs, || lin.matmul_u8_i32(&xq, t, &mut acc, pool).expect("valid shapes"));

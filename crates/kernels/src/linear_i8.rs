@@ -258,16 +258,31 @@ impl LinearI8 {
         if t == 0 {
             return Ok(());
         }
-        let (scale, zp) = match act {
+        let (scale, zp) = self.act_params(act, x)?;
+        let rows = Rows::F32 { x, scale, zp };
+        let (mult, corr) = self.epi_consts(scale, zp);
+        let e = self.epi(&mult, &corr, epilogue, residual);
+        let out = Out::new(y);
+        self.run(rows, t, par, &|a, ld, t0, tv, j0, nc| self.emit(&e, a, ld, t0, tv, j0, nc, &out));
+        Ok(())
+    }
+
+    /// The quantization parameters of `x` under `act`.
+    fn act_params(&self, act: ActQuant, x: &[f32]) -> Result<(f32, u8), KernelError> {
+        match act {
             ActQuant::Static { scale, zero_point } => {
                 if !(scale.is_finite() && scale > 0.0) {
                     return Err(kerr!("activation scale {scale} is not a finite positive number"));
                 }
-                (scale, zero_point)
+                Ok((scale, zero_point))
             }
-            ActQuant::Dynamic => dynamic_quant_params_on(self.isa, x),
-        };
-        let rows = Rows::F32 { x, scale, zp };
+            ActQuant::Dynamic => Ok(dynamic_quant_params_on(self.isa, x)),
+        }
+    }
+
+    /// The epilogue's per-channel multiplier `s_x·s_w[j]` (over the requantization scale) and
+    /// integer correction `zp_x·colsum_w[j] − int_bias[j]` for activations quantized with `scale`, `zp`.
+    fn epi_consts(&self, scale: f32, zp: u8) -> (Vec<f32>, Vec<i32>) {
         let mult: Vec<f32> = match self.requant {
             Some(r) if !r.divide => self.w_scale.iter().map(|s| scale * s / r.scale).collect(),
             _ => self.w_scale.iter().map(|s| scale * s).collect(),
@@ -276,24 +291,34 @@ impl LinearI8 {
         for (c, b) in corr.iter_mut().zip(&self.int_bias) {
             *c = c.wrapping_sub(*b);
         }
-        let e = EpiI8 {
-            mult: &mult,
-            corr: &corr,
-            bias: &self.bias,
-            gelu: epilogue == Epilogue::Gelu,
-            residual,
-            requant: self.requant,
-        };
-        let out = Out::new(y);
-        let isa = self.isa;
-        self.run(rows, t, par, &|a, ld, t0, tv, j0, nc| match isa {
+        (mult, corr)
+    }
+
+    fn epi<'a>(
+        &'a self,
+        mult: &'a [f32],
+        corr: &'a [i32],
+        epilogue: Epilogue,
+        residual: Option<&'a [f32]>,
+    ) -> EpiI8<'a> {
+        EpiI8 { mult, corr, bias: &self.bias, gelu: epilogue == Epilogue::Gelu, residual, requant: self.requant }
+    }
+
+    /// Runs the epilogue `e` on one accumulator tile into `out` (rows of N).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn emit(&self, e: &EpiI8<'_>, a: &[i32], ld: usize, t0: usize, tv: usize, j0: usize, nc: usize, out: &Out<f32>) {
+        let n = self.n();
+        match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `finish` admitted `isa` only if this CPU supports it, and AVX-512 only with
-            // AVX2; the AVX2 epilogue needs nothing else.
-            Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::epilogue(&e, a, ld, t0, tv, j0, nc, n, &out) },
-            _ => epilogue_i8(&e, a, ld, t0, tv, j0, nc, n, &out),
-        });
-        Ok(())
+            // SAFETY: `finish` admitted AVX2 only on a CPU that has it (with FMA, `cpu.rs`).
+            Isa::Avx2 => unsafe { avx2::epilogue(e, a, ld, t0, tv, j0, nc, n, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it with AVX-512 F/BW
+            // (`cpu.rs`) and AVX2 with FMA.
+            Isa::Avx512Vnni => unsafe { avx512::epilogue(e, a, ld, t0, tv, j0, nc, n, out) },
+            _ => epilogue_i8(e, a, ld, t0, tv, j0, nc, n, out),
+        }
     }
 
     /// Quantizes (or copies) and transposes token tile `tile` into `out` (`[K][TW]`).
@@ -361,9 +386,8 @@ impl LinearI8 {
         par: &dyn Parallel,
         epi: &(dyn Fn(&[i32], usize, usize, usize, usize, usize) + Sync),
     ) {
-        let (k, n, tw) = (self.k(), self.n(), self.tw());
-        let b = &self.blocks;
-        let plan = Plan::new(t.div_ceil(tw), &b.group_start, par.threads());
+        let (k, tw) = (self.k(), self.tw());
+        let plan = Plan::new(t.div_ceil(tw), &self.blocks.group_start, par.threads());
         let shared = (plan.blocks.len() > 1).then(|| self.prepare(rows, t, par));
         par.run(plan.tasks(), &|i| {
             let (tiles, blocks) = plan.task(i);
@@ -380,42 +404,58 @@ impl LinearI8 {
                     (None, None) => unreachable!("a task without shared activations owns a buffer"),
                 };
                 let t0 = tile * tw;
-                let tvalid = tw.min(t - t0);
-                for bs in (blocks.start..blocks.end).step_by(BLOCK_STEP) {
-                    let be = (bs + BLOCK_STEP).min(blocks.end);
-                    let ld = (be - bs) * BLOCK;
-                    let acc = &mut acc[..tw * ld];
-                    match (self.isa, acts) {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
-                        // one tile of K·64 interleaved by `prep_one`, and every stored index is a
-                        // quad start `k0` with `k0 + 4 ≤ K` (`pack_quads`); the weights hold 16
-                        // per group; `acc` was cut to 64·ld.
-                        (Isa::Avx512Vnni, ActsRef::U8(xt)) if self.quads => unsafe {
-                            avx512::tile_quads(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
-                        },
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
-                        // one tile of K·64 and every stored index is < K (`pack_blocks` takes
-                        // them from 0..K, `packed::from_bytes` rejects any other); the weights
-                        // hold 16 per group; `acc` was cut to 64·ld.
-                        (Isa::Avx512Vnni, ActsRef::U8(xt)) => unsafe {
-                            avx512::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
-                        },
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as for AVX-512 with AVX2 (admitted by `finish`), 16-token tiles of
-                        // K·16 and the i16 weights `w16`, 16 per group.
-                        (Isa::Avx2, ActsRef::I16(xt)) => unsafe {
-                            avx2::tile(xt, &b.group_start, &b.idx, &self.w16, bs..be, acc)
-                        },
-                        (_, ActsRef::U8(xt)) => scalar::tile(xt, tw, &b.group_start, &b.idx, &b.w, bs..be, acc),
-                        (_, ActsRef::I16(_)) => unreachable!("i16 activations are only prepared for AVX2"),
-                    }
-                    let j0 = bs * BLOCK;
-                    epi(acc, ld, t0, tvalid, j0, (be * BLOCK).min(n) - j0);
-                }
+                self.tile_blocks(acts, blocks.clone(), t0, tw.min(t - t0), &mut acc, epi);
             }
         });
+    }
+
+    /// Multiplies one prepared token tile (tokens `t0..t0 + tvalid`) by channel blocks `blocks`,
+    /// [`BLOCK_STEP`] blocks at a time, handing each accumulator tile to `epi` (as in [`run`](Self::run)).
+    #[allow(clippy::type_complexity)]
+    fn tile_blocks(
+        &self,
+        acts: ActsRef<'_>,
+        blocks: Range<usize>,
+        t0: usize,
+        tvalid: usize,
+        acc: &mut [i32],
+        epi: &(dyn Fn(&[i32], usize, usize, usize, usize, usize) + Sync),
+    ) {
+        let (n, tw) = (self.n(), self.tw());
+        let b = &self.blocks;
+        for bs in (blocks.start..blocks.end).step_by(BLOCK_STEP) {
+            let be = (bs + BLOCK_STEP).min(blocks.end);
+            let ld = (be - bs) * BLOCK;
+            let acc = &mut acc[..tw * ld];
+            match (self.isa, acts) {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
+                // one tile of K·64 interleaved by `prep_one`, and every stored index is a
+                // quad start `k0` with `k0 + 4 ≤ K` (`pack_quads`); the weights hold 16
+                // per group; `acc` was cut to 64·ld.
+                (Isa::Avx512Vnni, ActsRef::U8(xt)) if self.quads => unsafe {
+                    avx512::tile_quads(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
+                // one tile of K·64 and every stored index is < K (`pack_blocks` takes
+                // them from 0..K, `packed::from_bytes` rejects any other); the weights
+                // hold 16 per group; `acc` was cut to 64·ld.
+                (Isa::Avx512Vnni, ActsRef::U8(xt)) => unsafe {
+                    avx512::tile(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as for AVX-512 with AVX2 (admitted by `finish`), 16-token tiles of
+                // K·16 and the i16 weights `w16`, 16 per group.
+                (Isa::Avx2, ActsRef::I16(xt)) => unsafe {
+                    avx2::tile(xt, &b.group_start, &b.idx, &self.w16, bs..be, acc)
+                },
+                (_, ActsRef::U8(xt)) => scalar::tile(xt, tw, &b.group_start, &b.idx, &b.w, bs..be, acc),
+                (_, ActsRef::I16(_)) => unreachable!("i16 activations are only prepared for AVX2"),
+            }
+            let j0 = bs * BLOCK;
+            epi(acc, ld, t0, tvalid, j0, (be * BLOCK).min(n) - j0);
+        }
     }
 }
 
