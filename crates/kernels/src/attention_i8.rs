@@ -113,6 +113,7 @@ pub struct QuantAttention {
     head_dim: usize,
     params: QuantAttentionParams,
     row: softmax::RowConsts,
+    levels: softmax::LevelConsts,
     gemm: Gemm,
     task: TaskFn,
     isa: Isa,
@@ -140,6 +141,7 @@ impl QuantAttention {
             head_dim,
             params,
             row: softmax::RowConsts::new(&params),
+            levels: softmax::LevelConsts::new(&params),
             gemm: Gemm::new(isa),
             task,
             isa,
@@ -249,17 +251,18 @@ impl Head<'_> {
         let mut probs = vec![0u8; TILE * s];
         let mut ctx = vec![0i32; TILE * d];
         let mut row = vec![0f32; s];
+        // The fused-scale row for a mask of 0s and dropped keys (or none), else the exact one.
+        let keep = self.mask.map(|m| self.a.levels.keep(m));
+        let fused = !matches!(keep, Some(None));
+        let keep = keep.flatten();
         for r0 in (0..s).step_by(TILE) {
             let m = (s - r0).min(TILE);
             gemm.product(&qa[r0 * d..], d, m, p.q.zero_point, &kp, &mut scores, s);
             for i in 0..m {
-                softmax::row(
-                    &self.a.row,
-                    &scores[i * s..(i + 1) * s],
-                    self.mask,
-                    &mut row,
-                    &mut probs[i * s..(i + 1) * s],
-                );
+                let (sc, pr) = (&scores[i * s..(i + 1) * s], &mut probs[i * s..(i + 1) * s]);
+                if !(fused && softmax::row_levels(&self.a.levels, sc, keep.as_deref(), &mut row, pr)) {
+                    softmax::row(&self.a.row, sc, self.mask, &mut row, pr);
+                }
             }
             gemm.product(&probs, s, m, p.probs.zero_point, &vp, &mut ctx, d);
             for i in 0..m {
