@@ -183,59 +183,49 @@ pub(crate) fn pack_blocks<W: Copy + Default + PartialEq>(w: &[W], k: usize, n: u
     Blocks { k, n, group_start, idx, w: packed, stats }
 }
 
-/// Packs `W [K, N]` (`K` a multiple of [`GROUP`]) for the `[1, 4]` kernel: the same [`Blocks`]
-/// shape, but a group holds one aligned 4-index quad *per channel*: `idx[4g + c]` is the first
-/// input index of channel `c`'s quad and `w[16g + 4c + i]` its weight `i`. Block `b` has as many
-/// groups as its channel with the most non-zero quads; the others are padded with zero weights at
-/// a valid quad. Multiplies drop from the union of the block's non-zero inputs (what
-/// [`pack_blocks`] stores) to the non-zero quads of each channel, which for SparseML's `block4`
-/// (`[1, 4]`) masks at 90% is about a third. `None` when `K` is not a multiple of 4.
+/// Packs `W [K, N]` (`K` a multiple of [`GROUP`]) for the `[1, 4]` kernel as per-channel lists of
+/// aligned 4-index quads: channel `j`'s non-zero quads are `q ∈ chan_start[j]..chan_start[j + 1]`
+/// (channels padded to whole blocks have none), `idx[q]` the quad's first input index and
+/// `w[4q + i]` its weight `i`. No channel is padded to another's length, so multiplies drop from
+/// the union of a block's non-zero inputs (what [`pack_blocks`] stores) to each channel's own
+/// non-zero quads: for SparseML's `block4` exports at 90%, whose channels keep from a few to twice
+/// the average number of quads, about a third. The returned [`Blocks`] has no groups: its
+/// `group_start` counts each block's work in groups of 16 multiplies (4 quads), for the task
+/// split. `None` when `K` is not a multiple of 4.
 pub(crate) fn pack_quads<W: Copy + Default + PartialEq>(
     w: &[W],
     k: usize,
     n: usize,
     stats: &PackStats,
-) -> Option<Blocks<W>> {
+) -> Option<(Blocks<W>, Vec<usize>)> {
     if !k.is_multiple_of(GROUP) {
         return None;
     }
     let n_blocks = n.div_ceil(BLOCK);
-    let quads = |j: usize| -> Vec<u32> {
-        (0..k)
-            .step_by(GROUP)
-            .filter(|&k0| j < n && (k0..k0 + GROUP).any(|kk| w[kk * n + j] != W::default()))
-            .map(|k0| k0 as u32)
-            .collect()
-    };
+    let mut chan_start = Vec::with_capacity(n_blocks * BLOCK + 1);
     let mut group_start = Vec::with_capacity(n_blocks + 1);
-    let mut idx = Vec::new();
-    let mut packed = Vec::new();
+    let (mut idx, mut packed) = (Vec::new(), Vec::new());
+    chan_start.push(0);
     group_start.push(0);
     for b in 0..n_blocks {
-        let lists: [Vec<u32>; BLOCK] = std::array::from_fn(|c| quads(b * BLOCK + c));
-        let groups = lists.iter().map(Vec::len).max().unwrap_or(0);
-        for g in 0..groups {
-            for (c, list) in lists.iter().enumerate() {
-                let j = b * BLOCK + c;
-                match list.get(g) {
-                    Some(&k0) => {
-                        idx.push(k0);
-                        packed.extend((0..GROUP).map(|i| w[(k0 as usize + i) * n + j]));
-                    }
-                    None => {
-                        idx.push(list.last().copied().unwrap_or(0));
-                        packed.extend([W::default(); GROUP]);
+        let first = idx.len();
+        for j in b * BLOCK..(b + 1) * BLOCK {
+            if j < n {
+                for k0 in (0..k).step_by(GROUP) {
+                    if (k0..k0 + GROUP).any(|kk| w[kk * n + j] != W::default()) {
+                        idx.push(k0 as u32);
+                        packed.extend((0..GROUP).map(|i| w[(k0 + i) * n + j]));
                     }
                 }
             }
+            chan_start.push(idx.len());
         }
-        group_start.push(idx.len() / GROUP);
+        group_start.push(group_start[b] + (idx.len() - first).div_ceil(BLOCK));
     }
-    let groups = idx.len() / GROUP;
     let stats = PackStats {
-        stored: groups * GW,
-        bytes: groups * (GW * std::mem::size_of::<W>() + GROUP * 4) + (n_blocks + 1) * 8,
+        stored: packed.len(),
+        bytes: packed.len() * std::mem::size_of::<W>() + idx.len() * 4 + (chan_start.len() + group_start.len()) * 8,
         ..stats.clone()
     };
-    Some(Blocks { k, n, group_start, idx, w: packed, stats })
+    Some((Blocks { k, n, group_start, idx, w: packed, stats }, chan_start))
 }

@@ -9,9 +9,9 @@
 //! itself, just before use, when tasks own whole tiles, else for all tiles up front. Then the ISA
 //! kernel chosen at creation runs: AVX-512 VNNI (`vpdpbusd`, 64-token tiles), AVX2 (`vpmaddwd` on
 //! i16-widened operands, exact, 16-token tiles) or portable scalar. On AVX-512 VNNI a layer whose
-//! zeros come in aligned input quads per channel (SparseML's `block4`, `[1, 4]`) is packed one quad
-//! per channel per group instead (`blocks::pack_quads`) when that stores under half the weights, and its
-//! tiles are interleaved into quads once, so the kernel multiplies each channel's own quads only. The kernel leaves i32
+//! zeros come in aligned input quads per channel (SparseML's `block4`, `[1, 4]`) is packed as
+//! per-channel quad lists instead (`blocks::pack_quads`) when that stores under half the weights, and
+//! its tiles are interleaved into quads once, so the kernel multiplies each channel's own quads only. The kernel leaves i32
 //! accumulators token-major; the safe epilogue (`epilogue.rs`) turns them into f32 rows of `y`.
 //! All scratch is per call: the layer holds no mutable state.
 
@@ -94,9 +94,10 @@ pub struct LinearI8 {
     int_bias: Vec<i32>,
     requant: Option<Requant>,
     isa: Isa,
-    /// `blocks` holds one quad per channel per group (`pack_quads`, AVX-512 only), and the
-    /// activation tiles are interleaved into quads before the kernel.
-    quads: bool,
+    /// With per-channel quad lists (`pack_quads`, AVX-512 only): each channel's first quad in
+    /// `blocks.idx` (`N` rounded up to whole blocks, plus one); the activation tiles are
+    /// interleaved into quads before the kernel.
+    quads: Option<Vec<usize>>,
 }
 
 impl fmt::Debug for LinearI8 {
@@ -123,18 +124,15 @@ impl LinearI8 {
         // `vpdpbusd` where the union kernel loads one per four, so a stored weight costs it about
         // twice as much (`kernel_bench --pattern 1x4`, 384→1536: 1.13x the union's time at 50%,
         // 0.94x at 90%, where it stores 0.6x and 0.42x as many).
-        let quads = (isa == Isa::Avx512Vnni)
-            .then(|| pack_quads(w, k, n, &union.stats))
-            .flatten()
-            .filter(|q| 2 * q.stats.stored < union.stats.stored);
-        let quad = quads.is_some();
-        let mut layer = Self::finish(quads.unwrap_or(union), w_scale, bias, isa)?;
-        layer.quads = quad;
-        Ok(layer)
+        Ok(match Self::quads(isa, || Ok(w.to_vec()), &union)? {
+            None => Self::finish(union, None, w_scale, bias, isa)?,
+            Some((blocks, chan_start)) => Self::finish(blocks, Some(chan_start), w_scale, bias, isa)?,
+        })
     }
 
     /// A layer from the stored form of its weights ([`packed`], e.g. `ai.sparsec::SparseLinear`'s
-    /// `weight_format = "block4x1"` initializer): the blocks are copied, not searched again, and
+    /// `weight_format = "block4x1"` initializer): the blocks are copied, not searched again (on
+    /// AVX-512 VNNI the per-channel quad lists are derived from them as [`LinearI8::new`] does), and
     /// compute exactly what [`LinearI8::new`] on the dense `W` computes. A malformed stored form
     /// (wrong length, an index `≥ K`, a non-zero padding weight) is an error.
     pub fn from_packed(
@@ -145,11 +143,31 @@ impl LinearI8 {
         bias: Option<&[f32]>,
         isa: Isa,
     ) -> Result<LinearI8, KernelError> {
-        Self::finish(packed::from_bytes(packed, k, n)?, w_scale, bias, isa)
+        let union = packed::from_bytes(packed, k, n)?;
+        let (blocks, quads) = match Self::quads(isa, || packed::decode_dense(packed, k, n), &union)? {
+            Some((q, chan_start)) => (q, Some(chan_start)),
+            None => (union, None),
+        };
+        Self::finish(blocks, quads, w_scale, bias, isa)
+    }
+
+    /// The per-channel quad lists of `W` where they run faster than the block union `union`
+    /// (AVX-512 VNNI, under half its stored weights), else `None`.
+    fn quads(
+        isa: Isa,
+        w: impl FnOnce() -> Result<Vec<i8>, KernelError>,
+        union: &Blocks<i8>,
+    ) -> Result<Option<(Blocks<i8>, Vec<usize>)>, KernelError> {
+        if isa != Isa::Avx512Vnni {
+            return Ok(None);
+        }
+        let w = w()?;
+        Ok(pack_quads(&w, union.k, union.n, &union.stats).filter(|(q, _)| 2 * q.stats.stored < union.stats.stored))
     }
 
     fn finish(
         mut blocks: Blocks<i8>,
+        quads: Option<Vec<usize>>,
         w_scale: &[f32],
         bias: Option<&[f32]>,
         isa: Isa,
@@ -171,13 +189,18 @@ impl LinearI8 {
             Some(b) if b.len() == n => b.to_vec(),
             Some(b) => return Err(kerr!("bias has {} elements, expected N = {n}", b.len())),
         };
-        let colsum = column_sums(&blocks);
+        let colsum = match &quads {
+            None => column_sums(&blocks),
+            Some(chan_start) => (0..n)
+                .map(|j| blocks.w[chan_start[j] * GROUP..chan_start[j + 1] * GROUP].iter().map(|&v| v as i32).sum())
+                .collect(),
+        };
         let w16 = if isa == Isa::Avx2 { blocks.w.iter().map(|&v| v as i16).collect() } else { Vec::new() };
         if isa == Isa::Avx2 {
             blocks.stats.bytes += w16.len() * 2 - blocks.w.len();
             blocks.w = Vec::new();
         }
-        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, int_bias: Vec::new(), requant: None, isa, quads: false })
+        Ok(LinearI8 { blocks, w16, w_scale, bias, colsum, int_bias: Vec::new(), requant: None, isa, quads })
     }
 
     /// The layer with its output requantized before the bias ([`Requant`]: ONNX `QLinearMatMul`).
@@ -337,8 +360,8 @@ impl LinearI8 {
             // AVX-512 F/BW, which VNNI's admission implies.
             (Isa::Avx512Vnni, ActsMut::U8(out)) => unsafe {
                 avx2::prep_u8(rows, k, t0, tvalid, tw, rowbuf, out);
-                if self.quads {
-                    // `pack_quads` made the blocks only for K a multiple of 4.
+                if self.quads.is_some() {
+                    // `pack_quads` made the lists only for K a multiple of 4.
                     avx512::interleave_quads(out, k)
                 }
             },
@@ -430,11 +453,12 @@ impl LinearI8 {
             match (self.isa, acts) {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is
-                // one tile of K·64 interleaved by `prep_one`, and every stored index is a
-                // quad start `k0` with `k0 + 4 ≤ K` (`pack_quads`); the weights hold 16
-                // per group; `acc` was cut to 64·ld.
-                (Isa::Avx512Vnni, ActsRef::U8(xt)) if self.quads => unsafe {
-                    avx512::tile_quads(xt, &b.group_start, &b.idx, &b.w, bs..be, acc)
+                // one tile of K·64 interleaved by `prep_one`; `pack_quads` made `chan_start`
+                // (4 per block, plus one, non-decreasing) and every quad start `k0` with
+                // `k0 + 4 ≤ K`, 4 weights per quad; `acc` was cut to 64·ld.
+                (Isa::Avx512Vnni, ActsRef::U8(xt)) if self.quads.is_some() => unsafe {
+                    let chan_start = self.quads.as_deref().unwrap_or_default();
+                    avx512::tile_quads(xt, chan_start, &b.idx, &b.w, bs..be, acc)
                 },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `finish` admitted AVX-512 VNNI only on a CPU that has it; `xt` is

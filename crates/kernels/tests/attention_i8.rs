@@ -85,7 +85,8 @@ fn reference(
             let all_fusable = mask.is_none_or(|m| m[b * s..(b + 1) * s].iter().all(|&x| x == 0.0 || x <= dropped));
             for i in 0..s {
                 if fused && all_fusable && (0..s).any(kept) {
-                    let lv: Vec<f32> = (0..s).map(|j| p.scores.quantize(a[i * s + j] as f32 * p.scores_mul) as f32).collect();
+                    let lv: Vec<f32> =
+                        (0..s).map(|j| p.scores.quantize(a[i * s + j] as f32 * p.scores_mul) as f32).collect();
                     let lmax = (0..s).filter(|&j| kept(j)).map(|j| lv[j]).fold(-1.0, f32::max);
                     let w: Vec<f32> =
                         (0..s).map(|j| if kept(j) { softmax_exp((lv[j] - lmax) * step) } else { 0.0 }).collect();
@@ -236,7 +237,9 @@ fn exact_rows_match_the_graph_bit_for_bit_on_every_isa() {
 #[test]
 fn fused_rows_match_their_reference_on_every_isa_and_the_graph_within_four_steps() {
     let outs = check_cases(
-        |batch, seq| Some((0..batch * seq).map(|t| if t % seq > seq / 2 && t >= seq { -10000.0 } else { 0.0 }).collect()),
+        |batch, seq| {
+            Some((0..batch * seq).map(|t| if t % seq > seq / 2 && t >= seq { -10000.0 } else { 0.0 }).collect())
+        },
         true,
     );
     let (mut differ, mut total, mut worst) = (0usize, 0usize, 0f32);

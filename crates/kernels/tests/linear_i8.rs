@@ -541,3 +541,60 @@ fn integer_bias_and_quantize_after_scale_follow_matmul_integer_chains_on_every_i
     let lin = LinearI8::new(&[1i8; 12], 3, 4, &[1.0], None, Isa::Scalar).unwrap();
     assert!(lin.with_int_bias(&[1, 2, 3]).unwrap_err().to_string().contains("expected N = 4"));
 }
+
+/// `[1, 4]` layers whose channels keep very different numbers of quads (0 to all of them, as in
+/// SparseML's `block4` exports, where some channels keep twice the average): on AVX-512 VNNI they
+/// run on per-channel quad lists (no channel padded to another's length), storing exactly the
+/// non-zero quads; accumulators and outputs equal the reference and the other ISAs bit for bit,
+/// and the stored form loads to the same layer.
+#[test]
+fn ragged_quad_lists_are_exact_on_every_isa() {
+    let mut rng = ChaCha8Rng::seed_from_u64(91);
+    for (k, n, t) in [(64, 13, 70), (384, 36, 130), (1536, 8, 65)] {
+        let quads = k / 4;
+        let mut w = vec![0i8; k * n];
+        let mut kept = 0;
+        for j in 0..n {
+            // Channel j keeps a share from 0 up to about a third of its quads, by its index.
+            let keep = match j % 5 {
+                0 => 0,
+                1 => quads / 3,
+                _ => 1 + (j * 7) % (quads / 6).max(1),
+            };
+            for q in 0..quads {
+                if rng.random_range(0..quads) < keep {
+                    kept += 1;
+                    for i in 0..4 {
+                        w[(4 * q + i) * n + j] = rng.random_range(-127i8..=127).max(-127) | 1;
+                    }
+                }
+            }
+        }
+        let xq: Vec<u8> = (0..t * k).map(|_| rng.random()).collect();
+        let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let want = reference_i32(&xq, &w, t, k, n);
+        let scales: Vec<f32> = (0..n).map(|_| rng.random_range(0.001f32..0.01)).collect();
+        let p = packed::encode(&w, k, n).unwrap();
+        let mut outs = vec![];
+        for isa in isas() {
+            let lin = LinearI8::new(&w, k, n, &scales, None, isa).unwrap();
+            if isa == Isa::Avx512Vnni {
+                assert_eq!(lin.stats().stored, 4 * kept, "K={k} N={n}: the quad lists store exactly the kept quads");
+            }
+            let loaded = LinearI8::from_packed(&p, k, n, &scales, None, isa).unwrap();
+            assert_eq!(loaded.stats(), lin.stats(), "{isa} K={k} N={n}");
+            for layer in [&lin, &loaded] {
+                let mut got = vec![i32::MIN; t * n];
+                layer.matmul_u8_i32(&xq, t, &mut got, &Threads(2)).unwrap();
+                assert_eq!(got, want, "{isa} K={k} N={n}");
+            }
+            let mut y = vec![f32::NAN; t * n];
+            let act = ActQuant::Static { scale: 0.02, zero_point: 131 };
+            lin.forward(&x, t, act, Epilogue::Gelu, None, &mut y, &Threads(3)).unwrap();
+            outs.push((isa, y));
+        }
+        for (isa, y) in &outs[1..] {
+            assert!(y.iter().zip(&outs[0].1).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa} K={k} N={n}");
+        }
+    }
+}

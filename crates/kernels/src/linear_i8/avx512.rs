@@ -80,50 +80,70 @@ pub(super) unsafe fn interleave_quads(xt: &mut [u8], k: usize) {
     }
 }
 
-/// [`tile`] for blocks packed by `pack_quads` (`[1, 4]`: a group holds one 4-index quad per
-/// channel) on a tile rearranged by [`interleave_quads`]: per group and channel, 4 loads of its
-/// quad's ready registers, 1 weight broadcast, 4 `vpdpbusd`; no unpacking. The accumulators come
-/// out in [`tile`]'s layout.
+/// [`tile`] for layers packed by `pack_quads` (`[1, 4]`: per-channel lists of aligned 4-index
+/// quads, `chan_start`) on a tile rearranged by [`interleave_quads`]: per channel and quad, 4 loads
+/// of the quad's ready registers, 1 weight broadcast, 4 `vpdpbusd`; no unpacking, and no channel
+/// waits for another's longer list. The four channels of a block advance together while all have
+/// quads left (16 independent accumulators), then each finishes alone. The accumulators come out
+/// in [`tile`]'s layout.
 ///
 /// # Safety
-/// AVX-512 F/BW/VNNI must be available; every index in `idx` of these blocks is a multiple of 4
-/// with `idx + 4 ≤ xt.len() / 64`; `w` holds 16 weights per group; `acc.len() ≥ 64·ld`.
+/// AVX-512 F/BW/VNNI must be available; `chan_start` holds `4·blocks.end + 1` non-decreasing
+/// offsets; every index in `idx` below `chan_start[4·blocks.end]` is a multiple of 4 with
+/// `idx + 4 ≤ xt.len() / 64`; `w` holds 4 weights per quad; `acc.len() ≥ 64·ld`.
 #[allow(clippy::needless_range_loop)] // a[c][q] shares q with the store's token map
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn tile_quads(
     xt: &[u8],
-    group_start: &[usize],
+    chan_start: &[usize],
     idx: &[u32],
     w: &[i8],
     blocks: Range<usize>,
     acc: &mut [i32],
 ) {
     let ld = blocks.len() * BLOCK;
-    assert!(acc.len() >= TW * ld && group_start.len() > blocks.end);
+    assert!(acc.len() >= TW * ld && chan_start.len() > blocks.end * BLOCK);
     let x = xt.as_ptr();
     for (bl, b) in blocks.enumerate() {
-        let (g0, g1) = (group_start[b], group_start[b + 1]);
-        assert!(idx.len() >= g1 * GROUP && w.len() >= g1 * GW);
+        let s: [usize; BLOCK + 1] = std::array::from_fn(|c| chan_start[b * BLOCK + c]);
+        assert!(idx.len() >= s[BLOCK] && w.len() >= s[BLOCK] * GROUP);
         let mut a = [[_mm512_setzero_si512(); 4]; BLOCK];
-        for g in g0..g1 {
-            // SAFETY: each quad's 256 bytes start at `idx·64` with `idx + 4 ≤ K` (packing), inside
-            // `xt`; `g < g1`, so the 4 indices and 16 weights lie inside `idx` and `w`.
-            unsafe {
-                let ip = idx.as_ptr().add(g * GROUP);
-                let wp = w.as_ptr().add(g * GW) as *const i32;
-                for (c, ac) in a.iter_mut().enumerate() {
-                    let base = x.add(*ip.add(c) as usize * TW);
-                    let wc = _mm512_set1_epi32(wp.add(c).read_unaligned());
-                    for (q, acq) in ac.iter_mut().enumerate() {
-                        let v = _mm512_loadu_si512(base.add(q * TW) as *const __m512i);
-                        *acq = _mm512_dpbusd_epi32(*acq, v, wc);
-                    }
-                }
+        let common = (0..BLOCK).map(|c| s[c + 1] - s[c]).min().unwrap_or(0);
+        // SAFETY (both loops): every quad `q < s[BLOCK]`, inside `idx` and `w` (asserted above),
+        // with `idx[q] + 4 ≤ K` (packing), so its 256 bytes lie inside `xt`.
+        for g in 0..common {
+            for (c, ac) in a.iter_mut().enumerate() {
+                unsafe { quad(ac, x, idx, w, s[c] + g) };
+            }
+        }
+        for (c, ac) in a.iter_mut().enumerate() {
+            for q in s[c] + common..s[c + 1] {
+                unsafe { quad(ac, x, idx, w, q) };
             }
         }
         // SAFETY: tokens < 64 and `bl·4 + 4 ≤ ld`, so every quad lies inside `acc`
         // (`acc.len() ≥ 64·ld`, asserted above); AVX-512 F is enabled here.
         unsafe { store_block(&a, acc, bl, ld) }
+    }
+}
+
+/// One channel's quad `q` into its 4 accumulators: 4 loads of the quad's ready registers (tile
+/// rearranged by [`interleave_quads`]), 1 weight broadcast, 4 `vpdpbusd`.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI available; `q` indexes `idx` and 4 weights of `w`; the tile `x` holds the 256
+/// bytes from `idx[q]·64`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn quad(ac: &mut [__m512i; 4], x: *const u8, idx: &[u32], w: &[i8], q: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let base = x.add(*idx.get_unchecked(q) as usize * TW);
+        let wc = _mm512_set1_epi32((w.as_ptr().add(q * GROUP) as *const i32).read_unaligned());
+        for (qq, acq) in ac.iter_mut().enumerate() {
+            let v = _mm512_loadu_si512(base.add(qq * TW) as *const __m512i);
+            *acq = _mm512_dpbusd_epi32(*acq, v, wc);
+        }
     }
 }
 
