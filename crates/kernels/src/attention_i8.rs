@@ -254,7 +254,8 @@ impl Head<'_> {
         // The fused-scale row for a mask of 0s and dropped keys (or none), else the exact one.
         let keep = self.mask.map(|m| self.a.levels.keep(m));
         let fused = !matches!(keep, Some(None));
-        let keep = keep.flatten();
+        // A mask that keeps every key is no mask.
+        let keep = keep.flatten().filter(|k| k.contains(&0.0));
         for r0 in (0..s).step_by(TILE) {
             let m = (s - r0).min(TILE);
             gemm.product(&qa[r0 * d..], d, m, p.q.zero_point, &kp, &mut scores, s);
