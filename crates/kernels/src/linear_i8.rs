@@ -75,6 +75,9 @@ fn dynamic_quant_params_on(isa: Isa, x: &[f32]) -> (f32, u8) {
     dynamic_params_from_range(mn, mx)
 }
 
+/// A layer packed as per-channel quad lists: the blocks and each channel's first quad.
+type QuadLists = (Blocks<i8>, Vec<usize>);
+
 /// The packed activations of one call.
 enum Acts {
     U8(Buf<u8>),
@@ -157,7 +160,7 @@ impl LinearI8 {
         isa: Isa,
         w: impl FnOnce() -> Result<Vec<i8>, KernelError>,
         union: &Blocks<i8>,
-    ) -> Result<Option<(Blocks<i8>, Vec<usize>)>, KernelError> {
+    ) -> Result<Option<QuadLists>, KernelError> {
         if isa != Isa::Avx512Vnni {
             return Ok(None);
         }

@@ -109,15 +109,16 @@ pub(super) unsafe fn tile_quads(
         assert!(idx.len() >= s[BLOCK] && w.len() >= s[BLOCK] * GROUP);
         let mut a = [[_mm512_setzero_si512(); 4]; BLOCK];
         let common = (0..BLOCK).map(|c| s[c + 1] - s[c]).min().unwrap_or(0);
-        // SAFETY (both loops): every quad `q < s[BLOCK]`, inside `idx` and `w` (asserted above),
-        // with `idx[q] + 4 ≤ K` (packing), so its 256 bytes lie inside `xt`.
         for g in 0..common {
             for (c, ac) in a.iter_mut().enumerate() {
+                // SAFETY: quad `s[c] + g < s[c + 1] ≤ s[BLOCK]`, inside `idx` and `w` (asserted
+                // above), with `idx + 4 ≤ K` (packing), so its 256 bytes lie inside `xt`.
                 unsafe { quad(ac, x, idx, w, s[c] + g) };
             }
         }
         for (c, ac) in a.iter_mut().enumerate() {
             for q in s[c] + common..s[c + 1] {
+                // SAFETY: as above, quad `q < s[c + 1] ≤ s[BLOCK]`.
                 unsafe { quad(ac, x, idx, w, q) };
             }
         }
