@@ -200,9 +200,20 @@ impl QuantAttention {
         }
         let shared = Shared { out: out.as_mut_ptr() };
         let shared = &shared;
+        // Per batch item, once for all its heads: the fused-scale row's kept keys (`None` for a mask
+        // that keeps every key, or none), or `Exact` for a mask the fused row cannot take.
+        let rows: Vec<Rows> = (0..batch)
+            .map(|b| match mask_bias.map(|m| self.levels.keep(&m[b * seq..(b + 1) * seq])) {
+                None => Rows::Fused(None),
+                Some(None) => Rows::Exact,
+                // A mask that keeps every key is no mask.
+                Some(Some(k)) => Rows::Fused(k.contains(&0.0).then_some(k)),
+            })
+            .collect();
         par.run(batch * self.heads, &|i| {
             let (b, h) = (i / self.heads, i % self.heads);
-            let head = Head { a: self, seq, q, k, v, row_stride, mask: mask_bias.map(|m| &m[b * seq..(b + 1) * seq]) };
+            let mask = mask_bias.map(|m| &m[b * seq..(b + 1) * seq]);
+            let head = Head { a: self, seq, q, k, v, row_stride, mask, rows: &rows[b] };
             // SAFETY: `new` chose `task` for an ISA this CPU supports.
             unsafe { (self.task)(&head, b, h, shared) }
         });
@@ -227,6 +238,15 @@ struct Head<'a> {
     v: &'a [f32],
     row_stride: usize,
     mask: Option<&'a [f32]>,
+    rows: &'a Rows,
+}
+
+/// Which softmax row a batch item's rows take.
+enum Rows {
+    /// `softmax::row_levels`, with the kept keys (1) and dropped ones (0), or `None`: all kept.
+    Fused(Option<Vec<f32>>),
+    /// `softmax::row`: the mask has a bias that is neither 0 nor low enough to drop its key.
+    Exact,
 }
 
 impl Head<'_> {
@@ -251,17 +271,16 @@ impl Head<'_> {
         let mut probs = vec![0u8; TILE * s];
         let mut ctx = vec![0i32; TILE * d];
         let mut row = vec![0f32; s];
-        // The fused-scale row for a mask of 0s and dropped keys (or none), else the exact one.
-        let keep = self.mask.map(|m| self.a.levels.keep(m));
-        let fused = !matches!(keep, Some(None));
-        // A mask that keeps every key is no mask.
-        let keep = keep.flatten().filter(|k| k.contains(&0.0));
         for r0 in (0..s).step_by(TILE) {
             let m = (s - r0).min(TILE);
             gemm.product(&qa[r0 * d..], d, m, p.q.zero_point, &kp, &mut scores, s);
             for i in 0..m {
                 let (sc, pr) = (&scores[i * s..(i + 1) * s], &mut probs[i * s..(i + 1) * s]);
-                if !(fused && softmax::row_levels(&self.a.levels, sc, keep.as_deref(), &mut row, pr)) {
+                let fused = match self.rows {
+                    Rows::Fused(keep) => softmax::row_levels(&self.a.levels, sc, keep.as_deref(), &mut row, pr),
+                    Rows::Exact => false,
+                };
+                if !fused {
                     softmax::row(&self.a.row, sc, self.mask, &mut row, pr);
                 }
             }

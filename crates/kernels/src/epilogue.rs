@@ -104,6 +104,31 @@ pub(crate) fn epilogue_i8(
     }
 }
 
+/// Defines `$name`, [`epilogue_i8`] compiled with the target features `$features` so that its
+/// element-wise code is vectorised with that ISA's registers; the operations are the same (FMAs
+/// only where written), so the bits are too. One per ISA file (`linear_i8/avx2.rs`, `avx512.rs`).
+macro_rules! isa_epilogue {
+    ($(#[$doc:meta])* $name:ident, $features:literal) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name(
+            e: &$crate::epilogue::EpiI8<'_>,
+            acc: &[i32],
+            ld: usize,
+            t0: usize,
+            tvalid: usize,
+            j0: usize,
+            ncols: usize,
+            n: usize,
+            y: &$crate::plan::Out<f32>,
+        ) {
+            $crate::epilogue::epilogue_i8(e, acc, ld, t0, tvalid, j0, ncols, n, y)
+        }
+    };
+}
+pub(crate) use isa_epilogue;
+
 /// One output row's inputs, all `ncols` long (`res` empty without a residual).
 struct Cols<'a> {
     a: &'a [i32],

@@ -15,6 +15,7 @@
 //! accumulators token-major; the safe epilogue (`epilogue.rs`) turns them into f32 rows of `y`.
 //! All scratch is per call: the layer holds no mutable state.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -75,9 +76,6 @@ fn dynamic_quant_params_on(isa: Isa, x: &[f32]) -> (f32, u8) {
     dynamic_params_from_range(mn, mx)
 }
 
-/// A layer packed as per-channel quad lists: the blocks and each channel's first quad.
-type QuadLists = (Blocks<i8>, Vec<usize>);
-
 /// The packed activations of one call.
 enum Acts {
     U8(Buf<u8>),
@@ -127,10 +125,8 @@ impl LinearI8 {
         // `vpdpbusd` where the union kernel loads one per four, so a stored weight costs it about
         // twice as much (`kernel_bench --pattern 1x4`, 384→1536: 1.13x the union's time at 50%,
         // 0.94x at 90%, where it stores 0.6x and 0.42x as many).
-        Ok(match Self::quads(isa, || Ok(w.to_vec()), &union)? {
-            None => Self::finish(union, None, w_scale, bias, isa)?,
-            Some((blocks, chan_start)) => Self::finish(blocks, Some(chan_start), w_scale, bias, isa)?,
-        })
+        let (blocks, quads) = Self::layout(isa, union, |_| Cow::Borrowed(w));
+        Self::finish(blocks, quads, w_scale, bias, isa)
     }
 
     /// A layer from the stored form of its weights ([`packed`], e.g. `ai.sparsec::SparseLinear`'s
@@ -147,25 +143,26 @@ impl LinearI8 {
         isa: Isa,
     ) -> Result<LinearI8, KernelError> {
         let union = packed::from_bytes(packed, k, n)?;
-        let (blocks, quads) = match Self::quads(isa, || packed::decode_dense(packed, k, n), &union)? {
-            Some((q, chan_start)) => (q, Some(chan_start)),
-            None => (union, None),
-        };
+        let (blocks, quads) = Self::layout(isa, union, |b| Cow::Owned(packed::dense(b)));
         Self::finish(blocks, quads, w_scale, bias, isa)
     }
 
-    /// The per-channel quad lists of `W` where they run faster than the block union `union`
-    /// (AVX-512 VNNI, under half its stored weights), else `None`.
-    fn quads(
+    /// The block union `union` of `W`, or on AVX-512 VNNI `W`'s per-channel quad lists (with each
+    /// channel's first quad) where they store under half the union's weights. `dense` gives `W`,
+    /// asked for only on AVX-512 VNNI.
+    fn layout<'w>(
         isa: Isa,
-        w: impl FnOnce() -> Result<Vec<i8>, KernelError>,
-        union: &Blocks<i8>,
-    ) -> Result<Option<QuadLists>, KernelError> {
+        union: Blocks<i8>,
+        dense: impl FnOnce(&Blocks<i8>) -> Cow<'w, [i8]>,
+    ) -> (Blocks<i8>, Option<Vec<usize>>) {
         if isa != Isa::Avx512Vnni {
-            return Ok(None);
+            return (union, None);
         }
-        let w = w()?;
-        Ok(pack_quads(&w, union.k, union.n, &union.stats).filter(|(q, _)| 2 * q.stats.stored < union.stats.stored))
+        let w = dense(&union);
+        match pack_quads(&w, union.k, union.n, &union.stats) {
+            Some((q, chan_start)) if 2 * q.stats.stored < union.stats.stored => (q, Some(chan_start)),
+            _ => (union, None),
+        }
     }
 
     fn finish(

@@ -169,24 +169,7 @@ pub fn row_levels(c: &LevelConsts, scores: &[i32], keep: Option<&[f32]>, lv: &mu
     }
     let lmax = match keep {
         None => max(lv),
-        Some(k) => {
-            // A kept key's level, else −1: `l·k + (k − 1)` for `k ∈ {0, 1}`, exact, and branch-free
-            // so that it vectorises (a conditional read of the level does not).
-            let mut mx = [-1f32; LANES];
-            let (chunks, kc) = (lv.chunks_exact(LANES), k.chunks_exact(LANES));
-            let (tail, ktail) = (chunks.remainder(), kc.remainder());
-            for (c, kk) in chunks.zip(kc) {
-                for l in 0..LANES {
-                    let v = c[l].mul_add(kk[l], kk[l] - 1.0);
-                    mx[l] = if v > mx[l] { v } else { mx[l] };
-                }
-            }
-            for ((m, &v), &kk) in mx.iter_mut().zip(tail).zip(ktail) {
-                let v = v.mul_add(kk, kk - 1.0);
-                *m = if v > *m { v } else { *m };
-            }
-            mx.iter().fold(-1.0, |a, &b| if b > a { b } else { a })
-        }
+        Some(k) => masked_max(lv, k),
     };
     if lmax < 0.0 {
         return false;
@@ -253,6 +236,27 @@ fn max(x: &[f32]) -> f32 {
         *m = if v > *m { v } else { *m };
     }
     mx.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// The largest of `x[j]` over `keep[j] = 1` (`keep[j] ∈ {0, 1}`), −1 for none: the maximum of
+/// `x·k + (k − 1)`, exact, by the same lanes as [`max`], branch-free so that it vectorises (a
+/// conditional read of `x[j]` does not).
+#[inline(always)]
+fn masked_max(x: &[f32], keep: &[f32]) -> f32 {
+    let mut mx = [-1f32; LANES];
+    let (chunks, kc) = (x.chunks_exact(LANES), keep.chunks_exact(LANES));
+    let (tail, ktail) = (chunks.remainder(), kc.remainder());
+    for (c, kk) in chunks.zip(kc) {
+        for l in 0..LANES {
+            let v = c[l].mul_add(kk[l], kk[l] - 1.0);
+            mx[l] = if v > mx[l] { v } else { mx[l] };
+        }
+    }
+    for ((m, &v), &kk) in mx.iter_mut().zip(tail).zip(ktail) {
+        let v = v.mul_add(kk, kk - 1.0);
+        *m = if v > *m { v } else { *m };
+    }
+    mx.iter().fold(-1.0, |a, &b| if b > a { b } else { a })
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::blocks::{BLOCK, GROUP, GW};
-use crate::epilogue::{epilogue_i8, EpiI8};
-use crate::plan::Out;
+use crate::epilogue::isa_epilogue;
 use crate::quant::{quantize_u8, Rows};
 use crate::transpose::store_quads256;
 
@@ -242,22 +241,11 @@ pub(super) unsafe fn prep_u8(
     }
 }
 
-/// [`epilogue_i8`] vectorised for AVX2 (same operations, same bits).
-///
-/// # Safety
-/// AVX2 must be available.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn epilogue(
-    e: &EpiI8<'_>,
-    acc: &[i32],
-    ld: usize,
-    t0: usize,
-    tvalid: usize,
-    j0: usize,
-    ncols: usize,
-    n: usize,
-    y: &Out<f32>,
-) {
-    epilogue_i8(e, acc, ld, t0, tvalid, j0, ncols, n, y)
-}
+isa_epilogue!(
+    /// [`epilogue_i8`](crate::epilogue::epilogue_i8) vectorised for AVX2.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    epilogue,
+    "avx2,fma"
+);

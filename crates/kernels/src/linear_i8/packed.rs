@@ -151,7 +151,13 @@ fn nonzero_map(group_start: &[usize], idx: &[u32], w: &[i8], k: usize, n: usize)
 
 /// The dense `W [K, N]` a stored form holds (for inspection and tests; kernels load [`Blocks`]).
 pub fn decode_dense(p: &[i8], k: usize, n: usize) -> Result<Vec<i8>, KernelError> {
-    let b = from_bytes(p, k, n)?;
+    Ok(dense(&from_bytes(p, k, n)?))
+}
+
+/// The dense `W [K, N]` of block-union [`Blocks`] (as [`pack_blocks`](crate::blocks) or
+/// [`from_bytes`] make them).
+pub(crate) fn dense(b: &Blocks<i8>) -> Vec<i8> {
+    let (k, n) = (b.k, b.n);
     let mut w = vec![0i8; k * n];
     for blk in 0..b.group_start.len() - 1 {
         for g in b.group_start[blk]..b.group_start[blk + 1] {
@@ -169,7 +175,7 @@ pub fn decode_dense(p: &[i8], k: usize, n: usize) -> Result<Vec<i8>, KernelError
             }
         }
     }
-    Ok(w)
+    w
 }
 
 /// What a stored form holds, without building a kernel.
