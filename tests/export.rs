@@ -206,6 +206,57 @@ fn int8_export_equals_the_fake_quant_graph_and_runs_everywhere() {
     python_runs_and_checks(&exported);
 }
 
+/// `quantize_attention_matmuls: true` (int8 attention QAT): the four inputs of each attention's
+/// two products are fake-quantized in training; the QDQ export equals the fake-quant graph; and
+/// sparsec's lowering runs each attention as one `QuantizedAttention` (no requantization of the
+/// scores or the context), within the integer kernels' bound of the fake-quant graph.
+#[test]
+fn int8_attention_qat_exports_attention_that_runs_on_the_int8_attention_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(root().join("recipes/gmp80-unstructured-qat-distill.yaml")).unwrap();
+    let text =
+        base.replace("    activation_bits: 8\n", "    activation_bits: 8\n    quantize_attention_matmuls: true\n");
+    assert_ne!(text, base, "the recipe gained the field");
+    let recipe = dir.path().join("qat-attention.yaml");
+    std::fs::write(&recipe, text).unwrap();
+    let t = trained(dir.path(), &recipe, r#"{"num_epochs": 6}"#);
+    let plan: Value = serde_json::from_str(&std::fs::read_to_string(t.join("plan.json")).unwrap()).unwrap();
+    let inputs: Vec<&str> = plan["graph_inputs"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let attention_sites: Vec<&&str> =
+        inputs.iter().filter(|n| n.ends_with(".input_quant.scale") && n.contains(".attention_scores.")).collect();
+    let context_sites = inputs.iter().filter(|n| n.ends_with(".input_quant.scale") && n.contains(".context.")).count();
+    assert!(!attention_sites.is_empty(), "attention sites in {inputs:?}");
+    assert_eq!(attention_sites.len(), context_sites, "q, k and probs, v per attention");
+
+    let dep = dir.path().join("deployment");
+    export(&t, &dep);
+    let exported = dep.join("model.onnx");
+    let fq = logits(&t.join("model.onnx"), EngineKind::Ort, true);
+    let d = max_diff(&fq, &logits(&exported, EngineKind::Ort, true));
+    println!("int8 attention: exported QDQ vs fake-quant graph (ORT basic optimisations) max |Δlogit| = {d:e}");
+    assert!(d <= 1e-4, "{d}");
+
+    // sparsec's lowering: every attention becomes one QuantizedAttention, no Softmax is left.
+    let mut m = sparsec::onnx::load(&exported).unwrap();
+    sparsec::ir::infer::infer_facts(&mut m).unwrap();
+    let softmaxes = m.graph.nodes().filter(|(_, n)| n.op_type == "Softmax").count();
+    assert_eq!(softmaxes * 2, attention_sites.len(), "q and k sites for each attention (one Softmax each)");
+    let cfg = runtime::Kernels::Auto.sparse_execution().unwrap();
+    sparsec::passes::lower_for_sparse_execution(&mut m, &cfg).unwrap();
+    let qattn: Vec<_> = m.graph.nodes().filter(|(_, n)| n.op_type == "QuantizedAttention").map(|(_, n)| n).collect();
+    assert_eq!(qattn.len(), softmaxes, "every attention lowered to QuantizedAttention");
+    assert!(m.graph.nodes().all(|(_, n)| n.op_type != "Softmax"), "no Softmax left on ONNX Runtime");
+    for n in &qattn {
+        assert!(n.attrs.iter().all(|a| a.name != "scores_scale" && a.name != "context_scale"), "{}", n.name);
+    }
+    let opts = EngineOptions { threads: Some(1), ..Default::default() };
+    let ours = logits_with(&exported, EngineKind::Ort, runtime::Kernels::Auto.sparse_execution(), opts);
+    let d_ours = max_diff(&fq, &ours);
+    let range = fq["start_logits"].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    println!("int8 attention on sparsec's kernels vs the fake-quant graph: max |Δlogit| = {d_ours:e} (range {range})");
+    assert!(d_ours <= 0.05 * range.max(1.0), "integer kernels stay close: {d_ours}");
+}
+
 #[test]
 fn exporting_an_untrained_compile_folder_needs_one_shot() {
     let dir = tempfile::tempdir().unwrap();

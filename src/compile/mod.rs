@@ -143,6 +143,7 @@ fn run_passes(model: &mut Model, rw: &Rewrites, trainable: Vec<String>) -> Resul
             "quantize_activations": q.activations,
             "activation_symmetric": q.activation_symmetric,
             "weight_per_channel": q.weight_per_channel,
+            "attention": q.attention,
         });
         reports.push(passes::by_name("InsertFakeQuant", cfg)?.apply(model)?);
     }

@@ -44,6 +44,7 @@ pub(super) struct QuantSettings {
     pub activations: bool,
     pub activation_symmetric: bool,
     pub weight_per_channel: bool,
+    pub attention: bool,
 }
 
 /// Modifier `index` of the recipe, planned on the graph; its rewrites go into `rw`.
@@ -259,6 +260,7 @@ fn quantization(s: &Scope, q: &QuantizationModifier, pm: &mut PlanModifier, rw: 
         activations: acts.is_some(),
         activation_symmetric: acts.is_some_and(|a| a.symmetric),
         weight_per_channel: q.weights.strategy == "channel",
+        attention: q.quantize_attention_matmuls,
     });
     pm.quantization = Some(serde_json::json!({
         "qat_starts_epoch": q.start_epoch.max(0.0),
@@ -269,6 +271,7 @@ fn quantization(s: &Scope, q: &QuantizationModifier, pm: &mut PlanModifier, rw: 
         "input_activations": q.input_activations,
         "switch_input": QUANT_ENABLED_INPUT,
         "embeddings": rw.fake_quant_embeddings.iter().collect::<Vec<_>>(),
+        "attention_matmuls": q.quantize_attention_matmuls,
     }));
     Ok(())
 }

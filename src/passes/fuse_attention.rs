@@ -1,12 +1,14 @@
 //! `FuseAttention`: the multi-head self-attention subgraph of a BERT-family export rewritten to one
-//! `ai.sparsec::Attention` node.
+//! `ai.sparsec::Attention` node, or to `ai.sparsec::QuantizedAttention` where sparsec's own QAT
+//! quantized the two products' inputs (its QDQ export).
 
 use serde::{Deserialize, Serialize};
 
+use super::fuse_quantized_attention::{ql_params, quant_attrs, quantized, Q};
 use super::pattern::{const_f32_scalar, eval_f32_scalar, producer_op, sole_consumer, Consumers};
 use super::{Pass, PassError, PassReport};
 use crate::ir::ops::sparsec::DOMAIN;
-use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, NodeSpec, Patch, ValueId};
+use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, ValueId};
 
 /// Fuses scaled-dot-product attention, found by pattern from each `Softmax`.
 ///
@@ -20,8 +22,19 @@ use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, NodeSpec, Patch, Val
 /// - Emits: `Attention(q, mask, k, v)` (`has_mask = 0` and `q` in the mask slot when unmasked) named `sparsec.attn/<Softmax>` with `num_heads`,
 ///   `head_dim`, `scale = c₁·c₂·c` (or `/c`), `zero_masked_rows` = whether the guard was there;
 ///   the final `Reshape`'s consumers read it. The old subgraph is left for `RemoveDead`.
+/// - Also matches sparsec's own quantized attention (`InsertFakeQuant`'s attention sites, lowered
+///   to QDQ by `LowerFakeQuant`): the same pattern with each of the two `MatMul`s' four inputs
+///   (`Transpose₀₂₁₃(Reshape(q))`, `Kᵀ`, the probabilities, `Transpose₀₂₁₃(Reshape(v))`) behind a
+///   per-tensor uint8 `DequantizeLinear(QuantizeLinear(·))` with scalar constants (a positive
+///   `Mul` on Q or K inside it is folded into the kernel's quantization scale: `s/c`; torch's NaN
+///   guard is what the kernel does for rows masked entirely with −∞), and then emits `QuantizedAttention(q, k, v[, mask])` named `sparsec.qattn/<Softmax>`
+///   without the scores' and the context's requantization: `scores_mul = s_q·s_k`, `divisor` the
+///   scores' `Div` (or `1/c` for a `Mul`), `context_mul = s_p·s_v`. A pattern with only some of
+///   the four quantized is left alone.
 /// - Assumes: score intermediates are read only inside the pattern. Outputs equal the original
-///   up to f32 summation order (the kernel scales `q·k` once instead of `q` and `k` separately).
+///   up to f32 summation order (the kernel scales `q·k` once instead of `q` and `k` separately;
+///   quantized, its integer sums are exact where the graph's f32 `MatMul`s round, and its softmax
+///   is `attention_i8`'s).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FuseAttention {
     /// `"f32"` (default) or `"bf16"` products inside the kernel.
@@ -83,6 +96,36 @@ pub(super) fn data_consumer<'g>(
     data.next().is_none().then(|| (*id, g.node(*id)))
 }
 
+/// `DequantizeLinear(QuantizeLinear(x))`, per tensor to uint8 with the same scalar constants on
+/// both, the `QuantizeLinear` read only by the `DequantizeLinear`: `(x, constants)`; otherwise
+/// `(v, None)`.
+fn fake_quantized(g: &Graph, cons: &Consumers, v: ValueId) -> (ValueId, Option<Q>) {
+    let peel = || {
+        let (_, dq) = producer_op(g, v, "DequantizeLinear")?;
+        let ql_out = dq.input(0)?;
+        sole_consumer(g, cons, ql_out)?;
+        let (x, q) = quantized(g, ql_out)?;
+        (ql_params(g, dq)? == q).then_some((x, q))
+    };
+    match peel() {
+        Some((x, q)) => (x, Some(q)),
+        None => (v, None),
+    }
+}
+
+/// The four quantizations of a quantized attention's product inputs, as the kernel applies them
+/// to its Q, K, V rows and probabilities.
+struct Quants {
+    q: Q,
+    k: Q,
+    /// `s_q·s_k` of the graph's own quantizations (before any scale on Q or K is folded).
+    scores_mul: f32,
+    probs: Q,
+    v: Q,
+    /// The scores' divisor: the `Div`'s constant, or `1/c` for a `Mul` by `c`.
+    divisor: f32,
+}
+
 struct Site {
     name: String,
     q: ValueId,
@@ -94,18 +137,23 @@ struct Site {
     scale: f32,
     guard: bool,
     out: ValueId,
+    quant: Option<Quants>,
+    /// The `Q·Kᵀ` and `P·V` products.
+    products: (NodeId, NodeId),
 }
 
 /// The attention whose probabilities are the `Softmax` `sm_name` (`sm_in` → `sm_out`), if the
 /// whole pattern of [`FuseAttention`] is there.
 fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: ValueId) -> Option<Site> {
     let (scores, mask) = scores_and_mask(g, sm_in)?;
-    let (mm_out, mut scale) = unscaled(g, scores)?;
-    let (_, mm) = producer_op(g, mm_out, "MatMul")?;
+    let (mm_out, post) = unscaled(g, scores)?;
+    let (qk_id, mm) = producer_op(g, mm_out, "MatMul")?;
     sole_consumer(g, cons, mm_out)?;
-    let (qt, c1) = scaled(g, mm.input(0)?);
-    let (kt, c2) = scaled(g, mm.input(1)?);
-    scale *= c1 * c2;
+    let (q_in, qq) = fake_quantized(g, cons, mm.input(0)?);
+    let (k_in, qk) = fake_quantized(g, cons, mm.input(1)?);
+    let (qt, c1) = scaled(g, q_in);
+    let (kt, c2) = scaled(g, k_in);
+    let scale = post * c1 * c2;
     let q = heads_of(g, qt, &[0, 2, 1, 3])?;
     let k = key_of(g, kt)?;
     let (heads, head_dim) = heads_and_size(g, qt, q)?;
@@ -113,7 +161,21 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
         return None;
     }
     let (p, guard) = probabilities(g, cons, sm_out)?;
-    let (v, out) = context(g, cons, p)?;
+    let (v, out, qp, qv, pv_id) = context(g, cons, p)?;
+    let quant = match (qq, qk, qp, qv) {
+        (None, None, None, None) => None,
+        (Some(q), Some(k), Some(probs), Some(v)) if c1 > 0.0 && c2 > 0.0 => {
+            let divisor = match producer_op(g, scores, "Div") {
+                Some((_, d)) => eval_f32_scalar(g, d.input(1)?)?,
+                None => (1.0 / f64::from(post)) as f32,
+            };
+            // A scale applied before the quantization (`QL(c·x; s)`) is the kernel's quantization
+            // of `x` with scale `s/c`; the dequantized product still carries `s_q·s_k`.
+            let unscale = |(s, z): Q, c: f32| ((f64::from(s) / f64::from(c)) as f32, z);
+            Some(Quants { q: unscale(q, c1), k: unscale(k, c2), scores_mul: q.0 * k.0, probs, v, divisor })
+        }
+        _ => return None,
+    };
     let hd = heads * head_dim;
     let rank3 = |v: ValueId| {
         g.value(v).facts.shape.as_deref().is_some_and(|s| s.len() == 3 && s[2].compatible(&Dim::Known(hd)))
@@ -121,7 +183,8 @@ fn site(g: &Graph, cons: &Consumers, sm_name: &str, sm_in: ValueId, sm_out: Valu
     if !(rank3(out) && rank3(q) && rank3(k) && rank3(v)) || g.outputs().contains(&out) {
         return None;
     }
-    Some(Site { name: sm_name.to_string(), q, k, v, mask, heads, head_dim, scale, guard, out })
+    let products = (qk_id, pv_id);
+    Some(Site { name: sm_name.to_string(), q, k, v, mask, heads, head_dim, scale, guard, out, quant, products })
 }
 
 /// The softmax input split into scores and the additive mask, when an `Add` joins them (the
@@ -206,10 +269,25 @@ fn probabilities(g: &Graph, cons: &Consumers, sm_out: ValueId) -> Option<(ValueI
 
 /// From the probabilities `p` to the merged heads: `(v, out)` of
 /// `out = Reshape(Transpose₀₂₁₃(MatMul(p, Transpose₀₂₁₃(Reshape(v)))))`, through the sdpa
-/// export's rank-preserving `Reshape` where it is there.
-fn context(g: &Graph, cons: &Consumers, p: ValueId) -> Option<(ValueId, ValueId)> {
-    let (_, pv, _) = sole_consumer(g, cons, p).filter(|(_, n, slot)| n.op_type == "MatMul" && *slot == 0)?;
-    let v = heads_of(g, pv.input(1)?, &[0, 2, 1, 3])?;
+/// export's rank-preserving `Reshape` where it is there, with the quantizations of the product's
+/// two inputs where each is `DequantizeLinear(QuantizeLinear(·))`.
+#[allow(clippy::type_complexity)]
+fn context(g: &Graph, cons: &Consumers, p: ValueId) -> Option<(ValueId, ValueId, Option<Q>, Option<Q>, NodeId)> {
+    let (p, qp) = match sole_consumer(g, cons, p) {
+        Some((_, ql, 0)) if ql.op_type == "QuantizeLinear" && ql.domain.is_empty() => {
+            let (_, dq, _) = sole_consumer(g, cons, ql.output(0)?)
+                .filter(|(_, n, slot)| n.op_type == "DequantizeLinear" && n.domain.is_empty() && *slot == 0)?;
+            let qp = ql_params(g, ql)?;
+            if ql_params(g, dq)? != qp {
+                return None;
+            }
+            (dq.output(0)?, Some(qp))
+        }
+        _ => (p, None),
+    };
+    let (pv_id, pv, _) = sole_consumer(g, cons, p).filter(|(_, n, slot)| n.op_type == "MatMul" && *slot == 0)?;
+    let (v_in, qv) = fake_quantized(g, cons, pv.input(1)?);
+    let v = heads_of(g, v_in, &[0, 2, 1, 3])?;
     let mut ctx = pv.output(0)?;
     if let Some((_, same)) = data_consumer(g, cons, ctx).filter(|(_, n)| n.op_type == "Reshape") {
         // The sdpa export's rank-preserving `Reshape` back to [B, H, S, D].
@@ -224,7 +302,26 @@ fn context(g: &Graph, cons: &Consumers, p: ValueId) -> Option<(ValueId, ValueId)
         return None;
     }
     let (_, merge, _) = sole_consumer(g, cons, back.output(0)?).filter(|(_, n, _)| n.op_type == "Reshape")?;
-    Some((v, merge.output(0)?))
+    Some((v, merge.output(0)?, qp, qv, pv_id))
+}
+
+/// Each attention [`FuseAttention`] would fuse (unquantized): its `Softmax` and its `Q·Kᵀ` and
+/// `P·V` `MatMul`s, in graph order. `InsertFakeQuant` quantizes the products' inputs from these.
+pub(crate) fn attention_products(g: &Graph) -> Vec<(NodeId, NodeId, NodeId)> {
+    let cons = g.consumers();
+    g.nodes()
+        .filter(|(_, sm)| sm.op_type == "Softmax" && sm.domain.is_empty())
+        .filter_map(|(id, sm)| {
+            let (i, o) = (sm.input(0)?, sm.output(0)?);
+            let rank = g.value(i).facts.shape.as_ref().map_or(0, Vec::len) as i64;
+            let axis = sm.attr_int("axis").unwrap_or(-1);
+            if !(axis == -1 || axis == rank - 1) {
+                return None;
+            }
+            let s = site(g, &cons, &sm.name, i, o)?;
+            s.quant.is_none().then_some((id, s.products.0, s.products.1))
+        })
+        .collect()
 }
 
 impl Pass for FuseAttention {
@@ -255,6 +352,33 @@ impl Pass for FuseAttention {
                         continue;
                     }
                     let Some(s) = site(g, &cons, &sm.name, i, o) else { continue };
+                    if let Some(qz) = &s.quant {
+                        let mut inputs = vec![Some(s.q), Some(s.k), Some(s.v)];
+                        inputs.extend(s.mask.map(Some));
+                        let mut attrs =
+                            vec![Attribute::int("num_heads", s.heads), Attribute::int("head_dim", s.head_dim)];
+                        for (name, x) in [("q", qz.q), ("k", qz.k), ("v", qz.v), ("probs", qz.probs)] {
+                            attrs.extend(quant_attrs(name, x));
+                        }
+                        attrs.extend([
+                            Attribute::float("scores_mul", qz.scores_mul),
+                            Attribute::float("divisor", qz.divisor),
+                            Attribute::float("context_mul", qz.probs.0 * qz.v.0),
+                        ]);
+                        let spec = NodeSpec {
+                            name: format!("sparsec.qattn/{}", s.name),
+                            op_type: "QuantizedAttention".into(),
+                            domain: DOMAIN.into(),
+                            inputs,
+                            attrs,
+                            metadata: Vec::new(),
+                        };
+                        let facts = g.value(s.out).facts.type_only();
+                        let y = p.op(spec, &format!("sparsec.qattn/{}.out", s.name), facts);
+                        p.replace_uses(s.out, y);
+                        report.rewritten += 1;
+                        continue;
+                    }
                     let spec = NodeSpec {
                         name: format!("sparsec.attn/{}", s.name),
                         op_type: "Attention".into(),

@@ -31,7 +31,7 @@ use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, Node, NodeSpec, Patc
 pub struct FuseQuantizedAttention {}
 
 /// A per-tensor uint8 quantization: `(scale, zero point)`.
-type Q = (f32, u8);
+pub(super) type Q = (f32, u8);
 
 /// The value of `v` when it is a constant uint8 scalar.
 fn const_u8_scalar(g: &Graph, v: ValueId) -> Option<u8> {
@@ -40,7 +40,7 @@ fn const_u8_scalar(g: &Graph, v: ValueId) -> Option<u8> {
 }
 
 /// `QL`'s constants, when `n` is a per-tensor `QuantizeLinear` to uint8.
-fn ql_params(g: &Graph, n: &Node) -> Option<Q> {
+pub(super) fn ql_params(g: &Graph, n: &Node) -> Option<Q> {
     let scale = const_f32_scalar(g, n.input(1)?)?;
     match n.input(2) {
         Some(z) => Some((scale, const_u8_scalar(g, z)?)),
@@ -49,7 +49,7 @@ fn ql_params(g: &Graph, n: &Node) -> Option<Q> {
 }
 
 /// `QL(x)` → `(x, constants)`.
-fn quantized(g: &Graph, v: ValueId) -> Option<(ValueId, Q)> {
+pub(super) fn quantized(g: &Graph, v: ValueId) -> Option<(ValueId, Q)> {
     let (_, n) = producer_op(g, v, "QuantizeLinear")?;
     Some((n.input(0)?, ql_params(g, n)?))
 }
@@ -90,7 +90,7 @@ struct Site {
 }
 
 /// The quantization `(scale, zero point)` as the two attributes `<name>_scale`, `<name>_zero_point`.
-fn quant_attrs(name: &str, (s, z): Q) -> [Attribute; 2] {
+pub(super) fn quant_attrs(name: &str, (s, z): Q) -> [Attribute; 2] {
     [Attribute::float(format!("{name}_scale"), s), Attribute::int(format!("{name}_zero_point"), i64::from(z))]
 }
 

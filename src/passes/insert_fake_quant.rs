@@ -41,7 +41,12 @@ pub struct FakeQuantTarget {
 ///   scalar) fed by the trainer's observers, `A' = Where(flag, DequantizeLinear(QuantizeLinear(A, s, zp), s, zp), A)`
 ///   read by every targeted node that read `A`, and graph outputs `<module>.input_quant.min` /
 ///   `.max` (`ReduceMin`/`ReduceMax` of `A`, keepdims=0) from which the observers compute `s, zp`.
-///   Embedding tables get the weight pattern per tensor. All new nodes are named `sparsec.fq/…`.
+///   Embedding tables get the weight pattern per tensor. With `attention`, each attention that
+///   `FuseAttention` recognises gets the activation pattern on the four inputs of its two
+///   products, always uint8 asymmetric per tensor (the form `QuantizedAttention` runs), named
+///   `<scope>.attention_scores.{q,k}` and `<scope>.context.{probs,v}` after the `Q·Kᵀ` node's
+///   module scope (SparseML's BERT modification quantizes the same four, with the second input of
+///   each product symmetric). All new nodes are named `sparsec.fq/…`.
 /// - Assumes: opset >= 13 (per-axis QuantizeLinear). With `sparsec.quant_enabled = false` the
 ///   `Where` selects the original value bit for bit. For autodiff: the scale and zero-point
 ///   inputs of QuantizeLinear/DequantizeLinear carry no gradient, and the
@@ -59,6 +64,9 @@ pub struct InsertFakeQuant {
     pub activation_symmetric: bool,
     #[serde(default = "yes")]
     pub weight_per_channel: bool,
+    /// Fake-quantize the inputs of each attention's two products (int8 attention).
+    #[serde(default)]
+    pub attention: bool,
 }
 
 fn yes() -> bool {
@@ -139,6 +147,13 @@ impl Pass for InsertFakeQuant {
         }
         let opset = model.opset();
         let mut report = PassReport { pass: pass.into(), ..PassReport::default() };
+        let attention = if self.attention { super::fuse_attention::attention_products(&model.graph) } else { vec![] };
+        if self.attention && attention.is_empty() {
+            return Err(PassError::Config {
+                pass,
+                message: "attention quantization asked for, but no attention subgraph was recognised".into(),
+            });
+        }
         model
             .graph
             .edit(|p: &mut Patch| {
@@ -157,6 +172,29 @@ impl Pass for InsertFakeQuant {
                 }
                 for e in &self.embeddings {
                     quantize_embedding(p, &c, pass, e, &mut report)?;
+                }
+                for &(sm, qk, pv) in &attention {
+                    let g = p.graph();
+                    let scope = crate::ir::modules::node_scope(g.node(qk))
+                        .unwrap_or_else(|| g.node(sm).name.trim_matches('/').replace('/', "."));
+                    let sites = [
+                        (qk, 0, "attention_scores.q"),
+                        (qk, 1, "attention_scores.k"),
+                        (pv, 0, "context.probs"),
+                        (pv, 1, "context.v"),
+                    ];
+                    for (node, slot, what) in sites {
+                        let g = p.graph();
+                        let a = g.node(node).input(slot).ok_or_else(|| PassError::Target {
+                            pass,
+                            target: g.node(node).name.clone(),
+                            message: format!("has no input {slot}"),
+                        })?;
+                        let aq =
+                            self.fake_quant_activation(p, &c, a, &format!("{scope}.{what}"), DType::U8, &mut report);
+                        p.set_node_input(node, slot, Some(aq));
+                    }
+                    report.rewritten += 1;
                 }
                 Ok(())
             })
@@ -206,7 +244,8 @@ impl InsertFakeQuant {
         let aq = match act_sites.get(&a) {
             Some(&aq) => aq,
             None => {
-                let aq = self.fake_quant_activation(p, c, a, &t.module, report);
+                let zdt = if self.activation_symmetric { DType::I8 } else { DType::U8 };
+                let aq = self.fake_quant_activation(p, c, a, &t.module, zdt, report);
                 act_sites.insert(a, aq);
                 aq
             }
@@ -215,20 +254,21 @@ impl InsertFakeQuant {
         Ok(())
     }
 
-    /// Emits the activation pattern on `a`, with its scale and zero point as new inputs and its
-    /// min and max as new outputs; returns the switched output.
+    /// Emits the activation pattern on `a` (zero point of type `zdt`: uint8 asymmetric, int8
+    /// symmetric), with its scale and zero point as new inputs and its min and max as new
+    /// outputs; returns the switched output.
     fn fake_quant_activation(
         &self,
         p: &mut Patch,
         c: &Consts,
         a: ValueId,
         module: &str,
+        zdt: DType,
         report: &mut PassReport,
     ) -> ValueId {
         let g = p.graph();
         let base = format!("{module}.input_quant");
         let af = g.value(a).facts.clone();
-        let zdt = if self.activation_symmetric { DType::I8 } else { DType::U8 };
         let scale = p.add_input(&format!("{base}.scale"), scalar(DType::F32));
         let zp = p.add_input(&format!("{base}.zero_point"), scalar(zdt));
         let q = p.op(

@@ -14,7 +14,7 @@ use super::observers::MinMaxObserver;
 use super::prune::{mask_sparsity, ActivationSource, Evidence, GradientSource, Layer, PruneReport, Pruner};
 use super::step::Stepper;
 use crate::compile::{Compiled, Plan};
-use crate::ir::Model;
+use crate::ir::{DType, Model};
 use crate::passes::QUANT_ENABLED_INPUT;
 use crate::qa::features::TrainWindow;
 use crate::recipe::{Modifier, PruningAlgorithm};
@@ -42,6 +42,8 @@ pub(super) struct QuantSite {
     pub observer: MinMaxObserver,
     /// The latest batch range, used to start the observer when QAT begins.
     pub last: Option<(f32, f32)>,
+    /// int8 symmetric (else uint8 asymmetric), from the type of the site's zero-point input.
+    pub symmetric: bool,
 }
 
 pub(super) fn f32_tensor(shape: &[usize], data: Vec<f32>) -> HostTensor {
@@ -57,7 +59,6 @@ pub(super) struct Run<'a> {
     compiled: &'a Compiled,
     pub masks: Vec<MaskSlot>,
     pub sites: Vec<QuantSite>,
-    symmetric_acts: bool,
     pub qat_started: bool,
 }
 
@@ -92,13 +93,15 @@ impl<'a> Run<'a> {
             .graph_inputs
             .iter()
             .filter_map(|n| n.strip_suffix(".scale").filter(|b| b.ends_with(".input_quant")))
-            .map(|b| QuantSite { base: b.to_string(), observer: MinMaxObserver::default(), last: None })
+            .map(|b| {
+                // Symmetric (int8 zero point) or asymmetric (uint8), per site: attention sites are
+                // uint8 whatever the scheme says for linear inputs.
+                let zp = compiled.model.graph.value_by_name(&format!("{b}.zero_point"));
+                let symmetric = zp.is_some_and(|v| compiled.model.graph.value(v).facts.dtype == Some(DType::I8));
+                QuantSite { base: b.to_string(), observer: MinMaxObserver::default(), last: None, symmetric }
+            })
             .collect();
-        let symmetric_acts = compiled.plan.modifiers.iter().any(|m| match &m.settings {
-            Modifier::Quantization(q) => q.input_activations.as_ref().is_some_and(|a| a.symmetric),
-            _ => false,
-        });
-        Ok(Run { compiled, masks, sites, symmetric_acts, qat_started: false })
+        Ok(Run { compiled, masks, sites, qat_started: false })
     }
 
     pub fn has_quant(&self) -> bool {
@@ -120,9 +123,9 @@ impl<'a> Run<'a> {
     pub fn quant_inputs(&self, quant_on: bool) -> Vec<(String, HostTensor)> {
         let mut out = Vec::new();
         for s in &self.sites {
-            let (scale, zp) = s.observer.qparams(self.symmetric_acts);
+            let (scale, zp) = s.observer.qparams(s.symmetric);
             out.push((format!("{}.scale", s.base), scalar_f32(scale)));
-            let zp = if self.symmetric_acts {
+            let zp = if s.symmetric {
                 HostTensor::I8(ArrayD::from_elem(IxDyn(&[]), zp as i8))
             } else {
                 HostTensor::U8(ArrayD::from_elem(IxDyn(&[]), zp as u8))

@@ -29,11 +29,11 @@ fn main() {
         k: Quant { scale: 0.10539387, zero_point: 128 },
         v: Quant { scale: 0.0145753, zero_point: 128 },
         scores_mul: 0.00906983,
-        scores: Quant { scale: 2.869952, zero_point: 141 },
+        scores: Some(Quant { scale: 2.869952, zero_point: 141 }),
         divisor: 5.656854,
         probs: Quant { scale: 1.0 / 255.0, zero_point: 0 },
         context_mul: 5.7158057e-05,
-        context: Quant { scale: 0.00570363, zero_point: 109 },
+        context: Some(Quant { scale: 0.00570363, zero_point: 109 }),
     };
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut rand = move || {

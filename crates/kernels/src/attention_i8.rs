@@ -8,6 +8,13 @@
 //! p = QL(probs; probs) C = MatMulInteger(p, v) → f32 · context_mul → QL → DQ → out
 //! ```
 //!
+//! The scores' and the context's requantization (`→ QL → DQ`) are each optional
+//! ([`QuantAttentionParams::scores`], [`QuantAttentionParams::context`]): sparsec's own QAT
+//! fake-quantizes only the four inputs of the two products (Q, Kᵀ, the probabilities and V), and
+//! its QDQ export's `MatMul(DQ(·), DQ(·))` is this form without them (`scores_mul = s_q·s_k`,
+//! `context_mul = s_p·s_v`; the kernel's integer sums are exact where the graph's f32 `MatMul`
+//! rounds).
+//!
 //! The two integer products are exact on every ISA (`attention_i8/gemm.rs`: `vpdpbusd` with
 //! zero-point correction sums on AVX-512 VNNI, `vpmaddwd` on zero-point-subtracted i16 on AVX2,
 //! i32 in scalar code). The f32 steps of a row are one portable function in the graph's operation
@@ -41,6 +48,10 @@ pub use softmax::{exp as softmax_exp, sum as softmax_sum};
 
 /// Query rows per tile.
 const TILE: usize = 32;
+
+/// The largest head size whose integer scores `|A| ≤ 255²·D` are exact in f32 (`< 2²⁴`): the
+/// limit for unrequantized scores, whose softmax reads them as f32.
+pub const MAX_EXACT_HEAD_DIM: usize = (1 << 24) / (255 * 255);
 
 /// One per-tensor uint8 quantization, as ONNX `QuantizeLinear`/`DequantizeLinear` with scalar
 /// scale and zero point.
@@ -79,19 +90,22 @@ pub struct QuantAttentionParams {
     pub v: Quant,
     /// The `Mul` after `Cast(Q·Kᵀ)`.
     pub scores_mul: f32,
-    pub scores: Quant,
+    /// The scores' requantization, or `None`: the softmax reads `A · scores_mul / divisor`.
+    pub scores: Option<Quant>,
     /// The `Div` after the scores' `DequantizeLinear` (√D in BERT).
     pub divisor: f32,
     pub probs: Quant,
     /// The `Mul` after `Cast(P·V)`.
     pub context_mul: f32,
-    pub context: Quant,
+    /// The context's requantization, or `None`: the output is `C · context_mul`.
+    pub context: Option<Quant>,
 }
 
 impl QuantAttentionParams {
     fn check(&self) -> Result<(), AttnError> {
-        let quants = [("q", self.q), ("k", self.k), ("v", self.v), ("scores", self.scores)];
-        for (name, q) in quants.into_iter().chain([("probs", self.probs), ("context", self.context)]) {
+        let quants = [("q", Some(self.q)), ("k", Some(self.k)), ("v", Some(self.v)), ("scores", self.scores)];
+        let quants = quants.into_iter().chain([("probs", Some(self.probs)), ("context", self.context)]);
+        for (name, q) in quants.filter_map(|(n, q)| Some((n, q?))) {
             if !(q.scale.is_finite() && q.scale > 0.0) {
                 return Err(AttnError::BadInput(format!("{name} scale {} is not finite and positive", q.scale)));
             }
@@ -125,6 +139,11 @@ impl QuantAttention {
         if heads == 0 || head_dim == 0 || head_dim > MAX_DEPTH {
             return Err(AttnError::BadDims { heads, head_dim });
         }
+        if params.scores.is_none() && head_dim > MAX_EXACT_HEAD_DIM {
+            return Err(AttnError::BadInput(format!(
+                "head_dim {head_dim} > {MAX_EXACT_HEAD_DIM}: scores without requantization would not be exact in f32"
+            )));
+        }
         if !isa.supported() {
             return Err(AttnError::UnsupportedIsa(isa));
         }
@@ -141,7 +160,7 @@ impl QuantAttention {
             head_dim,
             params,
             row: softmax::RowConsts::new(&params),
-            levels: softmax::LevelConsts::new(&params),
+            levels: softmax::LevelConsts::new(&params, head_dim),
             gemm: Gemm::new(isa),
             task,
             isa,
@@ -206,7 +225,8 @@ impl QuantAttention {
             .map(|b| match mask_bias.map(|m| self.levels.keep(&m[b * seq..(b + 1) * seq])) {
                 None => Rows::Fused(None),
                 Some(None) => Rows::Exact,
-                // A mask that keeps every key is no mask.
+                // A mask that keeps no key takes the exact row; one that keeps every key is no mask.
+                Some(Some(k)) if !k.contains(&1.0) => Rows::Exact,
                 Some(Some(k)) => Rows::Fused(k.contains(&0.0).then_some(k)),
             })
             .collect();
@@ -287,11 +307,22 @@ impl Head<'_> {
             gemm.product(&probs, s, m, p.probs.zero_point, &vp, &mut ctx, d);
             for i in 0..m {
                 let at = (b * s + r0 + i) * hd + h * d;
-                for (dd, &c) in ctx[i * d..(i + 1) * d].iter().enumerate() {
-                    let y = p.context.dequantize(p.context.quantize(c as f32 * p.context_mul));
-                    // SAFETY: `at + dd < B·S·H·D = out.len()` (checked by `forward`), and cell
-                    // `(b, r0 + i, h, dd)` belongs to this (batch, head) task alone.
-                    unsafe { shared.out.add(at + dd).write(y) }
+                let row = &ctx[i * d..(i + 1) * d];
+                match p.context {
+                    Some(cq) => {
+                        for (dd, &c) in row.iter().enumerate() {
+                            let y = cq.dequantize(cq.quantize(c as f32 * p.context_mul));
+                            // SAFETY: `at + dd < B·S·H·D = out.len()` (checked by `forward`), and
+                            // cell `(b, r0 + i, h, dd)` belongs to this (batch, head) task alone.
+                            unsafe { shared.out.add(at + dd).write(y) }
+                        }
+                    }
+                    None => {
+                        for (dd, &c) in row.iter().enumerate() {
+                            // SAFETY: as above.
+                            unsafe { shared.out.add(at + dd).write(c as f32 * p.context_mul) }
+                        }
+                    }
                 }
             }
         }

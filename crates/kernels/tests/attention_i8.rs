@@ -67,10 +67,15 @@ fn reference(
     fused: bool,
 ) -> Vec<f32> {
     let hd = heads * d;
-    // The fused-scale softmax (`softmax::row_levels`): the same levels, `exp((l − l_max)·step)`
-    // over kept keys (mask 0), one multiplier into the probabilities' levels.
-    let step = (f64::from(p.scores.scale) / f64::from(p.divisor)) as f32;
-    let dropped = -(255.0 * step.abs() + 128.0);
+    // The fused-scale softmax (`softmax::row_levels`): the same levels (the exact integer sums
+    // when the scores are not requantized), `exp((l − l_max)·step)` over kept keys (mask 0), one
+    // multiplier into the probabilities' levels.
+    let (step, span) = match p.scores {
+        Some(sq) => (f64::from(sq.scale) / f64::from(p.divisor), 255.0),
+        None => (f64::from(p.scores_mul) / f64::from(p.divisor), 2.0 * 255.0 * 255.0 * d as f64),
+    };
+    let dropped = -((span * step.abs()) as f32 + 128.0);
+    let step = step as f32;
     let mut out = vec![0f32; batch * s * hd];
     for b in 0..batch {
         for h in 0..heads {
@@ -85,9 +90,13 @@ fn reference(
             let all_fusable = mask.is_none_or(|m| m[b * s..(b + 1) * s].iter().all(|&x| x == 0.0 || x <= dropped));
             for i in 0..s {
                 if fused && all_fusable && (0..s).any(kept) {
-                    let lv: Vec<f32> =
-                        (0..s).map(|j| p.scores.quantize(a[i * s + j] as f32 * p.scores_mul) as f32).collect();
-                    let lmax = (0..s).filter(|&j| kept(j)).map(|j| lv[j]).fold(-1.0, f32::max);
+                    let lv: Vec<f32> = (0..s)
+                        .map(|j| match p.scores {
+                            Some(sq) => sq.quantize(a[i * s + j] as f32 * p.scores_mul) as f32,
+                            None => a[i * s + j] as f32,
+                        })
+                        .collect();
+                    let lmax = (0..s).filter(|&j| kept(j)).map(|j| lv[j]).fold(f32::NEG_INFINITY, f32::max);
                     let w: Vec<f32> =
                         (0..s).map(|j| if kept(j) { softmax_exp((lv[j] - lmax) * step) } else { 0.0 }).collect();
                     let m = (1.0 / softmax_sum(&w)) * (1.0 / p.probs.scale);
@@ -99,7 +108,10 @@ fn reference(
                 }
                 let mut row: Vec<f32> = (0..s)
                     .map(|j| {
-                        let x = p.scores.dequantize(p.scores.quantize(a[i * s + j] as f32 * p.scores_mul)) / p.divisor;
+                        let x = match p.scores {
+                            Some(sq) => sq.dequantize(sq.quantize(a[i * s + j] as f32 * p.scores_mul)) / p.divisor,
+                            None => (a[i * s + j] as f32 * p.scores_mul) / p.divisor,
+                        };
                         mask.map_or(x, |m| x + m[b * s + j])
                     })
                     .collect();
@@ -115,7 +127,10 @@ fn reference(
             let c = naive_matmul(&probs, p.probs.zero_point, &va, p.v.zero_point, s, s, d);
             for i in 0..s {
                 for dd in 0..d {
-                    let y = p.context.dequantize(p.context.quantize(c[i * d + dd] as f32 * p.context_mul));
+                    let y = match p.context {
+                        Some(cq) => cq.dequantize(cq.quantize(c[i * d + dd] as f32 * p.context_mul)),
+                        None => c[i * d + dd] as f32 * p.context_mul,
+                    };
                     out[(b * s + i) * hd + h * d + dd] = y;
                 }
             }
@@ -131,12 +146,20 @@ fn params(zq: u8, zk: u8, zv: u8, zp: u8) -> QuantAttentionParams {
         k: Quant { scale: 0.10539387, zero_point: zk },
         v: Quant { scale: 0.0145753, zero_point: zv },
         scores_mul: 0.00906983,
-        scores: Quant { scale: 2.869952, zero_point: 141 },
+        scores: Some(Quant { scale: 2.869952, zero_point: 141 }),
         divisor: 5.656854,
         probs: Quant { scale: 1.0 / 255.0, zero_point: zp },
         context_mul: 5.7158057e-05,
-        context: Quant { scale: 0.00570363, zero_point: 109 },
+        context: Some(Quant { scale: 0.00570363, zero_point: 109 }),
     }
+}
+
+/// sparsec's own QAT form: no requantization of the scores or the context. `scores_mul` is
+/// smaller than `s_q·s_k` here so that the random projections give a softmax that is neither
+/// flat nor one-hot, and so that −10000 biases drop keys (the span of the sums, `2·255²·D`
+/// steps of `scores_mul / divisor`, stays under 10000 − 128).
+fn own_params(zq: u8, zk: u8, zv: u8, zp: u8) -> QuantAttentionParams {
+    QuantAttentionParams { scores_mul: 0.0005, scores: None, context: None, ..params(zq, zk, zv, zp) }
 }
 
 /// Scoped threads pulling task indices from a shared counter.
@@ -178,7 +201,11 @@ const CASES: [(usize, usize, usize, usize, [u8; 4], bool); 7] = [
 /// Runs every case on every ISA (serial and 3 threads) with the mask `mask(batch, seq)` and
 /// checks the output bit for bit against `reference(.., fused)`; returns the outputs of the last
 /// ISA with the graph's (unfused) reference, per case.
-fn check_cases(mask: impl Fn(usize, usize) -> Option<Vec<f32>>, fused: bool) -> Vec<(Vec<f32>, Vec<f32>, f32)> {
+fn check_cases(
+    mask: impl Fn(usize, usize) -> Option<Vec<f32>>,
+    fused: bool,
+    params: fn(u8, u8, u8, u8) -> QuantAttentionParams,
+) -> Vec<(Vec<f32>, Vec<f32>, f32)> {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let mut outs = vec![];
     for isa in isas() {
@@ -200,10 +227,12 @@ fn check_cases(mask: impl Fn(usize, usize) -> Option<Vec<f32>>, fused: bool) -> 
                 let first = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
                 assert!(first.is_none(), "{isa}: B {batch} S {seq} H {heads} D {d}: first difference at {first:?}");
             }
-            // The context is quantized: every output is a multiple of its scale around zero point.
             assert!(want.iter().any(|&x| x != want[0]), "degenerate case B {batch} S {seq} H {heads} D {d}");
             let graph = reference(&p, heads, d, batch, seq, &q, &k, &v, mask.as_deref(), false);
-            outs.push((got, graph, p.context.scale));
+            // The unit of the fused row's difference from the graph: a context step, or (without
+            // the context's requantization) one probability level's largest effect, 255·context_mul.
+            let unit = p.context.map_or(255.0 * p.context_mul, |c| c.scale);
+            outs.push((got, graph, unit));
         }
     }
     outs
@@ -211,22 +240,52 @@ fn check_cases(mask: impl Fn(usize, usize) -> Option<Vec<f32>>, fused: bool) -> 
 
 /// Masks with a bias that is neither 0 nor low enough to drop its key (here −0.5) take the exact
 /// row: the graph's operations in its order, bit for bit on every ISA.
+fn mixed_mask(batch: usize, seq: usize) -> Option<Vec<f32>> {
+    Some(
+        (0..batch * seq)
+            .map(|t| match t % seq {
+                j if j > seq / 2 && t >= seq => -10000.0,
+                j if j % 5 == 1 => -0.5,
+                _ => 0.0,
+            })
+            .collect(),
+    )
+}
+
+fn padding_mask(batch: usize, seq: usize) -> Option<Vec<f32>> {
+    Some((0..batch * seq).map(|t| if t % seq > seq / 2 && t >= seq { -10000.0 } else { 0.0 }).collect())
+}
+
 #[test]
 fn exact_rows_match_the_graph_bit_for_bit_on_every_isa() {
-    check_cases(
-        |batch, seq| {
-            Some(
-                (0..batch * seq)
-                    .map(|t| match t % seq {
-                        j if j > seq / 2 && t >= seq => -10000.0,
-                        j if j % 5 == 1 => -0.5,
-                        _ => 0.0,
-                    })
-                    .collect(),
-            )
-        },
-        false,
-    );
+    check_cases(mixed_mask, false, params);
+}
+
+/// The same without the scores' and the context's requantization (sparsec's own QAT form).
+#[test]
+fn unrequantized_exact_rows_match_the_graph_bit_for_bit_on_every_isa() {
+    check_cases(mixed_mask, false, own_params);
+}
+
+/// sparsec's own QAT form through the fused row: bit for bit against its reference on every ISA,
+/// and against the graph's operations within two probability levels' effect on an output
+/// (`2·255·context_mul`). With no requantization after the product, every probability a level
+/// off shows in the output, so more outputs differ than with it, all by a fraction of that unit.
+#[test]
+fn unrequantized_fused_rows_match_their_reference_on_every_isa_and_the_graph_closely() {
+    let outs = check_cases(padding_mask, true, own_params);
+    let (mut differ, mut total, mut worst) = (0usize, 0usize, 0f32);
+    for (got, graph, unit) in &outs {
+        for (a, b) in got.iter().zip(graph) {
+            total += 1;
+            if a != b {
+                differ += 1;
+                worst = worst.max((a - b).abs() / unit);
+            }
+        }
+    }
+    eprintln!("unrequantized fused vs graph: {differ} of {total} outputs differ, by at most {worst:.3} units");
+    assert!(worst <= 2.0, "{worst} units of 255·context_mul");
 }
 
 /// Without a mask, or with 0 / −10000 biases (BERT's padding mask), the fused row runs: bit for
@@ -236,12 +295,7 @@ fn exact_rows_match_the_graph_bit_for_bit_on_every_isa() {
 /// context steps), with under 1% of the outputs differing at all.
 #[test]
 fn fused_rows_match_their_reference_on_every_isa_and_the_graph_within_four_steps() {
-    let outs = check_cases(
-        |batch, seq| {
-            Some((0..batch * seq).map(|t| if t % seq > seq / 2 && t >= seq { -10000.0 } else { 0.0 }).collect())
-        },
-        true,
-    );
+    let outs = check_cases(padding_mask, true, params);
     let (mut differ, mut total, mut worst) = (0usize, 0usize, 0f32);
     for (got, graph, step) in &outs {
         for (a, b) in got.iter().zip(graph) {
@@ -257,6 +311,33 @@ fn fused_rows_match_their_reference_on_every_isa_and_the_graph_within_four_steps
     assert!(differ * 100 < total, "{differ} of {total} outputs differ");
 }
 
+/// A batch item whose every key is masked with −∞ (the graph's softmax is NaN there, which torch's
+/// exports guard to 0) gets probabilities 0 on every ISA: its outputs are the context of zero
+/// probabilities, while the other item's match the reference bit for bit.
+#[test]
+fn rows_masked_entirely_with_minus_infinity_get_zero_probabilities() {
+    let (batch, seq, heads, d) = (2, 40, 2, 32);
+    let hd = heads * d;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let n = batch * seq * hd;
+    let mut fill = || -> Vec<f32> { (0..n).map(|_| rng.random_range(-10.0f32..10.0)).collect() };
+    let (q, k, v) = (fill(), fill(), fill());
+    let mut mask = vec![0f32; batch * seq];
+    mask[seq..].fill(f32::NEG_INFINITY);
+    for p in [params(125, 128, 128, 0), own_params(125, 128, 128, 3)] {
+        let zero_context = p.context.map_or(0.0, |c| c.dequantize(c.quantize(0.0)));
+        let want = reference(&p, heads, d, 1, seq, &q[..seq * hd], &k[..seq * hd], &v[..seq * hd], None, true);
+        for isa in isas() {
+            let att = QuantAttention::new(heads, d, p, isa).unwrap();
+            let mut got = vec![f32::NAN; n];
+            att.forward(batch, seq, &q, &k, &v, hd, Some(&mask), &mut got, &Serial).unwrap();
+            assert!(got[seq * hd..].iter().all(|&y| y.to_bits() == zero_context.to_bits()), "{isa}: masked item");
+            let same = got[..seq * hd].iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{isa}: the unmasked item");
+        }
+    }
+}
+
 #[test]
 fn rejects_bad_shapes_and_constants() {
     let p = params(125, 128, 128, 0);
@@ -270,6 +351,11 @@ fn rejects_bad_shapes_and_constants() {
     assert!(QuantAttention::new(2, 4, QuantAttentionParams { divisor: 0.0, ..p }, Isa::Scalar).is_err());
     let bad_scale = QuantAttentionParams { probs: Quant { scale: f32::NAN, zero_point: 0 }, ..p };
     assert!(QuantAttention::new(2, 4, bad_scale, Isa::Scalar).is_err());
+    let bad_scores = QuantAttentionParams { scores: Some(Quant { scale: 0.0, zero_point: 0 }), ..p };
+    assert!(QuantAttention::new(2, 4, bad_scores, Isa::Scalar).is_err());
+    // Unrequantized scores must stay exact in f32.
+    assert!(QuantAttention::new(1, 258, own_params(0, 0, 0, 0), Isa::Scalar).is_ok());
+    assert!(QuantAttention::new(1, 259, own_params(0, 0, 0, 0), Isa::Scalar).is_err());
     assert!(QuantAttention::new(0, 4, p, Isa::Scalar).is_err());
 }
 

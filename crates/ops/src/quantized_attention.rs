@@ -16,8 +16,9 @@ pub const QUANTIZED_ATTENTION: &str = "QuantizedAttention";
 /// `QuantizedAttention(Q f32[B, S, H·D], K f32[B, S, H·D], V f32[B, S, H·D], mask f32?) -> Y f32[B, S, H·D]`.
 ///
 /// Attributes: `num_heads`, `head_dim`; the per-tensor quantizations `{q,k,v,scores,probs,context}_scale`
-/// (float) and `…_zero_point` (int, 0–255); `scores_mul` and `context_mul` (the `Mul` after each
-/// product's `Cast`), `divisor` (the `Div` of the scores). The mask is additive, one bias per key:
+/// (float) and `…_zero_point` (int, 0–255), where `scores_…` and `context_…` may both be absent
+/// (no requantization of the scores or the context: sparsec's own QAT form); `scores_mul` and
+/// `context_mul` (the `Mul` after each product's `Cast`), `divisor` (the `Div` of the scores). The mask is additive, one bias per key:
 /// `[B, S]` or `[B|1, 1, 1, S]` (or `[B|1, 1, S, S]` with equal rows).
 pub struct QuantizedAttentionOp;
 
@@ -41,16 +42,22 @@ fn params(kctx: &KernelContext, node: &str) -> ort::Result<QuantAttentionParams>
             .map_err(|_| err(format!("{node}: attribute '{what}_zero_point' = {zp} is not in 0..=255")))?;
         Ok(Quant { scale, zero_point })
     };
+    let optional = |what: &str| -> ort::Result<Option<Quant>> {
+        match kctx.get::<f32>(&format!("{what}_scale")) {
+            Some(_) => quant(what).map(Some),
+            None => Ok(None),
+        }
+    };
     Ok(QuantAttentionParams {
         q: quant("q")?,
         k: quant("k")?,
         v: quant("v")?,
         scores_mul: float("scores_mul")?,
-        scores: quant("scores")?,
+        scores: optional("scores")?,
         divisor: float("divisor")?,
         probs: quant("probs")?,
         context_mul: float("context_mul")?,
-        context: quant("context")?,
+        context: optional("context")?,
     })
 }
 

@@ -159,7 +159,9 @@ fn quantized_attention(cx: &InferCtx) -> Result<Vec<Facts>, String> {
         return Err("attributes num_heads and head_dim are required".into());
     };
     for t in ["q", "k", "v", "scores", "probs", "context"] {
-        if cx.node.attrs.attr_float(&format!("{t}_scale")).is_none() {
+        // The scores' and the context's requantization are optional (sparsec's own QAT form).
+        let optional = t == "scores" || t == "context";
+        if !optional && cx.node.attrs.attr_float(&format!("{t}_scale")).is_none() {
             return Err(format!("attribute {t}_scale is required"));
         }
         if let Some(z) = cx.attr_int(&format!("{t}_zero_point")) {

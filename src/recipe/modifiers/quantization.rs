@@ -46,6 +46,10 @@ pub struct QuantizationModifier {
     pub scheme: Option<serde_json::Value>,
     pub scheme_overrides: Option<serde_json::Value>,
     pub strict: bool,
+    /// sparsec's own field: also fake-quantize the inputs of each attention's two products
+    /// (Q, Kᵀ, the probabilities, V; uint8 per tensor), so that the export runs int8 attention.
+    /// Off by default.
+    pub quantize_attention_matmuls: bool,
     /// Effective weight settings (from `weight_bits` or `scheme.weights`).
     pub weights: QuantizationArgs,
     /// Effective input-activation settings; `None` when activations are not quantized.
@@ -100,6 +104,7 @@ pub(super) fn quantization(_tag: &str, r: &mut FieldReader) -> Result<Modifier, 
     let scheme = r.json_opt("scheme")?;
     let scheme_overrides = r.json_opt("scheme_overrides")?;
     let strict = r.bool_or("strict", true)?;
+    let quantize_attention_matmuls = r.bool_or("quantize_attention_matmuls", false)?;
     let legacy = LEGACY_ONLY.iter().any(|f| r.field_lines.contains_key(*f));
     check_not_mixed(r, legacy, scheme.is_some(), ignore.is_some(), scheme_overrides.is_some())?;
     let (weights, input_activations) = match scheme.as_ref().filter(|_| !legacy) {
@@ -138,6 +143,7 @@ pub(super) fn quantization(_tag: &str, r: &mut FieldReader) -> Result<Modifier, 
         scheme,
         scheme_overrides,
         strict,
+        quantize_attention_matmuls,
         weights,
         input_activations,
     })))

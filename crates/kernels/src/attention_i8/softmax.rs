@@ -14,6 +14,11 @@
 //! boundary. [`row`] computes every step in the graph's order, for masks with other values and
 //! rows with no key left.
 //!
+//! Without the scores' requantization (sparsec's own QAT form) a score's "level" is its exact
+//! integer sum `A_j` (as f32: exact while `|A| < 2²⁴`, i.e. head sizes up to 258), the step is
+//! `scores_mul / divisor`, and a key is dropped when its bias is below the whole span the sums
+//! can take (`2·255²·D` steps) by 128; [`row`] then computes `A_j · scores_mul / divisor`.
+//!
 //! Written once as portable element-wise code with a fixed order for every reduction (16 partial
 //! sums, then a fixed tree), and inlined into each ISA's task (`attention_i8.rs`), which the
 //! compiler vectorises with that ISA's target features. Element-wise IEEE operations round the
@@ -82,6 +87,8 @@ fn tree(mut acc: [f32; LANES]) -> f32 {
 /// The constants of [`row`], derived once per kernel from its [`QuantAttentionParams`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowConsts {
+    /// Whether the scores are requantized (`scale`, `zero` are then theirs).
+    pub requantized: bool,
     /// `scores_mul`, and the scores' scale and zero point (as f32).
     pub mul: f32,
     pub scale: f32,
@@ -97,10 +104,12 @@ pub struct RowConsts {
 
 impl RowConsts {
     pub fn new(p: &QuantAttentionParams) -> RowConsts {
+        let sq = p.scores.unwrap_or(super::Quant { scale: 1.0, zero_point: 0 });
         RowConsts {
+            requantized: p.scores.is_some(),
             mul: p.scores_mul,
-            scale: p.scores.scale,
-            zero: f32::from(p.scores.zero_point),
+            scale: sq.scale,
+            zero: f32::from(sq.zero_point),
             divisor: p.divisor,
             inv_divisor: 1.0 / p.divisor,
             inv_probs_scale: 1.0 / p.probs.scale,
@@ -113,12 +122,15 @@ impl RowConsts {
 /// The constants of [`row_levels`] (the scales fused), derived once per kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LevelConsts {
+    /// Whether the scores are requantized; without, a level is the integer sum itself.
+    pub requantized: bool,
     /// `scores_mul`, the scores' scale, its reciprocal and zero point.
     pub mul: f32,
     pub scale: f32,
     pub inv_scale: f32,
     pub zero: f32,
-    /// `scores.scale / divisor`: one level's step of the softmax's argument.
+    /// `scores.scale / divisor` (`scores_mul / divisor` without requantization): one level's step
+    /// of the softmax's argument.
     pub step: f32,
     /// `1 / probs.scale` and the probabilities' zero point.
     pub inv_probs_scale: f32,
@@ -128,17 +140,26 @@ pub struct LevelConsts {
 }
 
 impl LevelConsts {
-    pub fn new(p: &QuantAttentionParams) -> LevelConsts {
-        let step = f64::from(p.scores.scale) / f64::from(p.divisor);
+    /// For heads of `head_dim` values (the span of the unrequantized sums).
+    pub fn new(p: &QuantAttentionParams, head_dim: usize) -> LevelConsts {
+        let (step, span, sq) = match p.scores {
+            Some(sq) => (f64::from(sq.scale) / f64::from(p.divisor), 255.0, sq),
+            None => (
+                f64::from(p.scores_mul) / f64::from(p.divisor),
+                2.0 * 255.0 * 255.0 * head_dim as f64,
+                super::Quant { scale: 1.0, zero_point: 0 },
+            ),
+        };
         LevelConsts {
+            requantized: p.scores.is_some(),
             mul: p.scores_mul,
-            scale: p.scores.scale,
-            inv_scale: 1.0 / p.scores.scale,
-            zero: f32::from(p.scores.zero_point),
+            scale: sq.scale,
+            inv_scale: 1.0 / sq.scale,
+            zero: f32::from(sq.zero_point),
             step: step as f32,
             inv_probs_scale: 1.0 / p.probs.scale,
             probs_zero: f32::from(p.probs.zero_point),
-            dropped_at_or_below: -(255.0 * step.abs() as f32 + 128.0),
+            dropped_at_or_below: -((span * step.abs()) as f32 + 128.0),
         }
     }
 
@@ -164,14 +185,20 @@ impl LevelConsts {
 /// length. Returns false, with nothing written, when no key is kept.
 #[inline(always)]
 pub fn row_levels(c: &LevelConsts, scores: &[i32], keep: Option<&[f32]>, lv: &mut [f32], out: &mut [u8]) -> bool {
-    for (l, &a) in lv.iter_mut().zip(scores) {
-        *l = (div(a as f32 * c.mul, c.scale, c.inv_scale).round_ties_even() + c.zero).clamp(0.0, 255.0);
+    if c.requantized {
+        for (l, &a) in lv.iter_mut().zip(scores) {
+            *l = (div(a as f32 * c.mul, c.scale, c.inv_scale).round_ties_even() + c.zero).clamp(0.0, 255.0);
+        }
+    } else {
+        for (l, &a) in lv.iter_mut().zip(scores) {
+            *l = a as f32;
+        }
     }
     let lmax = match keep {
         None => max(lv),
         Some(k) => masked_max(lv, k),
     };
-    if lmax < 0.0 {
+    if lmax <= NO_KEY {
         return false;
     }
     match keep {
@@ -199,18 +226,31 @@ fn div(a: f32, b: f32, inv: f32) -> f32 {
 }
 
 /// One row: `out[j] = QL_probs(softmax_j(DQ(QL(scores[j] · mul)) / divisor + mask[j]))`, with
-/// the softmax as `exp(x_j − max) · (1/Σ)`.
+/// the softmax as `exp(x_j − max) · (1/Σ)`; a row whose every key is masked with −∞ gives
+/// probabilities 0 (as torch's NaN guard does).
 #[inline(always)]
 pub fn row(c: &RowConsts, scores: &[i32], mask: Option<&[f32]>, row: &mut [f32], out: &mut [u8]) {
     let (mul, sa, za) = (c.mul, c.scale, c.zero);
-    for (x, &a) in row.iter_mut().zip(scores) {
-        let q = ((a as f32 * mul / sa).round_ties_even() + za).clamp(0.0, 255.0);
-        *x = div((q - za) * sa, c.divisor, c.inv_divisor);
+    if c.requantized {
+        for (x, &a) in row.iter_mut().zip(scores) {
+            let q = ((a as f32 * mul / sa).round_ties_even() + za).clamp(0.0, 255.0);
+            *x = div((q - za) * sa, c.divisor, c.inv_divisor);
+        }
+    } else {
+        for (x, &a) in row.iter_mut().zip(scores) {
+            *x = (a as f32 * mul) / c.divisor;
+        }
     }
     if let Some(m) = mask {
         row.iter_mut().zip(m).for_each(|(x, &b)| *x += b);
     }
     let max = max(row);
+    if max == f32::NEG_INFINITY {
+        // Every key masked with −∞: the graph's softmax is NaN, which torch's exports guard to
+        // probabilities 0 (`Where(IsNaN(p), 0, p)`); their level is the zero point.
+        out.fill(small_int_to_u8(c.probs_zero));
+        return;
+    }
     row.iter_mut().for_each(|x| *x = exp(*x - max));
     let (r, sp) = (1.0 / sum(row), c.probs_scale);
     let zp = c.probs_zero;
@@ -238,25 +278,31 @@ fn max(x: &[f32]) -> f32 {
     mx.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
 }
 
-/// The largest of `x[j]` over `keep[j] = 1` (`keep[j] ∈ {0, 1}`), −1 for none: the maximum of
-/// `x·k + (k − 1)`, exact, by the same lanes as [`max`], branch-free so that it vectorises (a
-/// conditional read of `x[j]` does not).
+/// What [`masked_max`] gives when no key is kept: −2³⁰, below every level (requantized levels
+/// are in `[0, 255]`, integer sums in magnitude at most `255²·D < 2²⁴`: `QuantAttention::new`
+/// admits unrequantized scores only for `D ≤ MAX_EXACT_HEAD_DIM`).
+const NO_KEY: f32 = -1_073_741_824.0;
+
+/// The largest of `x[j]` over `keep[j] = 1` (`keep[j] ∈ {0, 1}`), [`NO_KEY`] for none: the
+/// maximum of `x·k + (k − 1)·2³⁰`, exact (`x·k` is `x` or 0, and the sum is exact for levels
+/// under 2²⁴), by the same lanes as [`max`], branch-free so that it vectorises (a conditional
+/// read of `x[j]` does not).
 #[inline(always)]
 fn masked_max(x: &[f32], keep: &[f32]) -> f32 {
-    let mut mx = [-1f32; LANES];
+    let mut mx = [NO_KEY; LANES];
     let (chunks, kc) = (x.chunks_exact(LANES), keep.chunks_exact(LANES));
     let (tail, ktail) = (chunks.remainder(), kc.remainder());
     for (c, kk) in chunks.zip(kc) {
         for l in 0..LANES {
-            let v = c[l].mul_add(kk[l], kk[l] - 1.0);
+            let v = c[l].mul_add(kk[l], (kk[l] - 1.0) * -NO_KEY);
             mx[l] = if v > mx[l] { v } else { mx[l] };
         }
     }
     for ((m, &v), &kk) in mx.iter_mut().zip(tail).zip(ktail) {
-        let v = v.mul_add(kk, kk - 1.0);
+        let v = v.mul_add(kk, (kk - 1.0) * -NO_KEY);
         *m = if v > *m { v } else { *m };
     }
-    mx.iter().fold(-1.0, |a, &b| if b > a { b } else { a })
+    mx.iter().fold(NO_KEY, |a, &b| if b > a { b } else { a })
 }
 
 #[cfg(test)]

@@ -76,11 +76,11 @@ pub(super) fn avx512() -> Result<(), String> {
         k: q8(0.012, 128),
         v: q8(0.009, 130),
         scores_mul: 0.0001,
-        scores: q8(0.05, 140),
+        scores: Some(q8(0.05, 140)),
         divisor: 4.0,
         probs: q8(1.0 / 255.0, 0),
         context_mul: 0.0001,
-        context: q8(0.004, 110),
+        context: Some(q8(0.004, 110)),
     };
     let run_i8 = |isa: Isa| -> Result<Vec<f32>, String> {
         let a = QuantAttention::new(heads, d, p, isa).map_err(|e| e.to_string())?;
