@@ -150,6 +150,94 @@ fn recipe_schedule_drives_pruning_qat_and_distillation() {
     assert!(answers.to_string().contains("answer"), "the trained folder answers questions: {qa}");
 }
 
+/// `--fork-from`: a run branched at a checkpoint before QAT continues exactly (with the same
+/// compiled folder: the same weights as the uninterrupted run, bit for bit), or with a recompile
+/// that adds int8 attention sites, whose observers start fresh when QAT begins; a checkpoint taken
+/// after QAT started cannot take new sites, and a folder with checkpoints is not forked into.
+#[test]
+fn fork_from_a_checkpoint_branches_a_run_before_qat() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile(dir.path());
+    let data = tiny_squad();
+    let full = dir.path().join("full");
+    ok(&sparsec(&train_args(&compiled, &full, &data)));
+    // Killed after step 35: the newest checkpoint is the end of epoch 3 (step 33), before QAT (step 44).
+    let part = dir.path().join("part");
+    let killed = sparsec_env(&train_args(&compiled, &part, &data), &[("SPARSEC_ABORT_AFTER_STEP", "35")]);
+    assert!(!killed.status.success());
+    let ckpt = part.join("checkpoints/step-000000033");
+    assert!(ckpt.exists(), "{}", ckpt.display());
+
+    // The same compiled folder: bit for bit the uninterrupted run.
+    let same = dir.path().join("fork-same");
+    let mut args = train_args(&compiled, &same, &data);
+    args.extend(["--fork-from", s(&ckpt)]);
+    let summary: Value = serde_json::from_str(&ok(&sparsec(&args))).unwrap();
+    assert_eq!(summary["forked_from"]["step"], 33, "{summary}");
+    let steps: Vec<u64> = log(&same).iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps.first().copied(), Some(33), "the fork's log starts after the checkpoint (0-based steps)");
+    assert_eq!(steps.len(), 66 - 33);
+    let (a, b) = (initializers(&full.join("model.onnx")), initializers(&same.join("model.onnx")));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.0 == y.0 && x.2 == y.2, "'{}' differs between the uninterrupted run and the fork", x.0);
+    }
+
+    // A recompile with int8 attention: the new sites start fresh, QAT still starts at step 44.
+    let text = std::fs::read_to_string(root().join("recipes/gmp80-unstructured-qat-distill.yaml")).unwrap();
+    let recipe = dir.path().join("attention.yaml");
+    std::fs::write(
+        &recipe,
+        text.replace("    activation_bits: 8\n", "    activation_bits: 8\n    quantize_attention_matmuls: true\n"),
+    )
+    .unwrap();
+    let compiled_b = dir.path().join("compiled-b");
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    ok(&sparsec(&[
+        "compile",
+        s(&model),
+        "--recipe",
+        s(&recipe),
+        "--recipe-args",
+        r#"{"num_epochs": 6}"#,
+        "-o",
+        s(&compiled_b),
+    ]));
+    let branch = dir.path().join("fork-attention");
+    let mut args = train_args(&compiled_b, &branch, &data);
+    args.extend(["--fork-from", s(&ckpt)]);
+    let o = sparsec(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("new quantization sites start with fresh observers"));
+    let qat: Vec<(u64, bool)> =
+        log(&branch).iter().map(|e| (e["step"].as_u64().unwrap(), e["qat"].as_bool().unwrap())).collect();
+    assert!(qat.iter().all(|&(step, on)| on == (step >= 44)), "QAT from step 44 (epoch 4): {qat:?}");
+    let attention_observers = initializers(&branch.join("model.onnx"))
+        .iter()
+        .filter(|x| x.0.contains(".attention_scores.") && x.0.ends_with(".input_quant.scale"))
+        .count();
+    assert!(attention_observers > 0, "the branch trained attention quantization");
+
+    // Into a folder that has checkpoints: refused. From a checkpoint after QAT started: refused.
+    let o = sparsec(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("already has checkpoints"), "{err}");
+    let late = dir.path().join("late");
+    let mut late_args = train_args(&compiled, &late, &data);
+    late_args.extend(["--save-steps", "3"]);
+    let killed = sparsec_env(&late_args, &[("SPARSEC_ABORT_AFTER_STEP", "50")]);
+    assert!(!killed.status.success());
+    let fork_late = dir.path().join("fork-late");
+    let mut args = train_args(&compiled_b, &fork_late, &data);
+    // Step 48: QAT started at step 44.
+    let late_ckpt = late.join("checkpoints/step-000000048");
+    assert!(late_ckpt.exists());
+    args.extend(["--fork-from", s(&late_ckpt)]);
+    let o = sparsec(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked") && err.contains("has no tensor 'observer/"), "{err}");
+}
+
 #[test]
 fn killed_mid_epoch_and_resumed_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();

@@ -95,6 +95,13 @@ pub(crate) struct TrainFlags {
     /// Continue from the newest checkpoint in --output-dir.
     #[arg(long)]
     pub resume: bool,
+    /// Branch another run at one of its checkpoints (a `step-*` folder): continue its schedule,
+    /// weights, optimizer, masks and pruner state in this --output-dir with this --model, which
+    /// may be a recompile of the same recipe that adds quantization sites (e.g.
+    /// `quantize_attention_matmuls`) if QAT had not started at that step. Every other setting must
+    /// match the checkpoint's. For A/B runs of a late phase without repeating the early ones.
+    #[arg(long, conflicts_with = "resume")]
+    pub fork_from: Option<PathBuf>,
     /// Stop after N optimizer steps (the recipe's schedule is not compressed).
     #[arg(long, alias = "max_steps")]
     pub max_steps: Option<u64>,
@@ -211,6 +218,7 @@ impl TrainFlags {
             strict_data: args.strict_data,
             max_eval_samples: args.max_eval_samples,
             resume: args.resume,
+            fork_from: args.fork_from.clone(),
             save_steps: args.save_steps,
             eval_steps: args.eval_steps,
             save_total_limit: args.save_total_limit,

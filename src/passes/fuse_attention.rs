@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fuse_quantized_attention::{ql_params, quant_attrs, quantized, Q};
-use super::pattern::{const_f32_scalar, eval_f32_scalar, producer_op, sole_consumer, Consumers};
+use super::pattern::{
+    const_f32_scalar, eval_f32_scalar, producer_op, ql_params, quant_attrs, quantized, sole_consumer, Consumers, Q,
+};
 use super::{Pass, PassError, PassReport};
 use crate::ir::ops::sparsec::DOMAIN;
 use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, ValueId};

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::fuse_attention::{data_consumer, heads_of, key_of};
-use super::pattern::{const_f32_scalar, producer_op, sole_consumer, Consumers};
+use super::pattern::{
+    const_f32_scalar, const_u8_scalar, ql_params, quant_attrs, quantized, sole_consumer, Consumers, Q,
+};
 use super::{Pass, PassError, PassReport};
 use crate::ir::ops::sparsec::DOMAIN;
 use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, Node, NodeSpec, Patch, ValueId};
@@ -29,30 +31,6 @@ use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, Node, NodeSpec, Patc
 ///   the same order; only its softmax `exp` differs from ONNX Runtime's (see `attention_i8`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FuseQuantizedAttention {}
-
-/// A per-tensor uint8 quantization: `(scale, zero point)`.
-pub(super) type Q = (f32, u8);
-
-/// The value of `v` when it is a constant uint8 scalar.
-fn const_u8_scalar(g: &Graph, v: ValueId) -> Option<u8> {
-    let t = g.constant(v)?;
-    (t.dtype == DType::U8 && t.numel() == 1).then(|| t.raw()[0])
-}
-
-/// `QL`'s constants, when `n` is a per-tensor `QuantizeLinear` to uint8.
-pub(super) fn ql_params(g: &Graph, n: &Node) -> Option<Q> {
-    let scale = const_f32_scalar(g, n.input(1)?)?;
-    match n.input(2) {
-        Some(z) => Some((scale, const_u8_scalar(g, z)?)),
-        None => None,
-    }
-}
-
-/// `QL(x)` → `(x, constants)`.
-pub(super) fn quantized(g: &Graph, v: ValueId) -> Option<(ValueId, Q)> {
-    let (_, n) = producer_op(g, v, "QuantizeLinear")?;
-    Some((n.input(0)?, ql_params(g, n)?))
-}
 
 /// The sole consumer of `v` when it is `op` (default domain), reading `v` at slot `slot`.
 fn next<'g>(g: &'g Graph, cons: &Consumers, v: ValueId, op: &str, slot: usize) -> Option<&'g Node> {
@@ -87,11 +65,6 @@ struct Site {
     mask: Option<ValueId>,
     attrs: Vec<Attribute>,
     out: ValueId,
-}
-
-/// The quantization `(scale, zero point)` as the two attributes `<name>_scale`, `<name>_zero_point`.
-pub(super) fn quant_attrs(name: &str, (s, z): Q) -> [Attribute; 2] {
-    [Attribute::float(format!("{name}_scale"), s), Attribute::int(format!("{name}_zero_point"), i64::from(z))]
 }
 
 fn site(g: &Graph, cons: &Consumers, mm1: &Node) -> Option<Site> {

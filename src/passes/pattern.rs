@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::ir::{Graph, Node, NodeId, ValueId};
+use crate::ir::{Attribute, DType, Graph, Node, NodeId, ValueId};
 
 pub(crate) type Consumers = HashMap<ValueId, Vec<(NodeId, usize)>>;
 
@@ -126,6 +126,35 @@ pub fn weight_structure(nonzero: impl Fn(usize, usize) -> bool, k: usize, n: usi
 /// The share of a weight's zeros that must lie in all-zero blocks for [`weight_structure`] to
 /// name the block pattern (the kernels' pattern detection uses the same share).
 pub const BLOCK_ZERO_SHARE: f64 = 0.95;
+
+/// A per-tensor uint8 quantization: `(scale, zero point)`.
+pub(crate) type Q = (f32, u8);
+
+/// The value of `v` when it is a constant uint8 scalar.
+pub(crate) fn const_u8_scalar(g: &Graph, v: ValueId) -> Option<u8> {
+    let t = g.constant(v)?;
+    (t.dtype == DType::U8 && t.numel() == 1).then(|| t.raw()[0])
+}
+
+/// `QL`'s constants, when `n` is a per-tensor `QuantizeLinear` to uint8.
+pub(crate) fn ql_params(g: &Graph, n: &Node) -> Option<Q> {
+    let scale = const_f32_scalar(g, n.input(1)?)?;
+    match n.input(2) {
+        Some(z) => Some((scale, const_u8_scalar(g, z)?)),
+        None => None,
+    }
+}
+
+/// `QL(x)` → `(x, constants)`.
+pub(crate) fn quantized(g: &Graph, v: ValueId) -> Option<(ValueId, Q)> {
+    let (_, n) = producer_op(g, v, "QuantizeLinear")?;
+    Some((n.input(0)?, ql_params(g, n)?))
+}
+
+/// The quantization `(scale, zero point)` as the two attributes `<name>_scale`, `<name>_zero_point`.
+pub(crate) fn quant_attrs(name: &str, (s, z): Q) -> [Attribute; 2] {
+    [Attribute::float(format!("{name}_scale"), s), Attribute::int(format!("{name}_zero_point"), i64::from(z))]
+}
 
 #[cfg(test)]
 mod tests {

@@ -115,8 +115,15 @@ pub(super) fn snapshot(stepper: &Stepper, run: &Run) -> Vec<NamedTensor> {
 }
 
 /// Checkpoint tensors into the run; every tensor must have the element count of the value it
-/// replaces (an error naming it otherwise: the checkpoint is of another model).
-pub(super) fn restore(stepper: &mut Stepper, run: &mut Run, t: &BTreeMap<String, NamedTensor>) -> Result<()> {
+/// replaces (an error naming it otherwise: the checkpoint is of another model). With
+/// `new_sites_allowed`, a quantization site the checkpoint has no observer for keeps its fresh
+/// observer (a fork whose recompile added sites before QAT started); returns those sites.
+pub(super) fn restore(
+    stepper: &mut Stepper,
+    run: &mut Run,
+    t: &BTreeMap<String, NamedTensor>,
+    new_sites_allowed: bool,
+) -> Result<Vec<String>> {
     let get = |name: String, len: usize| -> Result<Vec<f32>> {
         let v = t.get(&name).with_context(|| format!("has no tensor '{name}'"))?;
         if v.data.len() != len {
@@ -136,12 +143,18 @@ pub(super) fn restore(stepper: &mut Stepper, run: &mut Run, t: &BTreeMap<String,
     for m in run.masks.iter_mut() {
         m.data = get(format!("mask/{}", m.input), m.data.len())?;
     }
+    let mut new_sites = Vec::new();
     for s in run.sites.iter_mut() {
-        let d = &get(format!("observer/{}", s.base), 6)?;
+        let name = format!("observer/{}", s.base);
+        if new_sites_allowed && !t.contains_key(&name) {
+            new_sites.push(s.base.clone());
+            continue;
+        }
+        let d = &get(name, 6)?;
         s.observer = MinMaxObserver { min: d[0], max: d[1], initialized: d[2] != 0.0 };
         s.last = (d[5] != 0.0).then_some((d[3], d[4]));
     }
-    Ok(())
+    Ok(new_sites)
 }
 
 /// The newest `step-*` checkpoint in `dir`.

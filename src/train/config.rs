@@ -45,6 +45,8 @@ pub struct TrainConfig {
     pub strict_data: bool,
     pub max_eval_samples: Option<usize>,
     pub resume: bool,
+    /// Branch another run at this checkpoint (`train --fork-from`).
+    pub fork_from: Option<PathBuf>,
     /// Checkpoint every N steps as well as at each epoch end.
     pub save_steps: Option<u64>,
     /// Also evaluate on the eval questions every N steps (besides each epoch end).
@@ -99,6 +101,7 @@ impl TrainConfig {
             strict_data: false,
             max_eval_samples: None,
             resume: false,
+            fork_from: None,
             save_steps: None,
             eval_steps: None,
             save_total_limit: 2,

@@ -62,6 +62,9 @@ pub struct TrainSummary {
     pub one_shot: bool,
     pub evals: Vec<EvalRecord>,
     pub resumed_from_step: Option<u64>,
+    /// The checkpoint `--fork-from` branched (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<ForkedFrom>,
     /// What each pruning update that used evidence (gradients, activations) did, in this
     /// process (a resumed run lists only the updates after the resume).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -98,4 +101,11 @@ pub(super) fn truncate_log(path: &Path, before: u64) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     crate::files::write_atomic(path, kept.as_bytes())
+}
+
+/// Where a `--fork-from` run branched off.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForkedFrom {
+    pub checkpoint: std::path::PathBuf,
+    pub step: u64,
 }

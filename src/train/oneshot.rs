@@ -71,6 +71,7 @@ pub(super) fn one_shot(
         one_shot: true,
         evals,
         resumed_from_step: None,
+        forked_from: None,
         pruning: reports,
     };
     crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;

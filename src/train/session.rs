@@ -211,6 +211,8 @@ struct Checkpoints {
     written: Option<u64>,
     /// The step `--resume` continued from.
     resumed_from: Option<u64>,
+    /// The checkpoint `--fork-from` branched, and its step.
+    forked_from: Option<(PathBuf, u64)>,
 }
 
 /// What the run writes down besides checkpoints: the step log and TensorBoard events as it
@@ -326,6 +328,7 @@ impl<'d> Session<'d> {
                 fingerprint,
                 written: None,
                 resumed_from: None,
+                forked_from: None,
             },
             records: Records::default(),
             abort_at: std::env::var("SPARSEC_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok()),
@@ -347,7 +350,10 @@ impl<'d> Session<'d> {
         if cfg.resume {
             self.resume(&log_path, progress)?;
         }
-        if self.first_step == 0 {
+        if let Some(from) = &cfg.fork_from {
+            self.fork(from, progress)?;
+        }
+        if self.first_step == 0 || self.checkpoints.forked_from.is_some() {
             std::fs::write(&log_path, b"").with_context(|| format!("cannot write '{}'", log_path.display()))?;
         }
         self.records.log = Some(
@@ -381,8 +387,61 @@ impl<'d> Session<'d> {
                 self.checkpoints.fingerprint
             );
         }
-        restore(&mut self.stepper, &mut self.run, &tensors)
+        restore(&mut self.stepper, &mut self.run, &tensors, false)
             .with_context(|| format!("checkpoint '{}'", path.display()))?;
+        self.restore_position(&path, &tensors, state)?;
+        self.checkpoints.resumed_from = Some(self.first_step);
+        truncate_log(log_path, self.first_step)?;
+        progress.message(&format!("resumed from '{}' at step {}", path.display(), self.first_step));
+        Ok(())
+    }
+
+    /// `--fork-from`: another run's checkpoint, made with these settings except (perhaps) the
+    /// compiled folder, which may add quantization sites if QAT had not started.
+    fn fork(&mut self, path: &Path, progress: &mut dyn Progress) -> Result<()> {
+        if latest_checkpoint(&self.checkpoints.dir)?.is_some() {
+            bail!(
+                "--output-dir '{}' already has checkpoints: fork into a new folder (or --resume this one)",
+                self.cfg.output_dir.display()
+            );
+        }
+        let (tensors, state): (BTreeMap<String, NamedTensor>, CheckpointState) = checkpoint::load(path)?;
+        let strip = |f: &serde_json::Value| {
+            let mut f = f.clone();
+            if let Some(o) = f.as_object_mut() {
+                o.remove("compiled");
+            }
+            f
+        };
+        if strip(&state.fingerprint) != strip(&self.checkpoints.fingerprint) {
+            bail!(
+                "checkpoint '{}' was made with different settings ({}); now {} (only the compiled folder may differ)",
+                path.display(),
+                state.fingerprint,
+                self.checkpoints.fingerprint
+            );
+        }
+        let new_sites = restore(&mut self.stepper, &mut self.run, &tensors, !state.qat_started)
+            .with_context(|| format!("checkpoint '{}'", path.display()))?;
+        let step = state.step;
+        self.restore_position(path, &tensors, state)?;
+        self.checkpoints.forked_from = Some((path.to_path_buf(), step));
+        let added = if new_sites.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} new quantization sites start with fresh observers)", new_sites.len())
+        };
+        progress.message(&format!("forked from '{}' at step {step}{added}", path.display()));
+        Ok(())
+    }
+
+    /// A loaded checkpoint's pruner state and schedule position into the session.
+    fn restore_position(
+        &mut self,
+        path: &Path,
+        tensors: &BTreeMap<String, NamedTensor>,
+        state: CheckpointState,
+    ) -> Result<()> {
         for (i, p) in self.pruners.iter_mut() {
             let prefix = format!("pruner/{i}/");
             let state: Vec<(String, Vec<f32>)> = tensors
@@ -396,9 +455,6 @@ impl<'d> Session<'d> {
         self.first_step = state.step;
         self.samples_seen = state.samples_seen;
         self.records.evals = state.evals;
-        self.checkpoints.resumed_from = Some(self.first_step);
-        truncate_log(log_path, self.first_step)?;
-        progress.message(&format!("resumed from '{}' at step {}", path.display(), self.first_step));
         Ok(())
     }
 
@@ -700,6 +756,7 @@ impl<'d> Session<'d> {
             one_shot: false,
             evals: self.records.evals,
             resumed_from_step: self.checkpoints.resumed_from,
+            forked_from: self.checkpoints.forked_from.map(|(p, step)| super::log::ForkedFrom { checkpoint: p, step }),
             pruning: self.records.pruning,
         };
         crate::files::write_atomic(&cfg.output_dir.join("train_summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
