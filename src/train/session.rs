@@ -406,10 +406,16 @@ impl<'d> Session<'d> {
             );
         }
         let (tensors, state): (BTreeMap<String, NamedTensor>, CheckpointState) = checkpoint::load(path)?;
+        // The compiled folder may differ; the training file may be named by another path to it.
         let strip = |f: &serde_json::Value| {
             let mut f = f.clone();
             if let Some(o) = f.as_object_mut() {
                 o.remove("compiled");
+                if let Some(p) =
+                    o.get("train_file").and_then(|p| p.as_str()).and_then(|p| std::fs::canonicalize(p).ok())
+                {
+                    o.insert("train_file".into(), p.display().to_string().into());
+                }
             }
             f
         };
