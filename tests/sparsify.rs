@@ -337,6 +337,7 @@ fn bad_flags_and_files_fail_before_any_work() {
             "downloads nothing",
         ),
         (base(&["--train-file", s(&d), "--no-such-flag"]), "--no-such-flag"),
+        (base(&["--train-file", s(&d), "--fork-from", s(&missing)]), "--fork-from is a `sparsec train` flag"),
         (base(&["--train-file", s(&d), "--per_device_train_batch_size", "eight"]), "eight"),
         (
             vec![

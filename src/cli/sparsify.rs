@@ -88,6 +88,9 @@ pub fn run(args: SparsifyArgs) -> Result<()> {
     if args.flags.resume && args.overwrite_output_dir {
         bail!("--resume and --overwrite-output-dir contradict each other");
     }
+    if args.flags.fork_from.is_some() {
+        bail!("--fork-from is a `sparsec train` flag: branch a run with `train --fork-from`, then `export`");
+    }
     let model = args.model.clone().or(args.model_name_or_path.clone()).expect("clap requires one");
     let spec = model.to_string_lossy();
     if spec.starts_with("zoo:") {
