@@ -17,8 +17,7 @@ use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
 /// Compiles and trains the bert fixture with `recipe` (recipe args `args`); returns the trained folder.
 fn trained(dir: &Path, recipe: &Path, args: &str) -> PathBuf {
     let compiled = dir.join("compiled");
-    let model = fixture_dir("bert").join("model.legacy.onnx");
-    ok(&sparsec(&["compile", s(&model), "--recipe", s(recipe), "--recipe-args", args, "-o", s(&compiled)]));
+    compile_fixture(recipe, args, &compiled);
     let out = dir.join("trained");
     let data = root().join("fixtures/squad-tiny.json");
     ok(&sparsec(&[
@@ -213,12 +212,7 @@ fn int8_export_equals_the_fake_quant_graph_and_runs_everywhere() {
 #[test]
 fn int8_attention_qat_exports_attention_that_runs_on_the_int8_attention_kernel() {
     let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(root().join("recipes/gmp80-unstructured-qat-distill.yaml")).unwrap();
-    let text =
-        base.replace("    activation_bits: 8\n", "    activation_bits: 8\n    quantize_attention_matmuls: true\n");
-    assert_ne!(text, base, "the recipe gained the field");
-    let recipe = dir.path().join("qat-attention.yaml");
-    std::fs::write(&recipe, text).unwrap();
+    let recipe = int8_attention_recipe(dir.path());
     let t = trained(dir.path(), &recipe, r#"{"num_epochs": 6}"#);
     let plan: Value = serde_json::from_str(&std::fs::read_to_string(t.join("plan.json")).unwrap()).unwrap();
     let inputs: Vec<&str> = plan["graph_inputs"].as_array().unwrap().iter().filter_map(Value::as_str).collect();

@@ -382,18 +382,7 @@ fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() 
     // step 38, the run resumes from its step-33 checkpoint and steps 33-43 run block-sparse again.
     let dir = tempfile::tempdir().unwrap();
     let compiled = dir.path().join("compiled");
-    let model = fixture_dir("bert").join("model.legacy.onnx");
-    let recipe = root().join("recipes/gmp80-block4x1-qat-distill.yaml");
-    ok(&sparsec(&[
-        "compile",
-        s(&model),
-        "--recipe",
-        s(&recipe),
-        "--recipe-args",
-        r#"{"num_epochs": 6}"#,
-        "-o",
-        s(&compiled),
-    ]));
+    compile_fixture(&root().join("recipes/gmp80-block4x1-qat-distill.yaml"), r#"{"num_epochs": 6}"#, &compiled);
     let data = root().join("fixtures/squad-tiny.json");
     let full = dir.path().join("full");
     ok(&sparsec(&train_args(&compiled, &full, &data)));

@@ -13,18 +13,7 @@ use sparsec::ir::DType;
 /// (dense epoch 0-1, pruning 1-2, QAT from 4, observers frozen at 5.5).
 fn compile(dir: &Path) -> PathBuf {
     let out = dir.join("compiled");
-    let model = fixture_dir("bert").join("model.legacy.onnx");
-    let recipe = root().join("recipes/gmp80-unstructured-qat-distill.yaml");
-    ok(&sparsec(&[
-        "compile",
-        s(&model),
-        "--recipe",
-        s(&recipe),
-        "--recipe-args",
-        r#"{"num_epochs": 6}"#,
-        "-o",
-        s(&out),
-    ]));
+    compile_fixture(&root().join("recipes/gmp80-unstructured-qat-distill.yaml"), r#"{"num_epochs": 6}"#, &out);
     out
 }
 
@@ -184,25 +173,8 @@ fn fork_from_a_checkpoint_branches_a_run_before_qat() {
     }
 
     // A recompile with int8 attention: the new sites start fresh, QAT still starts at step 44.
-    let text = std::fs::read_to_string(root().join("recipes/gmp80-unstructured-qat-distill.yaml")).unwrap();
-    let recipe = dir.path().join("attention.yaml");
-    std::fs::write(
-        &recipe,
-        text.replace("    activation_bits: 8\n", "    activation_bits: 8\n    quantize_attention_matmuls: true\n"),
-    )
-    .unwrap();
     let compiled_b = dir.path().join("compiled-b");
-    let model = fixture_dir("bert").join("model.legacy.onnx");
-    ok(&sparsec(&[
-        "compile",
-        s(&model),
-        "--recipe",
-        s(&recipe),
-        "--recipe-args",
-        r#"{"num_epochs": 6}"#,
-        "-o",
-        s(&compiled_b),
-    ]));
+    compile_fixture(&int8_attention_recipe(dir.path()), r#"{"num_epochs": 6}"#, &compiled_b);
     let branch = dir.path().join("fork-attention");
     let mut args = train_args(&compiled_b, &branch, &data);
     args.extend(["--fork-from", s(&ckpt)]);

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::pattern::{
-    const_f32_scalar, eval_f32_scalar, producer_op, ql_params, quant_attrs, quantized, sole_consumer, Consumers, Q,
+    const_f32_scalar, emit_quantized_attention, eval_f32_scalar, producer_op, ql_params, quant_attrs, quantized,
+    sole_consumer, Consumers, Q,
 };
 use super::{Pass, PassError, PassReport};
 use crate::ir::ops::sparsec::DOMAIN;
@@ -125,6 +126,22 @@ struct Quants {
     v: Q,
     /// The scores' divisor: the `Div`'s constant, or `1/c` for a `Mul` by `c`.
     divisor: f32,
+}
+
+impl Quants {
+    /// `QuantizedAttention`'s attributes, without the scores' and the context's requantization.
+    fn attrs(&self, heads: i64, head_dim: i64) -> Vec<Attribute> {
+        let mut attrs = vec![Attribute::int("num_heads", heads), Attribute::int("head_dim", head_dim)];
+        for (name, x) in [("q", self.q), ("k", self.k), ("v", self.v), ("probs", self.probs)] {
+            attrs.extend(quant_attrs(name, x));
+        }
+        attrs.extend([
+            Attribute::float("scores_mul", self.scores_mul),
+            Attribute::float("divisor", self.divisor),
+            Attribute::float("context_mul", self.probs.0 * self.v.0),
+        ]);
+        attrs
+    }
 }
 
 struct Site {
@@ -311,18 +328,25 @@ fn context(g: &Graph, cons: &Consumers, p: ValueId) -> Option<(ValueId, ValueId,
 pub(crate) fn attention_products(g: &Graph) -> Vec<(NodeId, NodeId, NodeId)> {
     let cons = g.consumers();
     g.nodes()
-        .filter(|(_, sm)| sm.op_type == "Softmax" && sm.domain.is_empty())
         .filter_map(|(id, sm)| {
-            let (i, o) = (sm.input(0)?, sm.output(0)?);
-            let rank = g.value(i).facts.shape.as_ref().map_or(0, Vec::len) as i64;
-            let axis = sm.attr_int("axis").unwrap_or(-1);
-            if !(axis == -1 || axis == rank - 1) {
-                return None;
-            }
-            let s = site(g, &cons, &sm.name, i, o)?;
+            let s = softmax_site(g, &cons, sm)?;
             s.quant.is_none().then_some((id, s.products.0, s.products.1))
         })
         .collect()
+}
+
+/// The attention [`site`] around `sm` when it is a `Softmax` over its last axis.
+fn softmax_site(g: &Graph, cons: &Consumers, sm: &crate::ir::Node) -> Option<Site> {
+    if sm.op_type != "Softmax" || !sm.domain.is_empty() {
+        return None;
+    }
+    let (i, o) = (sm.input(0)?, sm.output(0)?);
+    let rank = g.value(i).facts.shape.as_ref().map_or(0, Vec::len) as i64;
+    let axis = sm.attr_int("axis").unwrap_or(-1);
+    if !(axis == -1 || axis == rank - 1) {
+        return None;
+    }
+    site(g, cons, &sm.name, i, o)
 }
 
 impl Pass for FuseAttention {
@@ -343,40 +367,10 @@ impl Pass for FuseAttention {
                 let g = p.graph();
                 let cons = g.consumers();
                 for (_, sm) in g.nodes() {
-                    if sm.op_type != "Softmax" || !sm.domain.is_empty() {
-                        continue;
-                    }
-                    let axis = sm.attr_int("axis").unwrap_or(-1);
-                    let (Some(i), Some(o)) = (sm.input(0), sm.output(0)) else { continue };
-                    let rank = g.value(i).facts.shape.as_ref().map_or(0, Vec::len) as i64;
-                    if !(axis == -1 || axis == rank - 1) {
-                        continue;
-                    }
-                    let Some(s) = site(g, &cons, &sm.name, i, o) else { continue };
+                    let Some(s) = softmax_site(g, &cons, sm) else { continue };
                     if let Some(qz) = &s.quant {
-                        let mut inputs = vec![Some(s.q), Some(s.k), Some(s.v)];
-                        inputs.extend(s.mask.map(Some));
-                        let mut attrs =
-                            vec![Attribute::int("num_heads", s.heads), Attribute::int("head_dim", s.head_dim)];
-                        for (name, x) in [("q", qz.q), ("k", qz.k), ("v", qz.v), ("probs", qz.probs)] {
-                            attrs.extend(quant_attrs(name, x));
-                        }
-                        attrs.extend([
-                            Attribute::float("scores_mul", qz.scores_mul),
-                            Attribute::float("divisor", qz.divisor),
-                            Attribute::float("context_mul", qz.probs.0 * qz.v.0),
-                        ]);
-                        let spec = NodeSpec {
-                            name: format!("sparsec.qattn/{}", s.name),
-                            op_type: "QuantizedAttention".into(),
-                            domain: DOMAIN.into(),
-                            inputs,
-                            attrs,
-                            metadata: Vec::new(),
-                        };
-                        let facts = g.value(s.out).facts.type_only();
-                        let y = p.op(spec, &format!("sparsec.qattn/{}.out", s.name), facts);
-                        p.replace_uses(s.out, y);
+                        let attrs = qz.attrs(s.heads, s.head_dim);
+                        emit_quantized_attention(p, &s.name, [s.q, s.k, s.v], s.mask, attrs, s.out);
                         report.rewritten += 1;
                         continue;
                     }

@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use super::fuse_attention::{data_consumer, heads_of, key_of};
 use super::pattern::{
-    const_f32_scalar, const_u8_scalar, ql_params, quant_attrs, quantized, sole_consumer, Consumers, Q,
+    const_f32_scalar, const_u8_scalar, emit_quantized_attention, ql_params, quant_attrs, quantized, sole_consumer,
+    Consumers, Q,
 };
 use super::{Pass, PassError, PassReport};
-use crate::ir::ops::sparsec::DOMAIN;
-use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, Node, NodeSpec, Patch, ValueId};
+use crate::ir::{Attribute, Attrs, DType, Dim, Graph, Model, Node, Patch, ValueId};
 
 /// Fuses SparseML's quantized attention, found by pattern from each `MatMulInteger` of two
 /// activations.
@@ -153,19 +153,7 @@ impl Pass for FuseQuantizedAttention {
                         continue;
                     }
                     let Some(s) = site(g, &cons, mm) else { continue };
-                    let mut inputs = vec![Some(s.q), Some(s.k), Some(s.v)];
-                    inputs.extend(s.mask.map(Some));
-                    let spec = NodeSpec {
-                        name: format!("sparsec.qattn/{}", s.name),
-                        op_type: "QuantizedAttention".into(),
-                        domain: DOMAIN.into(),
-                        inputs,
-                        attrs: s.attrs,
-                        metadata: Vec::new(),
-                    };
-                    let facts = g.value(s.out).facts.type_only();
-                    let y = p.op(spec, &format!("sparsec.qattn/{}.out", s.name), facts);
-                    p.replace_uses(s.out, y);
+                    emit_quantized_attention(p, &s.name, [s.q, s.k, s.v], s.mask, s.attrs, s.out);
                     report.rewritten += 1;
                 }
                 Ok(())

@@ -1,9 +1,11 @@
-//! Small pattern-matching helpers the lowering passes share: constants, sole consumers, and the
-//! zero structure of weight matrices.
+//! Small pattern-matching helpers the lowering passes share: constants, sole consumers, the zero
+//! structure of weight matrices, per-tensor uint8 quantizations, and the `QuantizedAttention` node
+//! both attention fusions emit.
 
 use std::collections::HashMap;
 
-use crate::ir::{Attribute, DType, Graph, Node, NodeId, ValueId};
+use crate::ir::ops::sparsec::DOMAIN;
+use crate::ir::{Attribute, DType, Graph, Node, NodeId, NodeSpec, Patch, ValueId};
 
 pub(crate) type Consumers = HashMap<ValueId, Vec<(NodeId, usize)>>;
 
@@ -149,6 +151,32 @@ pub(crate) fn ql_params(g: &Graph, n: &Node) -> Option<Q> {
 pub(crate) fn quantized(g: &Graph, v: ValueId) -> Option<(ValueId, Q)> {
     let (_, n) = producer_op(g, v, "QuantizeLinear")?;
     Some((n.input(0)?, ql_params(g, n)?))
+}
+
+/// Emits `ai.sparsec::QuantizedAttention(q, k, v[, mask])` named `sparsec.qattn/<name>` with
+/// `attrs`, and points the consumers of `out` (the attention subgraph's merged heads) at it; the
+/// replaced subgraph is left for `RemoveDead`.
+pub(crate) fn emit_quantized_attention(
+    p: &mut Patch,
+    name: &str,
+    [q, k, v]: [ValueId; 3],
+    mask: Option<ValueId>,
+    attrs: Vec<Attribute>,
+    out: ValueId,
+) {
+    let mut inputs = vec![Some(q), Some(k), Some(v)];
+    inputs.extend(mask.map(Some));
+    let spec = NodeSpec {
+        name: format!("sparsec.qattn/{name}"),
+        op_type: "QuantizedAttention".into(),
+        domain: DOMAIN.into(),
+        inputs,
+        attrs,
+        metadata: Vec::new(),
+    };
+    let facts = p.graph().value(out).facts.type_only();
+    let y = p.op(spec, &format!("sparsec.qattn/{name}.out"), facts);
+    p.replace_uses(out, y);
 }
 
 /// The quantization `(scale, zero point)` as the two attributes `<name>_scale`, `<name>_zero_point`.

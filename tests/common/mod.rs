@@ -191,3 +191,21 @@ pub fn initializer_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+/// Compiles the bert fixture (legacy export) with `recipe` and recipe args `args` into `out`.
+pub fn compile_fixture(recipe: &Path, args: &str, out: &Path) {
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    ok(&sparsec(&["compile", s(&model), "--recipe", s(recipe), "--recipe-args", args, "-o", s(out)]));
+}
+
+/// `recipes/gmp80-unstructured-qat-distill.yaml` with `quantize_attention_matmuls: true` on its
+/// QuantizationModifier (int8 attention QAT), written into `dir`.
+pub fn int8_attention_recipe(dir: &Path) -> PathBuf {
+    let base = std::fs::read_to_string(root().join("recipes/gmp80-unstructured-qat-distill.yaml")).unwrap();
+    let text =
+        base.replace("    activation_bits: 8\n", "    activation_bits: 8\n    quantize_attention_matmuls: true\n");
+    assert_ne!(text, base, "the recipe gained the field");
+    let recipe = dir.join("int8-attention.yaml");
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}

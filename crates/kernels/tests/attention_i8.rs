@@ -261,6 +261,22 @@ fn exact_rows_match_the_graph_bit_for_bit_on_every_isa() {
     check_cases(mixed_mask, false, params);
 }
 
+/// Over `check_cases`' outputs against the graph: (outputs that differ, all outputs, the largest
+/// difference in each case's unit).
+fn tally(outs: &[(Vec<f32>, Vec<f32>, f32)]) -> (usize, usize, f32) {
+    let (mut differ, mut total, mut worst) = (0usize, 0usize, 0f32);
+    for (got, graph, unit) in outs {
+        for (a, b) in got.iter().zip(graph) {
+            total += 1;
+            if a != b {
+                differ += 1;
+                worst = worst.max((a - b).abs() / unit);
+            }
+        }
+    }
+    (differ, total, worst)
+}
+
 /// The same without the scores' and the context's requantization (sparsec's own QAT form).
 #[test]
 fn unrequantized_exact_rows_match_the_graph_bit_for_bit_on_every_isa() {
@@ -273,17 +289,7 @@ fn unrequantized_exact_rows_match_the_graph_bit_for_bit_on_every_isa() {
 /// off shows in the output, so more outputs differ than with it, all by a fraction of that unit.
 #[test]
 fn unrequantized_fused_rows_match_their_reference_on_every_isa_and_the_graph_closely() {
-    let outs = check_cases(padding_mask, true, own_params);
-    let (mut differ, mut total, mut worst) = (0usize, 0usize, 0f32);
-    for (got, graph, unit) in &outs {
-        for (a, b) in got.iter().zip(graph) {
-            total += 1;
-            if a != b {
-                differ += 1;
-                worst = worst.max((a - b).abs() / unit);
-            }
-        }
-    }
+    let (differ, total, worst) = tally(&check_cases(padding_mask, true, own_params));
     eprintln!("unrequantized fused vs graph: {differ} of {total} outputs differ, by at most {worst:.3} units");
     assert!(worst <= 2.0, "{worst} units of 255·context_mul");
 }
@@ -295,17 +301,7 @@ fn unrequantized_fused_rows_match_their_reference_on_every_isa_and_the_graph_clo
 /// context steps), with under 1% of the outputs differing at all.
 #[test]
 fn fused_rows_match_their_reference_on_every_isa_and_the_graph_within_four_steps() {
-    let outs = check_cases(padding_mask, true, params);
-    let (mut differ, mut total, mut worst) = (0usize, 0usize, 0f32);
-    for (got, graph, step) in &outs {
-        for (a, b) in got.iter().zip(graph) {
-            total += 1;
-            if a != b {
-                differ += 1;
-                worst = worst.max((a - b).abs() / step);
-            }
-        }
-    }
+    let (differ, total, worst) = tally(&check_cases(padding_mask, true, params));
     eprintln!("fused vs graph: {differ} of {total} outputs differ, by at most {worst:.2} context steps");
     assert!(worst <= 4.0 + 1e-3, "{worst} context steps");
     assert!(differ * 100 < total, "{differ} of {total} outputs differ");
