@@ -1,6 +1,6 @@
 //! Benchmark: sparse-aware training against the dense path training takes today, paired A/B in
 //! one process on ONNX Runtime (`cargo bench --bench sparse_train_ops`; `THREADS` (default 2),
-//! `REPS` (default 5), `ONLY=ops|minilm`).
+//! `REPS` (default 5), `ONLY=ops|minilm|attention`).
 //!
 //! 1. Per operator, MiniLM's linear shapes (384→384, 384→1536, 1536→384) at 6144 tokens (16 × 384)
 //!    and 2560 (16 × 160), `[4, 1]` masks at 0/50/80/90%: the training graph's dense nodes
@@ -13,6 +13,9 @@
 //! 2. MiniLM-L6's span-loss training graph (forward and backward; `../shared/models/minilm-l6-squad`)
 //!    with masks on its 36 encoder linears, dense against `UseMaskedLinear`, batch 16 × 160 tokens,
 //!    masks at 0/50/80/90%.
+//! 3. The same graph block-sparse at 80%, with its attention as the exported nodes against
+//!    `UseAttentionTrain`'s fused `AttentionTrain` (and its gradient), batch 16 × 160 and 16 × 384,
+//!    item `b` padded by `5·b` tokens (ratio graph / fused).
 //!
 //! Dense and sparse runs alternate, REPS times each after a warm-up, and each side's median is
 //! reported with the ratio dense / sparse (> 1: the block-sparse operators are faster).
@@ -25,7 +28,7 @@ use sparsec::autodiff::{build_training_graph, LossSpec, TrainingGraphSpec};
 use sparsec::ir::ops::masked_linear::{MASKED_LINEAR, MASKED_LINEAR_GRAD_INPUT, MASKED_LINEAR_GRAD_WEIGHT};
 use sparsec::ir::ops::sparsec::DOMAIN;
 use sparsec::ir::{infer, modules, Attribute, DType, Facts, Model, NodeSpec, Patch, Tensor, ValueId};
-use sparsec::passes::{InsertMasks, MaskTarget, Pass, PassError, UseMaskedLinear};
+use sparsec::passes::{InsertMasks, MaskTarget, Pass, PassError, UseAttentionTrain, UseMaskedLinear};
 use sparsec::runtime::{self, Backend, EngineKind, EngineOptions, HostTensor};
 
 const SHAPES: [(usize, usize); 3] = [(384, 384), (384, 1536), (1536, 384)];
@@ -252,6 +255,50 @@ fn minilm(opts: &EngineOptions, reps: usize) {
     }
 }
 
+/// The block-sparse MiniLM training graph at 80% `[4, 1]` with the exported attention nodes
+/// against the same graph with `UseAttentionTrain`'s fused attention, paired.
+fn attention(opts: &EngineOptions, reps: usize) {
+    let Some((m, masks)) = masked_minilm() else { return };
+    let spec = TrainingGraphSpec::new(LossSpec::Span);
+    let mut sm = m.clone();
+    UseMaskedLinear::default().apply(&mut sm).unwrap();
+    infer::infer_facts(&mut sm).unwrap();
+    let mut fm = sm.clone();
+    let fused_layers = UseAttentionTrain::default().apply(&mut fm).unwrap().rewritten;
+    infer::infer_facts(&mut fm).unwrap();
+    let load = |m: &Model| {
+        let tg = build_training_graph(m, &spec).unwrap();
+        runtime::load_bytes(&sparsec::onnx::encode_model(&tg.model), EngineKind::Ort, opts).unwrap()
+    };
+    let (mut g, mut f) = (load(&sm), load(&fm));
+    println!("# MiniLM-L6 block-sparse training graph at 80% [4,1]: attention as graph nodes vs fused ({fused_layers} layers), s per step (median of {reps})");
+    for (batch, seq) in [(16usize, 160usize), (16, 384)] {
+        let n = batch * seq;
+        let ints = |v: Vec<i64>, shape: &[usize]| HostTensor::I64(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap());
+        let mut feed: Vec<(&str, HostTensor)> = vec![
+            ("input_ids", ints((0..n).map(|i| 1000 + (i as i64 * 7919) % 29000).collect(), &[batch, seq])),
+            ("attention_mask", ints((0..n).map(|i| ((i % seq) < seq - (i / seq) * 5) as i64).collect(), &[batch, seq])),
+            ("token_type_ids", ints((0..n).map(|i| ((i % seq) >= seq / 4) as i64).collect(), &[batch, seq])),
+            ("start_positions", ints((0..batch as i64).map(|b| 10 + b).collect(), &[batch])),
+            ("end_positions", ints((0..batch as i64).map(|b| 20 + b).collect(), &[batch])),
+        ];
+        for (i, (name, k, nn)) in masks.iter().enumerate() {
+            feed.push((name.as_str(), f32_host(&[*k, *nn], block_mask(*k, *nn, 0.8, 100 + i as u64))));
+        }
+        let takes = |b: &dyn Backend| -> Vec<(&str, HostTensor)> {
+            feed.iter().filter(|(n, _)| b.input_names().iter().any(|x| x == n)).cloned().collect()
+        };
+        let (fg, ff) = (takes(g.as_ref()), takes(f.as_ref()));
+        let (tg, tf) = paired(reps, g.as_mut(), f.as_mut(), &fg, &ff);
+        println!("batch {batch} x {seq}: graph {tg:.3} s, fused {tf:.3} s, ratio {:.2}", tg / tf);
+        println!(
+            "{}",
+            serde_json::json!({"bench": "fused_attention_train", "batch": batch, "seq": seq, "sparsity": 0.8,
+                "threads": opts.threads, "graph_s": tg, "fused_s": tf})
+        );
+    }
+}
+
 fn main() {
     let threads: usize = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
@@ -267,5 +314,8 @@ fn main() {
     }
     if only.is_empty() || only == "minilm" {
         minilm(&opts, reps);
+    }
+    if only.is_empty() || only == "attention" {
+        attention(&opts, reps);
     }
 }

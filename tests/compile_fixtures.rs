@@ -446,6 +446,31 @@ fn every_recipe_plan_reads_back_with_its_settings_and_warnings() {
     assert!(warned > 0, "param-groups.yaml has a warning, so their round trip is checked");
 }
 
+/// A plan written before the `QuantizationModifier` gained `quantize_attention_matmuls` (session
+/// 17) still loads, with the field off: compiled folders of runs in progress stay trainable.
+#[test]
+fn a_plan_without_quantize_attention_matmuls_loads_with_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("bert").join("model.legacy.onnx");
+    let (_, _, plan) = compiled(&model, &recipe("gmp80-unstructured-qat-distill.yaml"));
+    let mut json: serde_json::Value = serde_json::from_str(&plan.to_json().unwrap()).unwrap();
+    let mut removed = 0;
+    for m in json["modifiers"].as_array_mut().unwrap() {
+        removed += usize::from(m["settings"].as_object_mut().unwrap().remove("quantize_attention_matmuls").is_some());
+    }
+    assert_eq!(removed, 1, "the recipe has one QuantizationModifier: {json}");
+    let path = dir.path().join("plan.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    let back = Plan::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    let flags: Vec<bool> = back
+        .modifiers
+        .iter()
+        .filter_map(|m| serde_json::to_value(&m.settings).unwrap().get("quantize_attention_matmuls").cloned())
+        .map(|b| b.as_bool().unwrap())
+        .collect();
+    assert_eq!(flags, vec![false]);
+}
+
 /// A plan.json from before the plan carried the recipe is refused, naming the file and the
 /// `format` field; a current one missing a field names that field.
 #[test]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::ir::emit::{self, IntConsts};
-use crate::ir::{AttrValue, Attribute, DType, Dim, Facts, Graph, NodeSpec, Patch, Tensor, ValueId};
+use crate::ir::{AttrValue, Attribute, DType, Dim, Facts, Graph, NodeId, NodeSpec, Patch, Tensor, ValueId};
 
 use super::AutodiffError;
 
@@ -21,6 +21,11 @@ pub struct Gradient<'p, 'g> {
     /// Name prefix of the nodes emitted for the forward node being differentiated.
     scope: String,
     counter: usize,
+    /// `ai.sparsec::EmbeddingGrad` nodes by their output, so that rows zeroed for a parameter
+    /// (`GradOptions::zero_grad_rows`) become the node's `zero_rows` instead of a `Mul`.
+    embedding_grads: HashMap<ValueId, NodeId>,
+    /// Whether embedding gradients may use `ai.sparsec::EmbeddingGrad` (`GradOptions`).
+    pub(crate) sparsec_embedding_grad: bool,
 }
 
 impl<'p, 'g> Gradient<'p, 'g> {
@@ -33,6 +38,8 @@ impl<'p, 'g> Gradient<'p, 'g> {
             shapes: HashMap::new(),
             scope: "grad".into(),
             counter: 0,
+            embedding_grads: HashMap::new(),
+            sparsec_embedding_grad: false,
         }
     }
 
@@ -135,10 +142,25 @@ impl<'p, 'g> Gradient<'p, 'g> {
 
     /// Adds a node built elsewhere (an [`emit`] builder named by [`next_name`](Self::next_name)).
     pub fn add_spec(&mut self, spec: NodeSpec, n_out: usize) -> Vec<ValueId> {
+        self.add_spec_node(spec, n_out).1
+    }
+
+    /// [`add_spec`](Self::add_spec), also returning the new node's id.
+    pub fn add_spec_node(&mut self, spec: NodeSpec, n_out: usize) -> (NodeId, Vec<ValueId>) {
         let name = spec.name.clone();
         let outs: Vec<(String, Facts)> = (0..n_out).map(|i| (format!("{name}_out{i}"), Facts::default())).collect();
         let refs: Vec<(&str, Facts)> = outs.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
-        self.p.add_node(spec, &refs).1
+        self.p.add_node(spec, &refs)
+    }
+
+    /// Records that `out` is the output of the `EmbeddingGrad` node `node`.
+    pub(crate) fn note_embedding_grad(&mut self, out: ValueId, node: NodeId) {
+        self.embedding_grads.insert(out, node);
+    }
+
+    /// The `EmbeddingGrad` node writing `v`, if this builder emitted one.
+    pub(crate) fn embedding_grad_node(&self, v: ValueId) -> Option<NodeId> {
+        self.embedding_grads.get(&v).copied()
     }
 
     /// A constant tensor (an initializer), shared between identical requests.

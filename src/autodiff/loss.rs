@@ -41,6 +41,8 @@ pub struct TrainingGraphSpec {
     pub zero_grad_rows: Vec<(String, i64)>,
     /// Hidden-state distillation added to the loss.
     pub layers: Option<LayerDistill>,
+    /// See [`GradOptions::sparsec_embedding_grad`]; training graphs turn it on.
+    pub sparsec_embedding_grad: bool,
 }
 
 /// Hidden-state distillation: the outputs of PyTorch modules (see [`modules::module_output`])
@@ -63,6 +65,7 @@ impl TrainingGraphSpec {
             end_logits: "end_logits".into(),
             zero_grad_rows: Vec::new(),
             layers: None,
+            sparsec_embedding_grad: false,
         }
     }
 }
@@ -103,7 +106,12 @@ pub fn build_training_graph(model: &Model, spec: &TrainingGraphSpec) -> Result<T
         })
         .collect();
     let (loss_inputs, loss_outputs) = attach_loss(&mut m, spec)?;
-    let (model, grads) = differentiate(&m, &loss_outputs[0], &params, &GradOptions { zero_grad_rows })?;
+    let (model, grads) = differentiate(
+        &m,
+        &loss_outputs[0],
+        &params,
+        &GradOptions { zero_grad_rows, sparsec_embedding_grad: spec.sparsec_embedding_grad },
+    )?;
     crate::ir::check_schemas(&model).map_err(|source| AutodiffError::Invalid {
         step: "building the training graph (loss and gradients)",
         source,

@@ -88,6 +88,9 @@ pub struct GradOptions {
     /// `(parameter, row)`: rows of a parameter whose gradient is forced to zero, as PyTorch's
     /// `nn.Embedding(padding_idx=row)` does (the exported graph no longer knows about it).
     pub zero_grad_rows: Vec<(String, i64)>,
+    /// Emit sparsec's `ai.sparsec::EmbeddingGrad` for embedding tables' gradients (one pass instead
+    /// of zeros, `ScatterND` and a row-zeroing `Mul`); off, the graph is standard ONNX throughout.
+    pub sparsec_embedding_grad: bool,
 }
 
 /// Appends the backward graph of `loss` with respect to `params` (initializer or input names).
@@ -121,6 +124,7 @@ pub fn differentiate(
     m.graph.edit(|p| -> Result<(), AutodiffError> {
         let graph = p.graph();
         let mut b = Gradient::new(p, opset);
+        b.sparsec_embedding_grad = opts.sparsec_embedding_grad;
         let grads = backpropagate(&mut b, &path, loss_v)?;
         entries = grad_outputs(&mut b, grads, &param_ids, opts)?;
         if !graph.outputs().contains(&loss_v) {
@@ -370,6 +374,20 @@ fn zero_rows(
             ),
         })?;
     let rank = b.rank(param).unwrap_or(1);
+    if let Some(node) = b.embedding_grad_node(grad) {
+        let mut wrapped = Vec::with_capacity(rows.len());
+        for &r in rows {
+            let r = if r < 0 { r + n } else { r };
+            if !(0..n).contains(&r) {
+                return Err(AutodiffError::Unsupported {
+                    reason: format!("row {r} is out of range for '{}' with {n} rows", b.graph().value(param).name),
+                });
+            }
+            wrapped.push(r);
+        }
+        b.patch().set_attr(node, crate::ir::Attribute::ints("zero_rows", wrapped));
+        return Ok(grad);
+    }
     let mut mask = vec![1.0; n as usize];
     for &r in rows {
         let r = if r < 0 { r + n } else { r };

@@ -81,6 +81,16 @@ pub(crate) struct TrainFlags {
     /// dense MatMul/Gemm).
     #[arg(long, value_enum, default_value = "auto")]
     pub sparse_train: crate::train::graphs::SparseTrain,
+    /// Attention in the training graphs: `fused` (sparsec's kernels: the probabilities are
+    /// recomputed in the backward instead of kept, and the softmax gradient is one pass) or `graph`
+    /// (the exported nodes and their gradients on ONNX Runtime).
+    #[arg(long, value_enum, default_value = "fused")]
+    pub attention: crate::train::graphs::TrainAttention,
+    /// ONNX Runtime profiles the training-step session: a JSON trace of every node run, written to
+    /// PREFIX_<time>.json when the session ends (a new file at each graph switch); summarise it with
+    /// benches/ort_profile.py.
+    #[arg(long, value_name = "PREFIX")]
+    pub ort_profile: Option<std::path::PathBuf>,
     #[arg(long, alias = "max_train_samples")]
     pub max_train_samples: Option<usize>,
     /// Fail when a training answer does not match its context (default: warn and train on it).
@@ -214,6 +224,8 @@ impl TrainFlags {
             threads: args.threads,
             ort_memory: args.ort_memory,
             sparse_train: args.sparse_train,
+            attention: args.attention,
+            ort_profile: args.ort_profile.clone(),
             max_train_samples: args.max_train_samples,
             strict_data: args.strict_data,
             max_eval_samples: args.max_eval_samples,

@@ -24,6 +24,7 @@ mod pattern;
 pub use pattern::weight_structure;
 mod quantize_embeddings;
 mod remove_dead;
+mod use_attention_train;
 mod use_masked_linear;
 
 use serde::Serialize;
@@ -44,6 +45,7 @@ pub use lower_sparse_linear::LowerSparseLinear;
 pub use pack_sparse_weights::PackSparseWeights;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
+pub use use_attention_train::UseAttentionTrain;
 pub use use_masked_linear::UseMaskedLinear;
 
 use crate::ir::{check_schemas, Attrs, Graph, IrError, Model, NodeId, Tensor, ValueId};

@@ -66,6 +66,10 @@ pub struct TrainConfig {
     pub stop_on_signals: bool,
     /// Masked linears on sparsec's block-sparse training kernels ([`super::graphs::SparseTrain`]).
     pub sparse_train: super::graphs::SparseTrain,
+    /// Fused attention kernels or the graph's nodes (`train --attention`).
+    pub attention: super::graphs::TrainAttention,
+    /// ONNX Runtime's profile of the training-step session (`train --ort-profile`).
+    pub ort_profile: Option<PathBuf>,
 }
 
 /// The default of [`TrainConfig::prune_memory_limit`]: 4 GiB.
@@ -111,6 +115,8 @@ impl TrainConfig {
             prune_memory_limit: DEFAULT_PRUNE_MEMORY_LIMIT,
             stop_on_signals: false,
             sparse_train: Default::default(),
+            attention: Default::default(),
+            ort_profile: None,
         }
     }
 }

@@ -1,13 +1,17 @@
 //! The training graphs of a run, built from the compiled model and the recipe's loss: with fake
 //! quantization, (when the recipe quantizes) without it for the steps before QAT starts, and
 //! without it with the masked linears on sparsec's block-sparse training kernels, for the steps
-//! whose masks are sparse enough ([`SparseTrain`]); which one the stepper runs ([`Graphs`]).
+//! whose masks are sparse enough ([`SparseTrain`]); which one the stepper runs ([`Graphs`]). Every
+//! one has its attention fused ([`TrainAttention`]) and its embedding gradients on
+//! `ai.sparsec::EmbeddingGrad` (`GradOptions::sparsec_embedding_grad`).
 
 use anyhow::{Context, Result};
 
 use crate::autodiff::{build_training_graph, TrainingGraph, TrainingGraphSpec};
 use crate::ir::{infer, Model, Tensor};
-use crate::passes::{BindInputs, LowerFakeQuant, Pass, RemoveDead, UseMaskedLinear, QUANT_ENABLED_INPUT};
+use crate::passes::{
+    BindInputs, LowerFakeQuant, Pass, RemoveDead, UseAttentionTrain, UseMaskedLinear, QUANT_ENABLED_INPUT,
+};
 
 /// Where the masked linear layers of the training graph run.
 ///
@@ -45,6 +49,18 @@ impl SparseTrain {
     }
 }
 
+/// How the training graphs run attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainAttention {
+    /// sparsec's fused kernels (`ai.sparsec::AttentionTrain` and its gradient, see
+    /// `passes::UseAttentionTrain`): no `[B, H, S, S]` tensor is kept between forward and backward.
+    #[default]
+    Fused,
+    /// The exported graph's nodes and their gradients on ONNX Runtime.
+    Graph,
+}
+
 /// Which training graph the stepper runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Current {
@@ -65,6 +81,7 @@ pub(super) struct Graphs {
     /// `--sparse-train off`).
     pub sparse: Option<TrainingGraph>,
     mode: SparseTrain,
+    attention: TrainAttention,
     current: Current,
 }
 
@@ -72,9 +89,21 @@ impl Graphs {
     /// The training graphs of `model` with loss `spec`: a float one too when `quantized`, a
     /// block-sparse one unless `sparse` is off. The stepper starts on the graph for QAT off and
     /// masks keeping every block.
-    pub fn build(model: &Model, spec: &TrainingGraphSpec, quantized: bool, sparse: SparseTrain) -> Result<Graphs> {
+    pub fn build(
+        model: &Model,
+        spec: &TrainingGraphSpec,
+        quantized: bool,
+        sparse: SparseTrain,
+        attention: TrainAttention,
+    ) -> Result<Graphs> {
+        let fused = |m: Model| match attention {
+            TrainAttention::Fused => with_fused_attention(&m),
+            TrainAttention::Graph => Ok(m),
+        };
+        let model = &fused(model.clone())?;
+        let spec = &TrainingGraphSpec { sparsec_embedding_grad: true, ..spec.clone() };
         let qat = build_training_graph(model, spec).context("cannot build the training graph")?;
-        let float_model = if quantized { Some(without_fake_quant(model)?) } else { None };
+        let float_model = if quantized { Some(fused(without_fake_quant(model)?)?) } else { None };
         let float = match &float_model {
             Some(m) => Some(
                 build_training_graph(m, spec).context("cannot build the training graph without fake quantization")?,
@@ -88,7 +117,7 @@ impl Graphs {
                     .context("cannot build the training graph with block-sparse linears")?,
             ),
         };
-        let mut g = Graphs { qat, float, sparse: sparse_graph, mode: sparse, current: Current::Qat };
+        let mut g = Graphs { qat, float, sparse: sparse_graph, mode: sparse, attention, current: Current::Qat };
         g.current = g.select(false, 1.0);
         Ok(g)
     }
@@ -135,11 +164,16 @@ impl Graphs {
     }
 
     /// The forward graph that pruning evidence is gathered on: `model` as the stepper runs it now
-    /// (its linears dense: evidence gradients are taken on every weight).
+    /// (its linears dense: evidence gradients are taken on every weight; its attention fused when
+    /// the training graphs' is).
     pub fn forward(&self, model: &Model) -> Result<Model> {
-        match (&self.float, self.current) {
-            (Some(_), Current::Float | Current::Sparse) => without_fake_quant(model),
-            _ => Ok(model.clone()),
+        let m = match (&self.float, self.current) {
+            (Some(_), Current::Float | Current::Sparse) => without_fake_quant(model)?,
+            _ => model.clone(),
+        };
+        match self.attention {
+            TrainAttention::Fused => with_fused_attention(&m),
+            TrainAttention::Graph => Ok(m),
         }
     }
 }
@@ -153,6 +187,16 @@ pub fn without_fake_quant(model: &Model) -> Result<Model> {
     LowerFakeQuant::default().apply(&mut m)?;
     RemoveDead::default().apply(&mut m)?;
     infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
+    Ok(m)
+}
+
+/// `model` with its attention cores on the fused training operator ([`UseAttentionTrain`];
+/// fake-quantized attention products do not match and stay as they are).
+pub fn with_fused_attention(model: &Model) -> Result<Model> {
+    let mut m = model.clone();
+    let report = UseAttentionTrain::default().apply(&mut m)?;
+    tracing::debug!(attentions = report.rewritten, "attention on the fused training kernels");
+    infer::infer_facts(&mut m).context("the graph with fused training attention failed validation")?;
     Ok(m)
 }
 

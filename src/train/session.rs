@@ -302,9 +302,10 @@ impl<'d> Session<'d> {
         let steps = Steps::of(cfg, data, &schedule)?;
         let teacher_on = cfg.teacher != Teacher::Disabled;
         let loss = Loss::of(&compiled.plan, &compiled.model.graph, teacher_on, data.zero_grad_rows()?);
-        let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant(), cfg.sparse_train)?;
+        let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant(), cfg.sparse_train, cfg.attention)?;
         let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
-        let stepper = stepper(cfg, compiled, &graphs, &run, &opts)?;
+        let step_opts = EngineOptions { profile: cfg.ort_profile.clone(), ..opts.clone() };
+        let stepper = stepper(cfg, compiled, &graphs, &run, &step_opts)?;
         let teacher = TeacherModel::for_run(cfg, compiled, &loss, &opts)?;
         let fingerprint = fingerprint(cfg, data, &loss, steps.total);
         let now = Instant::now();
@@ -574,7 +575,8 @@ impl<'d> Session<'d> {
         }
         let density = if self.cfg.sparse_train == SparseTrain::Auto { self.run.kept_block_density() } else { 1.0 };
         if let Some(tg) = self.graphs.switch(on, density) {
-            self.stepper.switch_graph(tg, EngineKind::Ort, &self.opts)?;
+            let step_opts = EngineOptions { profile: self.cfg.ort_profile.clone(), ..self.opts.clone() };
+            self.stepper.switch_graph(tg, EngineKind::Ort, &step_opts)?;
             tracing::info!(step, qat = on, block_sparse = self.graphs.on_sparse(), "switched the training graph");
         }
         Ok(QatStep { on, observers_frozen: qstate.is_some_and(|q| q.observers_frozen) })

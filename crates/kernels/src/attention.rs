@@ -22,6 +22,7 @@ mod bf16;
 mod f32;
 mod problem;
 mod simd;
+mod train;
 
 use crate::cpu::Isa;
 use crate::par::Parallel;
@@ -255,6 +256,193 @@ impl Attention {
     }
 }
 
+/// The additive bias of a training attention call: `[Bb, Hb, Sq, S]` with `Bb ∈ {1, B}`,
+/// `Hb ∈ {1, H}`, `Sq ∈ {1, S}` (size-1 axes broadcast), keys contiguous.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainBias<'a> {
+    pub data: &'a [f32],
+    /// `[Bb, Hb, Sq]`.
+    pub dims: [usize; 3],
+}
+
+/// The shape of a training attention call: `Q`, `V` `[B, H, S, D]`, `Kᵀ` `[B, H, D, S]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub seq: usize,
+    pub head_dim: usize,
+}
+
+impl TrainDims {
+    fn len(&self) -> usize {
+        self.batch * self.heads * self.seq * self.head_dim
+    }
+    fn rows(&self) -> usize {
+        self.batch * self.heads * self.seq
+    }
+}
+
+/// Per-pair entry points of the training attention.
+type TrainFwdFn = unsafe fn(&train::TrainProblem, &train::ForwardOut, usize);
+type TrainBwdFn = unsafe fn(&train::TrainProblem, &train::BackwardIo, usize);
+
+/// Attention for training graphs (`ai.sparsec::AttentionTrain` and its gradient): the attention
+/// core of the exported graph, `softmax(scale·Q·Kᵀ + bias)·V` on `[B, H, S, D]` tensors, whose
+/// forward keeps two f32 per query row instead of the `[B, H, S, S]` probabilities, and whose
+/// backward recomputes them (see `attention/train.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionTrain {
+    isa: Isa,
+    fwd: TrainFwdFn,
+    bwd: TrainBwdFn,
+}
+
+impl AttentionTrain {
+    pub fn new(isa: Isa) -> Result<AttentionTrain, AttnError> {
+        if !isa.supported() {
+            return Err(AttnError::UnsupportedIsa(isa));
+        }
+        let (fwd, bwd) = match isa {
+            Isa::Avx512Vnni => (kernels::TRAIN_FWD_AVX512, kernels::TRAIN_BWD_AVX512),
+            Isa::Avx2 => (kernels::TRAIN_FWD_AVX2, kernels::TRAIN_BWD_AVX2),
+            Isa::Scalar => (kernels::TRAIN_FWD_SCALAR, kernels::TRAIN_BWD_SCALAR),
+        };
+        Ok(AttentionTrain { isa, fwd, bwd })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn problem(
+        dims: TrainDims,
+        q: &[f32],
+        kt: &[f32],
+        v: &[f32],
+        bias: Option<TrainBias>,
+        scale: f32,
+    ) -> Result<train::TrainProblem, AttnError> {
+        let TrainDims { batch, heads, seq, head_dim } = dims;
+        if heads == 0 || head_dim == 0 {
+            return Err(AttnError::BadDims { heads, head_dim });
+        }
+        let len = batch
+            .checked_mul(heads)
+            .and_then(|x| x.checked_mul(seq))
+            .and_then(|x| x.checked_mul(head_dim))
+            .ok_or_else(|| bad(format!("{dims:?} overflows")))?;
+        for (name, x) in [("q", q), ("kt", kt), ("v", v)] {
+            if x.len() != len {
+                return Err(bad(format!("{name} has {} values, {dims:?} needs {len}", x.len())));
+            }
+        }
+        if !scale.is_finite() {
+            return Err(bad(format!("scale {scale} is not finite")));
+        }
+        let bias = match bias {
+            None => None,
+            Some(TrainBias { data, dims: [bb, hb, sq] }) => {
+                let ok = |x: usize, full: usize| x == 1 || x == full;
+                if !(ok(bb, batch) && ok(hb, heads) && ok(sq, seq)) {
+                    return Err(bad(format!(
+                        "bias [{bb}, {hb}, {sq}, {seq}] does not broadcast to [{batch}, {heads}, {seq}, {seq}]"
+                    )));
+                }
+                if data.len() != bb * hb * sq * seq {
+                    return Err(bad(format!(
+                        "bias has {} values, [{bb}, {hb}, {sq}, {seq}] needs {}",
+                        data.len(),
+                        bb * hb * sq * seq
+                    )));
+                }
+                let stride = |x: usize, s: usize| if x == 1 { 0 } else { s };
+                let (sq_s, sh_s) = (seq, sq * seq);
+                let sb_s = hb * sh_s;
+                Some((data.as_ptr(), stride(bb, sb_s), stride(hb, sh_s), stride(sq, sq_s)))
+            }
+        };
+        Ok(train::TrainProblem { heads, seq, head_dim, q: q.as_ptr(), kt: kt.as_ptr(), v: v.as_ptr(), bias, scale })
+    }
+
+    /// `ctx = softmax(scale·q·kt + bias)·v` (`[B, H, S, D]`), and `stats` `[B, H, S, 2]`: each query
+    /// row's score max and the reciprocal of its exponential sum, which the backward reads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        dims: TrainDims,
+        q: &[f32],
+        kt: &[f32],
+        v: &[f32],
+        bias: Option<TrainBias>,
+        scale: f32,
+        ctx: &mut [f32],
+        stats: &mut [f32],
+        par: &dyn Parallel,
+    ) -> Result<(), AttnError> {
+        let p = Self::problem(dims, q, kt, v, bias, scale)?;
+        if ctx.len() != dims.len() || stats.len() != 2 * dims.rows() {
+            return Err(bad(format!(
+                "ctx has {} values and stats {}, {dims:?} needs {} and {}",
+                ctx.len(),
+                stats.len(),
+                dims.len(),
+                2 * dims.rows()
+            )));
+        }
+        let out = train::ForwardOut { ctx: ctx.as_mut_ptr(), stats: stats.as_mut_ptr() };
+        let f = self.fwd;
+        // SAFETY: `new` chose `f` for an ISA this CPU supports; the slices were checked above to hold
+        // every pair, and each task writes only its own pair's cells.
+        par.run(dims.batch * dims.heads, &|pair| unsafe { f(&p, &out, pair) });
+        Ok(())
+    }
+
+    /// The gradients of `q`, `kt` and `v` from the gradient `dctx` of the forward's `ctx`, given
+    /// the forward's inputs, `ctx` and `stats`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        dims: TrainDims,
+        q: &[f32],
+        kt: &[f32],
+        v: &[f32],
+        bias: Option<TrainBias>,
+        scale: f32,
+        ctx: &[f32],
+        stats: &[f32],
+        dctx: &[f32],
+        dq: &mut [f32],
+        dkt: &mut [f32],
+        dv: &mut [f32],
+        par: &dyn Parallel,
+    ) -> Result<(), AttnError> {
+        let p = Self::problem(dims, q, kt, v, bias, scale)?;
+        for (name, n) in
+            [("ctx", ctx.len()), ("dctx", dctx.len()), ("dq", dq.len()), ("dkt", dkt.len()), ("dv", dv.len())]
+        {
+            if n != dims.len() {
+                return Err(bad(format!("{name} has {n} values, {dims:?} needs {}", dims.len())));
+            }
+        }
+        if stats.len() != 2 * dims.rows() {
+            return Err(bad(format!("stats has {} values, {dims:?} needs {}", stats.len(), 2 * dims.rows())));
+        }
+        let io = train::BackwardIo {
+            ctx: ctx.as_ptr(),
+            stats: stats.as_ptr(),
+            dctx: dctx.as_ptr(),
+            dq: dq.as_mut_ptr(),
+            dkt: dkt.as_mut_ptr(),
+            dv: dv.as_mut_ptr(),
+        };
+        let f = self.bwd;
+        // SAFETY: as in `forward`: a supported ISA, checked slices, disjoint per-pair outputs.
+        par.run(dims.batch * dims.heads, &|pair| unsafe { f(&p, &io, pair) });
+        Ok(())
+    }
+}
+
 fn bad(m: String) -> AttnError {
     AttnError::BadInput(m)
 }
@@ -263,7 +451,37 @@ fn bad(m: String) -> AttnError {
 /// task with that ISA's register blocking.
 mod kernels {
     use super::simd::Lanes;
-    use super::{bf16, f32, Problem, Task, TaskFn};
+    use super::train::{backward_pair, forward_pair, BackwardIo, ForwardOut, TrainProblem};
+    use super::{bf16, f32, Problem, Task, TaskFn, TrainBwdFn, TrainFwdFn};
+
+    pub(super) const TRAIN_FWD_SCALAR: TrainFwdFn = train_fwd_scalar;
+    pub(super) const TRAIN_BWD_SCALAR: TrainBwdFn = train_bwd_scalar;
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const TRAIN_FWD_AVX2: TrainFwdFn = x86::train_fwd_avx2;
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const TRAIN_BWD_AVX2: TrainBwdFn = x86::train_bwd_avx2;
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const TRAIN_FWD_AVX512: TrainFwdFn = x86::train_fwd_avx512;
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const TRAIN_BWD_AVX512: TrainBwdFn = x86::train_bwd_avx512;
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) const TRAIN_FWD_AVX2: TrainFwdFn = train_fwd_scalar;
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) const TRAIN_BWD_AVX2: TrainBwdFn = train_bwd_scalar;
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) const TRAIN_FWD_AVX512: TrainFwdFn = train_fwd_scalar;
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) const TRAIN_BWD_AVX512: TrainBwdFn = train_bwd_scalar;
+
+    unsafe fn train_fwd_scalar(p: &TrainProblem, o: &ForwardOut, pair: usize) {
+        // SAFETY: portable lanes run on every CPU; the arguments meet `forward_pair`'s contract.
+        unsafe { forward_pair::<Lanes<8>, 2, 2>(p, o, pair) }
+    }
+
+    unsafe fn train_bwd_scalar(p: &TrainProblem, io: &BackwardIo, pair: usize) {
+        // SAFETY: portable lanes run on every CPU; the arguments meet `backward_pair`'s contract.
+        unsafe { backward_pair::<Lanes<8>, 2, 2>(p, io, pair) }
+    }
 
     pub(super) const F32_SCALAR: TaskFn = f32_scalar;
     pub(super) const BF16_EMULATED: TaskFn = bf16_emulated;
@@ -293,7 +511,32 @@ mod kernels {
     #[cfg(target_arch = "x86_64")]
     mod x86 {
         use super::super::simd::{Avx2, Avx512};
+        use super::{backward_pair, forward_pair, BackwardIo, ForwardOut, TrainProblem};
         use super::{bf16, f32, Problem, Task};
+
+        #[target_feature(enable = "avx2,fma")]
+        pub(crate) unsafe fn train_fwd_avx2(p: &TrainProblem, o: &ForwardOut, pair: usize) {
+            // SAFETY: AVX2 and FMA are enabled here; the arguments meet `forward_pair`'s contract.
+            unsafe { forward_pair::<Avx2, 6, 2>(p, o, pair) }
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub(crate) unsafe fn train_bwd_avx2(p: &TrainProblem, io: &BackwardIo, pair: usize) {
+            // SAFETY: AVX2 and FMA are enabled here; the arguments meet `backward_pair`'s contract.
+            unsafe { backward_pair::<Avx2, 6, 2>(p, io, pair) }
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(crate) unsafe fn train_fwd_avx512(p: &TrainProblem, o: &ForwardOut, pair: usize) {
+            // SAFETY: AVX-512 F is enabled here; the arguments meet `forward_pair`'s contract.
+            unsafe { forward_pair::<Avx512, 6, 2>(p, o, pair) }
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(crate) unsafe fn train_bwd_avx512(p: &TrainProblem, io: &BackwardIo, pair: usize) {
+            // SAFETY: AVX-512 F is enabled here; the arguments meet `backward_pair`'s contract.
+            unsafe { backward_pair::<Avx512, 6, 2>(p, io, pair) }
+        }
 
         #[target_feature(enable = "avx2,fma")]
         pub(crate) unsafe fn f32_avx2(p: &Problem, t: &Task) {

@@ -13,7 +13,7 @@
 //! infrastructure `blocks` (the packed weight format), `plan` (tasks and shared outputs), `quant`
 //! (activation quantization), `epilogue`, and the x86 in-register transposes `transpose`; the kernels
 //! `linear_i8`, `linear_f32`, `attention`, `attention_i8`, `layer_norm`; the training kernels
-//! `masked_linear` (over `linear_f32`'s forward kernels); on top, `isa` (the ISA choice and the
+//! `masked_linear` (over `linear_f32`'s forward kernels) and `embedding_grad`; on top, `isa` (the ISA choice and the
 //! self-check that runs the kernels). Beside them, `memory`: the C allocator's settings for
 //! training's come-and-go buffers.
 
@@ -23,6 +23,7 @@ pub mod attention;
 pub mod attention_i8;
 mod blocks;
 mod cpu;
+pub mod embedding_grad;
 mod epilogue;
 mod error;
 pub mod gelu;

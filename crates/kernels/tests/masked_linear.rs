@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear};
 use sparsec_kernels::{Isa, Parallel, Serial};
 
-struct Threads(usize);
+pub struct Threads(pub usize);
 
 impl Parallel for Threads {
     fn threads(&self) -> usize {

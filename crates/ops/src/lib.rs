@@ -1,6 +1,6 @@
 //! sparsec's ONNX Runtime custom operators, domain [`DOMAIN`] (`ai.sparsec`): thin adapters from
 //! ORT's kernel API onto `sparsec-kernels`. Inference weights are read once, when ORT creates a
-//! kernel, and packed; the training operators (`masked_linear`) take weight and mask as run-time
+//! kernel, and packed; the training operators (`masked_linear`, `attention_train`) take weight and mask as run-time
 //! inputs. `compute` only reads its inputs and writes its outputs, so one kernel may serve
 //! concurrent runs. No panic crosses the FFI boundary: every kernel body runs under
 //! `catch_unwind` and reports failures as ORT errors naming the node.
@@ -10,6 +10,8 @@
 //! `SessionOptions.register_custom_ops_library("libsparsec_ops.so")`.
 
 mod attention;
+mod attention_train;
+mod embedding_grad;
 mod layer_norm;
 mod linear;
 mod masked_linear;
@@ -23,6 +25,8 @@ use ort::operator::{ComputeContext, KernelContext, OperatorDomain};
 use sparsec_kernels::{Isa, Parallel};
 
 pub use attention::{AttentionOp, ATTENTION};
+pub use attention_train::{AttentionTrainGradOp, AttentionTrainOp, ATTENTION_TRAIN, ATTENTION_TRAIN_GRAD};
+pub use embedding_grad::{EmbeddingGradOp, EMBEDDING_GRAD};
 pub use layer_norm::{LayerNormOp, LAYER_NORM};
 pub use linear::{SparseLinearF32Op, SparseLinearOp, SPARSE_LINEAR, SPARSE_LINEAR_F32};
 pub use masked_linear::{
@@ -64,7 +68,10 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(LayerNormOp)?
         .add(MaskedLinearOp)?
         .add(MaskedLinearGradInputOp)?
-        .add(MaskedLinearGradWeightOp)
+        .add(MaskedLinearGradWeightOp)?
+        .add(AttentionTrainOp)?
+        .add(AttentionTrainGradOp)?
+        .add(EmbeddingGradOp)
 }
 
 /// The instruction set kernels are created with: `SPARSEC_ISA` when set, else the best this CPU has.

@@ -1,10 +1,14 @@
 //! Gradients of the gathers: rows picked by `Gather` (embedding lookups), `GatherElements` and
 //! `GatherND` are scattered back with summation (`ScatterND` / `ScatterElements` with
-//! `reduction="add"`, opset 16+) into zeros shaped like the data.
+//! `reduction="add"`, opset 16+) into zeros shaped like the data; with
+//! `GradOptions::sparsec_embedding_grad`, an embedding table's (an f32 `[V, E]` of static shape
+//! gathered on axis 0) is one `ai.sparsec::EmbeddingGrad` instead.
 
 use super::{rule, GradRule, NodeGrad, Sources};
 use crate::autodiff::{AutodiffError, Gradient};
-use crate::ir::{Attribute, Attrs, ValueId};
+use crate::ir::ops::embedding_grad::EMBEDDING_GRAD;
+use crate::ir::ops::sparsec::DOMAIN;
+use crate::ir::{Attribute, Attrs, DType, Dim, NodeSpec, ValueId};
 
 type R = Result<Vec<Option<ValueId>>, AutodiffError>;
 
@@ -48,6 +52,19 @@ fn scatter_add(
     b.op(op, &[zeros, idx, updates], attrs)
 }
 
+/// The row count of `data` when it is an f32 `[V, E]` table of static shape (an embedding):
+/// its axis-0 gather gradient is one `ai.sparsec::EmbeddingGrad`.
+fn embedding_rows(b: &Gradient, data: ValueId) -> Option<i64> {
+    if !b.sparsec_embedding_grad {
+        return None;
+    }
+    let f = b.facts(data);
+    match (f.dtype, f.shape.as_deref()) {
+        (Some(DType::F32), Some([Dim::Known(v), Dim::Known(e)])) if *v > 0 && *e > 0 => Some(*v),
+        _ => None,
+    }
+}
+
 /// y = data.take(indices, axis): d data = zeros, with g's slices added at the indexed rows.
 /// For axis 0 this is `ScatterND(zeros, indices[..., None], g, add)`; other axes are moved to
 /// the front and back with `Transpose`.
@@ -65,6 +82,19 @@ fn gather(b: &mut Gradient, n: &NodeGrad) -> R {
     let idx = wrap_indices(b, idx, d);
     let idx = b.unsqueeze(idx, &[-1]);
     if a == 0 {
+        if let Some(rows) = embedding_rows(b, data) {
+            // A table `[V, E]` of f32: one `EmbeddingGrad` pass (indices wrapped by the kernel).
+            let raw = n.input(1)?;
+            let raw = match b.dtype(raw) {
+                Some(DType::I64) => raw,
+                _ => b.cast(raw, DType::I64),
+            };
+            let name = b.next_name(EMBEDDING_GRAD);
+            let spec = NodeSpec::new(EMBEDDING_GRAD, name, &[raw, g]).domain(DOMAIN).attr(Attribute::int("rows", rows));
+            let (node, outs) = b.add_spec_node(spec, 1);
+            b.note_embedding_grad(outs[0], node);
+            return Ok(vec![Some(outs[0])]);
+        }
         return Ok(vec![Some(scatter_add(b, "ScatterND", data, idx, g, None))]);
     }
     let perm_d: Vec<i64> = std::iter::once(a).chain((0..r).filter(|&i| i != a)).map(|i| i as i64).collect();

@@ -5,6 +5,7 @@
 //! and, given the gradients of the node's outputs, emits the gradients of those sources through a
 //! [`Gradient`] builder. Forward values are read, never recomputed.
 
+mod attention_train;
 mod elementwise;
 mod gather;
 mod layernorm;
@@ -133,6 +134,7 @@ fn sparsec_registry() -> &'static HashMap<&'static str, GradRule> {
     REG.get_or_init(|| {
         let mut rules = Vec::new();
         masked_linear::register(&mut rules);
+        attention_train::register(&mut rules);
         rules.into_iter().map(|r| (r.op_type, r)).collect()
     })
 }

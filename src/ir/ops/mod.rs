@@ -4,7 +4,9 @@
 //! shape, and symbolic contents for shape arithmetic). The registry also defines the op set sparsec
 //! accepts: an op without a rule is rejected at import with the node's name.
 
+pub mod attention_train;
 mod elementwise;
+pub mod embedding_grad;
 mod linalg;
 pub mod masked_linear;
 mod nn;
@@ -44,6 +46,8 @@ fn registry() -> &'static Registry {
         shape::register(&mut defs);
         sparsec::register(&mut defs);
         masked_linear::register(&mut defs);
+        attention_train::register(&mut defs);
+        embedding_grad::register(&mut defs);
         let mut reg = Registry::new();
         for d in defs {
             reg.entry(d.domain).or_default().insert(d.op_type, d);

@@ -48,7 +48,8 @@ pub struct QuantizationModifier {
     pub strict: bool,
     /// sparsec's own field: also fake-quantize the inputs of each attention's two products
     /// (Q, Kᵀ, the probabilities, V; uint8 per tensor), so that the export runs int8 attention.
-    /// Off by default.
+    /// Off by default; plans written before the field existed read as off.
+    #[serde(default)]
     pub quantize_attention_matmuls: bool,
     /// Effective weight settings (from `weight_bits` or `scheme.weights`).
     pub weights: QuantizationArgs,
