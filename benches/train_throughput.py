@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recipe", default=str(ROOT / "recipes/dense-finetune.yaml"))
     ap.add_argument("--baseline", help="another sparsec binary to run the same way")
+    ap.add_argument("--baseline-args", default="", help="extra train flags for --baseline (space-separated)")
     ap.add_argument("--real-lengths", action="store_true",
                     help="train on real SQuAD windows padded per batch, with and without --group-by-length; "
                          "PyTorch runs the grouped run's batch shapes")
@@ -153,13 +154,19 @@ def table(args):
         for pad in (False, True):
             shape = "full384" if pad else "grouped"
             args.real_lengths = False
-            for name, model, recipe in [("sparsec_0", None, dense_recipe),
-                                        ("sparsec_80", pruned, str(ROOT / "recipes/sparse-transfer-distill.yaml"))]:
+            sides = [("sparsec", args.sparsec, ())]
+            if args.baseline:
+                sides.append(("baseline", args.baseline, tuple(args.baseline_args.split())))
+            for s, model, recipe in [("0", None, dense_recipe),
+                                     ("80", pruned, str(ROOT / "recipes/sparse-transfer-distill.yaml"))]:
                 args.recipe = recipe
-                with tempfile.TemporaryDirectory() as r:
-                    rows[f"{name}_{shape}"] = run_sparsec(args, args.sparsec, Path(r), grouped=not pad, model=model)
-                print(f"{name} {shape}: {rows[f'{name}_{shape}']['samples_per_second']:.2f} samples/s, "
-                      f"peak {rows[f'{name}_{shape}']['peak_rss_mib']:.0f} MiB", flush=True)
+                for side, binary, extra in sides:
+                    name = f"{side}_{s}"
+                    with tempfile.TemporaryDirectory() as r:
+                        rows[f"{name}_{shape}"] = run_sparsec(args, binary, Path(r), grouped=not pad, model=model,
+                                                              extra=extra)
+                    print(f"{name} {shape}: {rows[f'{name}_{shape}']['samples_per_second']:.2f} samples/s, "
+                          f"peak {rows[f'{name}_{shape}']['peak_rss_mib']:.0f} MiB", flush=True)
             lens = None if pad else rows["sparsec_0_grouped"]["seq_lens"]
             for ac in ("off", "bf16"):
                 rows[f"pytorch_{ac}_{shape}"] = run_torch(args, lens, ac)
@@ -168,13 +175,16 @@ def table(args):
         args.recipe = dense_recipe
     print(json.dumps(rows, indent=1))
     for shape in ("grouped", "full384"):
-        for s in ("0", "80"):
-            r = rows[f"sparsec_{s}_{shape}"]
-            for ac in ("off", "bf16"):
-                p = rows[f"pytorch_{ac}_{shape}"]
-                print(f"{shape}: sparsec {s}% vs PyTorch {'fp32' if ac == 'off' else 'bf16 autocast'}: "
-                      f"{r['samples_per_second'] / p['samples_per_s']:.2f}x samples/s, "
-                      f"{r['peak_rss_mib'] / p['peak_rss_mib']:.2f}x peak memory")
+        for side in ("sparsec", "baseline"):
+            for s in ("0", "80"):
+                r = rows.get(f"{side}_{s}_{shape}")
+                if r is None:
+                    continue
+                for ac in ("off", "bf16"):
+                    p = rows[f"pytorch_{ac}_{shape}"]
+                    print(f"{shape}: {side} {s}% vs PyTorch {'fp32' if ac == 'off' else 'bf16 autocast'}: "
+                          f"{r['samples_per_second'] / p['samples_per_s']:.2f}x samples/s, "
+                          f"{r['peak_rss_mib'] / p['peak_rss_mib']:.2f}x peak memory")
 
 
 def prune_4x1(src, dst, sparsity):

@@ -36,7 +36,7 @@ mod spine;
 mod static_shapes;
 mod streams;
 mod tidy;
-mod train_attention;
 mod train_cli;
 mod train_data_check;
+mod train_fused_ops;
 mod train_reference;

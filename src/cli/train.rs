@@ -81,11 +81,11 @@ pub(crate) struct TrainFlags {
     /// dense MatMul/Gemm).
     #[arg(long, value_enum, default_value = "auto")]
     pub sparse_train: crate::train::graphs::SparseTrain,
-    /// Attention in the training graphs: `fused` (sparsec's kernels: the probabilities are
-    /// recomputed in the backward instead of kept, and the softmax gradient is one pass) or `graph`
-    /// (the exported nodes and their gradients on ONNX Runtime).
-    #[arg(long, value_enum, default_value = "fused")]
-    pub attention: crate::train::graphs::TrainAttention,
+    /// Attention and GELU in the training graphs: `on` (sparsec's fused training operators: the
+    /// attention probabilities are recomputed in the backward instead of kept, the softmax and GELU
+    /// gradients are one pass each) or `off` (the exported nodes and their gradients on ONNX Runtime).
+    #[arg(long, value_enum, default_value = "on")]
+    pub fused_ops: crate::train::graphs::FusedOps,
     /// ONNX Runtime profiles the training-step session: a JSON trace of every node run, written to
     /// PREFIX_<time>.json when the session ends (a new file at each graph switch); summarise it with
     /// benches/ort_profile.py.
@@ -224,7 +224,7 @@ impl TrainFlags {
             threads: args.threads,
             ort_memory: args.ort_memory,
             sparse_train: args.sparse_train,
-            attention: args.attention,
+            fused_ops: args.fused_ops,
             ort_profile: args.ort_profile.clone(),
             max_train_samples: args.max_train_samples,
             strict_data: args.strict_data,

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::pattern::{const_f32_scalar, other_input, producer_op, sole_consumer, stored_density_4x1, Consumers};
+use super::pattern::{
+    const_f32_scalar, gelu_tail, other_input, producer_op, sole_consumer, stored_density_4x1, Consumers,
+};
 use super::{Pass, PassError, PassReport};
 use crate::ir::ops::sparsec::DOMAIN;
 use crate::ir::{Attribute, Attrs, DType, Graph, Model, Node, NodeId, NodeSpec, Patch, Tensor, ValueId};
@@ -400,53 +402,6 @@ fn density(g: &Graph, site: &Site) -> f64 {
             stored_density_4x1(|kk, j| v[kk * n + j] != 0.0, k, n)
         }
     }
-}
-
-fn const_near(g: &Graph, v: ValueId, want: f32) -> bool {
-    const_f32_scalar(g, v).is_some_and(|c| (c - want).abs() <= 1e-6 * want.abs().max(1.0))
-}
-
-/// The exact-erf GELU of `y`: `Mul(Mul(y, Add(Erf(Div(y, √2)), 1)), 0.5)`,
-/// `Mul(y, Mul(0.5, Add(Erf(Div(y, √2)), 1)))`, or `Gelu(y)`.
-fn gelu_tail(g: &Graph, cons: &Consumers, y: ValueId) -> Option<(ValueId, Vec<NodeId>)> {
-    if g.outputs().contains(&y) {
-        return None;
-    }
-    let uses = cons.get(&y)?;
-    if let [(id, 0)] = uses.as_slice() {
-        let n = g.node(*id);
-        if n.op_type == "Gelu" && n.attr_str("approximate").unwrap_or("none") == "none" {
-            return Some((n.output(0)?, vec![*id]));
-        }
-    }
-    let [(u1, _), (u2, _)] = uses.as_slice() else { return None };
-    let (div_id, mul_id) = if g.node(*u1).op_type == "Div" { (*u1, *u2) } else { (*u2, *u1) };
-    let (div, mul) = (g.node(div_id), g.node(mul_id));
-    if div.op_type != "Div" || div.input(0) != Some(y) || !const_near(g, div.input(1)?, std::f32::consts::SQRT_2) {
-        return None;
-    }
-    let (erf_id, erf, _) = sole_consumer(g, cons, div.output(0)?).filter(|(_, n, _)| n.op_type == "Erf")?;
-    let (add_id, add, _) = sole_consumer(g, cons, erf.output(0)?).filter(|(_, n, _)| n.op_type == "Add")?;
-    if !const_near(g, other_input(add, erf.output(0)?)?, 1.0) {
-        return None;
-    }
-    if mul.op_type != "Mul" {
-        return None;
-    }
-    if other_input(mul, y) == add.output(0) {
-        // Mul(Mul(y, 1 + erf), 0.5): torch's legacy exporter.
-        let (half_id, half, _) = sole_consumer(g, cons, mul.output(0)?).filter(|(_, n, _)| n.op_type == "Mul")?;
-        if !const_near(g, other_input(half, mul.output(0)?)?, 0.5) {
-            return None;
-        }
-        return Some((half.output(0)?, vec![div_id, erf_id, add_id, mul_id, half_id]));
-    }
-    // Mul(y, Mul(0.5, 1 + erf)): the dynamo exporter.
-    let (half_id, half, _) = sole_consumer(g, cons, add.output(0)?).filter(|(_, n, _)| n.op_type == "Mul")?;
-    if !const_near(g, other_input(half, add.output(0)?)?, 0.5) || other_input(mul, y) != half.output(0) {
-        return None;
-    }
-    Some((mul.output(0)?, vec![div_id, erf_id, add_id, half_id, mul_id]))
 }
 
 /// `DequantizeLinear(QuantizeLinear(y, s, zp), s, zp)` with the same constant scalar 8-bit

@@ -25,6 +25,7 @@ pub use pattern::weight_structure;
 mod quantize_embeddings;
 mod remove_dead;
 mod use_attention_train;
+mod use_gelu_train;
 mod use_masked_linear;
 
 use serde::Serialize;
@@ -46,6 +47,7 @@ pub use pack_sparse_weights::PackSparseWeights;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 pub use use_attention_train::UseAttentionTrain;
+pub use use_gelu_train::UseGeluTrain;
 pub use use_masked_linear::UseMaskedLinear;
 
 use crate::ir::{check_schemas, Attrs, Graph, IrError, Model, NodeId, Tensor, ValueId};

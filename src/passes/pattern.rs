@@ -1,11 +1,11 @@
 //! Small pattern-matching helpers the lowering passes share: constants, sole consumers, the zero
-//! structure of weight matrices, per-tensor uint8 quantizations, and the `QuantizedAttention` node
+//! structure of weight matrices, per-tensor uint8 quantizations, the exact-erf GELU chain, and the `QuantizedAttention` node
 //! both attention fusions emit.
 
 use std::collections::HashMap;
 
 use crate::ir::ops::sparsec::DOMAIN;
-use crate::ir::{Attribute, DType, Graph, Node, NodeId, NodeSpec, Patch, ValueId};
+use crate::ir::{Attribute, Attrs, DType, Graph, Node, NodeId, NodeSpec, Patch, ValueId};
 
 pub(crate) type Consumers = HashMap<ValueId, Vec<(NodeId, usize)>>;
 
@@ -182,6 +182,54 @@ pub(crate) fn emit_quantized_attention(
 /// The quantization `(scale, zero point)` as the two attributes `<name>_scale`, `<name>_zero_point`.
 pub(crate) fn quant_attrs(name: &str, (s, z): Q) -> [Attribute; 2] {
     [Attribute::float(format!("{name}_scale"), s), Attribute::int(format!("{name}_zero_point"), i64::from(z))]
+}
+
+/// Whether `v` is a constant f32 scalar within 1e-6 (relative) of `want`.
+pub(crate) fn const_near(g: &Graph, v: ValueId, want: f32) -> bool {
+    const_f32_scalar(g, v).is_some_and(|c| (c - want).abs() <= 1e-6 * want.abs().max(1.0))
+}
+
+/// The exact-erf GELU of `y` (its output and its nodes): `Mul(Mul(y, Add(Erf(Div(y, √2)), 1)), 0.5)`,
+/// `Mul(y, Mul(0.5, Add(Erf(Div(y, √2)), 1)))`, or `Gelu(y)`.
+pub(crate) fn gelu_tail(g: &Graph, cons: &Consumers, y: ValueId) -> Option<(ValueId, Vec<NodeId>)> {
+    if g.outputs().contains(&y) {
+        return None;
+    }
+    let uses = cons.get(&y)?;
+    if let [(id, 0)] = uses.as_slice() {
+        let n = g.node(*id);
+        if n.op_type == "Gelu" && n.attr_str("approximate").unwrap_or("none") == "none" {
+            return Some((n.output(0)?, vec![*id]));
+        }
+    }
+    let [(u1, _), (u2, _)] = uses.as_slice() else { return None };
+    let (div_id, mul_id) = if g.node(*u1).op_type == "Div" { (*u1, *u2) } else { (*u2, *u1) };
+    let (div, mul) = (g.node(div_id), g.node(mul_id));
+    if div.op_type != "Div" || div.input(0) != Some(y) || !const_near(g, div.input(1)?, std::f32::consts::SQRT_2) {
+        return None;
+    }
+    let (erf_id, erf, _) = sole_consumer(g, cons, div.output(0)?).filter(|(_, n, _)| n.op_type == "Erf")?;
+    let (add_id, add, _) = sole_consumer(g, cons, erf.output(0)?).filter(|(_, n, _)| n.op_type == "Add")?;
+    if !const_near(g, other_input(add, erf.output(0)?)?, 1.0) {
+        return None;
+    }
+    if mul.op_type != "Mul" {
+        return None;
+    }
+    if other_input(mul, y) == add.output(0) {
+        // Mul(Mul(y, 1 + erf), 0.5): torch's legacy exporter.
+        let (half_id, half, _) = sole_consumer(g, cons, mul.output(0)?).filter(|(_, n, _)| n.op_type == "Mul")?;
+        if !const_near(g, other_input(half, mul.output(0)?)?, 0.5) {
+            return None;
+        }
+        return Some((half.output(0)?, vec![div_id, erf_id, add_id, mul_id, half_id]));
+    }
+    // Mul(y, Mul(0.5, 1 + erf)): the dynamo exporter.
+    let (half_id, half, _) = sole_consumer(g, cons, add.output(0)?).filter(|(_, n, _)| n.op_type == "Mul")?;
+    if !const_near(g, other_input(half, add.output(0)?)?, 0.5) || other_input(mul, y) != half.output(0) {
+        return None;
+    }
+    Some((mul.output(0)?, vec![div_id, erf_id, add_id, half_id, mul_id]))
 }
 
 #[cfg(test)]

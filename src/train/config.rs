@@ -66,8 +66,8 @@ pub struct TrainConfig {
     pub stop_on_signals: bool,
     /// Masked linears on sparsec's block-sparse training kernels ([`super::graphs::SparseTrain`]).
     pub sparse_train: super::graphs::SparseTrain,
-    /// Fused attention kernels or the graph's nodes (`train --attention`).
-    pub attention: super::graphs::TrainAttention,
+    /// Attention and GELU on sparsec's fused training operators, or the graph's nodes (`train --fused-ops`).
+    pub fused_ops: super::graphs::FusedOps,
     /// ONNX Runtime's profile of the training-step session (`train --ort-profile`).
     pub ort_profile: Option<PathBuf>,
 }
@@ -115,7 +115,7 @@ impl TrainConfig {
             prune_memory_limit: DEFAULT_PRUNE_MEMORY_LIMIT,
             stop_on_signals: false,
             sparse_train: Default::default(),
-            attention: Default::default(),
+            fused_ops: Default::default(),
             ort_profile: None,
         }
     }

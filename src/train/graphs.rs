@@ -2,7 +2,7 @@
 //! quantization, (when the recipe quantizes) without it for the steps before QAT starts, and
 //! without it with the masked linears on sparsec's block-sparse training kernels, for the steps
 //! whose masks are sparse enough ([`SparseTrain`]); which one the stepper runs ([`Graphs`]). Every
-//! one has its attention fused ([`TrainAttention`]) and its embedding gradients on
+//! one has its attention and GELUs fused ([`FusedOps`]) and its embedding gradients on
 //! `ai.sparsec::EmbeddingGrad` (`GradOptions::sparsec_embedding_grad`).
 
 use anyhow::{Context, Result};
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::autodiff::{build_training_graph, TrainingGraph, TrainingGraphSpec};
 use crate::ir::{infer, Model, Tensor};
 use crate::passes::{
-    BindInputs, LowerFakeQuant, Pass, RemoveDead, UseAttentionTrain, UseMaskedLinear, QUANT_ENABLED_INPUT,
+    BindInputs, LowerFakeQuant, Pass, RemoveDead, UseAttentionTrain, UseGeluTrain, UseMaskedLinear, QUANT_ENABLED_INPUT,
 };
 
 /// Where the masked linear layers of the training graph run.
@@ -49,16 +49,17 @@ impl SparseTrain {
     }
 }
 
-/// How the training graphs run attention.
+/// Whether the training graphs run attention and GELU on sparsec's fused training operators.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum TrainAttention {
-    /// sparsec's fused kernels (`ai.sparsec::AttentionTrain` and its gradient, see
-    /// `passes::UseAttentionTrain`): no `[B, H, S, S]` tensor is kept between forward and backward.
+pub enum FusedOps {
+    /// `ai.sparsec::AttentionTrain` (`passes::UseAttentionTrain`: no `[B, H, S, S]` tensor kept
+    /// between forward and backward, the softmax gradient in one pass) and `ai.sparsec::GeluTrain`
+    /// (`passes::UseGeluTrain`: one pass each way, one tensor kept), with their gradients.
     #[default]
-    Fused,
+    On,
     /// The exported graph's nodes and their gradients on ONNX Runtime.
-    Graph,
+    Off,
 }
 
 /// Which training graph the stepper runs.
@@ -81,7 +82,7 @@ pub(super) struct Graphs {
     /// `--sparse-train off`).
     pub sparse: Option<TrainingGraph>,
     mode: SparseTrain,
-    attention: TrainAttention,
+    fused_ops: FusedOps,
     current: Current,
 }
 
@@ -94,11 +95,11 @@ impl Graphs {
         spec: &TrainingGraphSpec,
         quantized: bool,
         sparse: SparseTrain,
-        attention: TrainAttention,
+        fused_ops: FusedOps,
     ) -> Result<Graphs> {
-        let fused = |m: Model| match attention {
-            TrainAttention::Fused => with_fused_attention(&m),
-            TrainAttention::Graph => Ok(m),
+        let fused = |m: Model| match fused_ops {
+            FusedOps::On => with_fused_ops(&m),
+            FusedOps::Off => Ok(m),
         };
         let model = &fused(model.clone())?;
         let spec = &TrainingGraphSpec { sparsec_embedding_grad: true, ..spec.clone() };
@@ -117,7 +118,7 @@ impl Graphs {
                     .context("cannot build the training graph with block-sparse linears")?,
             ),
         };
-        let mut g = Graphs { qat, float, sparse: sparse_graph, mode: sparse, attention, current: Current::Qat };
+        let mut g = Graphs { qat, float, sparse: sparse_graph, mode: sparse, fused_ops, current: Current::Qat };
         g.current = g.select(false, 1.0);
         Ok(g)
     }
@@ -164,16 +165,16 @@ impl Graphs {
     }
 
     /// The forward graph that pruning evidence is gathered on: `model` as the stepper runs it now
-    /// (its linears dense: evidence gradients are taken on every weight; its attention fused when
-    /// the training graphs' is).
+    /// (its linears dense: evidence gradients are taken on every weight; attention and GELU fused
+    /// when the training graphs' are).
     pub fn forward(&self, model: &Model) -> Result<Model> {
         let m = match (&self.float, self.current) {
             (Some(_), Current::Float | Current::Sparse) => without_fake_quant(model)?,
             _ => model.clone(),
         };
-        match self.attention {
-            TrainAttention::Fused => with_fused_attention(&m),
-            TrainAttention::Graph => Ok(m),
+        match self.fused_ops {
+            FusedOps::On => with_fused_ops(&m),
+            FusedOps::Off => Ok(m),
         }
     }
 }
@@ -190,13 +191,15 @@ pub fn without_fake_quant(model: &Model) -> Result<Model> {
     Ok(m)
 }
 
-/// `model` with its attention cores on the fused training operator ([`UseAttentionTrain`];
-/// fake-quantized attention products do not match and stay as they are).
-pub fn with_fused_attention(model: &Model) -> Result<Model> {
+/// `model` with its attention cores and exact GELUs on the fused training operators
+/// ([`UseAttentionTrain`], [`UseGeluTrain`]; fake-quantized attention products do not match and
+/// stay as they are).
+pub fn with_fused_ops(model: &Model) -> Result<Model> {
     let mut m = model.clone();
-    let report = UseAttentionTrain::default().apply(&mut m)?;
-    tracing::debug!(attentions = report.rewritten, "attention on the fused training kernels");
-    infer::infer_facts(&mut m).context("the graph with fused training attention failed validation")?;
+    let attention = UseAttentionTrain::default().apply(&mut m)?.rewritten;
+    let gelu = UseGeluTrain::default().apply(&mut m)?.rewritten;
+    tracing::debug!(attention, gelu, "attention and GELU on the fused training kernels");
+    infer::infer_facts(&mut m).context("the graph with fused training operators failed validation")?;
     Ok(m)
 }
 

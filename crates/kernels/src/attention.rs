@@ -16,7 +16,8 @@
 //! packs its head's kept K and V once into its own scratch, then for every tile of `TILE` query
 //! rows computes the scores, a vectorised softmax (polynomial `exp`, see `simd.rs`) and P·V.
 //! Kernels: `f32.rs` (every ISA, written once over the vector trait of `simd.rs`) and `bf16.rs`
-//! (AVX-512 BF16 `vdpbf16ps`).
+//! (AVX-512 BF16 `vdpbf16ps`). Training graphs use [`AttentionTrain`] (`train.rs`): the same core on
+//! `[B, H, S, D]` tensors with a backward that recomputes the probabilities.
 
 mod bf16;
 mod f32;

@@ -9,13 +9,14 @@
 //! (`Out`, scratch buffers), each block with its `SAFETY` argument. Every ISA path is tested
 //! against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
 //!
-//! Layers, lowest first: `cpu`, `error`, `par`, `scratch`, `gelu`; the linear kernels' shared
+//! Layers, lowest first: `cpu`, `error`, `par`, `scratch`; the linear kernels' shared
 //! infrastructure `blocks` (the packed weight format), `plan` (tasks and shared outputs), `quant`
-//! (activation quantization), `epilogue`, and the x86 in-register transposes `transpose`; the kernels
-//! `linear_i8`, `linear_f32`, `attention`, `attention_i8`, `layer_norm`; the training kernels
-//! `masked_linear` (over `linear_f32`'s forward kernels) and `embedding_grad`; on top, `isa` (the ISA choice and the
-//! self-check that runs the kernels). Beside them, `memory`: the C allocator's settings for
-//! training's come-and-go buffers.
+//! (activation quantization), `gelu` (the exact GELU, per element and over whole tensors with its
+//! derivative), `epilogue`, and the x86 in-register transposes `transpose`; the kernels `linear_i8`,
+//! `linear_f32`, `attention` (inference, and the training forward and backward), `attention_i8`,
+//! `layer_norm`; the training kernels `masked_linear` (over `linear_f32`'s forward kernels) and
+//! `embedding_grad`; on top, `isa` (the ISA choice and the self-check that runs the kernels). Beside
+//! them, `memory`: the C allocator's settings for training's come-and-go buffers.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -5,6 +5,7 @@ mod attention;
 mod attention_i8;
 mod attention_train;
 mod embedding_grad;
+mod gelu;
 mod linear_f32;
 mod linear_i8;
 mod masked_linear;

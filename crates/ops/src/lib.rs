@@ -1,6 +1,6 @@
 //! sparsec's ONNX Runtime custom operators, domain [`DOMAIN`] (`ai.sparsec`): thin adapters from
 //! ORT's kernel API onto `sparsec-kernels`. Inference weights are read once, when ORT creates a
-//! kernel, and packed; the training operators (`masked_linear`, `attention_train`) take weight and mask as run-time
+//! kernel, and packed; the training operators (`masked_linear`, `attention_train`, `gelu_train`, `embedding_grad`) take weight and mask as run-time
 //! inputs. `compute` only reads its inputs and writes its outputs, so one kernel may serve
 //! concurrent runs. No panic crosses the FFI boundary: every kernel body runs under
 //! `catch_unwind` and reports failures as ORT errors naming the node.
@@ -12,6 +12,7 @@
 mod attention;
 mod attention_train;
 mod embedding_grad;
+mod gelu_train;
 mod layer_norm;
 mod linear;
 mod masked_linear;
@@ -27,6 +28,7 @@ use sparsec_kernels::{Isa, Parallel};
 pub use attention::{AttentionOp, ATTENTION};
 pub use attention_train::{AttentionTrainGradOp, AttentionTrainOp, ATTENTION_TRAIN, ATTENTION_TRAIN_GRAD};
 pub use embedding_grad::{EmbeddingGradOp, EMBEDDING_GRAD};
+pub use gelu_train::{GeluTrainGradOp, GeluTrainOp, GELU_TRAIN, GELU_TRAIN_GRAD};
 pub use layer_norm::{LayerNormOp, LAYER_NORM};
 pub use linear::{SparseLinearF32Op, SparseLinearOp, SPARSE_LINEAR, SPARSE_LINEAR_F32};
 pub use masked_linear::{
@@ -71,7 +73,9 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(MaskedLinearGradWeightOp)?
         .add(AttentionTrainOp)?
         .add(AttentionTrainGradOp)?
-        .add(EmbeddingGradOp)
+        .add(EmbeddingGradOp)?
+        .add(GeluTrainOp)?
+        .add(GeluTrainGradOp)
 }
 
 /// The instruction set kernels are created with: `SPARSEC_ISA` when set, else the best this CPU has.

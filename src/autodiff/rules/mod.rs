@@ -8,6 +8,7 @@
 mod attention_train;
 mod elementwise;
 mod gather;
+mod gelu_train;
 mod layernorm;
 mod masked_linear;
 mod matmul;
@@ -135,6 +136,7 @@ fn sparsec_registry() -> &'static HashMap<&'static str, GradRule> {
         let mut rules = Vec::new();
         masked_linear::register(&mut rules);
         attention_train::register(&mut rules);
+        gelu_train::register(&mut rules);
         rules.into_iter().map(|r| (r.op_type, r)).collect()
     })
 }

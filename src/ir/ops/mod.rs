@@ -7,6 +7,7 @@
 pub mod attention_train;
 mod elementwise;
 pub mod embedding_grad;
+pub mod gelu_train;
 mod linalg;
 pub mod masked_linear;
 mod nn;
@@ -48,6 +49,7 @@ fn registry() -> &'static Registry {
         masked_linear::register(&mut defs);
         attention_train::register(&mut defs);
         embedding_grad::register(&mut defs);
+        gelu_train::register(&mut defs);
         let mut reg = Registry::new();
         for d in defs {
             reg.entry(d.domain).or_default().insert(d.op_type, d);

@@ -1,13 +1,15 @@
-//! Fused training attention (`train --attention fused`, the default): `passes::UseAttentionTrain`
+//! Fused training operators (`train --fused-ops on`, the default): `passes::UseAttentionTrain`
 //! rewrites the exported attention core to `ai.sparsec::AttentionTrain`, whose gradient rule emits
-//! `AttentionTrainGrad` (probabilities recomputed from two f32 per row). Checked on whichever ISA
-//! `SPARSEC_ISA` forces:
+//! `AttentionTrainGrad` (probabilities recomputed from two f32 per row), and `passes::UseGeluTrain`
+//! each exact GELU to `GeluTrain` / `GeluTrainGrad`. Checked on whichever ISA `SPARSEC_ISA` forces:
 //!
 //! - a small attention graph (`MatMul → Mul → Add(bias) → Softmax → NaN guard → MatMul`, then
 //!   `Tanh` and a fixed weighting): the pass rewrites it whole, and the fused gradients of Q, Kᵀ
 //!   and V match central finite differences and the graph's own gradients;
+//! - a GELU chain (torch's legacy and dynamo forms) under a fixed weighting: rewritten whole, its
+//!   fused gradient matches central finite differences and the chain's own gradient;
 //! - the bert, distilbert and roberta fixtures' whole training graphs (bert: torch's legacy and dynamo
-//!   exports), span loss, with padded keys: the fused graph's loss
+//!   exports), span loss, with padded keys, every attention and GELU fused: the fused graph's loss
 //!   and every parameter gradient equal the exported graph's to f32 rounding.
 
 use ndarray::{ArrayD, IxDyn};
@@ -15,7 +17,7 @@ use sparsec::autodiff::{self, build_training_graph, GradOptions, LossSpec, Train
 use sparsec::ir::{infer, Attribute, DType, Dim, Facts, Graph, Model, NodeSpec, Patch, Tensor};
 use sparsec::passes::{Pass, UseAttentionTrain};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
-use sparsec::train::graphs::with_fused_attention;
+use sparsec::train::graphs::with_fused_ops;
 
 use crate::common::*;
 
@@ -164,6 +166,87 @@ fn fused_attention_gradients_match_finite_differences_and_the_graph() {
         worst.0, worst.1
     );
 }
+/// `L = Σ gelu(x) ⊙ R` with GELU as torch's legacy (`Mul(Mul(x, 1 + erf), 0.5)`) or dynamo
+/// (`Mul(x, Mul(0.5, 1 + erf))`) exporter writes it.
+fn small_gelu(dynamo: bool) -> Model {
+    let n = 64usize;
+    let mut m = Model { ir_version: 8, opset_imports: vec![(String::new(), 17)], ..Model::default() };
+    m.graph
+        .edit(|p: &mut Patch| -> Result<(), sparsec::passes::PassError> {
+            let mut xs = values(n, 11, -5.0, 5.0);
+            xs[0] = 0.0;
+            let x = p.add_initializer("x", Tensor::from_f32(vec![n as i64], &xs));
+            let c = |p: &mut Patch, name: &str, v: f32| p.add_initializer(name, Tensor::from_f32(vec![], &[v]));
+            let (sqrt2, one, half) = (c(p, "sqrt2", std::f32::consts::SQRT_2), c(p, "one", 1.0), c(p, "half", 0.5));
+            let d = p.op(NodeSpec::new("Div", "/act/Div", &[x, sqrt2]), "d", Facts::default());
+            let e = p.op(NodeSpec::new("Erf", "/act/Erf", &[d]), "e", Facts::default());
+            let a = p.op(NodeSpec::new("Add", "/act/Add", &[e, one]), "a", Facts::default());
+            let y = if dynamo {
+                let h = p.op(NodeSpec::new("Mul", "/act/Mul_1", &[half, a]), "h", Facts::default());
+                p.op(NodeSpec::new("Mul", "/act/Mul", &[x, h]), "y", Facts::default())
+            } else {
+                let xm = p.op(NodeSpec::new("Mul", "/act/Mul", &[x, a]), "xm", Facts::default());
+                p.op(NodeSpec::new("Mul", "/act/Mul_1", &[xm, half]), "y", Facts::default())
+            };
+            let r = p.add_initializer("r", Tensor::from_f32(vec![n as i64], &values(n, 12, -1.0, 1.0)));
+            let yr = p.op(NodeSpec::new("Mul", "/loss/Mul", &[y, r]), "yr", Facts::default());
+            let l = p.op(
+                NodeSpec::new("ReduceSum", "/loss/ReduceSum", &[yr]).attr(Attribute::int("keepdims", 0)),
+                "loss",
+                Facts::default(),
+            );
+            p.add_output(l);
+            Ok(())
+        })
+        .unwrap();
+    infer::infer_facts(&mut m).unwrap();
+    m
+}
+
+#[test]
+fn fused_gelu_gradient_matches_finite_differences_and_the_chain() {
+    const EPS: f32 = 1e-2;
+    for dynamo in [false, true] {
+        let m = small_gelu(dynamo);
+        let xs = m.graph.initializer(m.graph.value_by_name("x").unwrap()).unwrap().as_f32s().unwrap();
+        let load = |fused: bool| {
+            let mut m = m.clone();
+            if fused {
+                assert_eq!(sparsec::passes::UseGeluTrain::default().apply(&mut m).unwrap().rewritten, 1);
+                infer::infer_facts(&mut m).unwrap();
+                let ops: Vec<&str> = m.graph.nodes().map(|(_, n)| n.op_type.as_str()).collect();
+                assert_eq!(ops, ["GeluTrain", "Mul", "ReduceSum"], "dynamo {dynamo}");
+            }
+            let (gm, grads) = autodiff::differentiate(&m, "loss", &["x".to_string()], &GradOptions::default()).unwrap();
+            let opts = EngineOptions { threads: Some(1), ..Default::default() };
+            (runtime::load_bytes(&sparsec::onnx::encode_model(&gm), EngineKind::Ort, &opts).unwrap(), grads)
+        };
+        let run = |b: &mut Box<dyn runtime::Backend>, grads: &sparsec::autodiff::GradMap, x: &[f32]| {
+            let out = b.run(&[("x", f32_host(&[x.len()], x.to_vec()))]).unwrap();
+            let get = |name: &str| {
+                out.iter().find(|(n, _)| n == name).unwrap().1.as_f32().unwrap().iter().copied().collect::<Vec<f32>>()
+            };
+            (get("loss")[0] as f64, get(&grads.by_param("x").unwrap().output))
+        };
+        let ((mut fb, fg), (mut gb, gg)) = (load(true), load(false));
+        let (lf, df) = run(&mut fb, &fg, &xs);
+        let (lg, dg) = run(&mut gb, &gg, &xs);
+        // Both losses are 64-term sums of GELUs whose erfs differ by < 4e-7 (this kernel's bound).
+        assert!((lf - lg).abs() <= 64.0 * 5.0 * 4e-7, "dynamo {dynamo}: loss fused {lf} chain {lg}");
+        for j in 0..xs.len() {
+            // The chain's gradient is the derivative of ORT's erf chain, the fused one the analytic
+            // derivative: both within ~1e-6 of the exact value at |x| ≤ 5.
+            assert!((df[j] - dg[j]).abs() <= 2e-6, "dynamo {dynamo}: d L / d x[{j}] fused {} chain {}", df[j], dg[j]);
+            let (mut plus, mut minus) = (xs.clone(), xs.clone());
+            plus[j] += EPS;
+            minus[j] -= EPS;
+            let fd = (run(&mut fb, &fg, &plus).0 - run(&mut fb, &fg, &minus).0) / (2.0 * EPS as f64);
+            let tol = 2e-3 + 1e-2 * fd.abs();
+            assert!((df[j] as f64 - fd).abs() <= tol, "dynamo {dynamo}: d L / d x[{j}] fused {}, fd {fd}", df[j]);
+        }
+    }
+}
+
 /// Runtime inputs of a fixture's training graph, batch 2 × 16, item 1 padded by 5 tokens.
 /// Runtime inputs of the bert fixture's training graph, batch 2 × 16, item 1 padded by 5 tokens.
 fn bert_feed(g: &Graph) -> Vec<(String, HostTensor)> {
@@ -206,7 +289,7 @@ fn bert_feed(g: &Graph) -> Vec<(String, HostTensor)> {
 }
 
 #[test]
-fn bert_training_graph_with_fused_attention_has_the_graphs_loss_and_gradients() {
+fn fixture_training_graphs_with_fused_ops_have_the_graphs_loss_and_gradients() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("compiled");
     for (fixture, file) in [
@@ -224,12 +307,16 @@ fn bert_training_graph_with_fused_attention_has_the_graphs_loss_and_gradients() 
         let softmaxes = m.graph.nodes().filter(|(_, n)| n.op_type == "Softmax").count();
         let spec = TrainingGraphSpec::new(LossSpec::Span);
         let graph = build_training_graph(&m, &spec).unwrap();
-        let fused = build_training_graph(&with_fused_attention(&m).unwrap(), &spec).unwrap();
+        let fused = build_training_graph(&with_fused_ops(&m).unwrap(), &spec).unwrap();
         let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
         assert!(softmaxes > 0);
         assert_eq!(count(&fused.model.graph, "AttentionTrain"), softmaxes, "{model_file}: every attention is fused");
         assert_eq!(count(&fused.model.graph, "AttentionTrainGrad"), softmaxes);
         assert_eq!(count(&fused.model.graph, "Softmax"), 0);
+        let erfs = m.graph.nodes().filter(|(_, n)| n.op_type == "Erf").count();
+        assert!(erfs > 0);
+        assert_eq!(count(&fused.model.graph, "GeluTrain"), erfs, "{model_file}: every GELU is fused");
+        assert_eq!(count(&fused.model.graph, "Erf"), 0);
         assert_eq!(graph.grads.entries, fused.grads.entries, "same parameters and gradient outputs");
 
         let feed = bert_feed(&graph.model.graph);
