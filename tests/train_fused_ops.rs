@@ -9,7 +9,8 @@
 //! - a GELU chain (torch's legacy and dynamo forms) under a fixed weighting: rewritten whole, its
 //!   fused gradient matches central finite differences and the chain's own gradient;
 //! - the bert, distilbert and roberta fixtures' whole training graphs (bert: torch's legacy and dynamo
-//!   exports), span loss, with padded keys, every attention and GELU fused: the fused graph's loss
+//!   exports), span loss, with padded keys, every attention and GELU fused and the embedding and
+//!   LayerNorm gradients on `EmbeddingGrad` / `LayerNormGrad`: the fused graph's loss
 //!   and every parameter gradient equal the exported graph's to f32 rounding.
 
 use ndarray::{ArrayD, IxDyn};
@@ -307,7 +308,8 @@ fn fixture_training_graphs_with_fused_ops_have_the_graphs_loss_and_gradients() {
         let softmaxes = m.graph.nodes().filter(|(_, n)| n.op_type == "Softmax").count();
         let spec = TrainingGraphSpec::new(LossSpec::Span);
         let graph = build_training_graph(&m, &spec).unwrap();
-        let fused = build_training_graph(&with_fused_ops(&m).unwrap(), &spec).unwrap();
+        let fused_spec = TrainingGraphSpec { sparsec_training_ops: true, ..spec.clone() };
+        let fused = build_training_graph(&with_fused_ops(&m).unwrap(), &fused_spec).unwrap();
         let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
         assert!(softmaxes > 0);
         assert_eq!(count(&fused.model.graph, "AttentionTrain"), softmaxes, "{model_file}: every attention is fused");
@@ -317,6 +319,15 @@ fn fixture_training_graphs_with_fused_ops_have_the_graphs_loss_and_gradients() {
         assert!(erfs > 0);
         assert_eq!(count(&fused.model.graph, "GeluTrain"), erfs, "{model_file}: every GELU is fused");
         assert_eq!(count(&fused.model.graph, "Erf"), 0);
+        let lns = m.graph.nodes().filter(|(_, n)| n.op_type == "LayerNormalization").count();
+        assert!(lns > 0);
+        assert_eq!(
+            count(&fused.model.graph, "LayerNormGrad"),
+            lns,
+            "{model_file}: every LayerNorm gradient is one node"
+        );
+        assert!(count(&fused.model.graph, "EmbeddingGrad") >= 1, "{model_file}: the embedding gradients are fused");
+        assert_eq!(count(&fused.model.graph, "ScatterND"), 0);
         assert_eq!(graph.grads.entries, fused.grads.entries, "same parameters and gradient outputs");
 
         let feed = bert_feed(&graph.model.graph);

@@ -24,8 +24,8 @@ pub struct Gradient<'p, 'g> {
     /// `ai.sparsec::EmbeddingGrad` nodes by their output, so that rows zeroed for a parameter
     /// (`GradOptions::zero_grad_rows`) become the node's `zero_rows` instead of a `Mul`.
     embedding_grads: HashMap<ValueId, NodeId>,
-    /// Whether embedding gradients may use `ai.sparsec::EmbeddingGrad` (`GradOptions`).
-    pub(crate) sparsec_embedding_grad: bool,
+    /// Whether rules may emit sparsec's training operators (`GradOptions::sparsec_training_ops`).
+    pub(crate) sparsec_training_ops: bool,
 }
 
 impl<'p, 'g> Gradient<'p, 'g> {
@@ -39,7 +39,7 @@ impl<'p, 'g> Gradient<'p, 'g> {
             scope: "grad".into(),
             counter: 0,
             embedding_grads: HashMap::new(),
-            sparsec_embedding_grad: false,
+            sparsec_training_ops: false,
         }
     }
 

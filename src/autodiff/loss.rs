@@ -41,8 +41,8 @@ pub struct TrainingGraphSpec {
     pub zero_grad_rows: Vec<(String, i64)>,
     /// Hidden-state distillation added to the loss.
     pub layers: Option<LayerDistill>,
-    /// See [`GradOptions::sparsec_embedding_grad`]; training graphs turn it on.
-    pub sparsec_embedding_grad: bool,
+    /// See [`GradOptions::sparsec_training_ops`]; `sparsec train` turns it on with `--fused-ops on`.
+    pub sparsec_training_ops: bool,
 }
 
 /// Hidden-state distillation: the outputs of PyTorch modules (see [`modules::module_output`])
@@ -65,7 +65,7 @@ impl TrainingGraphSpec {
             end_logits: "end_logits".into(),
             zero_grad_rows: Vec::new(),
             layers: None,
-            sparsec_embedding_grad: false,
+            sparsec_training_ops: false,
         }
     }
 }
@@ -110,7 +110,7 @@ pub fn build_training_graph(model: &Model, spec: &TrainingGraphSpec) -> Result<T
         &m,
         &loss_outputs[0],
         &params,
-        &GradOptions { zero_grad_rows, sparsec_embedding_grad: spec.sparsec_embedding_grad },
+        &GradOptions { zero_grad_rows, sparsec_training_ops: spec.sparsec_training_ops },
     )?;
     crate::ir::check_schemas(&model).map_err(|source| AutodiffError::Invalid {
         step: "building the training graph (loss and gradients)",

@@ -88,9 +88,11 @@ pub struct GradOptions {
     /// `(parameter, row)`: rows of a parameter whose gradient is forced to zero, as PyTorch's
     /// `nn.Embedding(padding_idx=row)` does (the exported graph no longer knows about it).
     pub zero_grad_rows: Vec<(String, i64)>,
-    /// Emit sparsec's `ai.sparsec::EmbeddingGrad` for embedding tables' gradients (one pass instead
-    /// of zeros, `ScatterND` and a row-zeroing `Mul`); off, the graph is standard ONNX throughout.
-    pub sparsec_embedding_grad: bool,
+    /// Emit sparsec's training operators where one replaces a chain of standard ones:
+    /// `ai.sparsec::EmbeddingGrad` for embedding tables (one pass instead of zeros, `ScatterND` and a
+    /// row-zeroing `Mul`) and `ai.sparsec::LayerNormGrad` for `LayerNormalization` over the last axis;
+    /// off, the graph is standard ONNX throughout.
+    pub sparsec_training_ops: bool,
 }
 
 /// Appends the backward graph of `loss` with respect to `params` (initializer or input names).
@@ -124,7 +126,7 @@ pub fn differentiate(
     m.graph.edit(|p| -> Result<(), AutodiffError> {
         let graph = p.graph();
         let mut b = Gradient::new(p, opset);
-        b.sparsec_embedding_grad = opts.sparsec_embedding_grad;
+        b.sparsec_training_ops = opts.sparsec_training_ops;
         let grads = backpropagate(&mut b, &path, loss_v)?;
         entries = grad_outputs(&mut b, grads, &param_ids, opts)?;
         if !graph.outputs().contains(&loss_v) {

@@ -2,8 +2,9 @@
 //! quantization, (when the recipe quantizes) without it for the steps before QAT starts, and
 //! without it with the masked linears on sparsec's block-sparse training kernels, for the steps
 //! whose masks are sparse enough ([`SparseTrain`]); which one the stepper runs ([`Graphs`]). Every
-//! one has its attention and GELUs fused ([`FusedOps`]) and its embedding gradients on
-//! `ai.sparsec::EmbeddingGrad` (`GradOptions::sparsec_embedding_grad`).
+//! one has, with [`FusedOps::On`] (the default), its attention and GELUs on fused training
+//! operators and its embedding and LayerNorm gradients on `ai.sparsec::EmbeddingGrad` and
+//! `LayerNormGrad` (`GradOptions::sparsec_training_ops`).
 
 use anyhow::{Context, Result};
 
@@ -55,10 +56,11 @@ impl SparseTrain {
 pub enum FusedOps {
     /// `ai.sparsec::AttentionTrain` (`passes::UseAttentionTrain`: no `[B, H, S, S]` tensor kept
     /// between forward and backward, the softmax gradient in one pass) and `ai.sparsec::GeluTrain`
-    /// (`passes::UseGeluTrain`: one pass each way, one tensor kept), with their gradients.
+    /// (`passes::UseGeluTrain`: one pass each way, one tensor kept), with their gradients; the
+    /// embedding and LayerNorm gradients as one operator each.
     #[default]
     On,
-    /// The exported graph's nodes and their gradients on ONNX Runtime.
+    /// The exported graph's nodes and their standard-ONNX gradients on ONNX Runtime.
     Off,
 }
 
@@ -102,7 +104,7 @@ impl Graphs {
             FusedOps::Off => Ok(m),
         };
         let model = &fused(model.clone())?;
-        let spec = &TrainingGraphSpec { sparsec_embedding_grad: true, ..spec.clone() };
+        let spec = &TrainingGraphSpec { sparsec_training_ops: fused_ops == FusedOps::On, ..spec.clone() };
         let qat = build_training_graph(model, spec).context("cannot build the training graph")?;
         let float_model = if quantized { Some(fused(without_fake_quant(model)?)?) } else { None };
         let float = match &float_model {

@@ -59,14 +59,27 @@ impl AdamW {
         let bc2 = 1.0 - (c.beta2 as f64).powi(t);
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
-        params.par_iter_mut().zip(grads.par_iter()).zip(self.states.par_iter_mut()).for_each(|((p, g), s)| {
+        // Every tensor in chunks of CHUNK elements, all chunks of all tensors in one parallel loop, so
+        // the word embeddings (half of MiniLM's parameters) do not run on one thread; each element's
+        // update is the same expression in the same order whatever the split, so results are exact.
+        const CHUNK: usize = 1 << 15;
+        let mut work = Vec::new();
+        for ((p, g), s) in params.iter_mut().zip(grads).zip(self.states.iter_mut()) {
+            assert_eq!(p.len(), g.len(), "a gradient's size differs from its parameter's");
             let decay = if s.decay { 1.0 - lr * c.weight_decay } else { 1.0 };
-            for i in 0..p.len() {
-                let gi = g[i];
-                s.exp_avg[i] = c.beta1 * s.exp_avg[i] + (1.0 - c.beta1) * gi;
-                s.exp_avg_sq[i] = c.beta2 * s.exp_avg_sq[i] + (1.0 - c.beta2) * gi * gi;
-                let denom = s.exp_avg_sq[i].sqrt() / bc2_sqrt + c.eps;
-                p[i] = p[i] * decay - step_size * s.exp_avg[i] / denom;
+            let chunks = p
+                .chunks_mut(CHUNK)
+                .zip(g.chunks(CHUNK))
+                .zip(s.exp_avg.chunks_mut(CHUNK).zip(s.exp_avg_sq.chunks_mut(CHUNK)))
+                .map(move |((p, g), (m, v))| (p, g, m, v, decay));
+            work.extend(chunks);
+        }
+        work.into_par_iter().for_each(|(p, g, m, v, decay)| {
+            for (((p, &gi), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *m = c.beta1 * *m + (1.0 - c.beta1) * gi;
+                *v = c.beta2 * *v + (1.0 - c.beta2) * gi * gi;
+                let denom = v.sqrt() / bc2_sqrt + c.eps;
+                *p = *p * decay - step_size * *m / denom;
             }
         });
     }
@@ -82,7 +95,10 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
     let norm = sq.sqrt() as f32;
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        grads.par_iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
+        grads
+            .par_iter_mut()
+            .flat_map(|g| g.par_chunks_mut(1 << 15))
+            .for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
     }
     norm
 }

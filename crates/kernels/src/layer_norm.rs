@@ -255,3 +255,168 @@ mod tests {
             .contains("output"));
     }
 }
+
+/// Rows per task of [`layer_norm_grad`]; the scale and bias gradients are summed per chunk of this
+/// many rows, then the chunks in order, so the result does not depend on the thread count.
+const GRAD_ROWS: usize = 64;
+
+/// The gradient of `y = x̂·scale + bias`, `x̂ = (x − mean)·inv`, over the last axis of `n` values,
+/// from the forward's saved `mean` and `inv` (one per row): `dx = inv·(h − mean(h) − x̂·mean(h·x̂))`
+/// with `h = dy·scale`, `dscale = Σ_rows dy·x̂`, `dbias = Σ_rows dy`. Each row's values are
+/// computed in index order; the per-row sums go in chunks of [`GRAD_ROWS`] rows, then chunk by
+/// chunk. One loop compiled per instruction set, the same operations in the same order, so every
+/// ISA gets the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_grad(
+    isa: Isa,
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    scale: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    dx: &mut [f32],
+    dscale: &mut [f32],
+    dbias: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<(), String> {
+    if !isa.supported() {
+        return Err(format!("layer_norm_grad: this CPU does not support {isa}"));
+    }
+    if n == 0 || x.len() % n != 0 {
+        return Err(format!("layer_norm_grad: x has {} values, not a multiple of the row length {n}", x.len()));
+    }
+    let rows = x.len() / n;
+    for (name, len, want) in [
+        ("dy", dy.len(), x.len()),
+        ("dx", dx.len(), x.len()),
+        ("scale", scale.len(), n),
+        ("dscale", dscale.len(), n),
+        ("dbias", dbias.len(), n),
+        ("mean", mean.len(), rows),
+        ("inv_std_dev", inv.len(), rows),
+    ] {
+        if len != want {
+            return Err(format!("layer_norm_grad: {name} has {len} values, expected {want}"));
+        }
+    }
+    let chunks = rows.div_ceil(GRAD_ROWS);
+    let mut partial = vec![0f32; chunks * 2 * n];
+    let (pout, dxout) = (Out::new(&mut partial), Out::new(dx));
+    let body: GradFn = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => grad_rows_avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => grad_rows_avx2,
+        _ => grad_rows_scalar,
+    };
+    par.run(chunks, &|c| {
+        let r = c * GRAD_ROWS..((c + 1) * GRAD_ROWS).min(rows);
+        let e = r.start * n..r.end * n;
+        // SAFETY: chunk `c` alone writes rows `r` of `dx` and its own `2·n` partial sums; `body` was
+        // chosen for an ISA this CPU supports (checked above).
+        unsafe {
+            let (dxc, pc) = (dxout.range(e.start, e.len()), pout.range(c * 2 * n, 2 * n));
+            body(&dy[e.clone()], &x[e], n, scale, &mean[r.clone()], &inv[r], dxc, pc)
+        }
+    });
+    dscale.fill(0.0);
+    dbias.fill(0.0);
+    for p in partial.chunks(2 * n) {
+        for (d, &v) in dscale.iter_mut().zip(&p[..n]) {
+            *d += v;
+        }
+        for (d, &v) in dbias.iter_mut().zip(&p[n..]) {
+            *d += v;
+        }
+    }
+    Ok(())
+}
+
+/// Rows of [`layer_norm_grad`]: `dx` for each row, and `partial = [Σ dy·x̂ ; Σ dy]` over them.
+///
+/// # Safety
+/// The function's ISA must be available.
+type GradFn = unsafe fn(&[f32], &[f32], usize, &[f32], &[f32], &[f32], &mut [f32], &mut [f32]);
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn grad_rows_body(
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    scale: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    dx: &mut [f32],
+    partial: &mut [f32],
+) {
+    let (ps, pb) = partial.split_at_mut(n);
+    ps.fill(0.0);
+    pb.fill(0.0);
+    let inv_n = 1.0 / n as f32;
+    for (r, ((g, xr), d)) in dy.chunks(n).zip(x.chunks(n)).zip(dx.chunks_mut(n)).enumerate() {
+        let (m, s) = (mean[r], inv[r]);
+        let (mut m1, mut m2) = (0f32, 0f32);
+        for ((&gi, &xi), &sc) in g.iter().zip(xr).zip(scale) {
+            let h = gi * sc;
+            m1 += h;
+            m2 += h * ((xi - m) * s);
+        }
+        let (m1, m2) = (m1 * inv_n, m2 * inv_n);
+        for ((((o, &gi), &xi), &sc), (a, b)) in
+            d.iter_mut().zip(g).zip(xr).zip(scale).zip(ps.iter_mut().zip(pb.iter_mut()))
+        {
+            let xhat = (xi - m) * s;
+            *o = s * (gi * sc - m1 - xhat * m2);
+            *a += gi * xhat;
+            *b += gi;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_rows_scalar(
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    scale: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    dx: &mut [f32],
+    partial: &mut [f32],
+) {
+    grad_rows_body(dy, x, n, scale, mean, inv, dx, partial)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_rows_avx2(
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    scale: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    dx: &mut [f32],
+    partial: &mut [f32],
+) {
+    grad_rows_body(dy, x, n, scale, mean, inv, dx, partial)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn grad_rows_avx512(
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    scale: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    dx: &mut [f32],
+    partial: &mut [f32],
+) {
+    grad_rows_body(dy, x, n, scale, mean, inv, dx, partial)
+}

@@ -6,6 +6,7 @@ mod attention_i8;
 mod attention_train;
 mod embedding_grad;
 mod gelu;
+mod layer_norm_grad;
 mod linear_f32;
 mod linear_i8;
 mod masked_linear;

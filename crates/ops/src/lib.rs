@@ -1,6 +1,6 @@
 //! sparsec's ONNX Runtime custom operators, domain [`DOMAIN`] (`ai.sparsec`): thin adapters from
 //! ORT's kernel API onto `sparsec-kernels`. Inference weights are read once, when ORT creates a
-//! kernel, and packed; the training operators (`masked_linear`, `attention_train`, `gelu_train`, `embedding_grad`) take weight and mask as run-time
+//! kernel, and packed; the training operators (`masked_linear`, `attention_train`, `gelu_train`, `embedding_grad`, `layer_norm_grad`) take weight and mask as run-time
 //! inputs. `compute` only reads its inputs and writes its outputs, so one kernel may serve
 //! concurrent runs. No panic crosses the FFI boundary: every kernel body runs under
 //! `catch_unwind` and reports failures as ORT errors naming the node.
@@ -14,6 +14,7 @@ mod attention_train;
 mod embedding_grad;
 mod gelu_train;
 mod layer_norm;
+mod layer_norm_grad;
 mod linear;
 mod masked_linear;
 mod quantized_attention;
@@ -30,6 +31,7 @@ pub use attention_train::{AttentionTrainGradOp, AttentionTrainOp, ATTENTION_TRAI
 pub use embedding_grad::{EmbeddingGradOp, EMBEDDING_GRAD};
 pub use gelu_train::{GeluTrainGradOp, GeluTrainOp, GELU_TRAIN, GELU_TRAIN_GRAD};
 pub use layer_norm::{LayerNormOp, LAYER_NORM};
+pub use layer_norm_grad::{LayerNormGradOp, LAYER_NORM_GRAD};
 pub use linear::{SparseLinearF32Op, SparseLinearOp, SPARSE_LINEAR, SPARSE_LINEAR_F32};
 pub use masked_linear::{
     MaskedLinearGradInputOp, MaskedLinearGradWeightOp, MaskedLinearOp, MASKED_LINEAR, MASKED_LINEAR_GRAD_INPUT,
@@ -75,7 +77,8 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(AttentionTrainGradOp)?
         .add(EmbeddingGradOp)?
         .add(GeluTrainOp)?
-        .add(GeluTrainGradOp)
+        .add(GeluTrainGradOp)?
+        .add(LayerNormGradOp)
 }
 
 /// The instruction set kernels are created with: `SPARSEC_ISA` when set, else the best this CPU has.

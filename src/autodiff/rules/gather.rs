@@ -1,7 +1,7 @@
 //! Gradients of the gathers: rows picked by `Gather` (embedding lookups), `GatherElements` and
 //! `GatherND` are scattered back with summation (`ScatterND` / `ScatterElements` with
 //! `reduction="add"`, opset 16+) into zeros shaped like the data; with
-//! `GradOptions::sparsec_embedding_grad`, an embedding table's (an f32 `[V, E]` of static shape
+//! `GradOptions::sparsec_training_ops`, an embedding table's (an f32 `[V, E]` of static shape
 //! gathered on axis 0) is one `ai.sparsec::EmbeddingGrad` instead.
 
 use super::{rule, GradRule, NodeGrad, Sources};
@@ -55,7 +55,7 @@ fn scatter_add(
 /// The row count of `data` when it is an f32 `[V, E]` table of static shape (an embedding):
 /// its axis-0 gather gradient is one `ai.sparsec::EmbeddingGrad`.
 fn embedding_rows(b: &Gradient, data: ValueId) -> Option<i64> {
-    if !b.sparsec_embedding_grad {
+    if !b.sparsec_training_ops {
         return None;
     }
     let f = b.facts(data);

@@ -1,10 +1,13 @@
-//! Gradient of `LayerNormalization` (opset 17), written with standard ops. The forward node's
-//! optional `Mean` and `InvStdDev` outputs are switched on and reused, so nothing is recomputed
-//! but the normalised input.
+//! Gradient of `LayerNormalization` (opset 17), written with standard ops, or with
+//! `GradOptions::sparsec_training_ops` over the last axis as one `ai.sparsec::LayerNormGrad`. The
+//! forward node's optional `Mean` and `InvStdDev` outputs are switched on and reused, so nothing is
+//! recomputed but the normalised input.
 
 use super::{rule, GradRule, NodeGrad, Sources};
 use crate::autodiff::{AutodiffError, Gradient};
-use crate::ir::{Attrs, Facts, ValueId};
+use crate::ir::ops::layer_norm_grad::LAYER_NORM_GRAD;
+use crate::ir::ops::sparsec::DOMAIN;
+use crate::ir::{Attrs, Facts, NodeSpec, ValueId};
 
 type R = Result<Vec<Option<ValueId>>, AutodiffError>;
 
@@ -50,6 +53,19 @@ fn layer_norm(b: &mut Gradient, n: &NodeGrad) -> R {
     }
     let norm_axes: Vec<i64> = (axis..rank as i64).collect();
     let (mean, inv) = saved_stats(b, n)?;
+    if b.sparsec_training_ops && axis == rank as i64 - 1 && b.rank(n.input(1)?) == Some(1) {
+        // One `ai.sparsec::LayerNormGrad` for all three gradients (the bias's is Σ dy whether or
+        // not the node has a bias).
+        let name = b.next_name(LAYER_NORM_GRAD);
+        let spec = NodeSpec::new(LAYER_NORM_GRAD, name, &[g, x, n.input(1)?, mean, inv]).domain(DOMAIN);
+        let outs = b.add_spec(spec, 3);
+        let has_bias = n.node.input(2).is_some();
+        return Ok(vec![
+            n.wants(0).then_some(outs[0]),
+            n.wants(1).then_some(outs[1]),
+            (has_bias && n.wants(2)).then_some(outs[2]),
+        ]);
+    }
     let centered = b.sub(x, mean);
     let xhat = b.mul(centered, inv);
     let g_scale = if n.wants(1) {

@@ -8,6 +8,7 @@ pub mod attention_train;
 mod elementwise;
 pub mod embedding_grad;
 pub mod gelu_train;
+pub mod layer_norm_grad;
 mod linalg;
 pub mod masked_linear;
 mod nn;
@@ -50,6 +51,7 @@ fn registry() -> &'static Registry {
         attention_train::register(&mut defs);
         embedding_grad::register(&mut defs);
         gelu_train::register(&mut defs);
+        layer_norm_grad::register(&mut defs);
         let mut reg = Registry::new();
         for d in defs {
             reg.entry(d.domain).or_default().insert(d.op_type, d);

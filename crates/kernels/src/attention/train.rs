@@ -92,7 +92,6 @@ unsafe fn mm<V: F32x, const R: usize, const C: usize>(
     out_rs: usize,
     accumulate: bool,
 ) {
-    let w = V::W;
     let mut r = 0;
     while r < rows {
         if r + R <= rows {
@@ -105,7 +104,6 @@ unsafe fn mm<V: F32x, const R: usize, const C: usize>(
             r += 1;
         }
     }
-    let _ = w;
 }
 
 /// Rows `r0..r0 + R` of [`mm`].
