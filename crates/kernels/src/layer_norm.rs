@@ -173,89 +173,6 @@ fn rows_range<const R: usize>(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Serial;
-
-    /// The arithmetic of ORT's scalar loop, one row at a time.
-    fn reference(x: &[f32], n: usize, scale: &[f32], bias: Option<&[f32]>, eps: f32) -> Vec<f32> {
-        let mut y = Vec::with_capacity(x.len());
-        for row in x.chunks(n) {
-            let (mut mean, mut sq) = (0f32, 0f32);
-            for &v in row {
-                mean += v;
-                sq += v * v;
-            }
-            mean /= n as f32;
-            let sd = (sq / n as f32 - mean * mean + eps).sqrt();
-            for (h, &v) in row.iter().enumerate() {
-                y.push((v - mean) / sd * scale[h] + bias.map_or(0.0, |b| b[h]));
-            }
-        }
-        y
-    }
-
-    struct Two;
-    impl Parallel for Two {
-        fn threads(&self) -> usize {
-            2
-        }
-        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-            std::thread::scope(|s| {
-                for i in 0..n {
-                    s.spawn(move || f(i));
-                }
-            });
-        }
-    }
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    #[test]
-    fn equals_the_row_by_row_reference_bit_for_bit() {
-        let mut seed = 7;
-        for &(rows, n) in
-            &[(1, 1), (1, 384), (7, 5), (8, 384), (9, 384), (37, 33), (48, 7), (17, 24), (100, 1536), (0, 4)]
-        {
-            let x: Vec<f32> = (0..rows * n).map(|i| lcg(&mut seed) * 4.0 + (i / n.max(1)) as f32 * 0.37).collect();
-            let scale: Vec<f32> = (0..n).map(|_| lcg(&mut seed) + 1.0).collect();
-            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-            for b in [Some(&bias[..]), None] {
-                let want = reference(&x, n, &scale, b, 1e-12);
-                for isa in Isa::available() {
-                    for par in [&Serial as &dyn Parallel, &Two] {
-                        let mut y = vec![f32::NAN; x.len()];
-                        layer_norm(isa, &x, n, &scale, b, 1e-12, &mut y, par).unwrap();
-                        let same = y.iter().zip(&want).all(|(a, w)| a.to_bits() == w.to_bits());
-                        assert!(same, "{isa}: rows {rows}, n {n}, bias {}", b.is_some());
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn rejects_shapes_that_do_not_fit() {
-        let x = vec![0f32; 12];
-        let mut y = vec![0f32; 12];
-        assert!(layer_norm(Isa::Scalar, &x, 5, &[1.0; 5], None, 1e-5, &mut y, &Serial)
-            .unwrap_err()
-            .contains("whole number"));
-        assert!(layer_norm(Isa::Scalar, &x, 4, &[1.0; 3], None, 1e-5, &mut y, &Serial).unwrap_err().contains("scale"));
-        assert!(layer_norm(Isa::Scalar, &x, 4, &[1.0; 4], Some(&[0.0; 5]), 1e-5, &mut y, &Serial)
-            .unwrap_err()
-            .contains("bias"));
-        assert!(layer_norm(Isa::Scalar, &x, 0, &[], None, 1e-5, &mut y, &Serial).unwrap_err().contains("empty"));
-        assert!(layer_norm(Isa::Scalar, &x, 4, &[1.0; 4], None, 1e-5, &mut y[..8], &Serial)
-            .unwrap_err()
-            .contains("output"));
-    }
-}
-
 /// Rows per task of [`layer_norm_grad`]; the scale and bias gradients are summed per chunk of this
 /// many rows, then the chunks in order, so the result does not depend on the thread count.
 const GRAD_ROWS: usize = 64;
@@ -283,7 +200,7 @@ pub fn layer_norm_grad(
     if !isa.supported() {
         return Err(format!("layer_norm_grad: this CPU does not support {isa}"));
     }
-    if n == 0 || x.len() % n != 0 {
+    if n == 0 || !x.len().is_multiple_of(n) {
         return Err(format!("layer_norm_grad: x has {} values, not a multiple of the row length {n}", x.len()));
     }
     let rows = x.len() / n;
@@ -419,4 +336,87 @@ unsafe fn grad_rows_avx512(
     partial: &mut [f32],
 ) {
     grad_rows_body(dy, x, n, scale, mean, inv, dx, partial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Serial;
+
+    /// The arithmetic of ORT's scalar loop, one row at a time.
+    fn reference(x: &[f32], n: usize, scale: &[f32], bias: Option<&[f32]>, eps: f32) -> Vec<f32> {
+        let mut y = Vec::with_capacity(x.len());
+        for row in x.chunks(n) {
+            let (mut mean, mut sq) = (0f32, 0f32);
+            for &v in row {
+                mean += v;
+                sq += v * v;
+            }
+            mean /= n as f32;
+            let sd = (sq / n as f32 - mean * mean + eps).sqrt();
+            for (h, &v) in row.iter().enumerate() {
+                y.push((v - mean) / sd * scale[h] + bias.map_or(0.0, |b| b[h]));
+            }
+        }
+        y
+    }
+
+    struct Two;
+    impl Parallel for Two {
+        fn threads(&self) -> usize {
+            2
+        }
+        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+            std::thread::scope(|s| {
+                for i in 0..n {
+                    s.spawn(move || f(i));
+                }
+            });
+        }
+    }
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn equals_the_row_by_row_reference_bit_for_bit() {
+        let mut seed = 7;
+        for &(rows, n) in
+            &[(1, 1), (1, 384), (7, 5), (8, 384), (9, 384), (37, 33), (48, 7), (17, 24), (100, 1536), (0, 4)]
+        {
+            let x: Vec<f32> = (0..rows * n).map(|i| lcg(&mut seed) * 4.0 + (i / n.max(1)) as f32 * 0.37).collect();
+            let scale: Vec<f32> = (0..n).map(|_| lcg(&mut seed) + 1.0).collect();
+            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            for b in [Some(&bias[..]), None] {
+                let want = reference(&x, n, &scale, b, 1e-12);
+                for isa in Isa::available() {
+                    for par in [&Serial as &dyn Parallel, &Two] {
+                        let mut y = vec![f32::NAN; x.len()];
+                        layer_norm(isa, &x, n, &scale, b, 1e-12, &mut y, par).unwrap();
+                        let same = y.iter().zip(&want).all(|(a, w)| a.to_bits() == w.to_bits());
+                        assert!(same, "{isa}: rows {rows}, n {n}, bias {}", b.is_some());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_shapes_that_do_not_fit() {
+        let x = vec![0f32; 12];
+        let mut y = vec![0f32; 12];
+        assert!(layer_norm(Isa::Scalar, &x, 5, &[1.0; 5], None, 1e-5, &mut y, &Serial)
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(layer_norm(Isa::Scalar, &x, 4, &[1.0; 3], None, 1e-5, &mut y, &Serial).unwrap_err().contains("scale"));
+        assert!(layer_norm(Isa::Scalar, &x, 4, &[1.0; 4], Some(&[0.0; 5]), 1e-5, &mut y, &Serial)
+            .unwrap_err()
+            .contains("bias"));
+        assert!(layer_norm(Isa::Scalar, &x, 0, &[], None, 1e-5, &mut y, &Serial).unwrap_err().contains("empty"));
+        assert!(layer_norm(Isa::Scalar, &x, 4, &[1.0; 4], None, 1e-5, &mut y[..8], &Serial)
+            .unwrap_err()
+            .contains("output"));
+    }
 }
