@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::common::*;
 use ndarray::{ArrayD, IxDyn};
@@ -501,7 +500,7 @@ fn compile_writes_model_plan_recipe_and_tokenizer() {
     let dest = out.path().join("compiled");
     let model = fixture_dir("bert").join("model.dynamo.onnx");
     let recipe = root().join("recipes/gmp80-unstructured-qat-distill.yaml");
-    let o = Command::new(env!("CARGO_BIN_EXE_sparsec"))
+    let o = crate::common::sparsec_command()
         .args([
             "compile",
             model.to_str().unwrap(),

@@ -65,7 +65,7 @@ fn compile_bert_qat(parent: &std::path::Path) -> std::path::PathBuf {
     let dir = parent.join("compiled");
     let model = common::fixture_dir("bert").join("model.legacy.onnx");
     let recipe = common::root().join("recipes/gmp80-unstructured-qat-distill.yaml");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+    let status = crate::common::sparsec_command()
         .args(["compile", model.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", dir.to_str().unwrap()])
         .output()
         .unwrap();

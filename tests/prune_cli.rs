@@ -292,7 +292,7 @@ modifiers:
 
 fn train_tiny(compiled: &Path, out: &Path, env: &[(&str, &str)], extra: &[&str]) -> Output {
     let data = root().join("fixtures/squad-tiny.json");
-    Command::new(env!("CARGO_BIN_EXE_sparsec"))
+    crate::common::sparsec_command()
         .args([
             "train",
             "--model",
@@ -418,7 +418,7 @@ modifiers:
 
     let part = dir.path().join("part");
     let data = root().join("fixtures/squad-tiny.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparsec"))
+    let mut child = crate::common::sparsec_command()
         .args(["train", "--model", s(&c), "--train-file", s(&data), "--output-dir", s(&part)])
         .args(["--max-seq-length", "64", "--doc-stride", "32", "--per-device-train-batch-size", "8"])
         .args(["--threads", "1", "--json"])

@@ -8,7 +8,7 @@ use serde_json::Value;
 #[test]
 fn bench_compare_reports_both_models_and_their_ratio() {
     let dir = common::fixture_dir("bert");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+    let out = crate::common::sparsec_command()
         .args(["bench", "--model"])
         .arg(dir.join("model.legacy.onnx"))
         .arg("--compare")
@@ -34,7 +34,7 @@ fn bench_compare_reports_both_models_and_their_ratio() {
 fn bad_times_are_errors_naming_the_flag() {
     let dir = common::fixture_dir("bert");
     for (flag, v) in [("--seconds", "-1"), ("--warmup", "nan"), ("--seconds", "inf")] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        let out = crate::common::sparsec_command()
             .args(["bench", "--model"])
             .arg(dir.join("model.legacy.onnx"))
             .arg(format!("{flag}={v}"))

@@ -4,12 +4,12 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
 fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
+    crate::common::sparsec_command().args(args).output().expect("run sparsec")
 }
 
 fn bert() -> String {

@@ -3,12 +3,10 @@
 
 use crate::common;
 
-use std::process::Command;
-
 use serde_json::Value;
 
 fn sparsec(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec");
+    let out = crate::common::sparsec_command().args(args).output().expect("run sparsec");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("JSON report")
 }

@@ -183,7 +183,7 @@ fn the_binary_answers_a_multi_window_question_like_the_pipeline() {
     let case = reference["cases"].as_array().unwrap().iter().find(|c| c["name"] == "long_384").unwrap();
     assert!(case["num_windows"].as_u64().unwrap() >= 3);
     let model = common::fixture_dir("bert").join("model.legacy.onnx");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsec"))
+    let out = crate::common::sparsec_command()
         .args(["qa", "--model"])
         .arg(&model)
         .args(["--question", case["question"].as_str().unwrap(), "--context", case["context"].as_str().unwrap()])

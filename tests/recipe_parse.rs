@@ -1,7 +1,6 @@
 //! Recipes parse as SparseML parses them, and bad recipes fail with the file, line and field.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::common::*;
 use sparsec::recipe::schedule::Schedule;
@@ -204,7 +203,7 @@ fn n_m_mask_keeping_more_than_the_group_is_rejected() {
 fn regex_matching_nothing_names_field_and_closest_parameters() {
     let model = fixture_dir("bert").join("model.legacy.onnx");
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_sparsec"))
+    let o = crate::common::sparsec_command()
         .args(["compile", model.to_str().unwrap(), "--recipe"])
         .arg(data("bad-regex-no-match.yaml"))
         .arg("-o")
@@ -232,7 +231,7 @@ fn binary_reports_bad_recipes_with_exit_code_one() {
         ("bad-mask-4-2.yaml", "bad-mask-4-2.yaml:9: GMPruningModifier.mask_type"),
     ] {
         let out = tempfile::tempdir().unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        let o = crate::common::sparsec_command()
             .args(["compile", model.to_str().unwrap(), "--recipe"])
             .arg(data(file))
             .arg("-o")

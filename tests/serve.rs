@@ -48,7 +48,7 @@ impl Server {
     }
 
     fn start_raw(args: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparsec"));
+        let mut cmd = crate::common::sparsec_command();
         cmd.arg("serve").args(["--port", "0"]).args(args);
         Server::start_command(cmd)
     }
@@ -122,7 +122,7 @@ impl Drop for Server {
 }
 
 fn sparsec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsec")).args(args).output().expect("run sparsec")
+    crate::common::sparsec_command().args(args).output().expect("run sparsec")
 }
 
 /// The questions of the fixture's reference cases.

@@ -213,12 +213,8 @@ fn killed_sparsify_resumes_and_ends_equal_to_an_uninterrupted_run() {
     let out = scratch().join("killed");
     let _ = std::fs::remove_dir_all(&out);
     let args = dashed_args(&out, "0");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparsec"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        crate::common::sparsec_command().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // SIGKILL as soon as the second checkpoint (end of epoch 2, step 22) is there.
     let ckpt = out.join("training/checkpoints/step-000000022");
     let t = Instant::now();

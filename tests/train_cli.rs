@@ -288,7 +288,7 @@ fn a_signal_checkpoints_the_current_step_and_resume_equals_an_uninterrupted_run(
     let total = log(&full).len() as u64;
     for (flag, name, code) in [("-TERM", "SIGTERM", 143), ("-INT", "SIGINT", 130)] {
         let part = dir.path().join(name);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sparsec"))
+        let mut child = crate::common::sparsec_command()
             .args(train_args(&compiled, &part, &data))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

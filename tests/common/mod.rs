@@ -30,13 +30,20 @@ fn launch_isa() -> Option<String> {
 
 /// Runs this build's `sparsec` binary with `args` and extra environment variables (and
 /// `SPARSEC_ISA` as this binary was started with, unless `env` sets it).
-pub fn sparsec_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// A `sparsec` command with `SPARSEC_ISA` pinned to [`launch_isa`]'s value: every child a test
+/// starts (also the ones it signals or streams from) runs on the ISA the suite was started with.
+pub fn sparsec_command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sparsec"));
-    c.args(args);
     match launch_isa() {
         Some(isa) => c.env("SPARSEC_ISA", isa),
         None => c.env_remove("SPARSEC_ISA"),
     };
+    c
+}
+
+pub fn sparsec_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = sparsec_command();
+    c.args(args);
     for (k, v) in env {
         c.env(k, v);
     }
