@@ -15,27 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use sparsec_kernels::attention::{AttentionTrain, TrainBias, TrainDims};
 use sparsec_kernels::{Isa, Parallel, Serial};
 
-struct Threads(usize);
-
-impl Parallel for Threads {
-    fn threads(&self) -> usize {
-        self.0
-    }
-    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..self.0 {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
-                    f(i);
-                });
-            }
-        });
-    }
-}
+use crate::masked_linear::Threads;
 
 fn gamma(n: usize) -> f64 {
     let nu = n as f64 * f64::powi(2.0, -24);
