@@ -86,6 +86,12 @@ pub(crate) struct TrainFlags {
     /// gradients are one pass each) or `off` (the exported nodes and their gradients on ONNX Runtime).
     #[arg(long, value_enum, default_value = "on")]
     pub fused_ops: crate::train::graphs::FusedOps,
+    /// Products of the masked linears on sparsec's training operators: `f32`, or `bf16` (operands
+    /// rounded to bf16, products summed in f32 by AVX-512 BF16's vdpbf16ps; master weights, the
+    /// optimizer and every other operator stay f32). bf16 runs those operators at any mask density
+    /// (ONNX Runtime's dense path has no bf16) and needs a CPU with AVX-512 BF16.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub linear_precision: crate::passes::LinearPrecision,
     /// ONNX Runtime profiles the training-step session: a JSON trace of every node run, written to
     /// PREFIX_<time>.json when the session ends (a new file at each graph switch); summarise it with
     /// benches/ort_profile.py.
@@ -225,6 +231,7 @@ impl TrainFlags {
             ort_memory: args.ort_memory,
             sparse_train: args.sparse_train,
             fused_ops: args.fused_ops,
+            linear_precision: args.linear_precision,
             ort_profile: args.ort_profile.clone(),
             max_train_samples: args.max_train_samples,
             strict_data: args.strict_data,

@@ -48,7 +48,7 @@ pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
 pub use use_attention_train::UseAttentionTrain;
 pub use use_gelu_train::UseGeluTrain;
-pub use use_masked_linear::UseMaskedLinear;
+pub use use_masked_linear::{LinearPrecision, UseMaskedLinear};
 
 use crate::ir::{check_schemas, Attrs, Graph, IrError, Model, NodeId, Tensor, ValueId};
 

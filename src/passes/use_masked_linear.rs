@@ -9,7 +9,7 @@ use super::pattern::{sole_consumer, Consumers};
 use super::{Pass, PassError, PassReport};
 use crate::ir::ops::masked_linear::MASKED_LINEAR;
 use crate::ir::ops::sparsec::DOMAIN;
-use crate::ir::{DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, ValueId};
+use crate::ir::{Attribute, DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, Tensor, ValueId};
 
 /// Rewrites each linear layer whose weight reaches its `MatMul` through a pruning mask.
 ///
@@ -28,17 +28,41 @@ use crate::ir::{DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, ValueId};
 ///   outputs differ from the dense layer's by the f32 rounding of a different summation order;
 ///   the gradient of `W` is `M ⊙ (Xᵀ·dY)` as the `Mul` → `MatMul` chain's is. Any mask is exact;
 ///   the speed-up needs `[4, 1]` blocks (see `sparsec_kernels::masked_linear`).
+/// - With `precision: bf16`, also the *unmasked* linear layers: `MatMul(X, W)` (default domain)
+///   with `W` an f32 `[K, N]` initializer read directly (bias matched as above), emitted with an
+///   all-ones mask initializer `sparsec.ones/KxN` (one per shape; not a parameter), so that every
+///   linear of a dense model gets the bf16 products too. Fake-quantized weights still do not match.
+///
+/// `precision: bf16` gives each emitted node (and, through the gradient rule, its gradient
+/// operators) `precision = "bf16"`: bf16 products summed in f32 (see `sparsec-ops`), so outputs and
+/// gradients then differ from the dense layer's by bf16 rounding of the operands, not f32 rounding.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct UseMaskedLinear {}
+pub struct UseMaskedLinear {
+    #[serde(default)]
+    pub precision: LinearPrecision,
+}
+
+/// The products of the emitted masked linears.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LinearPrecision {
+    /// f32 products and sums.
+    #[default]
+    F32,
+    /// bf16 products (of bf16-rounded activations, gradients and weights) summed in f32.
+    Bf16,
+}
 
 /// One matched layer.
 struct Site {
     matmul: NodeId,
-    mul: NodeId,
+    /// The masking `Mul`; none for an unmasked layer.
+    mul: Option<NodeId>,
     add: Option<NodeId>,
     x: ValueId,
     w: ValueId,
-    mask: ValueId,
+    /// The mask fed at run time, or `[K, N]` of the all-ones mask an unmasked layer gets.
+    mask: Result<ValueId, (usize, usize)>,
     bias: Option<ValueId>,
     out: ValueId,
 }
@@ -56,10 +80,26 @@ impl Pass for UseMaskedLinear {
             .edit(|p: &mut Patch| -> Result<(), PassError> {
                 let g = p.graph();
                 let consumers = g.consumers();
-                for (id, _) in g.nodes() {
-                    let Some(site) = match_site(g, &consumers, id) else { continue };
+                let unmasked = self.precision == LinearPrecision::Bf16;
+                let sites: Vec<Site> =
+                    g.nodes().filter_map(|(id, _)| match_site(g, &consumers, id, unmasked)).collect();
+                let mut ones: Vec<((usize, usize), ValueId)> = Vec::new();
+                for site in sites {
+                    let mask = match site.mask {
+                        Ok(m) => m,
+                        Err((k, n)) => match ones.iter().find(|(s, _)| *s == (k, n)) {
+                            Some(&(_, v)) => v,
+                            None => {
+                                let t = Tensor::from_f32(vec![k as i64, n as i64], &vec![1.0; k * n]);
+                                let v = p.add_initializer(&format!("sparsec.ones/{k}x{n}"), t);
+                                ones.push(((k, n), v));
+                                v
+                            }
+                        },
+                    };
+                    let g = p.graph();
                     let node = g.node(site.matmul);
-                    let mut inputs = vec![Some(site.x), Some(site.w), Some(site.mask)];
+                    let mut inputs = vec![Some(site.x), Some(site.w), Some(mask)];
                     if let Some(b) = site.bias {
                         inputs.push(Some(b));
                     }
@@ -68,10 +108,13 @@ impl Pass for UseMaskedLinear {
                         op_type: MASKED_LINEAR.into(),
                         domain: DOMAIN.into(),
                         inputs,
-                        attrs: Vec::new(),
+                        attrs: match self.precision {
+                            LinearPrecision::F32 => Vec::new(),
+                            LinearPrecision::Bf16 => vec![Attribute::string("precision", "bf16")],
+                        },
                         metadata: node.metadata.clone(),
                     };
-                    for dead in [Some(site.mul), Some(site.matmul), site.add].into_iter().flatten() {
+                    for dead in [site.mul, Some(site.matmul), site.add].into_iter().flatten() {
                         p.remove_node(dead);
                     }
                     p.add_node_with_outputs(spec, vec![Some(site.out)]);
@@ -87,31 +130,46 @@ impl Pass for UseMaskedLinear {
     }
 }
 
-/// The masked linear layer whose `MatMul` is node `id`, if it is one.
-fn match_site(g: &Graph, consumers: &Consumers, id: NodeId) -> Option<Site> {
+/// The masked linear layer whose `MatMul` is node `id`, if it is one; with `unmasked`, also a
+/// linear layer whose weight initializer the `MatMul` reads directly.
+fn match_site(g: &Graph, consumers: &Consumers, id: NodeId, unmasked: bool) -> Option<Site> {
     let mm = g.node(id);
     if mm.op_type != "MatMul" || !mm.domain.is_empty() {
         return None;
     }
     let (x, p, y) = (mm.input(0)?, mm.input(1)?, mm.output(0)?);
-    let (mul, mn) = g.producer(p)?;
-    if mn.op_type != "Mul" || !mn.domain.is_empty() || !mn.name.starts_with("sparsec.mask/") {
-        return None;
-    }
-    sole_consumer(g, consumers, p).filter(|(c, _, _)| *c == id)?;
-    let (w, mask) = (mn.input(0)?, mn.input(1)?);
-    let is_plain_input = |v: ValueId| g.inputs().contains(&v) && !g.is_initializer(v);
-    if !is_plain_input(mask) {
-        return None;
-    }
-    let wf = &g.value(w).facts;
-    let n = match wf.shape.as_deref() {
-        Some([Dim::Known(k), Dim::Known(n)]) if *k > 0 && *n > 0 && wf.dtype == Some(DType::F32) => *n,
-        _ => return None,
+    let static_kn = |v: ValueId| {
+        let f = &g.value(v).facts;
+        match f.shape.as_deref() {
+            Some([Dim::Known(k), Dim::Known(n)]) if *k > 0 && *n > 0 && f.dtype == Some(DType::F32) => {
+                Some((*k as usize, *n as usize))
+            }
+            _ => None,
+        }
     };
-    if g.value(mask).facts.shape != wf.shape {
-        return None;
-    }
+    let (mul, w, mask, n) = match g.producer(p) {
+        Some((mul, mn)) => {
+            if mn.op_type != "Mul" || !mn.domain.is_empty() || !mn.name.starts_with("sparsec.mask/") {
+                return None;
+            }
+            sole_consumer(g, consumers, p).filter(|(c, _, _)| *c == id)?;
+            let (w, mask) = (mn.input(0)?, mn.input(1)?);
+            let is_plain_input = |v: ValueId| g.inputs().contains(&v) && !g.is_initializer(v);
+            if !is_plain_input(mask) {
+                return None;
+            }
+            let (_, n) = static_kn(w)?;
+            if g.value(mask).facts.shape != g.value(w).facts.shape {
+                return None;
+            }
+            (Some(mul), w, Ok(mask), n)
+        }
+        None if unmasked && g.is_initializer(p) && g.value(x).facts.dtype == Some(DType::F32) => {
+            let (k, n) = static_kn(p)?;
+            (None, p, Err((k, n)), n)
+        }
+        None => return None,
+    };
     let bias = sole_consumer(g, consumers, y).and_then(|(add, an, _)| {
         if an.op_type != "Add" || !an.domain.is_empty() {
             return None;
@@ -122,7 +180,7 @@ fn match_site(g: &Graph, consumers: &Consumers, id: NodeId) -> Option<Site> {
             _ => return None,
         };
         let t = g.initializer(other)?;
-        (t.dtype == DType::F32 && t.dims == [n]).then_some((add, other, an.output(0)?))
+        (t.dtype == DType::F32 && t.dims == [n as i64]).then_some((add, other, an.output(0)?))
     });
     let (add, bias, out) = match bias {
         Some((add, b, out)) => (Some(add), Some(b), out),
@@ -134,7 +192,7 @@ fn match_site(g: &Graph, consumers: &Consumers, id: NodeId) -> Option<Site> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Facts, Tensor};
+    use crate::ir::{Attrs, Facts, Tensor};
     use crate::passes::{InsertMasks, MaskTarget};
 
     /// `x [2, 8] → MatMul(x, w [8, 4]) → Add(b) → y`, then masks inserted on `w`.
@@ -192,5 +250,43 @@ mod tests {
             })
             .unwrap();
         assert_eq!(UseMaskedLinear::default().run(&mut m).unwrap().rewritten, 0);
+    }
+
+    #[test]
+    fn bf16_also_takes_unmasked_linears_with_a_shared_ones_mask() {
+        let mut m = Model { opset_imports: vec![(String::new(), 17)], ..Model::default() };
+        m.graph
+            .edit(|p: &mut Patch| -> Result<(), PassError> {
+                let x = p.add_input("x", Facts::new(DType::F32, vec![Dim::Known(8), Dim::Known(8)]));
+                let w1 = p.add_initializer("onnx::MatMul_1", Tensor::from_f32(vec![8, 8], &[0.5; 64]));
+                let w2 = p.add_initializer("onnx::MatMul_2", Tensor::from_f32(vec![8, 8], &[0.25; 64]));
+                let b = p.add_initializer("onnx::Add_3", Tensor::from_f32(vec![8], &[1.0; 8]));
+                let h = p.op(NodeSpec::new("MatMul", "/fc1/MatMul", &[x, w1]), "h", Facts::default());
+                let h = p.op(NodeSpec::new("Add", "/fc1/Add", &[h, b]), "hb", Facts::default());
+                // Activation × activation: not a layer.
+                let sq = p.op(NodeSpec::new("MatMul", "/sq/MatMul", &[h, h]), "sq", Facts::default());
+                let y = p.op(NodeSpec::new("MatMul", "/fc2/MatMul", &[sq, w2]), "y", Facts::default());
+                p.add_output(y);
+                Ok(())
+            })
+            .unwrap();
+        crate::ir::infer::infer_facts(&mut m).unwrap();
+        let mut f32 = m.clone();
+        assert_eq!(UseMaskedLinear::default().apply(&mut f32).unwrap().rewritten, 0, "f32 takes masked layers only");
+        let r = UseMaskedLinear { precision: LinearPrecision::Bf16 }.apply(&mut m).unwrap();
+        assert_eq!(r.rewritten, 2);
+        let g = &m.graph;
+        let masked: Vec<_> = g.nodes().filter(|(_, n)| n.op_type == MASKED_LINEAR).map(|(_, n)| n.clone()).collect();
+        assert_eq!(masked.len(), 2);
+        let ones = g.value_by_name("sparsec.ones/8x8").expect("one all-ones mask for the shape");
+        for n in &masked {
+            assert_eq!(n.input(2), Some(ones));
+            assert_eq!(n.attr_str("precision"), Some("bf16"));
+        }
+        assert_eq!(masked.iter().filter(|n| n.inputs.len() == 4).count(), 1, "fc1's bias is fused");
+        assert!(g.initializer(ones).unwrap().as_f32s().unwrap().iter().all(|&v| v == 1.0));
+        let names = crate::ir::modules::parameter_names(g);
+        assert!(names.values().all(|&v| v != ones), "the ones mask is not a parameter");
+        assert_eq!(names.get("fc1.weight"), g.value_by_name("onnx::MatMul_1").as_ref());
     }
 }

@@ -68,6 +68,8 @@ pub struct TrainConfig {
     pub sparse_train: super::graphs::SparseTrain,
     /// Attention and GELU on sparsec's fused training operators, or the graph's nodes (`train --fused-ops`).
     pub fused_ops: super::graphs::FusedOps,
+    /// The products of the block-sparse training operators (`train --linear-precision`).
+    pub linear_precision: crate::passes::LinearPrecision,
     /// ONNX Runtime's profile of the training-step session (`train --ort-profile`).
     pub ort_profile: Option<PathBuf>,
 }
@@ -116,6 +118,7 @@ impl TrainConfig {
             stop_on_signals: false,
             sparse_train: Default::default(),
             fused_ops: Default::default(),
+            linear_precision: Default::default(),
             ort_profile: None,
         }
     }

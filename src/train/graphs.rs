@@ -11,7 +11,8 @@ use anyhow::{Context, Result};
 use crate::autodiff::{build_training_graph, TrainingGraph, TrainingGraphSpec};
 use crate::ir::{infer, Model, Tensor};
 use crate::passes::{
-    BindInputs, LowerFakeQuant, Pass, RemoveDead, UseAttentionTrain, UseGeluTrain, UseMaskedLinear, QUANT_ENABLED_INPUT,
+    BindInputs, LinearPrecision, LowerFakeQuant, Pass, RemoveDead, UseAttentionTrain, UseGeluTrain, UseMaskedLinear,
+    QUANT_ENABLED_INPUT,
 };
 
 /// Where the masked linear layers of the training graph run.
@@ -85,20 +86,29 @@ pub(super) struct Graphs {
     pub sparse: Option<TrainingGraph>,
     mode: SparseTrain,
     fused_ops: FusedOps,
+    /// With bf16, the block-sparse graph (the only one with bf16 products) runs at any density.
+    precision: LinearPrecision,
     current: Current,
 }
 
 impl Graphs {
     /// The training graphs of `model` with loss `spec`: a float one too when `quantized`, a
-    /// block-sparse one unless `sparse` is off. The stepper starts on the graph for QAT off and
-    /// masks keeping every block.
+    /// block-sparse one unless `sparse` is off, its masked linears' products in `precision`. The
+    /// stepper starts on the graph for QAT off and masks keeping every block.
     pub fn build(
         model: &Model,
         spec: &TrainingGraphSpec,
         quantized: bool,
         sparse: SparseTrain,
         fused_ops: FusedOps,
+        precision: LinearPrecision,
     ) -> Result<Graphs> {
+        if precision == LinearPrecision::Bf16 && sparse == SparseTrain::Off {
+            anyhow::bail!(
+                "--linear-precision bf16 runs the masked linears on sparsec's training operators, which \
+                 --sparse-train off turns off: use --sparse-train auto or on"
+            );
+        }
         let fused = |m: Model| match fused_ops {
             FusedOps::On => with_fused_ops(&m),
             FusedOps::Off => Ok(m),
@@ -116,11 +126,12 @@ impl Graphs {
         let sparse_graph = match sparse {
             SparseTrain::Off => None,
             _ => Some(
-                build_training_graph(&with_sparse_linears(float_model.as_ref().unwrap_or(model))?, spec)
+                build_training_graph(&with_sparse_linears(float_model.as_ref().unwrap_or(model), precision)?, spec)
                     .context("cannot build the training graph with block-sparse linears")?,
             ),
         };
-        let mut g = Graphs { qat, float, sparse: sparse_graph, mode: sparse, fused_ops, current: Current::Qat };
+        let mut g =
+            Graphs { qat, float, sparse: sparse_graph, mode: sparse, fused_ops, precision, current: Current::Qat };
         g.current = g.select(false, 1.0);
         Ok(g)
     }
@@ -129,7 +140,7 @@ impl Graphs {
     fn select(&self, qat_on: bool, density: f64) -> Current {
         if qat_on && self.float.is_some() {
             Current::Qat
-        } else if self.sparse.is_some() && self.mode.wants(density) {
+        } else if self.sparse.is_some() && (self.mode.wants(density) || self.precision == LinearPrecision::Bf16) {
             Current::Sparse
         } else if self.float.is_some() {
             Current::Float
@@ -205,11 +216,11 @@ pub fn with_fused_ops(model: &Model) -> Result<Model> {
     Ok(m)
 }
 
-/// `model` with its masked linears on the block-sparse training operators ([`UseMaskedLinear`];
-/// fake-quantized weights do not match, so they stay dense).
-pub fn with_sparse_linears(model: &Model) -> Result<Model> {
+/// `model` with its masked linears on the block-sparse training operators ([`UseMaskedLinear`],
+/// products in `precision`; fake-quantized weights do not match, so they stay dense).
+pub fn with_sparse_linears(model: &Model, precision: LinearPrecision) -> Result<Model> {
     let mut m = model.clone();
-    let report = UseMaskedLinear::default().apply(&mut m)?;
+    let report = UseMaskedLinear { precision }.apply(&mut m)?;
     tracing::debug!(layers = report.rewritten, "masked linears on the block-sparse training kernels");
     infer::infer_facts(&mut m).context("the graph with block-sparse training linears failed validation")?;
     Ok(m)

@@ -302,7 +302,22 @@ impl<'d> Session<'d> {
         let steps = Steps::of(cfg, data, &schedule)?;
         let teacher_on = cfg.teacher != Teacher::Disabled;
         let loss = Loss::of(&compiled.plan, &compiled.model.graph, teacher_on, data.zero_grad_rows()?);
-        let graphs = Graphs::build(&compiled.model, &loss.spec, run.has_quant(), cfg.sparse_train, cfg.fused_ops)?;
+        if cfg.linear_precision == crate::passes::LinearPrecision::Bf16 {
+            let isa = sparsec_kernels::Isa::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+            sparsec_kernels::masked_linear::MaskedLinear::with_precision(
+                isa,
+                sparsec_kernels::masked_linear::Precision::Bf16,
+            )
+            .map_err(|e| anyhow::anyhow!("--linear-precision bf16: {e}"))?;
+        }
+        let graphs = Graphs::build(
+            &compiled.model,
+            &loss.spec,
+            run.has_quant(),
+            cfg.sparse_train,
+            cfg.fused_ops,
+            cfg.linear_precision,
+        )?;
         let opts = EngineOptions { threads: cfg.threads, memory: cfg.ort_memory, ..Default::default() };
         let step_opts = EngineOptions { profile: cfg.ort_profile.clone(), ..opts.clone() };
         let stepper = stepper(cfg, compiled, &graphs, &run, &step_opts)?;

@@ -8,12 +8,15 @@
 //! (`2·T·K·N` over the min). Kernel times only: `benches/sparse_train_ops.rs` times the same
 //! work against ONNX Runtime's dense MatMul/Gemm, the path training takes without the kernels.
 //!
+//! `--precision bf16` times the bf16 products (`vdpbf16ps`, AVX-512 BF16) instead, `both` the two
+//! one after the other per configuration.
+//!
 //!   cargo run --release -p sparsec-kernels --example sparse_train_bench -- [--secs S] [--tokens T] [--json]
-//!       [--only K,N,SPARSITY]
+//!       [--only K,N,SPARSITY] [--precision f32|bf16|both]
 
 use std::time::Instant;
 
-use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear};
+use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear, Precision};
 use sparsec_kernels::{Isa, Serial};
 
 const SHAPES: [(usize, usize); 3] = [(384, 384), (384, 1536), (1536, 384)];
@@ -100,12 +103,19 @@ fn main() {
         (v[0].parse().expect("K"), v[1].parse().expect("N"), v[2].parse().expect("sparsity"))
     });
     let isa = Isa::from_env().expect("SPARSEC_ISA");
-    let ml = MaskedLinear::new(isa).expect("ISA");
+    let precisions: Vec<Precision> = match arg("--precision").as_deref() {
+        None | Some("f32") => vec![Precision::F32],
+        Some("bf16") => vec![Precision::Bf16],
+        Some("both") => vec![Precision::F32, Precision::Bf16],
+        Some(p) => panic!("--precision must be f32, bf16 or both, not {p}"),
+    };
+    let kernels: Vec<MaskedLinear> =
+        precisions.iter().map(|&p| MaskedLinear::with_precision(isa, p).expect("ISA and precision")).collect();
     if !json {
         println!("masked-linear training kernels, {isa}, 1 thread; CPU ms per call (min / median), dense-equivalent GFLOP/s of the min");
         println!(
-            "{:>4} {:>5} {:>5} {:>5} | {:>17} {:>6} | {:>17} {:>6} | {:>17} {:>6}",
-            "K", "N", "T", "sp", "forward", "GF/s", "dX", "GF/s", "dW", "GF/s"
+            "{:>4} {:>5} {:>5} {:>5} {:>4} | {:>17} {:>6} | {:>17} {:>6} | {:>17} {:>6}",
+            "K", "N", "T", "sp", "prec", "forward", "GF/s", "dX", "GF/s", "dW", "GF/s"
         );
     }
     for &(k, n) in &SHAPES {
@@ -119,22 +129,33 @@ fn main() {
                 }
                 let mask = block_mask(k, n, s);
                 let kept = |m: &[f32]| KeptBlocks::from_mask(m, k, n).expect("mask");
-                let fwd = time(secs, || {
-                    ml.forward(&x, t, &w, &mask, &kept(&mask), Some(&bias), &mut y, &Serial).expect("forward")
-                });
-                let gin = time(secs, || ml.grad_input(&dy, t, &w, &mask, &kept(&mask), &mut dx, &Serial).expect("dX"));
-                let gw = time(secs, || ml.grad_weight(&x, &dy, t, &mask, &kept(&mask), &mut dw, &Serial).expect("dW"));
-                let flop = 2.0 * (t * k * n) as f64;
-                if json {
-                    println!(
-                        "{{\"isa\":\"{isa}\",\"k\":{k},\"n\":{n},\"t\":{t},\"sparsity\":{s},\"forward_ms\":[{:.4},{:.4}],\"dx_ms\":[{:.4},{:.4}],\"dw_ms\":[{:.4},{:.4}]}}",
+                for ml in &kernels {
+                    let prec = ml.precision();
+                    let fwd = time(secs, || {
+                        ml.forward(&x, t, &w, &mask, &kept(&mask), Some(&bias), &mut y, &Serial).expect("forward")
+                    });
+                    let gin =
+                        time(secs, || ml.grad_input(&dy, t, &w, &mask, &kept(&mask), &mut dx, &Serial).expect("dX"));
+                    let gw =
+                        time(secs, || ml.grad_weight(&x, &dy, t, &mask, &kept(&mask), &mut dw, &Serial).expect("dW"));
+                    let flop = 2.0 * (t * k * n) as f64;
+                    if json {
+                        println!(
+                        "{{\"isa\":\"{isa}\",\"precision\":\"{prec}\",\"k\":{k},\"n\":{n},\"t\":{t},\"sparsity\":{s},\"forward_ms\":[{:.4},{:.4}],\"dx_ms\":[{:.4},{:.4}],\"dw_ms\":[{:.4},{:.4}]}}",
                         fwd.0 * 1e3, fwd.1 * 1e3, gin.0 * 1e3, gin.1 * 1e3, gw.0 * 1e3, gw.1 * 1e3
                     );
-                } else {
-                    let cell = |(lo, med): (f64, f64)| {
-                        format!("{:>8.3} / {:>6.3} {:>6.1}", lo * 1e3, med * 1e3, flop / lo / 1e9)
-                    };
-                    println!("{k:>4} {n:>5} {t:>5} {:>4.0}% | {} | {} | {}", s * 100.0, cell(fwd), cell(gin), cell(gw));
+                    } else {
+                        let cell = |(lo, med): (f64, f64)| {
+                            format!("{:>8.3} / {:>6.3} {:>6.1}", lo * 1e3, med * 1e3, flop / lo / 1e9)
+                        };
+                        println!(
+                            "{k:>4} {n:>5} {t:>5} {:>4.0}% {prec:>4} | {} | {} | {}",
+                            s * 100.0,
+                            cell(fwd),
+                            cell(gin),
+                            cell(gw)
+                        );
+                    }
                 }
             }
         }

@@ -9,7 +9,8 @@
 //! (`Out`, scratch buffers), each block with its `SAFETY` argument. Every ISA path is tested
 //! against a scalar reference through [`Isa::forced`] / `SPARSEC_ISA`.
 //!
-//! Layers, lowest first: `cpu`, `error`, `par`, `scratch`; the linear kernels' shared
+//! Layers, lowest first: `cpu`, `error`, `par`, `scratch`, `bf16` (bf16 rounding and the portable
+//! model of `vdpbf16ps`); the linear kernels' shared
 //! infrastructure `blocks` (the packed weight format), `plan` (tasks and shared outputs), `quant`
 //! (activation quantization), `gelu` (the exact GELU, per element and over whole tensors with its
 //! derivative), `epilogue`, and the x86 in-register transposes `transpose`; the kernels `linear_i8`,
@@ -22,6 +23,7 @@
 
 pub mod attention;
 pub mod attention_i8;
+mod bf16;
 mod blocks;
 mod cpu;
 pub mod embedding_grad;

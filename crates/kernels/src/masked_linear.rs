@@ -27,6 +27,10 @@
 //!
 //! Every result is deterministic for a given ISA and independent of the thread count: each output
 //! element is summed by one task in a fixed order.
+//!
+//! [`Precision::Bf16`] (`bf16.rs`): the same three products with `x`, `dy` and `W ⊙ M` rounded to
+//! bf16 and the pair products summed in f32 by `vdpbf16ps` (`avx512_bf16.rs`), or by its portable
+//! model on the scalar ISA (`bf16_ref.rs`), which gives the same bits.
 
 use std::fmt;
 use std::ops::Range;
@@ -43,7 +47,13 @@ use crate::scratch::Buf;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
+mod bf16;
+mod bf16_ref;
 mod scalar;
+
+use bf16_ref::TilesBf16;
 
 /// Tokens per transposed tile of the weight gradient's operands (every ISA); rows are padded to a
 /// multiple of it.
@@ -193,23 +203,73 @@ impl KeptBlocks {
     }
 }
 
-/// The masked-linear training kernels on one instruction set, chosen once at creation.
+/// The arithmetic of the three products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 products and sums.
+    #[default]
+    F32,
+    /// Activations, output gradients and `W ⊙ M` rounded to bf16 (nearest even), products summed
+    /// in f32 (`vdpbf16ps`); outputs f32. Needs [`Isa::Avx512Vnni`] on a CPU with AVX-512 BF16,
+    /// or [`Isa::Scalar`], which runs a portable model of the same arithmetic (same bits, slow).
+    Bf16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// The masked-linear training kernels on one instruction set and precision, chosen once at
+/// creation.
 #[derive(Clone, Copy, Debug)]
 pub struct MaskedLinear {
     isa: Isa,
+    precision: Precision,
 }
 
 impl MaskedLinear {
-    /// Fails on an ISA this CPU lacks.
+    /// f32 products. Fails on an ISA this CPU lacks.
     pub fn new(isa: Isa) -> Result<MaskedLinear, KernelError> {
+        MaskedLinear::with_precision(isa, Precision::F32)
+    }
+
+    /// Fails on an ISA this CPU lacks, and for bf16 on any ISA but `avx512vnni` on a CPU with
+    /// AVX-512 BF16 and `scalar` (see [`Precision::Bf16`]).
+    pub fn with_precision(isa: Isa, precision: Precision) -> Result<MaskedLinear, KernelError> {
         if !isa.supported() || (isa == Isa::Avx512Vnni && !Isa::Avx2.supported()) {
             return Err(kerr!("instruction set {isa} is not supported by this CPU"));
         }
-        Ok(MaskedLinear { isa })
+        if precision == Precision::Bf16 && !(isa == Isa::Scalar || Isa::cpu_has_avx512_bf16() && isa == Isa::Avx512Vnni)
+        {
+            return Err(kerr!(
+                "bf16 products need the avx512vnni ISA on a CPU with AVX-512 BF16 (this CPU: {}), or the scalar ISA \
+                 (a portable model of the same arithmetic), not {isa}",
+                if Isa::cpu_has_avx512_bf16() { "present" } else { "absent" }
+            ));
+        }
+        Ok(MaskedLinear { isa, precision })
     }
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The bf16 code path, for [`Precision::Bf16`].
+    fn bf16_path(&self) -> Option<bf16::Path> {
+        match (self.precision, self.isa) {
+            (Precision::F32, _) => None,
+            (Precision::Bf16, Isa::Avx512Vnni) => Some(bf16::Path::Avx512),
+            (Precision::Bf16, _) => Some(bf16::Path::Emulated),
+        }
     }
 
     /// `y [T, N] = x [T, K]·(W ⊙ M) + bias` (`bias`: `[N]`, or none).
@@ -232,6 +292,14 @@ impl MaskedLinear {
             Some(b) if b.len() == n => b.to_vec(),
             Some(b) => return Err(kerr!("bias has {} elements, expected N = {n}", b.len())),
         };
+        if let Some(path) = self.bf16_path() {
+            check_len("activations", x.len(), t, k)?;
+            check_len("output", y.len(), t, n)?;
+            if t == 0 {
+                return Ok(());
+            }
+            return bf16::forward(path, x, t, &kept.pack_forward(w, mask), &bias, y, par);
+        }
         let lin = LinearF32::from_blocks(kept.pack_forward(w, mask), bias, self.isa)?;
         lin.forward(x, t, Epilogue::None, None, y, par)
     }
@@ -256,6 +324,9 @@ impl MaskedLinear {
             return Ok(());
         }
         let cw = kept.pack_columns(w, mask);
+        if let Some(path) = self.bf16_path() {
+            return bf16::grad_input(path, dy, t, kept, &cw, dx, par);
+        }
         let tw = match self.isa {
             Isa::Avx512Vnni => 64,
             _ => 16,
@@ -358,6 +429,7 @@ impl MaskedLinear {
         let plan = Plan::new(1, &kept.start, par.threads());
         let isa = self.isa;
         let group = match isa {
+            _ if self.precision == Precision::Bf16 => 4,
             Isa::Avx512Vnni => 4,
             Isa::Avx2 => 2,
             Isa::Scalar => 1,
@@ -368,11 +440,29 @@ impl MaskedLinear {
         // Token chunks, each transposed once into rows of the chunk's tokens; within a chunk, row
         // ranges whose transposed `x` stays in L2 while every block of a task reads it. Each pair
         // adds its chunk sums in chunk order, so the result does not depend on the tasks.
+        let bf16_path = self.bf16_path();
         for t0 in (0..t).step_by(DW_CHUNK_TOKENS) {
             let tc = DW_CHUNK_TOKENS.min(t - t0);
-            let xt = transposed_rows(isa, &x[t0 * k..], tc, k, k, par);
-            let yt = transposed_rows(isa, &dy[t0 * n..], tc, n, n4, par);
-            let tiles = Tiles { xt: &xt, yt: &yt, k, n4, tp: tc.div_ceil(DW_TW) * DW_TW };
+            // The f32 operands, or the bf16 path's: the same rows rounded (consecutive tokens pair up).
+            let (xt, yt, halves) = match bf16_path {
+                None => (
+                    transposed_rows(isa, &x[t0 * k..], tc, k, k, par),
+                    transposed_rows(isa, &dy[t0 * n..], tc, n, n4, par),
+                    None,
+                ),
+                Some(path) => (
+                    Buf::<f32>::zeroed(0),
+                    Buf::<f32>::zeroed(0),
+                    Some((
+                        path,
+                        bf16::transposed_rows(path, &x[t0 * k..], tc, k, k, par),
+                        bf16::transposed_rows(path, &dy[t0 * n..], tc, n, n4, par),
+                    )),
+                ),
+            };
+            let tp = tc.div_ceil(DW_TW) * DW_TW;
+            let tiles = Tiles { xt: &xt, yt: &yt, k, n4, tp };
+            let tiles_h = halves.as_ref().map(|(path, xh, yh)| (*path, TilesBf16 { xt: xh, yt: yh, k, n4, tp }));
             par.run(plan.tasks(), &|i| {
                 let (_, blocks) = plan.task(i);
                 let e0 = kept.start[blocks.start];
@@ -387,14 +477,21 @@ impl MaskedLinear {
                         for (gi, rows) in list[lo..hi].chunks(group).enumerate() {
                             let mut sums = [[0f32; BLOCK]; 4];
                             let cols = 0..tiles.tp;
-                            match isa {
+                            match (isa, &tiles_h) {
+                                #[cfg(target_arch = "x86_64")]
+                                // SAFETY: the AVX-512 BF16 path is only chosen on a CPU with
+                                // AVX-512 F and BF16; bounds are checked by `TilesBf16`.
+                                (_, Some((bf16::Path::Avx512, th))) => unsafe {
+                                    avx512_bf16::dw_rows(th, rows, b, cols, &mut sums)
+                                },
+                                (_, Some((_, th))) => bf16_ref::dw_rows(th, rows, b, cols, &mut sums),
                                 #[cfg(target_arch = "x86_64")]
                                 // SAFETY: `new` admitted AVX-512 only on a CPU that has it; rows,
                                 // block and token range are checked against the buffers by `Tiles`.
-                                Isa::Avx512Vnni => unsafe { avx512::dw_rows(&tiles, rows, b, cols, &mut sums) },
+                                (Isa::Avx512Vnni, None) => unsafe { avx512::dw_rows(&tiles, rows, b, cols, &mut sums) },
                                 #[cfg(target_arch = "x86_64")]
                                 // SAFETY: as for AVX-512, with AVX2 + FMA (admitted by `new`).
-                                Isa::Avx2 => unsafe { avx2::dw_rows(&tiles, rows, b, cols, &mut sums) },
+                                (Isa::Avx2, None) => unsafe { avx2::dw_rows(&tiles, rows, b, cols, &mut sums) },
                                 _ => scalar::dw_rows(&tiles, rows, b, cols, &mut sums),
                             }
                             let e = kept.start[b] + lo + gi * group - e0;

@@ -6,10 +6,14 @@
 //! terms plus one (the bias add) and the f64 sum of `|terms|`, so cancellation cannot hide an
 //! error. Besides: the input gradient is bit-identical on every ISA, the forward product on AVX2
 //! and AVX-512, and every result is bit-identical for 1, 2 and 3 threads.
+//!
+//! bf16 products ([`Precision::Bf16`]): against f64 sums of the bf16-rounded operands (the products
+//! of bf16 numbers are exact in f32, so only the f32 sums round: the same bound), and the AVX-512
+//! BF16 kernels bit-identical to their portable model (the scalar ISA) for 1, 2 and 3 threads.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear};
+use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear, Precision};
 use sparsec_kernels::{Isa, Parallel, Serial};
 
 pub struct Threads(pub usize);
@@ -287,4 +291,123 @@ fn weight_gradient_over_several_token_and_row_chunks_is_within_the_bound() {
         ml.grad_weight(&x, &dy, t, &m, &kept, &mut one, &Serial).unwrap();
         assert!(one.iter().zip(&dw).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: threads change dW");
     }
+}
+
+/// f32 → bf16 → f32, rounding to nearest even (the test values are never subnormal or NaN).
+fn bf(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits(((b + 0x7fff + ((b >> 16) & 1)) >> 16) << 16)
+}
+
+/// The bf16 kernels on this CPU: the portable model always, AVX-512 BF16 where the CPU has it.
+fn bf16_kernels() -> Vec<MaskedLinear> {
+    let mut out = vec![MaskedLinear::with_precision(Isa::Scalar, Precision::Bf16).unwrap()];
+    if Isa::cpu_has_avx512_bf16() {
+        out.push(MaskedLinear::with_precision(Isa::Avx512Vnni, Precision::Bf16).unwrap());
+    } else {
+        eprintln!("SKIPPED: the AVX-512 BF16 path (this CPU lacks AVX-512 BF16); the portable model is tested");
+    }
+    out
+}
+
+/// All three products of a case on bf16 kernels.
+fn run_bf16(ml: &MaskedLinear, c: &Case, kept: &KeptBlocks, par: &dyn Parallel) -> [Vec<f32>; 3] {
+    let mut y = vec![f32::NAN; c.t * c.n];
+    let mut dx = vec![f32::NAN; c.t * c.k];
+    let mut dw = vec![f32::NAN; c.k * c.n];
+    ml.forward(&c.x, c.t, &c.w, &c.m, kept, c.bias.as_deref(), &mut y, par).unwrap();
+    ml.grad_input(&c.dy, c.t, &c.w, &c.m, kept, &mut dx, par).unwrap();
+    ml.grad_weight(&c.x, &c.dy, c.t, &c.m, kept, &mut dw, par).unwrap();
+    [y, dx, dw]
+}
+
+#[test]
+fn bf16_products_are_within_the_summation_bound_of_f64_sums_of_the_rounded_operands() {
+    for (ci, c) in cases().iter().enumerate() {
+        let kept = KeptBlocks::from_mask(&c.m, c.k, c.n).unwrap();
+        let xb: Vec<f32> = c.x.iter().map(|&v| bf(v)).collect();
+        let wb: Vec<f32> = c.w.iter().zip(&c.m).map(|(&w, &m)| bf(w * m)).collect();
+        let yb: Vec<f32> = c.dy.iter().map(|&v| bf(v)).collect();
+        let dot = |terms: &mut dyn Iterator<Item = f64>, start: f64| {
+            terms.fold((start, start.abs()), |(d, m), p| (d + p, m + p.abs()))
+        };
+        let mut want_y = Vec::new();
+        for tt in 0..c.t {
+            for j in 0..c.n {
+                let b = c.bias.as_ref().map_or(0.0, |b| b[j] as f64);
+                want_y.push(dot(&mut (0..c.k).map(|kk| xb[tt * c.k + kk] as f64 * wb[kk * c.n + j] as f64), b));
+            }
+        }
+        let mut want_dx = Vec::new();
+        for tt in 0..c.t {
+            for kk in 0..c.k {
+                want_dx.push(dot(&mut (0..c.n).map(|j| yb[tt * c.n + j] as f64 * wb[kk * c.n + j] as f64), 0.0));
+            }
+        }
+        let mut want_dw = Vec::new();
+        for kk in 0..c.k {
+            for j in 0..c.n {
+                let (d, m) = dot(&mut (0..c.t).map(|tt| xb[tt * c.k + kk] as f64 * yb[tt * c.n + j] as f64), 0.0);
+                let mv = c.m[kk * c.n + j] as f64;
+                want_dw.push((d * mv, m * mv));
+            }
+        }
+        for ml in bf16_kernels() {
+            let [y, dx, dw] = run_bf16(&ml, c, &kept, &Threads(1 + ci % 3));
+            let isa = ml.isa();
+            assert_within(&format!("case {ci} bf16 y"), isa, &y, &want_y, c.k + 1);
+            assert_within(&format!("case {ci} bf16 dx"), isa, &dx, &want_dx, c.n.div_ceil(4) * 4 + 1);
+            assert_within(&format!("case {ci} bf16 dW"), isa, &dw, &want_dw, c.t.div_ceil(64) * 64 + 1);
+            for (i, (&g, &m)) in dw.iter().zip(&c.m).enumerate() {
+                assert!(m != 0.0 || g == 0.0, "{isa} bf16 case {ci}: dW[{i}] = {g} where the mask is 0");
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_avx512_kernels_are_bit_identical_to_their_portable_model_for_any_thread_count() {
+    if !Isa::cpu_has_avx512_bf16() {
+        eprintln!("SKIPPED: this CPU lacks AVX-512 BF16");
+        return;
+    }
+    let model = MaskedLinear::with_precision(Isa::Scalar, Precision::Bf16).unwrap();
+    let hw = MaskedLinear::with_precision(Isa::Avx512Vnni, Precision::Bf16).unwrap();
+    let mut big = cases();
+    // Several token chunks (512) and row ranges (256) of the weight gradient, tiles shared by tasks.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (t, k, n) = (1100, 300, 40);
+    let mut v = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+    big.push(Case { t, k, n, x: v(t * k), w: v(k * n), m: mask(k, n, 0, 0.5), bias: Some(v(n)), dy: v(t * n) });
+    // Values with subnormal bf16 products and sums (flushed by `vdpbf16ps`, and by the model).
+    let tiny: Vec<f32> = (0..64 * 8).map(|i| if i % 3 == 0 { 1e-20 } else { -3e-19 }).collect();
+    big.push(Case { t: 64, k: 8, n: 8, x: tiny.clone(), w: vec![1e-19; 64], m: vec![1.0; 64], bias: None, dy: tiny });
+    for (ci, c) in big.iter().enumerate() {
+        let kept = KeptBlocks::from_mask(&c.m, c.k, c.n).unwrap();
+        let want = run_bf16(&model, c, &kept, &Serial);
+        for threads in 1..=3 {
+            let got = run_bf16(&hw, c, &kept, &Threads(threads));
+            for (what, (g, w)) in ["y", "dx", "dW"].iter().zip(got.iter().zip(&want)) {
+                let bad = g.iter().zip(w).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert!(
+                    bad.is_none(),
+                    "case {ci} (T={} K={} N={}) {what}, {threads} threads: element {bad:?} is {} on AVX-512 BF16, {} in the model",
+                    c.t,
+                    c.k,
+                    c.n,
+                    bad.map_or(0.0, |i| g[i]),
+                    bad.map_or(0.0, |i| w[i])
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_needs_avx512_bf16_or_the_scalar_model() {
+    if Isa::Avx2.supported() {
+        let e = MaskedLinear::with_precision(Isa::Avx2, Precision::Bf16).unwrap_err().to_string();
+        assert!(e.contains("bf16 products need the avx512vnni ISA"), "{e}");
+    }
+    assert_eq!(MaskedLinear::with_precision(Isa::Scalar, Precision::Bf16).unwrap().precision(), Precision::Bf16);
 }

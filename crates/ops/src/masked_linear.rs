@@ -3,12 +3,16 @@
 //! two gradients, computed by `sparsec_kernels::masked_linear` on the mask's kept `[4, 1]` blocks
 //! only. Weight and mask are run-time inputs (the trainer feeds new weights every step and new
 //! masks at pruning updates), so each call lists the kept blocks from the mask it is given.
+//!
+//! Attribute `precision` (all three): `"f32"` (default) or `"bf16"`, products of bf16-rounded
+//! operands summed in f32 (`vdpbf16ps`; needs AVX-512 BF16, or the scalar ISA forced, which runs a
+//! portable model of the same arithmetic). Inputs and outputs are f32 either way.
 
 use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput, ShapeInferenceContext,
 };
 use ort::value::{TensorElementType as T, ValueType};
-use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear};
+use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear, Precision};
 
 use super::{err, f32_type, guarded, input_names, kernel_isa, present, OrtPool};
 
@@ -47,7 +51,12 @@ pub struct MaskedLinearKernel {
 fn create(kctx: &KernelContext, default_name: &str, kind: Kind) -> ort::Result<MaskedLinearKernel> {
     let node = kctx.node_name().unwrap_or_else(|_| default_name.into());
     let names = input_names(kctx)?;
-    let kernels = MaskedLinear::new(kernel_isa()?).map_err(|e| err(format!("{node}: {e}")))?;
+    let precision = match kctx.get::<String>("precision").as_deref().unwrap_or("f32") {
+        "f32" => Precision::F32,
+        "bf16" => Precision::Bf16,
+        other => return Err(err(format!("{node}: unknown precision '{other}' (f32, bf16)"))),
+    };
+    let kernels = MaskedLinear::with_precision(kernel_isa()?, precision).map_err(|e| err(format!("{node}: {e}")))?;
     Ok(MaskedLinearKernel { bias: matches!(kind, Kind::Forward) && present(&names, 3), node, kind, kernels })
 }
 

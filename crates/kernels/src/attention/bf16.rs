@@ -12,6 +12,7 @@
 use super::f32::{kept_keys, padded_bias, softmax_row, store_out, store_scores};
 use super::problem::{Problem, Task, TILE};
 use super::simd::{F32x, Lanes};
+use crate::bf16::value as bf16_value;
 use crate::scratch::Buf;
 
 /// A bf16 pair dot product into 16 f32 lanes.
@@ -36,35 +37,17 @@ pub(crate) fn bf16_bits(x: f32) -> u16 {
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
-#[inline(always)]
-fn bf16_value(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
-}
-
-/// The portable model of `vdpbf16ps`: bf16 inputs with subnormals read as zero, the odd product
-/// added first, then the even one, each sum rounded to f32, subnormal results flushed to zero.
+/// The portable model of `vdpbf16ps` ([`crate::bf16::dot_lane`] per lane).
 pub(crate) struct Emulated;
 
 impl Bf16Dot for Emulated {
     type V = Lanes<16>;
     #[inline(always)]
     unsafe fn dot(acc: Lanes<16>, a: u32, b: *const u32) -> Lanes<16> {
-        let daz = |h: u32| {
-            let x = bf16_value(h as u16);
-            if x.is_subnormal() {
-                0.0
-            } else {
-                x
-            }
-        };
-        let ftz = |x: f32| if x.is_subnormal() { 0.0 } else { x };
-        let (a_lo, a_hi) = (daz(a & 0xffff), daz(a >> 16));
         let mut r = acc.0;
         for (l, r) in r.iter_mut().enumerate() {
             // SAFETY: `b` points at 16 readable pairs (the trait's contract), `l < 16`.
-            let bl = unsafe { *b.add(l) };
-            let x = ftz(*r + a_hi * daz(bl >> 16));
-            *r = ftz(x + a_lo * daz(bl & 0xffff));
+            *r = crate::bf16::dot_lane(*r, a, unsafe { *b.add(l) });
         }
         Lanes(r)
     }
@@ -88,7 +71,8 @@ pub(crate) use x86::Avx512Bf16;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::simd::Avx512;
-    use super::{bf16_bits, bf16_value, Bf16Dot};
+    use super::{bf16_bits, Bf16Dot};
+    use crate::bf16::value as bf16_value;
     use std::arch::x86_64::*;
 
     /// `vdpbf16ps` on zmm registers (AVX-512 BF16).

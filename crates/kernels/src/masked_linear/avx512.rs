@@ -91,7 +91,7 @@ pub(super) unsafe fn dw_rows(tiles: &Tiles, rows: &[u32], b: usize, cols: Range<
 /// Lane `4r + c` of the result is the sum of the 16 floats of `acc[r][c]`: pairwise unpack-adds
 /// within 128-bit lanes, then across lanes (15 adds, 30 shuffles).
 #[target_feature(enable = "avx512f")]
-fn reduce16(acc: [[__m512; BLOCK]; 4]) -> __m512 {
+pub(super) fn reduce16(acc: [[__m512; BLOCK]; 4]) -> __m512 {
     let a: [__m512; 16] = std::array::from_fn(|i| acc[i / 4][i % 4]);
     // v[j], per 128-bit lane: [a2j₀+a2j₂, a2j+1₀+a2j+1₂, a2j₁+a2j₃, a2j+1₁+a2j+1₃].
     let v: [__m512; 8] = std::array::from_fn(|j| {
