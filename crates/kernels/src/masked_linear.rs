@@ -476,24 +476,7 @@ impl MaskedLinear {
                         let hi = list.partition_point(|&r| (r as usize) < k1);
                         for (gi, rows) in list[lo..hi].chunks(group).enumerate() {
                             let mut sums = [[0f32; BLOCK]; 4];
-                            let cols = 0..tiles.tp;
-                            match (isa, &tiles_h) {
-                                #[cfg(target_arch = "x86_64")]
-                                // SAFETY: the AVX-512 BF16 path is only chosen on a CPU with
-                                // AVX-512 F and BF16; bounds are checked by `TilesBf16`.
-                                (_, Some((bf16::Path::Avx512, th))) => unsafe {
-                                    avx512_bf16::dw_rows(th, rows, b, cols, &mut sums)
-                                },
-                                (_, Some((_, th))) => bf16_ref::dw_rows(th, rows, b, cols, &mut sums),
-                                #[cfg(target_arch = "x86_64")]
-                                // SAFETY: `new` admitted AVX-512 only on a CPU that has it; rows,
-                                // block and token range are checked against the buffers by `Tiles`.
-                                (Isa::Avx512Vnni, None) => unsafe { avx512::dw_rows(&tiles, rows, b, cols, &mut sums) },
-                                #[cfg(target_arch = "x86_64")]
-                                // SAFETY: as for AVX-512, with AVX2 + FMA (admitted by `new`).
-                                (Isa::Avx2, None) => unsafe { avx2::dw_rows(&tiles, rows, b, cols, &mut sums) },
-                                _ => scalar::dw_rows(&tiles, rows, b, cols, &mut sums),
-                            }
+                            dw_group(isa, &tiles, tiles_h.as_ref(), rows, b, &mut sums);
                             let e = kept.start[b] + lo + gi * group - e0;
                             for (r, s) in sums[..rows.len()].iter().enumerate() {
                                 for (p, v) in partial[(e + r) * BLOCK..(e + r + 1) * BLOCK].iter_mut().zip(s) {
@@ -505,26 +488,61 @@ impl MaskedLinear {
                 }
             });
         }
-        let out = Out::new(dw);
-        par.run(plan.tasks(), &|i| {
-            let (_, blocks) = plan.task(i);
-            for b in blocks {
-                let j0 = b * BLOCK;
-                let nc = BLOCK.min(n - j0);
-                for (idx, &kk) in kept.rows_of(b).iter().enumerate() {
-                    let e = kept.start[b] + idx;
-                    let at = kk as usize * n + j0;
-                    // SAFETY: the plan gives each column block to one task, so this task alone
-                    // writes columns j0..j0 + nc; `Out::range` checks the bounds.
-                    let dst = unsafe { out.range(at, nc) };
-                    for (c, d) in dst.iter_mut().enumerate() {
-                        *d = mask[at + c] * partial[e * BLOCK + c];
-                    }
-                }
-            }
-        });
+        scatter_dw(kept, mask, &partial, &plan, dw, par);
         Ok(())
     }
+}
+
+/// One group's `sums[r][c]` (up to 4 kept rows of block `b` × its 4 channels, over the chunk's
+/// tokens) on the kernel's path: the bf16 tiles when `th` is given, else the f32 ones on `isa`.
+fn dw_group(
+    isa: Isa,
+    tiles: &Tiles,
+    th: Option<&(bf16::Path, TilesBf16)>,
+    rows: &[u32],
+    b: usize,
+    sums: &mut [[f32; BLOCK]; 4],
+) {
+    let cols = 0..tiles.tp;
+    match (isa, th) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the AVX-512 BF16 path is only chosen on a CPU with AVX-512 F and BF16; bounds
+        // are checked by `TilesBf16`.
+        (_, Some((bf16::Path::Avx512, th))) => unsafe { avx512_bf16::dw_rows(th, rows, b, cols, sums) },
+        (_, Some((_, th))) => bf16_ref::dw_rows(th, rows, b, cols, sums),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `MaskedLinear::with_precision` admitted AVX-512 only on a CPU that has it; rows,
+        // block and token range are checked against the buffers by `Tiles`.
+        (Isa::Avx512Vnni, None) => unsafe { avx512::dw_rows(tiles, rows, b, cols, sums) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for AVX-512, with AVX2 + FMA (admitted by `MaskedLinear::with_precision`).
+        (Isa::Avx2, None) => unsafe { avx2::dw_rows(tiles, rows, b, cols, sums) },
+        _ => scalar::dw_rows(tiles, rows, b, cols, sums),
+    }
+}
+
+/// `dW = M ⊙ partial` on the kept blocks (`partial`: 4 channel sums per kept pair, in list order;
+/// `dW` is zero elsewhere already), each task writing its column blocks.
+fn scatter_dw(kept: &KeptBlocks, mask: &[f32], partial: &[f32], plan: &Plan, dw: &mut [f32], par: &dyn Parallel) {
+    let n = kept.n;
+    let out = Out::new(dw);
+    par.run(plan.tasks(), &|i| {
+        let (_, blocks) = plan.task(i);
+        for b in blocks {
+            let j0 = b * BLOCK;
+            let nc = BLOCK.min(n - j0);
+            for (idx, &kk) in kept.rows_of(b).iter().enumerate() {
+                let e = kept.start[b] + idx;
+                let at = kk as usize * n + j0;
+                // SAFETY: the plan gives each column block to one task, so this task alone writes
+                // columns j0..j0 + nc; `Out::range` checks the bounds.
+                let dst = unsafe { out.range(at, nc) };
+                for (c, d) in dst.iter_mut().enumerate() {
+                    *d = mask[at + c] * partial[e * BLOCK + c];
+                }
+            }
+        }
+    });
 }
 
 /// `Ok` when the weights and the mask both hold `K·N` values.
