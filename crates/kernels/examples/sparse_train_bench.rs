@@ -8,16 +8,20 @@
 //! (`2·T·K·N` over the min). Kernel times only: `benches/sparse_train_ops.rs` times the same
 //! work against ONNX Runtime's dense MatMul/Gemm, the path training takes without the kernels.
 //!
+//! `--threads N` (N > 1) runs each call on N scoped threads and times wall seconds instead.
 //! `--precision bf16` times the bf16 products (`vdpbf16ps`, AVX-512 BF16) instead, `both` the two
 //! one after the other per configuration.
 //!
 //!   cargo run --release -p sparsec-kernels --example sparse_train_bench -- [--secs S] [--tokens T] [--json]
-//!       [--only K,N,SPARSITY] [--precision f32|bf16|both]
+//!       [--only K,N,SPARSITY] [--precision f32|bf16|both] [--threads N]
 
 use std::time::Instant;
 
 use sparsec_kernels::masked_linear::{KeptBlocks, MaskedLinear, Precision};
-use sparsec_kernels::{Isa, Serial};
+use sparsec_kernels::{Isa, Parallel, Serial};
+
+#[allow(dead_code)] // this example uses only its thread pool
+mod bench_util;
 
 const SHAPES: [(usize, usize); 3] = [(384, 384), (384, 1536), (1536, 384)];
 const TOKENS: [usize; 2] = [6144, 2560];
@@ -79,14 +83,15 @@ fn thread_seconds(epoch: Instant) -> f64 {
 /// `(min, median)` CPU seconds of this thread per call of `f` (a call preempted by other work
 /// on a shared machine does not count the wait) over at least 3 calls and `secs` seconds of wall
 /// time, after one warm-up call.
-fn time(secs: f64, mut f: impl FnMut()) -> (f64, f64) {
+fn time(secs: f64, wall: bool, mut f: impl FnMut()) -> (f64, f64) {
     f();
     let start = Instant::now();
+    let now = |s: Instant| if wall { s.elapsed().as_secs_f64() } else { thread_seconds(s) };
     let mut v = Vec::new();
     while v.len() < 3 || start.elapsed().as_secs_f64() < secs {
-        let t = thread_seconds(start);
+        let t = now(start);
         f();
-        v.push(thread_seconds(start) - t);
+        v.push(now(start) - t);
     }
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2])
@@ -103,6 +108,10 @@ fn main() {
         (v[0].parse().expect("K"), v[1].parse().expect("N"), v[2].parse().expect("sparsity"))
     });
     let isa = Isa::from_env().expect("SPARSEC_ISA");
+    let threads: usize = arg("--threads").map_or(1, |t| t.parse().expect("--threads"));
+    let pool = bench_util::Threads(threads);
+    let par: &dyn Parallel = if threads > 1 { &pool } else { &Serial };
+    let wall = threads > 1;
     let precisions: Vec<Precision> = match arg("--precision").as_deref() {
         None | Some("f32") => vec![Precision::F32],
         Some("bf16") => vec![Precision::Bf16],
@@ -131,13 +140,13 @@ fn main() {
                 let kept = |m: &[f32]| KeptBlocks::from_mask(m, k, n).expect("mask");
                 for ml in &kernels {
                     let prec = ml.precision();
-                    let fwd = time(secs, || {
-                        ml.forward(&x, t, &w, &mask, &kept(&mask), Some(&bias), &mut y, &Serial).expect("forward")
+                    let fwd = time(secs, wall, || {
+                        ml.forward(&x, t, &w, &mask, &kept(&mask), Some(&bias), &mut y, par).expect("forward")
                     });
                     let gin =
-                        time(secs, || ml.grad_input(&dy, t, &w, &mask, &kept(&mask), &mut dx, &Serial).expect("dX"));
+                        time(secs, wall, || ml.grad_input(&dy, t, &w, &mask, &kept(&mask), &mut dx, par).expect("dX"));
                     let gw =
-                        time(secs, || ml.grad_weight(&x, &dy, t, &mask, &kept(&mask), &mut dw, &Serial).expect("dW"));
+                        time(secs, wall, || ml.grad_weight(&x, &dy, t, &mask, &kept(&mask), &mut dw, par).expect("dW"));
                     let flop = 2.0 * (t * k * n) as f64;
                     if json {
                         println!(
