@@ -89,7 +89,8 @@ pub(crate) struct TrainFlags {
     /// Products of the masked linears on sparsec's training operators: `f32`, or `bf16` (operands
     /// rounded to bf16, products summed in f32 by AVX-512 BF16's vdpbf16ps; master weights, the
     /// optimizer and every other operator stay f32). bf16 runs those operators at any mask density
-    /// (ONNX Runtime's dense path has no bf16) and needs a CPU with AVX-512 BF16.
+    /// (ONNX Runtime's dense path has no bf16) and needs a CPU with AVX-512 BF16. QAT steps keep
+    /// their fake-quantized linears dense and f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub linear_precision: crate::passes::LinearPrecision,
     /// ONNX Runtime profiles the training-step session: a JSON trace of every node run, written to

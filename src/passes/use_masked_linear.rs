@@ -3,6 +3,8 @@
 //! (`autodiff::rules::masked_linear`) emits `MaskedLinearGradInput` and `MaskedLinearGradWeight`:
 //! forward and both gradients then cost the mask's kept `[4, 1]` blocks instead of the dense layer.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 
 use super::pattern::{sole_consumer, Consumers};
@@ -29,7 +31,8 @@ use crate::ir::{Attribute, DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, Te
 ///   the gradient of `W` is `M ⊙ (Xᵀ·dY)` as the `Mul` → `MatMul` chain's is. Any mask is exact;
 ///   the speed-up needs `[4, 1]` blocks (see `sparsec_kernels::masked_linear`).
 /// - With `precision: bf16`, also the *unmasked* linear layers: `MatMul(X, W)` (default domain)
-///   with `W` an f32 `[K, N]` initializer read directly (bias matched as above), emitted with an
+///   with `W` an f32 `[K, N]` initializer read directly that [`crate::ir::modules::parameter_names`]
+///   names (a trained parameter, not a constant table; bias matched as above), emitted with an
 ///   all-ones mask initializer `sparsec.ones/KxN` (one per shape; not a parameter), so that every
 ///   linear of a dense model gets the bf16 products too. Fake-quantized weights still do not match.
 ///
@@ -80,9 +83,11 @@ impl Pass for UseMaskedLinear {
             .edit(|p: &mut Patch| -> Result<(), PassError> {
                 let g = p.graph();
                 let consumers = g.consumers();
-                let unmasked = self.precision == LinearPrecision::Bf16;
+                // With bf16, unmasked layers too: those whose weight is a parameter the trainer knows.
+                let params: Option<HashSet<ValueId>> = (self.precision == LinearPrecision::Bf16)
+                    .then(|| crate::ir::modules::parameter_names(g).into_values().collect());
                 let sites: Vec<Site> =
-                    g.nodes().filter_map(|(id, _)| match_site(g, &consumers, id, unmasked)).collect();
+                    g.nodes().filter_map(|(id, _)| match_site(g, &consumers, id, params.as_ref())).collect();
                 let mut ones: Vec<((usize, usize), ValueId)> = Vec::new();
                 for site in sites {
                     let mask = match site.mask {
@@ -130,9 +135,9 @@ impl Pass for UseMaskedLinear {
     }
 }
 
-/// The masked linear layer whose `MatMul` is node `id`, if it is one; with `unmasked`, also a
-/// linear layer whose weight initializer the `MatMul` reads directly.
-fn match_site(g: &Graph, consumers: &Consumers, id: NodeId, unmasked: bool) -> Option<Site> {
+/// The masked linear layer whose `MatMul` is node `id`, if it is one; with `unmasked` (the
+/// parameters), also a linear layer whose weight, a parameter, the `MatMul` reads directly.
+fn match_site(g: &Graph, consumers: &Consumers, id: NodeId, unmasked: Option<&HashSet<ValueId>>) -> Option<Site> {
     let mm = g.node(id);
     if mm.op_type != "MatMul" || !mm.domain.is_empty() {
         return None;
@@ -164,7 +169,10 @@ fn match_site(g: &Graph, consumers: &Consumers, id: NodeId, unmasked: bool) -> O
             }
             (Some(mul), w, Ok(mask), n)
         }
-        None if unmasked && g.is_initializer(p) && g.value(x).facts.dtype == Some(DType::F32) => {
+        None if unmasked.is_some_and(|params| params.contains(&p))
+            && g.is_initializer(p)
+            && g.value(x).facts.dtype == Some(DType::F32) =>
+        {
             let (k, n) = static_kn(p)?;
             (None, p, Err((k, n)), n)
         }
@@ -267,6 +275,14 @@ mod tests {
                 let sq = p.op(NodeSpec::new("MatMul", "/sq/MatMul", &[h, h]), "sq", Facts::default());
                 let y = p.op(NodeSpec::new("MatMul", "/fc2/MatMul", &[sq, w2]), "y", Facts::default());
                 p.add_output(y);
+                // The initializer as the first operand, and a transposed weight: not matched.
+                let c = p.add_initializer("onnx::MatMul_4", Tensor::from_f32(vec![8, 8], &[0.125; 64]));
+                let first = p.op(NodeSpec::new("MatMul", "/first/MatMul", &[c, x]), "first", Facts::default());
+                p.add_output(first);
+                let w5 = p.add_initializer("onnx::MatMul_5", Tensor::from_f32(vec![8, 8], &[0.5; 64]));
+                let wt = p.op(NodeSpec::new("Transpose", "/t/Transpose", &[w5]), "wt", Facts::default());
+                let tr = p.op(NodeSpec::new("MatMul", "/tr/MatMul", &[x, wt]), "tr", Facts::default());
+                p.add_output(tr);
                 Ok(())
             })
             .unwrap();
@@ -277,7 +293,8 @@ mod tests {
         assert_eq!(r.rewritten, 2);
         let g = &m.graph;
         let masked: Vec<_> = g.nodes().filter(|(_, n)| n.op_type == MASKED_LINEAR).map(|(_, n)| n.clone()).collect();
-        assert_eq!(masked.len(), 2);
+        assert_eq!(masked.len(), 2, "fc1 and fc2 only");
+        assert!(masked.iter().all(|n| n.name == "/fc1/MatMul" || n.name == "/fc2/MatMul"));
         let ones = g.value_by_name("sparsec.ones/8x8").expect("one all-ones mask for the shape");
         for n in &masked {
             assert_eq!(n.input(2), Some(ones));

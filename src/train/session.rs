@@ -113,6 +113,10 @@ fn fingerprint(cfg: &TrainConfig, data: &Data, loss: &Loss, total_steps: u64) ->
     if cfg.group_by_length {
         fingerprint["group_by_length"] = true.into();
     }
+    if cfg.linear_precision != crate::passes::LinearPrecision::F32 {
+        // bf16 products change every step's rounding: a run resumes in the precision it ran in.
+        fingerprint["linear_precision"] = serde_json::to_value(cfg.linear_precision).unwrap_or_default();
+    }
     if let Some(l) = &loss.spec.layers {
         fingerprint["layer_distillation"] = serde_json::json!({"student": l.modules, "teacher": loss.teacher_modules});
     }

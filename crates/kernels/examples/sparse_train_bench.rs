@@ -121,7 +121,11 @@ fn main() {
     let kernels: Vec<MaskedLinear> =
         precisions.iter().map(|&p| MaskedLinear::with_precision(isa, p).expect("ISA and precision")).collect();
     if !json {
-        println!("masked-linear training kernels, {isa}, 1 thread; CPU ms per call (min / median), dense-equivalent GFLOP/s of the min");
+        if threads > 1 {
+            println!("masked-linear training kernels, {isa}, {threads} threads; wall ms per call (min / median), dense-equivalent GFLOP/s of the min");
+        } else {
+            println!("masked-linear training kernels, {isa}, 1 thread; CPU ms per call (min / median), dense-equivalent GFLOP/s of the min");
+        }
         println!(
             "{:>4} {:>5} {:>5} {:>5} {:>4} | {:>17} {:>6} | {:>17} {:>6} | {:>17} {:>6}",
             "K", "N", "T", "sp", "prec", "forward", "GF/s", "dX", "GF/s", "dW", "GF/s"

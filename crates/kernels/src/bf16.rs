@@ -6,9 +6,11 @@
 //! checked on a Zen 5 against the instructions (200,000 random pairs; subnormal, NaN and overflow
 //! cases):
 //! - `vcvtneps2bf16` ([`round`]): round to nearest even, subnormal inputs read as (signed) zero;
-//! - `vdpbf16ps` ([`dot_lane`]): bf16 inputs with subnormals read as zero, the exact product of the
-//!   odd (high) elements added to the accumulator first, then that of the even ones, each sum rounded
-//!   to f32, subnormal results flushed to zero.
+//! - `vdpbf16ps` ([`dot_lane`]): bf16 inputs with subnormals read as zero, the product of the odd
+//!   (high) elements added to the accumulator first, then that of the even ones, each sum rounded to
+//!   f32, subnormal results flushed to zero. A product of two bf16 is exact in f32 unless it leaves
+//!   f32's normal range (below about 2⁻¹²⁶ or above f32::MAX), where this model rounds it first;
+//!   checked on Zen 5 only, so the bit-identity tests are what vouch for another CPU.
 
 /// f32 → bf16 as `vcvtneps2bf16`: round to nearest even, a subnormal input gives a signed zero, a
 /// NaN stays a quiet NaN.

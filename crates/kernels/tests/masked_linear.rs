@@ -409,5 +409,9 @@ fn bf16_needs_avx512_bf16_or_the_scalar_model() {
         let e = MaskedLinear::with_precision(Isa::Avx2, Precision::Bf16).unwrap_err().to_string();
         assert!(e.contains("bf16 products need the avx512vnni ISA"), "{e}");
     }
+    if Isa::Avx512Vnni.supported() && !Isa::cpu_has_avx512_bf16() {
+        let e = MaskedLinear::with_precision(Isa::Avx512Vnni, Precision::Bf16).unwrap_err().to_string();
+        assert!(e.contains("this CPU: absent"), "{e}");
+    }
     assert_eq!(MaskedLinear::with_precision(Isa::Scalar, Precision::Bf16).unwrap().precision(), Precision::Bf16);
 }

@@ -51,10 +51,13 @@ pub struct MaskedLinearKernel {
 fn create(kctx: &KernelContext, default_name: &str, kind: Kind) -> ort::Result<MaskedLinearKernel> {
     let node = kctx.node_name().unwrap_or_else(|_| default_name.into());
     let names = input_names(kctx)?;
-    let precision = match kctx.get::<String>("precision").as_deref().unwrap_or("f32") {
-        "f32" => Precision::F32,
-        "bf16" => Precision::Bf16,
-        other => return Err(err(format!("{node}: unknown precision '{other}' (f32, bf16)"))),
+    let precision = match kctx.get::<String>("precision").as_deref() {
+        None if kctx.get::<i64>("precision").is_some() || kctx.get::<f32>("precision").is_some() => {
+            return Err(err(format!("{node}: attribute 'precision' must be a string (f32, bf16)")))
+        }
+        None | Some("f32") => Precision::F32,
+        Some("bf16") => Precision::Bf16,
+        Some(other) => return Err(err(format!("{node}: unknown precision '{other}' (f32, bf16)"))),
     };
     let kernels = MaskedLinear::with_precision(kernel_isa()?, precision).map_err(|e| err(format!("{node}: {e}")))?;
     Ok(MaskedLinearKernel { bias: matches!(kind, Kind::Forward) && present(&names, 3), node, kind, kernels })

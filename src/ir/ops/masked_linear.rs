@@ -2,7 +2,9 @@
 //! into training graphs by `passes::UseMaskedLinear` and its gradient rule):
 //! `MaskedLinear(X[..., K], W[K, N], M[K, N], B[N]?) -> Y[..., N]` (`Y = X·(W ⊙ M) + B`),
 //! `MaskedLinearGradInput(dY[..., N], W[K, N], M[K, N]) -> dX[..., K]` and
-//! `MaskedLinearGradWeight(X[..., K], dY[..., N], M[K, N]) -> dW[K, N]`, all f32.
+//! `MaskedLinearGradWeight(X[..., K], dY[..., N], M[K, N]) -> dW[K, N]`, all f32. Each takes an
+//! optional string attribute `precision`: `"f32"` (the default) or `"bf16"` (products of
+//! bf16-rounded operands summed in f32, see `sparsec-ops`).
 
 use super::sparsec::DOMAIN;
 use super::{def, facts, InferCtx, OpDef};
