@@ -143,6 +143,31 @@ impl KeptBlocks {
         &self.rows[self.start[b]..self.start[b + 1]]
     }
 
+    /// Cumulative kept blocks per input row (`[K + 1]`): the input gradient's tasks own row
+    /// ranges balanced by these.
+    fn row_weights(&self) -> Vec<usize> {
+        let mut per_row = vec![0usize; self.k];
+        self.rows.iter().for_each(|&r| per_row[r as usize] += 1);
+        let mut start = Vec::with_capacity(self.k + 1);
+        start.push(0);
+        for c in &per_row {
+            start.push(start.last().copied().unwrap_or(0) + c);
+        }
+        start
+    }
+
+    /// Per column block, its entries whose row lies in `rows`.
+    fn spans(&self, rows: &Range<usize>) -> Vec<Range<usize>> {
+        (0..self.blocks())
+            .map(|b| {
+                let list = self.rows_of(b);
+                let lo = list.partition_point(|&r| (r as usize) < rows.start);
+                let hi = list.partition_point(|&r| (r as usize) < rows.end);
+                self.start[b] + lo..self.start[b] + hi
+            })
+            .collect()
+    }
+
     /// `W ⊙ M` of the kept blocks in [`crate::blocks`] format (groups of 4 kept rows, the last
     /// padded with zero weights at a valid index).
     fn pack_forward(&self, w: &[f32], mask: &[f32]) -> Blocks<f32> {
@@ -334,14 +359,7 @@ impl MaskedLinear {
         let n4 = kept.blocks() * BLOCK;
         let n_tiles = t.div_ceil(tw);
         // Tasks own (token tiles, row ranges), rows balanced by their kept blocks.
-        let mut per_row = vec![0usize; k];
-        kept.rows.iter().for_each(|&r| per_row[r as usize] += 1);
-        let mut row_start = Vec::with_capacity(k + 1);
-        row_start.push(0);
-        for c in &per_row {
-            row_start.push(row_start.last().copied().unwrap_or(0) + c);
-        }
-        let plan = Plan::new(n_tiles, &row_start, par.threads());
+        let plan = Plan::new(n_tiles, &kept.row_weights(), par.threads());
         // Tasks that own whole tiles transpose them just before use (hot in cache); otherwise all
         // tiles are transposed first and shared.
         let shared = (plan.blocks.len() > 1).then(|| transposed_tiles(self.isa, dy, t, n, n4, tw, par));
@@ -350,15 +368,7 @@ impl MaskedLinear {
         par.run(plan.tasks(), &|i| {
             let (tiles, rows) = plan.task(i);
             let kr = rows.len();
-            // Per block, its entries whose row lies in this task's range.
-            let spans: Vec<Range<usize>> = (0..kept.blocks())
-                .map(|b| {
-                    let list = kept.rows_of(b);
-                    let lo = list.partition_point(|&r| (r as usize) < rows.start);
-                    let hi = list.partition_point(|&r| (r as usize) < rows.end);
-                    kept.start[b] + lo..kept.start[b] + hi
-                })
-                .collect();
+            let spans = kept.spans(&rows);
             let kr8 = kr.div_ceil(8) * 8;
             let mut acc = Buf::<f32>::zeroed(kr * tw);
             let mut rows_out = Buf::<f32>::zeroed(tw * kr8);
@@ -388,13 +398,7 @@ impl MaskedLinear {
                     _ => scalar::dx_tile(ytile, tw, &spans, &kept.rows, &cw, k0, &mut acc),
                 }
                 // `acc [kr][tw]` → `[tw][kr8]`, then each valid token's row to its place.
-                transpose_tile(isa, &acc, tw, 0, kr, kr8, &mut rows_out);
-                for tt in 0..tvalid {
-                    // SAFETY: the plan gives each (token, row range) to one task, so no other
-                    // live range overlaps this one; `Out::range` checks the bounds.
-                    unsafe { out.range((t0 + tt) * k + rows.start, kr) }
-                        .copy_from_slice(&rows_out[tt * kr8..tt * kr8 + kr]);
-                }
+                store_dx_tile(isa, &acc, &mut rows_out, &out, t0, tvalid, k, &rows);
             }
         });
         Ok(())
@@ -545,6 +549,29 @@ fn scatter_dw(kept: &KeptBlocks, mask: &[f32], partial: &[f32], plan: &Plan, dw:
     });
 }
 
+/// Writes one task's input-gradient tile `acc [rows][tw]` (`tw` = `acc.len() / rows.len()`) to
+/// tokens `t0..t0 + tvalid` of `dx [T, K]`, through `rows_out` (`tw × ⌈rows/8⌉·8`).
+#[allow(clippy::too_many_arguments)]
+fn store_dx_tile(
+    isa: Isa,
+    acc: &[f32],
+    rows_out: &mut [f32],
+    out: &Out<f32>,
+    t0: usize,
+    tvalid: usize,
+    k: usize,
+    rows: &Range<usize>,
+) {
+    let kr = rows.len();
+    let (tw, kr8) = (acc.len() / kr, kr.div_ceil(8) * 8);
+    transpose_tile(isa, acc, tw, 0, kr, kr8, rows_out);
+    for tt in 0..tvalid {
+        // SAFETY: the plan gives each (token, row range) to one task, so no other live range
+        // overlaps this one; `Out::range` checks the bounds.
+        unsafe { out.range((t0 + tt) * k + rows.start, kr) }.copy_from_slice(&rows_out[tt * kr8..tt * kr8 + kr]);
+    }
+}
+
 /// `Ok` when the weights and the mask both hold `K·N` values.
 fn check_weights(w: &[f32], mask: &[f32], k: usize, n: usize) -> Result<(), KernelError> {
     for (what, len) in [("weights", w.len()), ("mask", mask.len())] {
@@ -601,17 +628,18 @@ fn transposed_rows(isa: Isa, x: &[f32], t: usize, cols: usize, rows: usize, par:
 }
 
 /// The transposed operands of the weight gradient for one token chunk: `xt [K][Tp]`,
-/// `yt [4·⌈N/4⌉][Tp]`.
-pub(crate) struct Tiles<'a> {
-    xt: &'a [f32],
-    yt: &'a [f32],
+/// `yt [4·⌈N/4⌉][Tp]`, in f32, or in bf16 (`E = u16`, where consecutive tokens of a row are the
+/// pairs the products take).
+pub(crate) struct Tiles<'a, E = f32> {
+    xt: &'a [E],
+    yt: &'a [E],
     k: usize,
     n4: usize,
     /// Tokens per row (a multiple of 64).
     tp: usize,
 }
 
-impl Tiles<'_> {
+impl<E> Tiles<'_, E> {
     /// Offsets of row `r` of `xt` and of channel row `4b` of `yt`, checking them and the token
     /// range `cols` (64-aligned, inside a row) against the buffers.
     fn offsets(&self, r: u32, b: usize, cols: &Range<usize>) -> (usize, usize) {

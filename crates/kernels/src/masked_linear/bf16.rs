@@ -168,14 +168,7 @@ pub(super) fn grad_input(
     let cw = pairs_of(path, cw);
     let n4 = kept.blocks() * BLOCK;
     let n_tiles = t.div_ceil(TW);
-    let mut per_row = vec![0usize; k];
-    kept.rows.iter().for_each(|&r| per_row[r as usize] += 1);
-    let mut row_start = Vec::with_capacity(k + 1);
-    row_start.push(0);
-    for c in &per_row {
-        row_start.push(row_start.last().copied().unwrap_or(0) + c);
-    }
-    let plan = Plan::new(n_tiles, &row_start, par.threads());
+    let plan = Plan::new(n_tiles, &kept.row_weights(), par.threads());
     let tile_len = n4 / 2 * TW;
     let shared = (plan.blocks.len() > 1).then(|| {
         let mut yp = Buf::<u32>::zeroed(n_tiles * tile_len);
@@ -191,14 +184,7 @@ pub(super) fn grad_input(
     par.run(plan.tasks(), &|i| {
         let (tiles, rows) = plan.task(i);
         let kr = rows.len();
-        let spans: Vec<Range<usize>> = (0..kept.blocks())
-            .map(|b| {
-                let list = kept.rows_of(b);
-                let lo = list.partition_point(|&r| (r as usize) < rows.start);
-                let hi = list.partition_point(|&r| (r as usize) < rows.end);
-                kept.start[b] + lo..kept.start[b] + hi
-            })
-            .collect();
+        let spans = kept.spans(&rows);
         let kr8 = kr.div_ceil(8) * 8;
         let mut acc = Buf::<f32>::zeroed(kr * TW);
         let mut rows_out = Buf::<f32>::zeroed(TW * kr8);
@@ -225,13 +211,7 @@ pub(super) fn grad_input(
                 Path::Avx512 => unsafe { avx512_bf16::dx_tile(ytile, &spans, &kept.rows, &cw, k0, &mut acc) },
                 _ => bf16_ref::dx_tile(ytile, &spans, &kept.rows, &cw, k0, &mut acc),
             }
-            transpose_tile(path.move_isa(), &acc, TW, 0, kr, kr8, &mut rows_out);
-            for tt in 0..tvalid {
-                // SAFETY: the plan gives each (token, row range) to one task, so no other live
-                // range overlaps this one; `Out::range` checks the bounds.
-                unsafe { out.range((t0 + tt) * k + rows.start, kr) }
-                    .copy_from_slice(&rows_out[tt * kr8..tt * kr8 + kr]);
-            }
+            super::store_dx_tile(path.move_isa(), &acc, &mut rows_out, &out, t0, tvalid, k, &rows);
         }
     });
     Ok(())

@@ -8,33 +8,10 @@ use std::ops::Range;
 use crate::bf16::{dot_lane, pair};
 use crate::blocks::{BLOCK, GROUP};
 
-use super::DW_TW;
-
 const TW: usize = 64;
 
-/// The bf16 operands of the weight gradient for one token chunk: `xt [K][Tp]`, `yt [4·⌈N/4⌉][Tp]`
-/// (consecutive tokens of a row are the pairs the products take).
-pub(crate) struct TilesBf16<'a> {
-    pub xt: &'a [u16],
-    pub yt: &'a [u16],
-    pub k: usize,
-    pub n4: usize,
-    /// Tokens per row (a multiple of 64).
-    pub tp: usize,
-}
-
-impl TilesBf16<'_> {
-    /// Offsets of row `r` of `xt` and of channel row `4b` of `yt`, checking them and the token
-    /// range `cols` (64-aligned, inside a row) against the buffers.
-    pub(super) fn offsets(&self, r: u32, b: usize, cols: &Range<usize>) -> (usize, usize) {
-        assert!((r as usize) < self.k && b * BLOCK + BLOCK <= self.n4, "row or block outside the tiles");
-        assert!(cols.start.is_multiple_of(DW_TW) && cols.end.is_multiple_of(DW_TW) && cols.end <= self.tp);
-        assert!(
-            self.xt.len() >= self.k * self.tp && self.yt.len() >= self.n4 * self.tp && self.tp.is_multiple_of(DW_TW)
-        );
-        (r as usize * self.tp, b * BLOCK * self.tp)
-    }
-}
+/// The bf16 operands of the weight gradient for one token chunk.
+pub(crate) type TilesBf16<'a> = super::Tiles<'a, u16>;
 
 /// As the AVX-512 BF16 `fwd_tile`: per output, the groups in order, per group the pair of rows
 /// 0–1, then 2–3.
