@@ -17,7 +17,7 @@ use std::path::Path;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 use sparsec::autodiff::{self, build_training_graph, GradOptions, LossSpec, TrainingGraphSpec};
-use sparsec::ir::{infer, Attribute, Attrs, DType, Dim, Facts, Graph, Model, NodeSpec, Patch, Tensor};
+use sparsec::ir::{infer, Attribute, Attrs, Facts, Graph, Model, NodeSpec, Patch, Tensor};
 use sparsec::passes::{InsertMasks, LinearPrecision, MaskTarget, Pass, UseMaskedLinear};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
 use sparsec::train::graphs::{with_sparse_linears, without_fake_quant};
@@ -234,47 +234,20 @@ fn masked_linear_gradients_match_finite_differences() {
 /// Deterministic values for the runtime inputs of a bert training graph (batch 2 × 16 tokens),
 /// with 80%-sparse `[4, 1]` masks.
 fn bert_feed(g: &Graph) -> Vec<(String, HostTensor)> {
-    let (batch, seq) = (2usize, 16usize);
-    let mut feed = Vec::new();
-    for (i, v) in g.runtime_inputs().enumerate() {
-        let value = g.value(v);
-        let shape: Vec<usize> = value
-            .facts
-            .shape
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|d| match d {
-                Dim::Known(n) => *n as usize,
-                Dim::Sym(s) if s.contains("batch") => batch,
-                _ => seq,
-            })
-            .collect();
-        let count: usize = shape.iter().product();
-        let name = value.name.as_str();
-        let t = match value.facts.dtype.unwrap() {
-            DType::I64 => {
-                let data: Vec<i64> = match name {
-                    "input_ids" => (0..count as i64).map(|i| 5 + (i * 37) % 900).collect(),
-                    "attention_mask" => vec![1; count],
-                    "start_positions" => vec![3, 7],
-                    "end_positions" => vec![5, 9],
-                    _ => vec![0; count],
-                };
-                HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
-            }
-            DType::U8 => HostTensor::U8(ArrayD::from_shape_vec(IxDyn(&shape), vec![128; count]).unwrap()),
-            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![false; count]).unwrap()),
-            DType::F32 if name.contains("scale") => f32_host(&shape, vec![0.05; count]),
-            DType::F32 if name.ends_with(".mask") => {
-                f32_host(&shape, block_mask(shape[0], shape[1], 0.2, 100 + i as u64))
-            }
-            DType::F32 => f32_host(&shape, values(count, 200 + i as u64, -1.0, 1.0)),
-            other => panic!("unexpected input dtype {other} for {name}"),
-        };
-        feed.push((name.to_string(), t));
-    }
-    feed
+    let f32_input = |name: &str, shape: &[usize], i: usize| -> Vec<f32> {
+        let count = shape.iter().product();
+        if name.contains("scale") {
+            vec![0.05; count]
+        } else if name.ends_with(".mask") {
+            block_mask(shape[0], shape[1], 0.2, 100 + i as u64)
+        } else {
+            values(count, 200 + i as u64, -1.0, 1.0)
+        }
+    };
+    crate::common::bert_feed(
+        g,
+        &BertFeed { batch: 2, seq: 16, attention_mask: &|count, _| vec![1; count], f32_input: &f32_input },
+    )
 }
 
 #[test]
@@ -427,25 +400,27 @@ fn log(out: &Path) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() {
-    // [4, 1] GMP to 80% over epochs 1-2 of 6 (11 steps each), QAT from epoch 4. With
-    // `--sparse-train auto` the dense graph runs until the masks keep at most 60% of their blocks
-    // (72% sparse from step 17), then the block-sparse graph until QAT (step 44). Killed after
-    // step 38, the run resumes from its step-33 checkpoint and steps 33-43 run block-sparse again.
+/// Trains the fixture with the `[4, 1]` GMP 80% recipe over 6 epochs (11 steps each, QAT from
+/// step 44) with `extra` flags and `env`: once uninterrupted, once killed after step 38 and
+/// resumed (from its step-33 checkpoint). Asserts that both runs end with the same bytes in every
+/// initializer and log the same loss and graph at every step, and returns the uninterrupted run's
+/// log with the resumed run's summary.
+fn kill_and_resume(extra: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, Value) {
     let dir = tempfile::tempdir().unwrap();
     let compiled = dir.path().join("compiled");
     compile_fixture(&root().join("recipes/gmp80-block4x1-qat-distill.yaml"), r#"{"num_epochs": 6}"#, &compiled);
     let data = root().join("fixtures/squad-tiny.json");
-    let full = dir.path().join("full");
-    ok(&sparsec(&train_args(&compiled, &full, &data)));
+    let (full, part) = (dir.path().join("full"), dir.path().join("part"));
+    let args = |out| [train_args(&compiled, out, &data), extra.to_vec()].concat();
+    ok(&sparsec_env(&args(&full), env));
 
-    let part = dir.path().join("part");
-    let killed = sparsec_env(&train_args(&compiled, &part, &data), &[("SPARSEC_ABORT_AFTER_STEP", "38")]);
-    assert!(!killed.status.success(), "the run must die at step 38");
-    let mut resume = train_args(&compiled, &part, &data);
+    let part_args = args(&part);
+    let mut env_kill = env.to_vec();
+    env_kill.push(("SPARSEC_ABORT_AFTER_STEP", "38"));
+    assert!(!sparsec_env(&part_args, &env_kill).status.success(), "the run must die at step 38");
+    let mut resume = part_args.clone();
     resume.push("--resume");
-    let summary: Value = serde_json::from_str(&ok(&sparsec(&resume))).unwrap();
+    let summary: Value = serde_json::from_str(&ok(&sparsec_env(&resume, env))).unwrap();
     assert_eq!(summary["resumed_from_step"], 33);
 
     let (a, b) = (initializer_bytes(&full.join("model.onnx")), initializer_bytes(&part.join("model.onnx")));
@@ -459,9 +434,23 @@ fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() 
         assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
         assert_eq!(x["block_sparse"], y["block_sparse"], "step {}", x["step"]);
     }
-    let sparse_steps: Vec<u64> =
-        la.iter().filter(|x| x["block_sparse"] == true).map(|x| x["step"].as_u64().unwrap()).collect();
-    assert_eq!(sparse_steps, (17..44).collect::<Vec<u64>>(), "the steps that ran block-sparse");
+    assert!(la.iter().all(|x| x["loss"].as_f64().is_some_and(f64::is_finite)));
+    (la, summary)
+}
+
+/// The steps of a training log that ran the block-sparse graph.
+fn block_sparse_steps(log: &[Value]) -> Vec<u64> {
+    log.iter().filter(|x| x["block_sparse"] == true).map(|x| x["step"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn killed_while_training_block_sparse_and_resumed_equals_an_uninterrupted_run() {
+    // [4, 1] GMP to 80% over epochs 1-2 of 6 (11 steps each), QAT from epoch 4. With
+    // `--sparse-train auto` the dense graph runs until the masks keep at most 60% of their blocks
+    // (72% sparse from step 17), then the block-sparse graph until QAT (step 44). Killed after
+    // step 38, the run resumes from its step-33 checkpoint and steps 33-43 run block-sparse again.
+    let (log, summary) = kill_and_resume(&[], &[]);
+    assert_eq!(block_sparse_steps(&log), (17..44).collect::<Vec<u64>>(), "the steps that ran block-sparse");
     let sparsity = summary["overall_sparsity"].as_f64().unwrap();
     assert!((sparsity - 0.8).abs() < 0.02, "sparsity {sparsity}");
 }
@@ -472,44 +461,12 @@ fn killed_while_training_with_bf16_linears_and_resumed_equals_an_uninterrupted_r
     // graph, the dense warm-up included (bf16 products exist only on sparsec's operators). On a CPU
     // without AVX-512 BF16 the runs use the scalar ISA, the portable model of the same arithmetic.
     let isa = if sparsec_kernels::Isa::cpu_has_avx512_bf16() { "avx512vnni" } else { "scalar" };
-    let env = [("SPARSEC_ISA", isa)];
-    let dir = tempfile::tempdir().unwrap();
-    let compiled = dir.path().join("compiled");
-    compile_fixture(&root().join("recipes/gmp80-block4x1-qat-distill.yaml"), r#"{"num_epochs": 6}"#, &compiled);
-    let data = root().join("fixtures/squad-tiny.json");
-    let args = |out: &Path| {
-        let mut a: Vec<String> = train_args(&compiled, out, &data).iter().map(|s| s.to_string()).collect();
-        a.extend(["--linear-precision".into(), "bf16".into()]);
-        a
-    };
-
-    let full = dir.path().join("full");
-    let full_args = args(&full);
-    ok(&sparsec_env(&refs(&full_args), &env));
-    let part = dir.path().join("part");
-    let part_args = args(&part);
-    let mut env_kill = env.to_vec();
-    env_kill.push(("SPARSEC_ABORT_AFTER_STEP", "38"));
-    assert!(!sparsec_env(&refs(&part_args), &env_kill).status.success(), "the run must die at step 38");
-    let mut resume = part_args.clone();
-    resume.push("--resume".into());
-    let summary: Value = serde_json::from_str(&ok(&sparsec_env(&refs(&resume), &env))).unwrap();
-    assert_eq!(summary["resumed_from_step"], 33);
-
-    let (a, b) = (initializer_bytes(&full.join("model.onnx")), initializer_bytes(&part.join("model.onnx")));
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert!(x.0 == y.0 && x.1 == y.1, "'{}' differs between the uninterrupted and the resumed run", x.0);
-    }
-    let (la, lb) = (log(&full), log(&part));
-    assert_eq!(la.len(), lb.len());
-    for (x, y) in la.iter().zip(&lb) {
-        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
-    }
-    let sparse_steps: Vec<u64> =
-        la.iter().filter(|x| x["block_sparse"] == true).map(|x| x["step"].as_u64().unwrap()).collect();
-    assert_eq!(sparse_steps, (0..44).collect::<Vec<u64>>(), "bf16 runs every step before QAT on the operators");
-    assert!(la.iter().all(|x| x["loss"].as_f64().is_some_and(f64::is_finite)));
+    let (log, _) = kill_and_resume(&["--linear-precision", "bf16"], &[("SPARSEC_ISA", isa)]);
+    assert_eq!(
+        block_sparse_steps(&log),
+        (0..44).collect::<Vec<u64>>(),
+        "bf16 runs every step before QAT on the operators"
+    );
 }
 
 #[test]
@@ -535,9 +492,4 @@ fn bf16_linears_without_the_block_sparse_operators_are_refused() {
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(err.contains("--linear-precision bf16") && err.contains("avx512vnni"), "{err}");
     }
-}
-
-/// `&str`s of owned arguments.
-fn refs(a: &[String]) -> Vec<&str> {
-    a.iter().map(String::as_str).collect()
 }

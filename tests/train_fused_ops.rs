@@ -15,7 +15,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 use sparsec::autodiff::{self, build_training_graph, GradOptions, LossSpec, TrainingGraphSpec};
-use sparsec::ir::{infer, Attribute, DType, Dim, Facts, Graph, Model, NodeSpec, Patch, Tensor};
+use sparsec::ir::{infer, Attribute, Facts, Graph, Model, NodeSpec, Patch, Tensor};
 use sparsec::passes::{Pass, UseAttentionTrain};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
 use sparsec::train::graphs::with_fused_ops;
@@ -248,45 +248,12 @@ fn fused_gelu_gradient_matches_finite_differences_and_the_chain() {
     }
 }
 
-/// Runtime inputs of a fixture's training graph, batch 2 × 16, item 1 padded by 5 tokens.
 /// Runtime inputs of the bert fixture's training graph, batch 2 × 16, item 1 padded by 5 tokens.
 fn bert_feed(g: &Graph) -> Vec<(String, HostTensor)> {
-    let (batch, seq) = (2usize, 16usize);
-    let mut feed = Vec::new();
-    for (i, v) in g.runtime_inputs().enumerate() {
-        let value = g.value(v);
-        let shape: Vec<usize> = value
-            .facts
-            .shape
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|d| match d {
-                Dim::Known(n) => *n as usize,
-                Dim::Sym(s) if s.contains("batch") => batch,
-                _ => seq,
-            })
-            .collect();
-        let count: usize = shape.iter().product();
-        let name = value.name.as_str();
-        let t = match value.facts.dtype.unwrap() {
-            DType::I64 => {
-                let data: Vec<i64> = match name {
-                    "input_ids" => (0..count as i64).map(|i| 5 + (i * 37) % 900).collect(),
-                    "attention_mask" => (0..count).map(|t| (t < seq || t % seq < seq - 5) as i64).collect(),
-                    "start_positions" => vec![3, 7],
-                    "end_positions" => vec![5, 9],
-                    _ => vec![0; count],
-                };
-                HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
-            }
-            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![false; count]).unwrap()),
-            DType::F32 => f32_host(&shape, values(count, 200 + i as u64, -1.0, 1.0)),
-            other => panic!("unexpected input dtype {other} for {name}"),
-        };
-        feed.push((name.to_string(), t));
-    }
-    feed
+    // The second window's last 5 tokens are padding.
+    let attention_mask = |count: usize, seq: usize| (0..count).map(|t| (t < seq || t % seq < seq - 5) as i64).collect();
+    let f32_input = |_: &str, shape: &[usize], i: usize| values(shape.iter().product(), 200 + i as u64, -1.0, 1.0);
+    crate::common::bert_feed(g, &BertFeed { batch: 2, seq: 16, attention_mask: &attention_mask, f32_input: &f32_input })
 }
 
 #[test]

@@ -216,3 +216,59 @@ pub fn int8_attention_recipe(dir: &Path) -> PathBuf {
     std::fs::write(&recipe, text).unwrap();
     recipe
 }
+
+/// An f32 runtime input's values from its name, shape and position among the runtime inputs.
+pub type F32Input<'a> = &'a dyn Fn(&str, &[usize], usize) -> Vec<f32>;
+
+/// How [`bert_feed`] fills a training graph's runtime inputs.
+pub struct BertFeed<'a> {
+    pub batch: usize,
+    pub seq: usize,
+    /// `attention_mask` for `count` tokens in windows of `seq`.
+    pub attention_mask: &'a dyn Fn(usize, usize) -> Vec<i64>,
+    pub f32_input: F32Input<'a>,
+}
+
+/// Values for every runtime input of a training graph of the bert fixture: symbolic axes named
+/// `*batch*` get `batch`, the others `seq`; token ids, fixed answer spans, `attention_mask` and the
+/// f32 inputs as `spec` says; u8 inputs 128, bool inputs false, other i64 inputs 0.
+pub fn bert_feed(g: &sparsec::ir::Graph, spec: &BertFeed) -> Vec<(String, HostTensor)> {
+    use ndarray::IxDyn;
+    use sparsec::ir::{DType, Dim};
+    let (batch, seq) = (spec.batch, spec.seq);
+    let mut feed = Vec::new();
+    for (i, v) in g.runtime_inputs().enumerate() {
+        let value = g.value(v);
+        let name = value.name.as_str();
+        let dims = value.facts.shape.as_ref().unwrap_or_else(|| panic!("input {name} has no shape"));
+        let shape: Vec<usize> = dims
+            .iter()
+            .map(|d| match d {
+                Dim::Known(n) => *n as usize,
+                Dim::Sym(s) if s.contains("batch") => batch,
+                _ => seq,
+            })
+            .collect();
+        let count: usize = shape.iter().product();
+        let t = match value.facts.dtype.unwrap_or_else(|| panic!("input {name} has no type")) {
+            DType::I64 => {
+                let data: Vec<i64> = match name {
+                    "input_ids" => (0..count as i64).map(|i| 5 + (i * 37) % 900).collect(),
+                    "attention_mask" => (spec.attention_mask)(count, seq),
+                    "start_positions" => vec![3, 7],
+                    "end_positions" => vec![5, 9],
+                    _ => vec![0; count],
+                };
+                HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
+            }
+            DType::U8 => HostTensor::U8(ArrayD::from_shape_vec(IxDyn(&shape), vec![128; count]).unwrap()),
+            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![false; count]).unwrap()),
+            DType::F32 => {
+                HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), (spec.f32_input)(name, &shape, i)).unwrap())
+            }
+            other => panic!("unexpected input dtype {other} for {name}"),
+        };
+        feed.push((name.to_string(), t));
+    }
+    feed
+}
