@@ -7,7 +7,8 @@ prints one JSON line per run and, at the end, a JSON summary of medians and rati
 Subjects (seq 384 unless the model fixes another length):
 - each SparseML export in ../shared/models/sparseml/*/ on DeepSparse and on sparsec's kernels
   (`sparsec`: one session, 2 threads; `sparsec-streams2`, batch > 1 only: `--streams 2`);
-- sparsec's own 80% [4,1] deployment (benches/results/*/deploy) on sparsec's kernels, both ways;
+- sparsec's own 80% [4,1] deployment (benches/results/*/deploy, or --deploys GLOB) on sparsec's kernels,
+  both ways;
 - the dense fp32 MiniLM on plain ONNX Runtime, and ONNX Runtime's quantize_dynamic of it.
 
 DeepSparse's licence allows evaluation only: it is measured here and nowhere else (never in the
@@ -96,11 +97,14 @@ def main():
     ap.add_argument("--dense", default=os.path.join(SHARED, "models/minilm-l6-squad"),
                     help="dense fp32 model folder for the ORT baselines (default: the MiniLM)")
     ap.add_argument("--no-deploys", action="store_true", help="leave out sparsec's own deployments")
+    ap.add_argument("--deploys", default=os.path.join(ROOT, "benches/results/*/deploy"),
+                    help="glob of sparsec deployment folders, each named by its parent folder "
+                         "(default: benches/results/*/deploy)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     dense = a.dense
     qdyn = make_qdyn(dense, a.out)
-    deploys = [] if a.no_deploys else sorted(glob.glob(os.path.join(ROOT, "benches/results/*/deploy/model.onnx")))
+    deploys = [] if a.no_deploys else sorted(glob.glob(os.path.join(a.deploys, "model.onnx")))
 
     subjects = []  # (name, engine, model path, seq)
     for d in sorted(glob.glob(os.path.join(a.models, "model.onnx"))):
