@@ -84,11 +84,12 @@ fn check_every_isa(model: &Path, bound: f32) -> Vec<PassReport> {
     let mut worst = Vec::new();
     for isa in Isa::available() {
         // SAFETY of the environment: this binary's tests read SPARSEC_ISA only when kernels are
-        // created, and any forced ISA computes the same integers; the `sparsec` children that
+        // created; any forced ISA computes the same integers, and the tests whose kernels must see
+        // this CPU's own ISA hold `own_isa`, which `force_isa` waits for; the `sparsec` children that
         // other tests start get the value this binary started with (`common::sparsec_env`).
-        std::env::set_var("SPARSEC_ISA", isa.name());
+        let forced = force_isa(isa.name());
         let (lowered, reports) = run(model, Some(SparseExecution::default()));
-        std::env::remove_var("SPARSEC_ISA");
+        drop(forced);
         let d = max_diff(&base, &lowered);
         println!("{} [{isa}]: max |Δlogit| {d:.3e} ({reports:?})", model.display());
         worst.push((isa, d));
@@ -160,9 +161,9 @@ fn layer_norm_lowering_is_bit_identical_to_ort_on_every_fixture_and_isa() {
         let (base, _) = run(path, None);
         for isa in Isa::available() {
             // SAFETY of the environment: as in `check_every_isa`.
-            std::env::set_var("SPARSEC_ISA", isa.name());
+            let forced = force_isa(isa.name());
             let (lowered, reports) = run(path, Some(only_ln.clone()));
-            std::env::remove_var("SPARSEC_ISA");
+            drop(forced);
             let n = rewritten(&reports, "LowerLayerNorm");
             println!("{name} [{isa}]: {n} LayerNormalization lowered");
             assert_eq!(rewritten(&reports, "LowerSparseLinear") + rewritten(&reports, "FuseAttention"), 0);
@@ -473,10 +474,10 @@ fn packed_sparse_exports_equal_the_lowered_qdq_export_bit_for_bit() {
         println!("{m}/{e}: QDQ export {} bytes, packed sparse export {} bytes", bytes(&qdq), bytes(&sparse));
         assert!(bytes(&sparse) < bytes(&qdq), "{m}/{e}");
         for isa in Isa::available() {
-            std::env::set_var("SPARSEC_ISA", isa.name());
+            let forced = force_isa(isa.name());
             let (packed, r1) = run(&sparse.join("model.onnx"), Some(SparseExecution::default()));
             let (unpacked, r2) = run(&qdq.join("model.onnx"), Some(export_lowering()));
-            std::env::remove_var("SPARSEC_ISA");
+            drop(forced);
             assert_eq!(rewritten(&r1, "LowerSparseLinear"), 0, "the packed file is already lowered");
             assert!(rewritten(&r2, "LowerSparseLinear") >= 12);
             assert!(bit_identical(&packed, &unpacked), "{m}/{e} [{isa}]: max |Δ| {:e}", max_diff(&packed, &unpacked));
@@ -629,9 +630,9 @@ print(sum(n.op_type == "QLinearMatMul" for n in q.graph.node), [o.version for o 
             ..Default::default()
         };
         for isa in Isa::available() {
-            std::env::set_var("SPARSEC_ISA", isa.name());
+            let forced = force_isa(isa.name());
             let (lowered, reports) = run(&peer, Some(linear_only.clone()));
-            std::env::remove_var("SPARSEC_ISA");
+            drop(forced);
             assert!(rewritten(&reports, "LowerSparseLinear") >= 12, "{reports:?}");
             println!("{m}/{e} [{isa}]: linears only, unfused: max |Δlogit| {:e}", max_diff(&base, &lowered));
             assert!(bit_identical(&base, &lowered), "{m}/{e} [{isa}]: max |Δ| {:e}", max_diff(&base, &lowered));

@@ -263,6 +263,9 @@ fn bert_training_graph_with_block_sparse_linears_has_the_dense_loss_and_gradient
 /// layers after it. Runs on AVX-512 BF16, or on the scalar ISA (the portable model, same bits).
 #[test]
 fn bert_training_graph_with_bf16_block_sparse_linears_is_within_bf16_rounding_of_the_dense_one() {
+    // bf16 products run only on this CPU's AVX-512 BF16 or the scalar model: no other test may
+    // force another ISA in this process meanwhile.
+    let _own = own_isa();
     let isa = sparsec_kernels::Isa::from_env().unwrap();
     let hw = isa == sparsec_kernels::Isa::Avx512Vnni && sparsec_kernels::Isa::cpu_has_avx512_bf16();
     if !(isa == sparsec_kernels::Isa::Scalar || hw) {

@@ -126,10 +126,10 @@ fn sparseml_linears_lower_and_compute_the_graph_bit_for_bit_on_every_isa() {
         let mut fused = plain.clone();
         fused.linear.fuse_epilogues = true;
         for isa in Isa::available() {
-            std::env::set_var("SPARSEC_ISA", isa.name());
+            let forced = force_isa(isa.name());
             let (lowered, reports) = run(&path, seq, Some(plain.clone()));
             let (epi, epi_reports) = run(&path, seq, Some(fused.clone()));
-            std::env::remove_var("SPARSEC_ISA");
+            drop(forced);
             assert_eq!(rewritten(&reports, "LowerSparseLinear"), 37, "{name}: {reports:?}");
             assert_eq!(rewritten(&epi_reports, "LowerSparseLinear"), 37, "{name}: {epi_reports:?}");
             let d = logits_diff(&base, &lowered);
@@ -189,9 +189,9 @@ fn sparseml_exports_lowered_match_ort_on_every_isa() {
         // The 36 pruned layers are under the 0.6 stored-density limit; the dense QA head is not.
         assert_eq!(rewritten(&default_reports, "LowerSparseLinear"), 36, "{name}");
         for isa in Isa::available() {
-            std::env::set_var("SPARSEC_ISA", isa.name());
+            let forced = force_isa(isa.name());
             let (lowered, reports) = run(&path, seq, Some(all_linears()));
-            std::env::remove_var("SPARSEC_ISA");
+            drop(forced);
             assert_eq!(rewritten(&reports, "LowerSparseLinear"), 37, "{name}");
             assert_eq!(rewritten(&reports, "LowerLayerNorm"), 13, "{name}");
             assert_eq!(rewritten(&reports, "FuseAttention"), 0, "{name}");

@@ -272,3 +272,32 @@ pub fn bert_feed(g: &sparsec::ir::Graph, spec: &BertFeed) -> Vec<(String, HostTe
     }
     feed
 }
+
+/// Orders the tests of this process that force `SPARSEC_ISA` (writers, [`force_isa`]) against the
+/// tests whose kernels must see the machine's own ISA (readers, [`own_isa`]): the variable is
+/// process-wide and read when kernels are created, and the tests run on parallel threads.
+static ISA_ENV: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// `SPARSEC_ISA` set to one ISA in this process until the guard drops (even on a panic), with no
+/// [`own_isa`] test running meanwhile.
+pub struct ForcedIsa(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>);
+
+impl Drop for ForcedIsa {
+    fn drop(&mut self) {
+        std::env::remove_var("SPARSEC_ISA");
+    }
+}
+
+/// Forces `isa` for the kernels this process creates until the guard drops.
+pub fn force_isa(isa: &str) -> ForcedIsa {
+    let guard = ISA_ENV.write().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("SPARSEC_ISA", isa);
+    ForcedIsa(guard)
+}
+
+/// Holds off every [`force_isa`] while the guard lives: the caller's kernels get the ISA this
+/// process started with (for tests whose result depends on it, such as bf16 products, which only
+/// AVX-512 BF16 and the scalar model run).
+pub fn own_isa() -> std::sync::RwLockReadGuard<'static, ()> {
+    ISA_ENV.read().unwrap_or_else(|e| e.into_inner())
+}
