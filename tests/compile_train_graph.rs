@@ -4,60 +4,31 @@
 
 use crate::common;
 
-use ndarray::{ArrayD, IxDyn};
 use sparsec::autodiff::{build_training_graph, LossSpec, TrainingGraphSpec};
-use sparsec::ir::{DType, Dim, Graph};
+use sparsec::ir::Graph;
 use sparsec::runtime::{self, EngineKind, HostTensor};
 
 /// Deterministic values for every runtime input of a compiled graph (batch 2 × 16 tokens), with
 /// the fake-quantization switch at `quant_on`.
 fn feed_for(g: &Graph, quant_on: bool) -> Vec<(String, HostTensor)> {
-    let (batch, seq) = (2usize, 16usize);
-    let mut feed: Vec<(String, HostTensor)> = Vec::new();
-    for v in g.runtime_inputs() {
-        let value = g.value(v);
-        let shape: Vec<usize> = value
-            .facts
-            .shape
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|d| match d {
-                Dim::Known(n) => *n as usize,
-                Dim::Sym(s) if s.contains("batch") => batch,
-                _ => seq,
-            })
-            .collect();
-        let n: usize = shape.iter().product();
-        let name = value.name.as_str();
-        let t = match value.facts.dtype.unwrap() {
-            DType::I64 => {
-                let data: Vec<i64> = match name {
-                    "input_ids" => (0..n as i64).map(|i| 5 + (i * 37) % 900).collect(),
-                    "attention_mask" => vec![1; n],
-                    "start_positions" => vec![3, 7],
-                    "end_positions" => vec![5, 9],
-                    _ => vec![0; n],
-                };
-                HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
-            }
-            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![quant_on; n]).unwrap()),
-            DType::U8 => HostTensor::U8(ArrayD::from_shape_vec(IxDyn(&shape), vec![128; n]).unwrap()),
-            DType::F32 => {
-                let data: Vec<f32> = if name.ends_with(".mask") {
-                    vec![1.0; n]
-                } else if name.contains("scale") {
-                    vec![0.05; n]
-                } else {
-                    (0..n).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect()
-                };
-                HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
-            }
-            other => panic!("unexpected input dtype {other} for {name}"),
-        };
-        feed.push((name.to_string(), t));
-    }
-    feed
+    let f32_input = |name: &str, shape: &[usize], _: usize| -> Vec<f32> {
+        let n = shape.iter().product();
+        if name.ends_with(".mask") {
+            vec![1.0; n]
+        } else if name.contains("scale") {
+            vec![0.05; n]
+        } else {
+            (0..n).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect()
+        }
+    };
+    let spec = common::BertFeed {
+        batch: 2,
+        seq: 16,
+        bools: quant_on,
+        attention_mask: &|count, _| vec![1; count],
+        f32_input: &f32_input,
+    };
+    common::bert_feed(g, &spec)
 }
 
 /// `sparsec compile` of the bert fixture with the GMP + QAT + distillation recipe into `parent/compiled`.

@@ -246,7 +246,13 @@ fn bert_feed(g: &Graph) -> Vec<(String, HostTensor)> {
     };
     crate::common::bert_feed(
         g,
-        &BertFeed { batch: 2, seq: 16, attention_mask: &|count, _| vec![1; count], f32_input: &f32_input },
+        &BertFeed {
+            batch: 2,
+            seq: 16,
+            bools: false,
+            attention_mask: &|count, _| vec![1; count],
+            f32_input: &f32_input,
+        },
     )
 }
 

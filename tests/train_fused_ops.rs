@@ -253,7 +253,10 @@ fn bert_feed(g: &Graph) -> Vec<(String, HostTensor)> {
     // The second window's last 5 tokens are padding.
     let attention_mask = |count: usize, seq: usize| (0..count).map(|t| (t < seq || t % seq < seq - 5) as i64).collect();
     let f32_input = |_: &str, shape: &[usize], i: usize| values(shape.iter().product(), 200 + i as u64, -1.0, 1.0);
-    crate::common::bert_feed(g, &BertFeed { batch: 2, seq: 16, attention_mask: &attention_mask, f32_input: &f32_input })
+    crate::common::bert_feed(
+        g,
+        &BertFeed { batch: 2, seq: 16, bools: false, attention_mask: &attention_mask, f32_input: &f32_input },
+    )
 }
 
 #[test]

@@ -224,6 +224,8 @@ pub type F32Input<'a> = &'a dyn Fn(&str, &[usize], usize) -> Vec<f32>;
 pub struct BertFeed<'a> {
     pub batch: usize,
     pub seq: usize,
+    /// The value of every bool input (a compiled graph's fake-quantization switch).
+    pub bools: bool,
     /// `attention_mask` for `count` tokens in windows of `seq`.
     pub attention_mask: &'a dyn Fn(usize, usize) -> Vec<i64>,
     pub f32_input: F32Input<'a>,
@@ -231,7 +233,7 @@ pub struct BertFeed<'a> {
 
 /// Values for every runtime input of a training graph of the bert fixture: symbolic axes named
 /// `*batch*` get `batch`, the others `seq`; token ids, fixed answer spans, `attention_mask` and the
-/// f32 inputs as `spec` says; u8 inputs 128, bool inputs false, other i64 inputs 0.
+/// f32 and bool inputs as `spec` says; u8 inputs 128, other i64 inputs 0.
 pub fn bert_feed(g: &sparsec::ir::Graph, spec: &BertFeed) -> Vec<(String, HostTensor)> {
     use ndarray::IxDyn;
     use sparsec::ir::{DType, Dim};
@@ -262,7 +264,7 @@ pub fn bert_feed(g: &sparsec::ir::Graph, spec: &BertFeed) -> Vec<(String, HostTe
                 HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
             }
             DType::U8 => HostTensor::U8(ArrayD::from_shape_vec(IxDyn(&shape), vec![128; count]).unwrap()),
-            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![false; count]).unwrap()),
+            DType::Bool => HostTensor::Bool(ArrayD::from_shape_vec(IxDyn(&shape), vec![spec.bools; count]).unwrap()),
             DType::F32 => {
                 HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), (spec.f32_input)(name, &shape, i)).unwrap())
             }
