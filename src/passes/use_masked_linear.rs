@@ -19,16 +19,23 @@ use crate::ir::{Attribute, DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, Te
 ///   (`sparsec.mask/<param>`) read by that `MatMul` alone and not a graph output, `W` f32 of
 ///   static shape `[K, N]`, `M` a graph input (the mask fed at run time). When the `MatMul`'s
 ///   output is read only by an `Add` whose other input is an f32 `[N]` initializer (the bias, in
-///   either order), the `Add` is matched too. A weight that reaches the `MatMul` through anything
-///   else (fake quantization: `Where`/`DequantizeLinear`) is not matched, so QAT graphs keep their
-///   dense layers.
+///   either order), the `Add` is matched too. Also a masked weight fake-quantized by
+///   `InsertFakeQuant`: `MatMul(X, Where(flag, DequantizeLinear(QuantizeLinear(P, s, 0), s, 0), P))`
+///   with `P = Mul(W, M)` as above and zero points constant zeros (the `Where` read by that
+///   `MatMul` alone): the operator then reads the `Where`'s output as its weight, with `M` as its
+///   mask, and the `Mul` and the fake quantization stay (QAT graphs on the block-sparse kernels).
+///   A weight that reaches the `MatMul` through anything else is not matched.
 /// - Emits: `ai.sparsec::MaskedLinear(X, W, M, B?)` writing the `MatMul`'s (or the `Add`'s) output
 ///   value, named as the `MatMul` and carrying its metadata, so the module scope recovered from
 ///   the node ([`crate::ir::modules`]) and every value name stay as they were; the `Mul`, the
 ///   `MatMul` and the `Add` are removed. The model gains the `ai.sparsec` opset import.
 /// - Assumes: the operator computes `X·(W ⊙ M) + B` with `W ⊙ M` rounded as `Mul` rounds it, so
 ///   outputs differ from the dense layer's by the f32 rounding of a different summation order;
-///   the gradient of `W` is `M ⊙ (Xᵀ·dY)` as the `Mul` → `MatMul` chain's is. Any mask is exact;
+///   the gradient of `W` is `M ⊙ (Xᵀ·dY)` as the `Mul` → `MatMul` chain's is. For a fake-quantized
+///   weight `W'` (zero wherever `M` is: `Q(0) = 0` with zero point 0), `W' ⊙ M = W'` exactly, and
+///   the operator's gradient `M ⊙ (Xᵀ·dY)` for `W'` differs from the `MatMul`'s `Xᵀ·dY` only where
+///   `M` is zero, which the straight-through estimator passes on to the `Mul`, which zeroes it: the
+///   parameter's gradient is the same up to summation order. Any mask is exact;
 ///   the speed-up needs `[4, 1]` blocks (see `sparsec_kernels::masked_linear`).
 /// - With `precision: bf16`, also the *unmasked* linear layers: `MatMul(X, W)` (default domain)
 ///   with `W` an f32 `[K, N]` initializer read directly that [`crate::ir::modules::parameter_names`]
@@ -153,20 +160,21 @@ fn match_site(g: &Graph, consumers: &Consumers, id: NodeId, unmasked: Option<&Ha
         }
     };
     let (mul, w, mask, n) = match g.producer(p) {
-        Some((mul, mn)) => {
-            if mn.op_type != "Mul" || !mn.domain.is_empty() || !mn.name.starts_with("sparsec.mask/") {
-                return None;
-            }
+        Some((_, pn)) if pn.op_type == "Where" && pn.name.starts_with("sparsec.fq/") => {
+            // A fake-quantized masked weight, `Where(flag, DQ(Q(W ⊙ M)), W ⊙ M)`: zero wherever
+            // `M` is, in either branch (symmetric int8, zero point 0), so the operator's `W' ⊙ M`
+            // is `W'` bit for bit and its `M ⊙ (Xᵀ·dY)` is what the `Mul` below applies anyway.
             sole_consumer(g, consumers, p).filter(|(c, _, _)| *c == id)?;
-            let (w, mask) = (mn.input(0)?, mn.input(1)?);
-            let is_plain_input = |v: ValueId| g.inputs().contains(&v) && !g.is_initializer(v);
-            if !is_plain_input(mask) {
-                return None;
-            }
+            let masked = fake_quant_source(g, pn)?;
+            let (_, mn) = g.producer(masked)?;
+            let (_, mask) = masked_weight(g, mn)?;
+            let (_, n) = static_kn(p)?;
+            (None, p, Ok(mask), n)
+        }
+        Some((mul, mn)) => {
+            sole_consumer(g, consumers, p).filter(|(c, _, _)| *c == id)?;
+            let (w, mask) = masked_weight(g, mn)?;
             let (_, n) = static_kn(w)?;
-            if g.value(mask).facts.shape != g.value(w).facts.shape {
-                return None;
-            }
             (Some(mul), w, Ok(mask), n)
         }
         None if unmasked.is_some_and(|params| params.contains(&p))
@@ -195,6 +203,34 @@ fn match_site(g: &Graph, consumers: &Consumers, id: NodeId, unmasked: Option<&Ha
         None => (None, None, y),
     };
     Some(Site { matmul: id, mul, add, x, w, mask, bias, out })
+}
+
+/// `(W, M)` of an `InsertMasks` node `Mul(W, M)` (`sparsec.mask/<param>`) whose mask is a graph
+/// input fed at run time, of the weight's shape.
+fn masked_weight(g: &Graph, mn: &crate::ir::Node) -> Option<(ValueId, ValueId)> {
+    if mn.op_type != "Mul" || !mn.domain.is_empty() || !mn.name.starts_with("sparsec.mask/") {
+        return None;
+    }
+    let (w, mask) = (mn.input(0)?, mn.input(1)?);
+    let is_plain_input = |v: ValueId| g.inputs().contains(&v) && !g.is_initializer(v);
+    (is_plain_input(mask) && g.value(mask).facts.shape.is_some() && g.value(mask).facts.shape == g.value(w).facts.shape)
+        .then_some((w, mask))
+}
+
+/// The value `B` an `InsertFakeQuant` weight site `Where(flag, DequantizeLinear(QuantizeLinear(B,
+/// s, zp), s, zp), B)` selects from, when both zero points are constant zeros (so that a zero of
+/// `B` stays zero in either branch).
+fn fake_quant_source(g: &Graph, select: &crate::ir::Node) -> Option<ValueId> {
+    let (dq, b) = (select.input(1)?, select.input(2)?);
+    let zero_point_zero = |n: &crate::ir::Node| match n.input(2) {
+        None => true,
+        Some(zp) => {
+            g.constant(zp).is_some_and(|t| matches!(t.dtype, DType::I8 | DType::U8) && t.raw().iter().all(|&z| z == 0))
+        }
+    };
+    let (_, dqn) = g.producer(dq).filter(|(_, n)| n.op_type == "DequantizeLinear" && n.domain.is_empty())?;
+    let (_, qn) = g.producer(dqn.input(0)?).filter(|(_, n)| n.op_type == "QuantizeLinear" && n.domain.is_empty())?;
+    (qn.input(0)? == b && zero_point_zero(dqn) && zero_point_zero(qn)).then_some(b)
 }
 
 #[cfg(test)]
@@ -245,6 +281,46 @@ mod tests {
             assert_eq!(names.get("fc.weight"), g.value_by_name("onnx::MatMul_1").as_ref());
             assert_eq!(names.get("fc.bias").copied(), g.value_by_name("onnx::Add_2").filter(|_| with_bias));
         }
+    }
+
+    #[test]
+    fn takes_a_fake_quantized_masked_weight_and_keeps_its_mask_and_quantization() {
+        use crate::passes::{FakeQuantTarget, InsertFakeQuant};
+        let mut m = masked(true);
+        let fq = InsertFakeQuant {
+            targets: vec![FakeQuantTarget { node: "/fc/MatMul".into(), module: "fc".into() }],
+            embeddings: vec![],
+            quantize_activations: true,
+            activation_symmetric: false,
+            weight_per_channel: true,
+            attention: false,
+        };
+        fq.apply(&mut m).unwrap();
+        crate::ir::infer::infer_facts(&mut m).unwrap();
+        let r = UseMaskedLinear::default().apply(&mut m).unwrap();
+        assert_eq!(r.rewritten, 1);
+        let g = &m.graph;
+        let (_, op) = g.nodes().find(|(_, n)| n.op_type == MASKED_LINEAR).expect("the layer is rewritten");
+        assert_eq!(op.name, "/fc/MatMul");
+        let (_, select) = g.producer(op.input(1).unwrap()).expect("the weight is computed");
+        assert!(select.op_type == "Where" && select.name.starts_with("sparsec.fq/"), "reads the fake-quantized weight");
+        assert_eq!(g.value(op.input(2).unwrap()).name, "fc.weight.mask", "with the run-time mask");
+        assert_eq!(op.inputs.len(), 4, "the bias is fused");
+        let count = |t: &str| g.nodes().filter(|(_, n)| n.op_type == t).count();
+        assert_eq!((count("Mul"), count("QuantizeLinear"), count("MatMul")), (1, 2, 0), "mask and quantization stay");
+
+        // A nonzero weight zero point would turn the mask's zeros into nonzero weights: not matched.
+        let mut m = masked(true);
+        fq.apply(&mut m).unwrap();
+        m.graph
+            .edit(|p: &mut Patch| -> Result<(), PassError> {
+                let zp = p.graph().value_by_name("fc.weight.fq_zero_point").unwrap();
+                p.set_initializer(zp, Tensor::from_i8(vec![4], &[0, 1, 0, 0]));
+                Ok(())
+            })
+            .unwrap();
+        crate::ir::infer::infer_facts(&mut m).unwrap();
+        assert_eq!(UseMaskedLinear::default().apply(&mut m).unwrap().rewritten, 0);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The training graphs of a run, built from the compiled model and the recipe's loss: with fake
-//! quantization, (when the recipe quantizes) without it for the steps before QAT starts, and
-//! without it with the masked linears on sparsec's block-sparse training kernels, for the steps
+//! quantization, (when the recipe quantizes) without it for the steps before QAT starts, and each
+//! of these with the masked linears on sparsec's block-sparse training kernels, for the steps
 //! whose masks are sparse enough ([`SparseTrain`]); which one the stepper runs ([`Graphs`]). Every
 //! one has, with [`FusedOps::On`] (the default), its attention and GELUs on fused training
 //! operators and its embedding and LayerNorm gradients on `ai.sparsec::EmbeddingGrad` and
@@ -26,7 +26,8 @@ use crate::passes::{
 pub enum SparseTrain {
     /// Dense ONNX Runtime `MatMul`/`Gemm` on `W ⊙ M`, whatever the masks.
     Off,
-    /// sparsec's block-sparse kernels for every masked linear whose weight is not fake-quantized.
+    /// sparsec's block-sparse kernels for every masked linear, with or without QAT (a
+    /// fake-quantized masked weight keeps its mask's zeros).
     On,
     /// The block-sparse kernels while the masks keep at most [`AUTO_MAX_KEPT_DENSITY`] of their
     /// `[4, 1]` blocks, dense ONNX Runtime otherwise (the dense warm-up before pruning starts).
@@ -74,6 +75,8 @@ enum Current {
     Float,
     /// [`Graphs::sparse`].
     Sparse,
+    /// [`Graphs::qat_sparse`].
+    QatSparse,
 }
 
 /// The training graphs of a run, and which one the stepper runs.
@@ -84,6 +87,9 @@ pub(super) struct Graphs {
     /// Without fake quantization, masked linears on the block-sparse operators (unless
     /// `--sparse-train off`).
     pub sparse: Option<TrainingGraph>,
+    /// With fake quantization, masked linears on the block-sparse operators (when the recipe
+    /// quantizes, unless `--sparse-train off`).
+    pub qat_sparse: Option<TrainingGraph>,
     mode: SparseTrain,
     fused_ops: FusedOps,
     /// With bf16, the block-sparse graph (the only one with bf16 products) runs at any density.
@@ -130,17 +136,37 @@ impl Graphs {
                     .context("cannot build the training graph with block-sparse linears")?,
             ),
         };
-        let mut g =
-            Graphs { qat, float, sparse: sparse_graph, mode: sparse, fused_ops, precision, current: Current::Qat };
+        let qat_sparse = match (sparse, quantized) {
+            (SparseTrain::Off, _) | (_, false) => None,
+            _ => Some(
+                build_training_graph(&with_sparse_linears(model, precision)?, spec)
+                    .context("cannot build the QAT training graph with block-sparse linears")?,
+            ),
+        };
+        let mut g = Graphs {
+            qat,
+            float,
+            sparse: sparse_graph,
+            qat_sparse,
+            mode: sparse,
+            fused_ops,
+            precision,
+            current: Current::Qat,
+        };
         g.current = g.select(false, 1.0);
         Ok(g)
     }
 
     /// The graph for QAT `qat_on` and masks keeping `density` of their blocks.
     fn select(&self, qat_on: bool, density: f64) -> Current {
+        let sparse_now = self.mode.wants(density) || self.precision == LinearPrecision::Bf16;
         if qat_on && self.float.is_some() {
-            Current::Qat
-        } else if self.sparse.is_some() && (self.mode.wants(density) || self.precision == LinearPrecision::Bf16) {
+            if self.qat_sparse.is_some() && sparse_now {
+                Current::QatSparse
+            } else {
+                Current::Qat
+            }
+        } else if self.sparse.is_some() && sparse_now {
             Current::Sparse
         } else if self.float.is_some() {
             Current::Float
@@ -154,6 +180,7 @@ impl Graphs {
             Current::Qat => &self.qat,
             Current::Float => self.float.as_ref().expect("selected only when built"),
             Current::Sparse => self.sparse.as_ref().expect("selected only when built"),
+            Current::QatSparse => self.qat_sparse.as_ref().expect("selected only when built"),
         }
     }
 
@@ -172,9 +199,9 @@ impl Graphs {
         })
     }
 
-    /// Whether the stepper runs the block-sparse graph.
+    /// Whether the stepper runs a block-sparse graph (with or without QAT).
     pub fn on_sparse(&self) -> bool {
-        self.current == Current::Sparse
+        matches!(self.current, Current::Sparse | Current::QatSparse)
     }
 
     /// The forward graph that pruning evidence is gathered on: `model` as the stepper runs it now
@@ -217,7 +244,7 @@ pub fn with_fused_ops(model: &Model) -> Result<Model> {
 }
 
 /// `model` with its masked linears on the block-sparse training operators ([`UseMaskedLinear`],
-/// products in `precision`; fake-quantized weights do not match, so they stay dense).
+/// products in `precision`; with fake quantization, its masked weights' fake-quantized values).
 pub fn with_sparse_linears(model: &Model, precision: LinearPrecision) -> Result<Model> {
     let mut m = model.clone();
     let report = UseMaskedLinear { precision }.apply(&mut m)?;
