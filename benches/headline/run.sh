@@ -15,6 +15,9 @@
 # RECIPE_ARGS=JSON replaces benches/headline/recipe_args.json (e.g. to set final_sparsity);
 # EVAL_STEPS=N also scores the first 1,000 dev questions every N training steps (the F1-over-time curve
 # of a long run, in train_log's evaluations and train_summary.json's evals).
+# MODEL=PATH starts from another ONNX model than the dense MiniLM (e.g. unpack_deploy.py's rebuild of a deployment,
+# for the extension recipe benches/headline/extend-recipe.yaml); TEACHER=PATH passes --distill-teacher (the default
+# teacher is the model compile started from, which is not the dense model then).
 # DEADLINE_SECONDS stops training (SIGTERM via timeout) after that many seconds of this
 # invocation; the next invocation resumes (binaries from 2026-12-01 on checkpoint the step they were
 # in on SIGTERM; older ones, such as the 4a35f33 build this run started with, resume from the last
@@ -26,7 +29,7 @@
 set -euo pipefail
 BIN=$(realpath "$1"); RUN=$2; Q=${3:-45000}; DEADLINE=${4:-0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-MODEL=$ROOT/../shared/models/minilm-l6-squad/model.onnx
+MODEL=${MODEL:-$ROOT/../shared/models/minilm-l6-squad/model.onnx}
 TRAIN=$ROOT/../shared/data/squad-v1.1-train.json.gz
 DEV=$ROOT/../shared/data/squad-v1.1-dev-split.json.gz
 RECIPE=${RECIPE:-$ROOT/recipes/gmp80-block4x1-qat-distill-one-epoch.yaml}
@@ -40,12 +43,13 @@ if [ ! -f "$RUN/compiled/plan.json" ]; then
 fi
 if [ ! -f "$RUN/train/model.onnx" ]; then
   resume=()
-  evals=()
-  [ -n "${EVAL_STEPS:-}" ] && evals=(--eval-file "$DEV" --max-eval-samples 1000 --eval-steps "$EVAL_STEPS")
+  extra=()
+  [ -n "${EVAL_STEPS:-}" ] && extra=(--eval-file "$DEV" --max-eval-samples 1000 --eval-steps "$EVAL_STEPS")
   [ -d "$RUN/train/checkpoints" ] && resume=(--resume)
+  [ -n "${TEACHER:-}" ] && extra+=(--distill-teacher "$TEACHER")
   cmd=("$BIN" train --model "$RUN/compiled" --train-file "$TRAIN" --output-dir "$RUN/train"
        --max-train-samples "$Q" --per-device-train-batch-size 16 --group-by-length
-       --save-steps 100 --threads 2 --json "${resume[@]}" "${evals[@]}")
+       --save-steps 100 --threads 2 --json "${resume[@]}" "${extra[@]}")
   set +e
   if [ "$DEADLINE" -gt 0 ]; then timeout "$DEADLINE" "${cmd[@]}" > "$RUN/train_summary.json"; else "${cmd[@]}" > "$RUN/train_summary.json"; fi
   rc=$?
