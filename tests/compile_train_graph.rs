@@ -116,6 +116,63 @@ fn the_graph_without_fake_quant_computes_what_the_switched_off_graph_computes() 
     assert!(worst <= 1e-6, "{worst}");
 }
 
+/// The QAT graph `sparsec train` runs (switch fixed on, `train::graphs::with_fake_quant_on`: no
+/// `Where` selects forward or backward) computes what the switched graph computes with the switch
+/// on: loss, every gradient and the observers' min/max, bit for bit, on ONNX Runtime's basic
+/// (semantics-preserving) rewrites. With its full optimizations, as `train` runs it, ONNX Runtime
+/// also fuses each `DequantizeLinear` → `MatMul` that the switch no longer separates into
+/// `MatMulIntegerToFloat` (exact integer products, then the scales): the same values up to the
+/// rounding of the sums, which a fake-quantized activation downstream can move by a level.
+#[test]
+fn the_graph_with_fake_quant_fixed_on_computes_what_the_switched_on_graph_computes() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = compile_bert_qat(out.path());
+    let mut m = sparsec::onnx::load(dir.join("model.onnx")).unwrap();
+    sparsec::ir::infer::infer_facts(&mut m).unwrap();
+    let spec = TrainingGraphSpec::new(LossSpec::Span);
+    let switched = build_training_graph(&m, &spec).unwrap();
+    let fixed = build_training_graph(&sparsec::train::graphs::with_fake_quant_on(&m).unwrap(), &spec).unwrap();
+    let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
+    assert_eq!(count(&fixed.model.graph, "QuantizeLinear"), count(&switched.model.graph, "QuantizeLinear"));
+    assert!(count(&fixed.model.graph, "Where") < count(&switched.model.graph, "Where"));
+    assert!(fixed.model.graph.value_by_name(sparsec::passes::QUANT_ENABLED_INPUT).is_none_or(|v| !fixed
+        .model
+        .graph
+        .inputs()
+        .contains(&v)));
+    println!(
+        "training graph nodes: switched {}, fixed on {} (Where: {} / {})",
+        switched.model.graph.node_count(),
+        fixed.model.graph.node_count(),
+        count(&switched.model.graph, "Where"),
+        count(&fixed.model.graph, "Where")
+    );
+    let feed = feed_for(&switched.model.graph, true);
+    let run = |tg: &sparsec::autodiff::TrainingGraph| {
+        let bytes = sparsec::onnx::encode_model(&tg.model);
+        let opts =
+            sparsec::runtime::EngineOptions { threads: Some(1), basic_optimizations_only: true, ..Default::default() };
+        let mut b = runtime::load_bytes(&bytes, EngineKind::Ort, &opts).unwrap();
+        let takes = b.input_names().to_vec();
+        let refs: Vec<(&str, HostTensor)> =
+            feed.iter().filter(|(n, _)| takes.contains(n)).map(|(n, t)| (n.as_str(), t.clone())).collect();
+        b.run(&refs).unwrap()
+    };
+    let (a, b) = (run(&switched), run(&fixed));
+    let mut compared = 0;
+    for (name, x) in &a {
+        let Some((_, y)) = b.iter().find(|(n, _)| n == name) else {
+            panic!("output '{name}' is missing with the switch fixed on");
+        };
+        let (x, y) = (x.as_f32().unwrap(), y.as_f32().unwrap());
+        assert_eq!(x.shape(), y.shape(), "{name}");
+        let same = x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{name} differs with the switch fixed on");
+        compared += 1;
+    }
+    assert!(compared > 40, "{compared}");
+}
+
 /// The softmax NaN guards of a torch export (`Where(IsNaN(p), 0, p)` over an additive `-inf` mask)
 /// are dropped from the training graph, and loss and every gradient stay bit-identical to the
 /// graph that keeps them, on a batch with masked keys (1 thread).

@@ -20,7 +20,7 @@ use sparsec::autodiff::{self, build_training_graph, GradOptions, LossSpec, Train
 use sparsec::ir::{infer, Attribute, Attrs, Facts, Graph, Model, NodeSpec, Patch, Tensor};
 use sparsec::passes::{InsertMasks, LinearPrecision, MaskTarget, Pass, UseMaskedLinear};
 use sparsec::runtime::{self, EngineKind, EngineOptions, HostTensor};
-use sparsec::train::graphs::{with_sparse_linears, without_fake_quant};
+use sparsec::train::graphs::{with_fake_quant_on, with_sparse_linears, without_fake_quant};
 
 use crate::common::*;
 
@@ -260,7 +260,7 @@ fn bert_training_graph_with_block_sparse_linears_has_the_dense_loss_and_gradient
 
 /// The same with fake quantization on (QAT): the masked linears read their fake-quantized weights
 /// (zero wherever the mask is) on the block-sparse operators, the mask's `Mul` and the straight-through
-/// quantization stay in the graph.
+/// quantization stay in the graph, whose switch is fixed on (as `sparsec train` runs QAT).
 #[test]
 fn bert_qat_training_graph_with_block_sparse_linears_has_the_dense_loss_and_gradients() {
     let _own = own_isa();
@@ -325,7 +325,15 @@ fn bert_block_sparse_against_dense(precision: LinearPrecision, qat: bool, grad_t
     }
     let spec = TrainingGraphSpec::new(LossSpec::Span);
     let dense = build_training_graph(&float, &spec).unwrap();
-    let sparse = build_training_graph(&with_sparse_linears(&float, precision).unwrap(), &spec).unwrap();
+    // With QAT, the block-sparse graph is built as the trainer builds it: switch fixed on, then the
+    // operators; the dense graph it is compared with keeps the run-time switch (fed true).
+    let sparse_source = if qat { with_fake_quant_on(&float).unwrap() } else { float.clone() };
+    let sparse = build_training_graph(&with_sparse_linears(&sparse_source, precision).unwrap(), &spec).unwrap();
+    if qat {
+        let switches =
+            sparse.model.graph.nodes().filter(|(_, n)| n.name.starts_with("sparsec.fq/") && n.op_type == "Where");
+        assert_eq!(switches.count(), 0, "the fixed-on graph has no switches left");
+    }
     let count = |g: &Graph, op: &str| g.nodes().filter(|(_, n)| n.op_type == op).count();
     let bf16_nodes = sparse
         .model

@@ -4,7 +4,9 @@
 # teacher beside it. Prints, per run, whether every step ran QAT and the last one block-sparse, the sum and
 # median of steps 1-11 (step 0 builds the session) and the last loss.
 #
-#   benches/qat_sparse/ab.sh OLD_SPARSEC NEW_SPARSEC COMPILED OUT [ROUNDS=2]
+#   benches/qat_sparse/ab.sh OLD_SPARSEC NEW_SPARSEC COMPILED OUT [ROUNDS=2] [TRAIN FLAGS...]
+#
+# Extra arguments go to both `train` commands (e.g. `--sparse-train off`).
 #
 # Session 21's COMPILED: the headline deployment rebuilt in fp32 and compiled for QAT from step 0:
 #   python3 benches/headline/unpack_deploy.py ../shared/models/minilm-l6-squad/model.onnx \
@@ -13,6 +15,7 @@
 #       --recipe-args '{"num_epochs": 0.4, "qat_fraction": 0.0}' -o out/extend/probe/cq
 set -euo pipefail
 OLD=$1; NEW=$2; C=$3; OUT=$4; ROUNDS=${5:-2}
+shift $(( $# < 5 ? $# : 5 ))
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TRAIN=$ROOT/../shared/data/squad-v1.1-train.json.gz
 TEACHER=$ROOT/../shared/models/minilm-l6-squad/model.onnx
@@ -24,7 +27,7 @@ for round in $(seq "$ROUNDS"); do
     rm -rf "$d"
     "$bin" train --model "$C" --train-file "$TRAIN" --output-dir "$d" --max-train-samples 87599 \
       --per-device-train-batch-size 16 --group-by-length --threads 2 --max-steps 12 --distill-teacher "$TEACHER" \
-      --json > /dev/null 2>&1
+      --json "$@" > /dev/null 2>&1
     python3 - "$d" "$which" "$round" <<'PY'
 import json, statistics, sys
 d, which, rnd = sys.argv[1:]

@@ -24,6 +24,7 @@ mod pattern;
 pub use pattern::weight_structure;
 mod quantize_embeddings;
 mod remove_dead;
+mod select_fake_quant;
 mod use_attention_train;
 mod use_gelu_train;
 mod use_masked_linear;
@@ -46,6 +47,7 @@ pub use lower_sparse_linear::LowerSparseLinear;
 pub use pack_sparse_weights::PackSparseWeights;
 pub use quantize_embeddings::QuantizeEmbeddings;
 pub use remove_dead::RemoveDead;
+pub use select_fake_quant::SelectFakeQuant;
 pub use use_attention_train::UseAttentionTrain;
 pub use use_gelu_train::UseGeluTrain;
 pub use use_masked_linear::{LinearPrecision, UseMaskedLinear};
@@ -143,6 +145,7 @@ pub fn registry() -> Vec<(&'static str, Constructor)> {
         ("LowerLayerNorm", |c| build::<LowerLayerNorm>("LowerLayerNorm")(c)),
         ("PackSparseWeights", |c| build::<PackSparseWeights>("PackSparseWeights")(c)),
         ("UseMaskedLinear", |c| build::<UseMaskedLinear>("UseMaskedLinear")(c)),
+        ("SelectFakeQuant", |c| build::<SelectFakeQuant>("SelectFakeQuant")(c)),
     ]
 }
 

@@ -22,8 +22,10 @@ use crate::ir::{Attribute, DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, Te
 ///   either order), the `Add` is matched too. Also a masked weight fake-quantized by
 ///   `InsertFakeQuant`: `MatMul(X, Where(flag, DequantizeLinear(QuantizeLinear(P, s, 0), s, 0), P))`
 ///   with `P = Mul(W, M)` as above and zero points constant zeros (the `Where` read by that
-///   `MatMul` alone): the operator then reads the `Where`'s output as its weight, with `M` as its
-///   mask, and the `Mul` and the fake quantization stay (QAT graphs on the block-sparse kernels).
+///   `MatMul` alone), or that `DequantizeLinear` alone where
+///   [`SelectFakeQuant`](super::SelectFakeQuant) fixed the switch on: the operator then reads that
+///   value as its weight, with `M` as its mask, and the `Mul` and the fake quantization stay (QAT
+///   graphs on the block-sparse kernels).
 ///   A weight that reaches the `MatMul` through anything else is not matched.
 /// - Emits: `ai.sparsec::MaskedLinear(X, W, M, B?)` writing the `MatMul`'s (or the `Add`'s) output
 ///   value, named as the `MatMul` and carrying its metadata, so the module scope recovered from
@@ -160,12 +162,13 @@ fn match_site(g: &Graph, consumers: &Consumers, id: NodeId, unmasked: Option<&Ha
         }
     };
     let (mul, w, mask, n) = match g.producer(p) {
-        Some((_, pn)) if pn.op_type == "Where" && pn.name.starts_with("sparsec.fq/") => {
-            // A fake-quantized masked weight, `Where(flag, DQ(Q(W ⊙ M)), W ⊙ M)`: zero wherever
-            // `M` is, in either branch (symmetric int8, zero point 0), so the operator's `W' ⊙ M`
-            // is `W'` bit for bit and its `M ⊙ (Xᵀ·dY)` is what the `Mul` below applies anyway.
+        Some((_, pn)) if pn.name.starts_with("sparsec.fq/") => {
+            // A fake-quantized masked weight, `Where(flag, DQ(Q(W ⊙ M)), W ⊙ M)` or (switch fixed
+            // on) `DQ(Q(W ⊙ M))`: zero wherever `M` is, in either branch (symmetric int8, zero
+            // point 0), so the operator's `W' ⊙ M` is `W'` bit for bit and its `M ⊙ (Xᵀ·dY)` is
+            // what the `Mul` below applies anyway.
             sole_consumer(g, consumers, p).filter(|(c, _, _)| *c == id)?;
-            let masked = fake_quant_source(g, pn)?;
+            let masked = fake_quant_source(g, p)?;
             let (_, mn) = g.producer(masked)?;
             let (_, mask) = masked_weight(g, mn)?;
             let (_, n) = static_kn(p)?;
@@ -217,11 +220,17 @@ fn masked_weight(g: &Graph, mn: &crate::ir::Node) -> Option<(ValueId, ValueId)> 
         .then_some((w, mask))
 }
 
-/// The value `B` an `InsertFakeQuant` weight site `Where(flag, DequantizeLinear(QuantizeLinear(B,
-/// s, zp), s, zp), B)` selects from, when both zero points are constant zeros (so that a zero of
-/// `B` stays zero in either branch).
-fn fake_quant_source(g: &Graph, select: &crate::ir::Node) -> Option<ValueId> {
-    let (dq, b) = (select.input(1)?, select.input(2)?);
+/// The value `B` that `p`, the output of an `InsertFakeQuant` weight site, quantizes: `p` is
+/// `Where(flag, DequantizeLinear(QuantizeLinear(B, s, zp), s, zp), B)` or, with the switch fixed on
+/// ([`SelectFakeQuant`](super::SelectFakeQuant)), the `DequantizeLinear` itself; both zero points
+/// constant zeros (so that a zero of `B` stays zero).
+fn fake_quant_source(g: &Graph, p: ValueId) -> Option<ValueId> {
+    let (_, pn) = g.producer(p)?;
+    let (dq, b) = match pn.op_type.as_str() {
+        "Where" if pn.name.ends_with("/select") => (pn.input(1)?, Some(pn.input(2)?)),
+        "DequantizeLinear" if pn.name.ends_with("/dequantize") => (p, None),
+        _ => return None,
+    };
     let zero_point_zero = |n: &crate::ir::Node| match n.input(2) {
         None => true,
         Some(zp) => {
@@ -230,7 +239,8 @@ fn fake_quant_source(g: &Graph, select: &crate::ir::Node) -> Option<ValueId> {
     };
     let (_, dqn) = g.producer(dq).filter(|(_, n)| n.op_type == "DequantizeLinear" && n.domain.is_empty())?;
     let (_, qn) = g.producer(dqn.input(0)?).filter(|(_, n)| n.op_type == "QuantizeLinear" && n.domain.is_empty())?;
-    (qn.input(0)? == b && zero_point_zero(dqn) && zero_point_zero(qn)).then_some(b)
+    let source = qn.input(0)?;
+    (b.is_none_or(|b| b == source) && zero_point_zero(dqn) && zero_point_zero(qn)).then_some(source)
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use crate::autodiff::{build_training_graph, TrainingGraph, TrainingGraphSpec};
 use crate::ir::{infer, Model, Tensor};
 use crate::passes::{
-    BindInputs, LinearPrecision, LowerFakeQuant, Pass, RemoveDead, UseAttentionTrain, UseGeluTrain, UseMaskedLinear,
-    QUANT_ENABLED_INPUT,
+    BindInputs, LinearPrecision, LowerFakeQuant, Pass, RemoveDead, SelectFakeQuant, UseAttentionTrain, UseGeluTrain,
+    UseMaskedLinear, QUANT_ENABLED_INPUT,
 };
 
 /// Where the masked linear layers of the training graph run.
@@ -121,7 +121,9 @@ impl Graphs {
         };
         let model = &fused(model.clone())?;
         let spec = &TrainingGraphSpec { sparsec_training_ops: fused_ops == FusedOps::On, ..spec.clone() };
-        let qat = build_training_graph(model, spec).context("cannot build the training graph")?;
+        // The QAT graphs run only while QAT is on (the float ones before): their switch is fixed on.
+        let qat_model = if quantized { with_fake_quant_on(model)? } else { model.clone() };
+        let qat = build_training_graph(&qat_model, spec).context("cannot build the training graph")?;
         let float_model = if quantized { Some(fused(without_fake_quant(model)?)?) } else { None };
         let float = match &float_model {
             Some(m) => Some(
@@ -139,7 +141,7 @@ impl Graphs {
         let qat_sparse = match (sparse, quantized) {
             (SparseTrain::Off, _) | (_, false) => None,
             _ => Some(
-                build_training_graph(&with_sparse_linears(model, precision)?, spec)
+                build_training_graph(&with_sparse_linears(&qat_model, precision)?, spec)
                     .context("cannot build the QAT training graph with block-sparse linears")?,
             ),
         };
@@ -228,6 +230,18 @@ pub fn without_fake_quant(model: &Model) -> Result<Model> {
     LowerFakeQuant::default().apply(&mut m)?;
     RemoveDead::default().apply(&mut m)?;
     infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
+    Ok(m)
+}
+
+/// The compiled graph with fake quantization on for good (`sparsec.quant_enabled` bound to true,
+/// each site's switch replaced by its quantized branch, [`SelectFakeQuant`]), trained on while QAT
+/// is on: the switched graph's values, without the switches' selects and zero gradients.
+pub fn with_fake_quant_on(model: &Model) -> Result<Model> {
+    let mut m = model.clone();
+    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[true]))] }.apply(&mut m)?;
+    SelectFakeQuant::default().apply(&mut m)?;
+    RemoveDead::default().apply(&mut m)?;
+    infer::infer_facts(&mut m).context("the graph with fake quantization fixed on failed validation")?;
     Ok(m)
 }
 
