@@ -291,6 +291,23 @@ fn bert_training_graph_with_bf16_block_sparse_linears_is_within_bf16_rounding_of
 /// Normwise bound of the bf16 graph's gradients against the dense f32 ones, `‖a − b‖₂ / ‖a‖₂`.
 const BF16_L2_TOL: f32 = 6e-2;
 
+/// The `[4, 1]` GMP recipe; with `qat`, a copy in `dir` that fake-quantizes weights only: the
+/// layers' outputs differ by summation order, and a fake-quantized activation could round one of
+/// them to the next level (a difference of a whole step, not of rounding). The activations are
+/// the operators' inputs either way.
+fn test_recipe(dir: &Path, qat: bool) -> std::path::PathBuf {
+    let recipe = root().join("recipes/gmp80-block4x1-qat-distill.yaml");
+    if !qat {
+        return recipe;
+    }
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    assert!(text.contains("quantize_linear_activations: true"));
+    let copy = dir.join("weights-only-qat.yaml");
+    std::fs::write(&copy, text.replace("quantize_linear_activations: true", "quantize_linear_activations: false"))
+        .unwrap();
+    copy
+}
+
 /// Loss and gradients of the bert fixture's training graph with block-sparse linears (products
 /// in `precision`) against the dense graph's, without fake quantization or (`qat`) with it on:
 /// each gradient's largest element difference within `grad_tol` of its largest element and within
@@ -299,20 +316,7 @@ fn bert_block_sparse_against_dense(precision: LinearPrecision, qat: bool, grad_t
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("compiled");
     let model = fixture_dir("bert").join("model.legacy.onnx");
-    let mut recipe = root().join("recipes/gmp80-block4x1-qat-distill.yaml");
-    if qat {
-        // Weights fake-quantized, activations not: the layers' outputs differ by summation order,
-        // and a fake-quantized activation could round one of them to the next level (a difference
-        // of a whole step, not of rounding). The activations are the operators' inputs either way.
-        let text = std::fs::read_to_string(&recipe).unwrap();
-        assert!(text.contains("quantize_linear_activations: true"));
-        recipe = out.path().join("weights-only-qat.yaml");
-        std::fs::write(
-            &recipe,
-            text.replace("quantize_linear_activations: true", "quantize_linear_activations: false"),
-        )
-        .unwrap();
-    }
+    let recipe = test_recipe(out.path(), qat);
     ok(&sparsec(&["compile", s(&model), "--recipe", s(&recipe), "-o", s(&dir)]));
     let mut m = sparsec::onnx::load(dir.join("model.onnx")).unwrap();
     infer::infer_facts(&mut m).unwrap();
@@ -401,8 +405,8 @@ fn bert_block_sparse_against_dense(precision: LinearPrecision, qat: bool, grad_t
     let (la, lb) = (loss(&a), loss(&b));
     assert!((la - lb).abs() <= loss_tol * la.abs(), "{precision:?}: loss dense {la} sparse {lb}");
     println!(
-        "bert, 80% [4,1] masks, {precision:?} products, QAT {qat}: loss {la} vs {lb}; worst gradient difference {:e} of the \
-         tensor's largest ({}), {worst_l2:e} normwise",
+        "bert, 80% [4,1] masks, {precision:?} products, QAT {qat}: loss {la} vs {lb}; worst gradient difference {:e} \
+         of the tensor's largest ({}), {worst_l2:e} normwise",
         worst.0, worst.1
     );
 }

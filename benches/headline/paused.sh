@@ -12,7 +12,13 @@ RUN=${RUN:?set RUN to the run folder}
 pat="sparsec[^ ]* train .*--output-dir $(realpath -m "$RUN")/train"
 pids=$(pgrep -f "$pat" || true)
 t0=$(date +%s)
-[ -n "$pids" ] && kill -STOP $pids
+if [ -z "$pids" ]; then
+  echo "paused.sh: no training process matches '$pat'; running the command without stopping anything" >&2
+else
+  # Whatever happens to this script, the run is continued.
+  trap 'kill -CONT $pids 2>/dev/null' EXIT INT TERM
+  kill -STOP $pids
+fi
 "$@"
 rc=$?
 if [ -n "$pids" ]; then

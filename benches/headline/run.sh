@@ -27,7 +27,7 @@
 # (benches/summarize.py run RUN: EM/F1, budget, training summary, loss per 100/200 steps, export
 # reports) that benches/results/ keeps next to a committed deployment.
 set -euo pipefail
-BIN=$(realpath "$1"); RUN=$2; Q=${3:-45000}; DEADLINE=${4:-0}
+BIN=$(realpath "$1"); RUN=$(realpath -m "$2"); Q=${3:-45000}; DEADLINE=${4:-0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODEL=${MODEL:-$ROOT/../shared/models/minilm-l6-squad/model.onnx}
 TRAIN=$ROOT/../shared/data/squad-v1.1-train.json.gz

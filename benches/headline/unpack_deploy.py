@@ -84,6 +84,13 @@ def main() -> None:
         new[name] = arr.astype(np.float32)
 
     dshape = {i.name: tuple(i.dims) for i in dense.graph.initializer}
+
+    def own_bias(name, fused):
+        # A bias the export did not fold into the operator stays a float initializer of its own name
+        # (the operator's is then zeros): prefer it.
+        if not fused.any() and name in dinit and dinit[name].dtype == np.float32:
+            return dinit[name]
+        return fused
     for node in dep.graph.node:
         if node.domain != "ai.sparsec" or node.op_type != "SparseLinear":
             continue
@@ -97,8 +104,8 @@ def main() -> None:
         else:
             wq = raw.astype(np.int8)
             k, n = wq.shape
-        w = wq.astype(np.float32) * dinit[sname].astype(np.float32)[None, :]
-        bias = dinit[bname].astype(np.float32)
+        w = wq.astype(np.float32) * np.asarray(dinit[sname], np.float32).reshape(1, -1)  # per channel or tensor
+        bias = np.asarray(dinit[bname], np.float32)
         if sname.startswith("sparsec.qkv/"):
             layer = sname.split("/layer.")[1].split("/")[0]
             parts = [f"/bert/encoder/layer.{layer}/attention/self/{p}/MatMul" for p in ("query", "key", "value")]
@@ -106,14 +113,14 @@ def main() -> None:
             for j, mm in enumerate(parts):
                 wn, bn = linears[mm]
                 put(wn, w[:, j * n3:(j + 1) * n3], dshape[wn])
-                put(bn, bias[j * n3:(j + 1) * n3], dshape[bn])
+                put(bn, own_bias(bn, bias[j * n3:(j + 1) * n3]), dshape[bn])
                 sub = wq[:, j * n3:(j + 1) * n3]
                 report.append({"linear": mm, "shape": [k, n3], "zeros": float((sub == 0).mean())})
         else:
             mm = sname[len("sparsec.sparse/"):-len(".w_scale")]
             wn, bn = linears[mm]
             put(wn, w, dshape[wn])
-            put(bn, bias, dshape[bn])
+            put(bn, own_bias(bn, bias), dshape[bn])
             report.append({"linear": mm, "shape": [k, n], "zeros": float((wq == 0).mean())})
     for name in list(dinit):
         if name.endswith(".weight.int8") and name[: -len(".int8")] + ".row_scale" in dinit:

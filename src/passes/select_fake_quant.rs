@@ -8,8 +8,9 @@ use crate::ir::{Model, Patch};
 ///
 /// - Matches: each `Where` node named `sparsec.fq/<tag>/select` whose condition is a bound bool
 ///   scalar initializer holding `true`; its inputs are `(flag, DQ(Q(x)), x)`.
-/// - Emits: every reader of the `Where`'s output (a node or a graph output) reads its second input,
-///   the fake-quantized value, instead; the `Where` is removed. Nothing else changes: the
+/// - Emits: every node reading the `Where`'s output reads its second input, the fake-quantized
+///   value, instead; the `Where` is removed (a `Where` whose output is a graph output is left, so
+///   that the output keeps its name). Nothing else changes: the
 ///   quantize-dequantize nodes, their scale computations and the observers' outputs stay.
 /// - Assumes: nothing; the values computed are the switched graph's with the flag on, bit for bit.
 ///   For training: `Where`'s gradient rule sends zeros to the branch not taken, so the gradient
@@ -44,7 +45,8 @@ impl Pass for SelectFakeQuant {
                     let on = g.constant(flag).is_some_and(|t| {
                         t.dtype == crate::ir::DType::Bool && t.numel() == 1 && t.raw().first() == Some(&1)
                     });
-                    if !on {
+                    // A switch whose output is a graph output keeps its name there: left as it is.
+                    if !on || g.outputs().contains(&out) {
                         continue;
                     }
                     p.replace_uses(out, quantized);

@@ -29,8 +29,9 @@ use crate::ir::{Attribute, DType, Dim, Graph, Model, NodeId, NodeSpec, Patch, Te
 ///   A weight that reaches the `MatMul` through anything else is not matched.
 /// - Emits: `ai.sparsec::MaskedLinear(X, W, M, B?)` writing the `MatMul`'s (or the `Add`'s) output
 ///   value, named as the `MatMul` and carrying its metadata, so the module scope recovered from
-///   the node ([`crate::ir::modules`]) and every value name stay as they were; the `Mul`, the
-///   `MatMul` and the `Add` are removed. The model gains the `ai.sparsec` opset import.
+///   the node ([`crate::ir::modules`]) and every value name stay as they were; the `MatMul`, the
+///   `Add` and (unless the weight is fake-quantized, whose quantization reads it) the `Mul` are
+///   removed. The model gains the `ai.sparsec` opset import.
 /// - Assumes: the operator computes `X·(W ⊙ M) + B` with `W ⊙ M` rounded as `Mul` rounds it, so
 ///   outputs differ from the dense layer's by the f32 rounding of a different summation order;
 ///   the gradient of `W` is `M ⊙ (Xᵀ·dY)` as the `Mul` → `MatMul` chain's is. For a fake-quantized
@@ -318,6 +319,20 @@ mod tests {
         assert_eq!(op.inputs.len(), 4, "the bias is fused");
         let count = |t: &str| g.nodes().filter(|(_, n)| n.op_type == t).count();
         assert_eq!((count("Mul"), count("QuantizeLinear"), count("MatMul")), (1, 2, 0), "mask and quantization stay");
+
+        // With the switch fixed on (no `Where` left), the `DequantizeLinear` is the weight.
+        let mut m = masked(true);
+        fq.apply(&mut m).unwrap();
+        let on = crate::passes::BindInputs {
+            values: vec![(crate::passes::QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[true]))],
+        };
+        on.apply(&mut m).unwrap();
+        crate::passes::SelectFakeQuant::default().apply(&mut m).unwrap();
+        crate::ir::infer::infer_facts(&mut m).unwrap();
+        assert_eq!(UseMaskedLinear::default().apply(&mut m).unwrap().rewritten, 1);
+        let g = &m.graph;
+        let (_, op) = g.nodes().find(|(_, n)| n.op_type == MASKED_LINEAR).unwrap();
+        assert_eq!(g.producer(op.input(1).unwrap()).unwrap().1.op_type, "DequantizeLinear");
 
         // A nonzero weight zero point would turn the mask's zeros into nonzero weights: not matched.
         let mut m = masked(true);

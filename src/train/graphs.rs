@@ -69,7 +69,8 @@ pub enum FusedOps {
 /// Which training graph the stepper runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Current {
-    /// [`Graphs::qat`]: the compiled graph (with fake quantization when the recipe quantizes).
+    /// [`Graphs::qat`]: the compiled graph; when the recipe quantizes, with its fake-quantization
+    /// switch fixed on, so only while QAT is on.
     Qat,
     /// [`Graphs::float`].
     Float,
@@ -87,12 +88,13 @@ pub(super) struct Graphs {
     /// Without fake quantization, masked linears on the block-sparse operators (unless
     /// `--sparse-train off`).
     pub sparse: Option<TrainingGraph>,
-    /// With fake quantization, masked linears on the block-sparse operators (when the recipe
-    /// quantizes, unless `--sparse-train off`).
+    /// With fake quantization, masked linears on the block-sparse operators in f32 (when the
+    /// recipe quantizes, unless `--sparse-train off`), for QAT steps whose masks are sparse enough.
     pub qat_sparse: Option<TrainingGraph>,
     mode: SparseTrain,
     fused_ops: FusedOps,
-    /// With bf16, the block-sparse graph (the only one with bf16 products) runs at any density.
+    /// With bf16, the float block-sparse graph (the only one with bf16 products) runs at any
+    /// density; QAT keeps f32 products (bf16 would move fake-quantized values off their grid).
     precision: LinearPrecision,
     current: Current,
 }
@@ -141,7 +143,7 @@ impl Graphs {
         let qat_sparse = match (sparse, quantized) {
             (SparseTrain::Off, _) | (_, false) => None,
             _ => Some(
-                build_training_graph(&with_sparse_linears(&qat_model, precision)?, spec)
+                build_training_graph(&with_sparse_linears(&qat_model, LinearPrecision::F32)?, spec)
                     .context("cannot build the QAT training graph with block-sparse linears")?,
             ),
         };
@@ -161,14 +163,13 @@ impl Graphs {
 
     /// The graph for QAT `qat_on` and masks keeping `density` of their blocks.
     fn select(&self, qat_on: bool, density: f64) -> Current {
-        let sparse_now = self.mode.wants(density) || self.precision == LinearPrecision::Bf16;
         if qat_on && self.float.is_some() {
-            if self.qat_sparse.is_some() && sparse_now {
+            if self.qat_sparse.is_some() && self.mode.wants(density) {
                 Current::QatSparse
             } else {
                 Current::Qat
             }
-        } else if self.sparse.is_some() && sparse_now {
+        } else if self.sparse.is_some() && (self.mode.wants(density) || self.precision == LinearPrecision::Bf16) {
             Current::Sparse
         } else if self.float.is_some() {
             Current::Float
