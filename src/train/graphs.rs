@@ -226,23 +226,24 @@ impl Graphs {
 /// false, the quantize-dequantize branches lowered away), trained on while QAT is off: the same
 /// values without computing the unused branches. The observers' min/max outputs stay.
 pub fn without_fake_quant(model: &Model) -> Result<Model> {
-    let mut m = model.clone();
-    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[false]))] }.apply(&mut m)?;
-    LowerFakeQuant::default().apply(&mut m)?;
-    RemoveDead::default().apply(&mut m)?;
-    infer::infer_facts(&mut m).context("the graph without fake quantization failed validation")?;
-    Ok(m)
+    with_switch_bound(model, false, &LowerFakeQuant::default(), "without fake quantization")
 }
 
 /// The compiled graph with fake quantization on for good (`sparsec.quant_enabled` bound to true,
 /// each site's switch replaced by its quantized branch, [`SelectFakeQuant`]), trained on while QAT
 /// is on: the switched graph's values, without the switches' selects and zero gradients.
 pub fn with_fake_quant_on(model: &Model) -> Result<Model> {
+    with_switch_bound(model, true, &SelectFakeQuant::default(), "with fake quantization fixed on")
+}
+
+/// `model` with `sparsec.quant_enabled` bound to `on`, then `pass` (which removes the switched
+/// sites' unused branches) and dead-code removal.
+fn with_switch_bound(model: &Model, on: bool, pass: &dyn Pass, what: &str) -> Result<Model> {
     let mut m = model.clone();
-    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[true]))] }.apply(&mut m)?;
-    SelectFakeQuant::default().apply(&mut m)?;
+    BindInputs { values: vec![(QUANT_ENABLED_INPUT.into(), Tensor::from_bool(vec![], &[on]))] }.apply(&mut m)?;
+    pass.apply(&mut m)?;
     RemoveDead::default().apply(&mut m)?;
-    infer::infer_facts(&mut m).context("the graph with fake quantization fixed on failed validation")?;
+    infer::infer_facts(&mut m).with_context(|| format!("the graph {what} failed validation"))?;
     Ok(m)
 }
 
